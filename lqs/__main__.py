@@ -1,0 +1,3 @@
+from lqs.cli import main
+
+main()

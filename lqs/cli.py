@@ -1,0 +1,101 @@
+"""`lqs <stage> [files…] --settings JSON`: one subcommand per pipeline stage.
+
+File arguments name inputs and outputs; `--settings` carries the stage's configuration as a
+JSON object (the Snakemake rule's params), passed to the stage function as keyword arguments.
+Heavy imports happen inside each stage so that the CPU-only stages start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+
+from lqs.runtime import setup_logging
+
+log = logging.getLogger("lqs")
+
+# subcommand: (module, function, [(argument, nargs)], help)
+STAGES = {
+    "demo-data": ("lqs.demo", "build_demo_data", [("corpus_path", None), ("target_path", None)],
+                  "build the offline demo corpus and target set"),
+    "train-tokenizer": ("lqs.models", "train_tokenizer", [("corpus_paths", "+"), ("--out-dir", None)],
+                        "train a byte-level BPE tokenizer on the corpus"),
+    "fetch-tokenizer": ("lqs.models", "fetch_tokenizer", [("--out-dir", None)],
+                        "copy a tokenizer from a local directory or the hub"),
+    "fetch-model": ("lqs.models", "fetch_model", [("--out-dir", None), ("--tokenizer-dir", None)],
+                    "build or fetch a model as a float32 safetensors directory"),
+    "pretrain-proxy": ("lqs.pretrain", "pretrain_proxy",
+                       [("tokenizer_dir", None), ("shard_paths", "+"), ("--out-dir", None)],
+                       "initialise the proxy LM from an architecture and pretrain it briefly"),
+    "tokenize-shard": ("lqs.tokenize", "tokenize_shard",
+                       [("corpus_paths", "+"), ("--tokenizer-dir", None), ("--shard", int),
+                        ("--out", None), ("--rejects", None)], "tokenize one corpus shard into windows"),
+    "prepare-target": ("lqs.target", "prepare_target",
+                       [("source", None), ("--tokenizer-dir", None), ("--out", None)],
+                       "tokenize the target set"),
+    "sample-proxy": ("lqs.sample", "sample_proxy",
+                     [("shard_paths", "+"), ("--tokenizer-dir", None), ("--out", None)],
+                     "draw the proxy set from the corpus windows"),
+    "trajectory": ("lqs.trajectory", "run_trajectory",
+                   [("proxy_dir", None), ("shard_paths", "+"), ("--target-path", None), ("--out-dir", None)],
+                   "SGD trajectory and costate of the proxy LM"),
+    "grad-stats": ("lqs.grad_stats", "grad_stats",
+                   [("samples_path", None), ("step_path", None), ("proxy_dir", None), ("--out", None)],
+                   "per-sample gradient norms and costate dot products at one step"),
+    "labels": ("lqs.labels", "lqs_labels", [("stats_paths", "+"), ("--out", None), ("--info-out", None)],
+               "LQS or PDS labels from the per-sample statistics"),
+    "train-scorer": ("lqs.train_scorer", "train_scorer",
+                     [("samples_path", None), ("labels_path", None), ("base_dir", None), ("--out-dir", None)],
+                     "train the data scorer on the labels"),
+    "score-shard": ("lqs.score", "score_shard",
+                    [("corpus_paths", "+"), ("--tokenized-shard", None), ("--scorer-dir", None), ("--out", None)],
+                    "score the documents of one corpus shard"),
+    "gather": ("lqs.gather", "gather_scores",
+               [("corpus_paths", "+"), ("--score-paths", "+"), ("--reject-paths", "+"), ("--out", None),
+                ("--rejects-out", None), ("--summary-out", None), ("--benchmarks-dir", None),
+                ("--scorer-metrics", None), ("--annotation-info", None), ("--proxy-model", None)],
+               "join the scores with the input into scored.jsonl"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lqs", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for name, (_, _, arguments, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text)
+        for arg, kind in arguments:
+            if kind is int:
+                p.add_argument(arg, type=int, required=True)
+            elif kind is None and arg.startswith("--"):
+                p.add_argument(arg, required=arg not in _OPTIONAL)
+            elif kind is None:
+                p.add_argument(arg)
+            else:
+                p.add_argument(arg, nargs=kind, **({"default": []} if kind == "*" else {}))
+        p.add_argument("--settings", type=json.loads, default={},
+                       help="the stage's configuration, a JSON object of keyword arguments")
+    return parser
+
+
+_OPTIONAL = {"--benchmarks-dir", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    args = vars(build_parser().parse_args(argv))
+    stage = args.pop("stage")
+    settings = args.pop("settings")
+    module, function, _, _ = STAGES[stage]
+    kwargs = {k: v for k, v in args.items() if v is not None} | settings
+    start = time.perf_counter()
+    try:
+        result = getattr(importlib.import_module(module), function)(**kwargs)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        log.error("%s failed: %s", stage, e)
+        sys.exit(1)
+    log.info("%s done in %.1f s%s", stage, time.perf_counter() - start,
+             f": {result}" if isinstance(result, (dict, int)) else "")

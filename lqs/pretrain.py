@@ -1,0 +1,50 @@
+"""Rule `pretrain_proxy` (demo): θ_0 from an architecture config, briefly trained on the corpus,
+as PDS pretrains its proxy before annotation. Saved as a float32 Hugging Face directory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from lqs.io import atomic_dir
+from lqs.models import build_model
+from lqs.proxy import collate, sample_losses
+from lqs.runtime import resolve_device
+from lqs.sample import draw_windows
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_proxy(tokenizer_dir: str, shard_paths: Sequence[str], out_dir: str, *, arch: dict[str, Any],
+                   steps: int, batch_size: int, lr: float, seed: int, device: str = "auto") -> list[float]:
+    from transformers import AutoTokenizer
+
+    device = resolve_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build_model(arch, tokenizer, causal_lm=True, seed=seed).to(device).eval()  # eval: dropout off
+    windows = draw_windows(shard_paths, steps * batch_size, seed, allow_repeats=True,
+                           what="pretraining samples")["input_ids"].to_pylist()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, steps // 10)))
+    losses = []
+    for step in tqdm(range(steps), desc="pretrain proxy", unit="step", mininterval=5):
+        ids, mask = collate(windows[step * batch_size:(step + 1) * batch_size], device=device)
+        loss = sample_losses(model, ids, mask).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite proxy pretraining loss at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % max(1, steps // 10) == 0:
+            log.info("step %d: loss %.4f", step, loss.item())
+    with atomic_dir(out_dir) as tmp:
+        model.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return losses

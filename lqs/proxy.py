@@ -1,0 +1,85 @@
+"""The proxy LM: loading θ as a flat set of named tensors, and the sample loss ℓ(x; θ).
+
+ℓ(x) is the mean cross-entropy of predicting input_ids[1:] from input_ids[:-1]; a batch loss
+is the mean of its samples' losses; dropout is off (the model is kept in eval mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+Params = dict[str, torch.Tensor]
+
+
+def load_proxy(path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager", trust_remote_code=trust_remote_code)
+    return model.to(device).eval()
+
+
+def param_names(model: torch.nn.Module) -> list[str]:
+    """θ's coordinates: trainable parameters, tied weights counted once."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def get_params(model: torch.nn.Module) -> Params:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def set_params(model: torch.nn.Module, params: Params) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in params:
+                p.copy_(params[name])
+
+
+def collate(samples: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask."""
+    longest = max(len(s) for s in samples)
+    ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), longest), dtype=torch.long)
+    for i, s in enumerate(samples):
+        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sample_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ℓ(x; θ) for each row: mean next-token cross-entropy over the row's real tokens."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    targets = ids[:, 1:]
+    weight = mask[:, 1:].to(logits.dtype)
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return (ce * weight).sum(1) / weight.sum(1).clamp(min=1)
+
+
+def mean_loss(model: torch.nn.Module, samples: Sequence[Sequence[int]], micro_batch: int,
+              device=None) -> torch.Tensor:
+    """Mean sample loss with autograd graph, built micro-batch by micro-batch."""
+    total = 0.0
+    for i in range(0, len(samples), micro_batch):
+        ids, mask = collate(samples[i:i + micro_batch], device=device)
+        total = total + sample_losses(model, ids, mask).sum()
+    return total / len(samples)
+
+
+def loss_and_grad(model: torch.nn.Module, samples: Sequence[Sequence[int]], micro_batch: int,
+                  device=None) -> tuple[float, Params]:
+    """Mean sample loss and its gradient, accumulated over micro-batches (bounded memory)."""
+    names = param_names(model)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    grads = [torch.zeros_like(p) for p in params]
+    total = 0.0
+    for i in range(0, len(samples), micro_batch):
+        ids, mask = collate(samples[i:i + micro_batch], device=device)
+        loss = sample_losses(model, ids, mask).sum() / len(samples)
+        for g, gi in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
+            if gi is not None:
+                g += gi
+        total += loss.item()
+    return total, dict(zip(names, grads))

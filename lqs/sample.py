@@ -1,0 +1,68 @@
+"""Stage `sample_proxy`: a seeded random subset of corpus windows, the proxy set (DESIGN.md §2).
+
+Also the seeded window draw that the trajectory uses for its training batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lqs.io import write_table
+
+MIN_TOKENS = 2  # a sample needs at least one next-token prediction
+
+
+def draw_windows(shard_paths: Sequence[str], n: int, seed: int, *, allow_repeats: bool = False,
+                 what: str = "samples") -> pa.Table:
+    """`n` windows of >= 2 tokens drawn uniformly without replacement, in drawn order.
+
+    With `allow_repeats`, a draw larger than the corpus walks through successive seeded
+    permutations of it (epochs) instead of failing.
+    """
+    eligible = []
+    for path in shard_paths:
+        lengths = pc.list_value_length(pq.read_table(path, columns=["input_ids"])["input_ids"])
+        eligible.append(np.flatnonzero(np.asarray(lengths) >= MIN_TOKENS))
+    total = sum(len(e) for e in eligible)
+    if total == 0:
+        raise ValueError(f"the corpus has no window of at least {MIN_TOKENS} tokens to draw {what} from")
+    rng = np.random.default_rng(seed)
+    if n > total and not allow_repeats:
+        raise ValueError(f"cannot draw {n} {what}: the corpus has only {total} windows of at "
+                         f"least {MIN_TOKENS} tokens (lower the size or add documents)")
+    if n <= total:
+        chosen = rng.choice(total, size=n, replace=False)
+    else:
+        chosen = np.concatenate([rng.permutation(total) for _ in range(-(-n // total))])[:n]
+
+    offsets = np.cumsum([0] + [len(e) for e in eligible])
+    shard_of = np.searchsorted(offsets, chosen, side="right") - 1
+    parts = [None] * n
+    for s, path in enumerate(shard_paths):
+        picked = np.flatnonzero(shard_of == s)
+        if len(picked) == 0:
+            continue
+        rows = eligible[s][chosen[picked] - offsets[s]]
+        table = pq.read_table(path).take(pa.array(rows))
+        for position, row in zip(picked, table.to_pylist()):
+            parts[position] = row
+    return pa.Table.from_pylist(parts, schema=pa.schema([
+        ("doc_id", pa.int64()), ("window", pa.int32()), ("input_ids", pa.list_(pa.int32()))]))
+
+
+def sample_proxy(shard_paths: Sequence[str], tokenizer_dir: str, out: str, *, size: int, seed: int) -> int:
+    """Writes samples.parquet: sample_id, doc_id, window, input_ids, and the window's text."""
+    from lqs.tokenize import load_tokenizer
+
+    table = draw_windows(shard_paths, size, seed, what="proxy samples (proxy.size)")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    texts = tokenizer.batch_decode(table["input_ids"].to_pylist(), skip_special_tokens=True)
+    table = table.add_column(0, "sample_id", pa.array(np.arange(len(table)), pa.int64()))
+    table = table.append_column("text", pa.array(texts, pa.string()))
+    write_table(out, table)
+    return len(table)

@@ -1,0 +1,144 @@
+"""The data scorer (DESIGN.md §5): an AutoModel backbone, mean-pooled, a linear head.
+
+Checkpoint layout (a directory): the backbone as a Hugging Face model (config.json,
+model.safetensors), its tokenizer, `head.safetensors`, and `scorer.json`. Loading needs
+nothing of the training code:
+
+    >>> import lqs.scorer
+    >>> scorer = lqs.scorer.load("results/scorer")
+    >>> scorer.score(["some text", "another document"])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from lqs.runtime import resolve_device
+from lqs.tokenize import tokenize_windows
+
+SCORER_CONFIG = "scorer.json"
+HEAD_FILE = "head.safetensors"
+
+
+class ScorerModel(torch.nn.Module):
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(backbone.config.hidden_size, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.head(pooled.float()).squeeze(-1)
+
+
+def load_backbone(path: str, trust_remote_code: bool = False, dtype=torch.float32):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                     attn_implementation="sdpa")
+
+
+def save_scorer(model: ScorerModel, tokenizer, out_dir: str | Path, config: dict) -> None:
+    out_dir = Path(out_dir)
+    model.backbone.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()},
+              str(out_dir / HEAD_FILE))
+    (out_dir / SCORER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass
+class Window:
+    doc: int
+    ids: list[int]
+
+
+def token_budget_batches(windows: Sequence[Window], max_tokens: int) -> Iterator[list[int]]:
+    """Indices of `windows`, longest first, grouped so that batch size × longest ≤ max_tokens."""
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i].ids))
+    batch: list[int] = []
+    for i in order:
+        longest = len(windows[batch[0]].ids) if batch else len(windows[i].ids)
+        if batch and (len(batch) + 1) * longest > max_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+class Scorer:
+    """A loaded scorer checkpoint; `score` is the batched, length-bucketed inference path."""
+
+    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device):
+        self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
+        self.max_length = int(config["max_length"])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _forward(self, batch: list[list[int]]) -> torch.Tensor:
+        longest = max(len(ids) for ids in batch)
+        ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, :len(seq)] = torch.as_tensor(seq)
+            mask[row, :len(seq)] = 1
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return self.model(ids.to(self.device), mask.to(self.device)).float().cpu()
+
+    def score(self, texts: Sequence[str], max_tokens: int = 16384, max_windows_per_doc: int | None = None,
+              progress: bool = False) -> list[float]:
+        """One score per text: the token-weighted mean of its windows' outputs."""
+        return self.score_with_truncation(texts, max_tokens, max_windows_per_doc, progress)[0]
+
+    @torch.inference_mode()
+    def score_with_truncation(self, texts: Sequence[str], max_tokens: int = 16384,
+                              max_windows_per_doc: int | None = None,
+                              progress: bool = False) -> tuple[list[float], list[bool]]:
+        """Scores, and for each text whether its windows were capped at max_windows_per_doc."""
+        windows: list[Window] = []
+        truncated = [False] * len(texts)
+        for doc, doc_windows in enumerate(tokenize_windows(self.tokenizer, texts, self.max_length)):
+            if not doc_windows:
+                raise ValueError(f"text {doc} has no tokens to score")
+            if max_windows_per_doc is not None and len(doc_windows) > max_windows_per_doc:
+                doc_windows = doc_windows[:max_windows_per_doc]
+                truncated[doc] = True
+            windows.extend(Window(doc, ids) for ids in doc_windows)
+        totals = [0.0] * len(texts)
+        weights = [0] * len(texts)
+        bar = tqdm(total=sum(len(w.ids) for w in windows), unit="tok", unit_scale=True,
+                   desc="scoring", disable=not progress, mininterval=5)
+        for batch in token_budget_batches(windows, max(max_tokens, self.max_length)):
+            outputs = self._forward([windows[i].ids for i in batch]).tolist()
+            for i, value in zip(batch, outputs):
+                n = len(windows[i].ids)
+                totals[windows[i].doc] += n * value
+                weights[windows[i].doc] += n
+            bar.update(sum(len(windows[i].ids) for i in batch))
+        bar.close()
+        return [t / w for t, w in zip(totals, weights)], truncated
+
+
+def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Scorer:
+    """Loads a scorer checkpoint directory for inference."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    config_path = path / SCORER_CONFIG
+    if not config_path.exists():
+        raise FileNotFoundError(f"{path} is not a scorer checkpoint (no {SCORER_CONFIG})")
+    config = json.loads(config_path.read_text())
+    device = resolve_device(device)
+    model = ScorerModel(load_backbone(str(path), trust_remote_code))
+    model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return Scorer(model.to(device).eval(), tokenizer, config, device)

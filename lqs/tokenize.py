@@ -1,0 +1,120 @@
+"""Stage `tokenize_shard`: corpus shard -> windows of proxy-tokenizer ids (DESIGN.md §3).
+
+A window never crosses documents. Long documents are cut near `max_length`, preferring a
+sentence end or newline in the last quarter of the window.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from lqs import corpus
+from lqs.io import atomic_open, parquet_writer
+
+SHARD_SCHEMA = pa.schema([
+    ("doc_id", pa.int64()),
+    ("window", pa.int32()),
+    ("input_ids", pa.list_(pa.int32())),
+])
+
+_BOUNDARY_CHARS = ".!?\n"
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer adds before and after a text by default (e.g. BOS, or CLS/SEP)."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return full[:i], full[i + len(bare):]
+    return [], []
+
+
+def window_bounds(offsets: Sequence[tuple[int, int]], text: str, budget: int) -> list[tuple[int, int]]:
+    """Token ranges [start, end) of at most `budget` tokens covering all tokens in order."""
+    n = len(offsets)
+    bounds, start = [], 0
+    while start < n:
+        end = min(start + budget, n)
+        if end < n:
+            for k in range(end - 1, start + (3 * budget) // 4 - 1, -1):
+                stop = offsets[k][1]
+                gap = text[stop:offsets[k + 1][0]] if k + 1 < n else ""
+                if (stop > 0 and text[stop - 1] in _BOUNDARY_CHARS) or "\n" in gap:
+                    end = k + 1
+                    break
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def tokenize_windows(tokenizer, texts: Sequence[str], max_length: int) -> list[list[list[int]]]:
+    """For each text, its windows of at most `max_length` ids, special tokens included."""
+    prefix, suffix = special_tokens(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    if budget < 1:
+        raise ValueError(f"max_length {max_length} leaves no room next to the special tokens")
+    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+        out.append([prefix + ids[a:b] + suffix for a, b in window_bounds(offsets, text, budget)])
+    return out
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def tokenize_shard(
+    corpus_paths: Sequence[str],
+    tokenizer_dir: str,
+    shard: int,
+    out: str,
+    rejects: str,
+    *,
+    num_shards: int | str,
+    text_field: str,
+    max_length: int,
+    on_bad_record: str,
+    max_chars: int,
+    batch_docs: int = 512,
+) -> dict[str, int]:
+    """Writes the shard's windows to `out` and its rejected records to `rejects` (JSONL)."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    counts = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
+    batch: list[corpus.Record] = []
+
+    def flush(writer) -> None:
+        windows = tokenize_windows(tokenizer, [r.text for r in batch], max_length)
+        doc_ids, window_idx, ids = [], [], []
+        for record, doc_windows in zip(batch, windows):
+            for w, window in enumerate(doc_windows):
+                doc_ids.append(record.doc_id)
+                window_idx.append(w)
+                ids.append(window)
+                counts["tokens"] += len(window)
+        counts["windows"] += len(ids)
+        writer.write_table(pa.table([doc_ids, window_idx, ids], schema=SHARD_SCHEMA))
+        batch.clear()
+
+    records = corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards)
+    with parquet_writer(out, SHARD_SCHEMA) as writer, atomic_open(rejects) as rejects_file:
+        for record in tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5):
+            if corpus.check(record, on_bad_record):
+                counts["documents"] += 1
+                batch.append(record)
+                if len(batch) >= batch_docs:
+                    flush(writer)
+            else:
+                counts["rejected"] += 1
+                rejects_file.write(json.dumps(record.reject_entry(), ensure_ascii=False) + "\n")
+        if batch:
+            flush(writer)
+    return counts

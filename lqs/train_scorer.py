@@ -1,0 +1,122 @@
+"""Stage `train_scorer`: fit the data scorer to the normalised labels (DESIGN.md §5).
+
+MSE on the labels, AdamW, cosine schedule with warmup, gradient clipping; validation Spearman
+after every epoch, and the best epoch's weights are the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from lqs.io import atomic_dir, write_json
+from lqs.runtime import resolve_device
+from lqs.scorer import ScorerModel, Window, load_backbone, save_scorer, token_budget_batches
+from lqs.tokenize import tokenize_windows
+
+log = logging.getLogger(__name__)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); 0 when either side is constant."""
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _batches(windows: list[Window], batch_size: int, rng: np.random.Generator | None):
+    order = np.arange(len(windows)) if rng is None else rng.permutation(len(windows))
+    for i in range(0, len(order), batch_size):
+        yield order[i:i + batch_size].tolist()
+
+
+def _forward(model, windows, rows, pad_id, device):
+    longest = max(len(windows[i].ids) for i in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, i in enumerate(rows):
+        ids[r, :len(windows[i].ids)] = torch.as_tensor(windows[i].ids)
+        mask[r, :len(windows[i].ids)] = 1
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(ids.to(device), mask.to(device)).float()
+
+
+@torch.no_grad()
+def predict(model, windows: list[Window], pad_id: int, device, max_tokens: int = 16384) -> np.ndarray:
+    model.eval()
+    out = np.zeros(len(windows))
+    for rows in token_budget_batches(windows, max_tokens):
+        out[rows] = _forward(model, windows, rows, pad_id, device).cpu().numpy()
+    return out
+
+
+def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: str, *, lr: float,
+                 epochs: int, batch_size: int, warmup_steps: int, weight_decay: float, clip: float,
+                 max_length: int, seed: int, device: str = "auto", trust_remote_code: bool = False) -> dict:
+    from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    data = pd.read_parquet(samples_path, columns=["sample_id", "text"]).merge(
+        pd.read_parquet(labels_path), on="sample_id", validate="one_to_one")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # A proxy window can be longer in the scorer's tokens: it is scored on its first window.
+    first = [w[0] for w in tokenize_windows(tokenizer, data["text"].tolist(), max_length)]
+    splits = {name: np.flatnonzero(data["split"].to_numpy() == name) for name in ("train", "valid")}
+    windows = {name: [Window(int(i), first[i]) for i in rows] for name, rows in splits.items()}
+    targets = {name: data["score"].to_numpy(np.float32)[rows] for name, rows in splits.items()}
+
+    model = ScorerModel(load_backbone(base_dir, trust_remote_code)).to(device)
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps_per_epoch = math.ceil(len(windows["train"]) / batch_size)
+    schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, epochs * steps_per_epoch)
+    rng = np.random.default_rng(seed)
+    target_train = torch.as_tensor(targets["train"])
+
+    history, best = [], {"valid_spearman": -math.inf}
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        for rows in tqdm(list(_batches(windows["train"], batch_size, rng)), desc=f"epoch {epoch}",
+                         unit="batch", mininterval=5):
+            pred = _forward(model, windows["train"], rows, pad_id, device)
+            loss = torch.nn.functional.mse_loss(pred, target_train[rows].to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite scorer training loss at epoch {epoch}, "
+                                         f"step {len(losses)}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        valid_pred = predict(model, windows["valid"], pad_id, device)
+        metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                   "valid_mse": float(np.mean((valid_pred - targets["valid"]) ** 2)),
+                   "valid_spearman": spearman(valid_pred, targets["valid"])}
+        history.append(metrics)
+        log.info("epoch %d: train loss %.4f, valid mse %.4f, valid spearman %.4f", epoch,
+                 metrics["train_loss"], metrics["valid_mse"], metrics["valid_spearman"])
+        if metrics["valid_spearman"] > best["valid_spearman"]:
+            best = {**metrics, "state": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})}
+
+    model.load_state_dict(best.pop("state"))
+    summary = {"best_epoch": best["epoch"], "valid_spearman": best["valid_spearman"],
+               "valid_mse": best["valid_mse"], "history": history,
+               "train_samples": len(windows["train"]), "valid_samples": len(windows["valid"])}
+    with atomic_dir(out_dir) as tmp:
+        save_scorer(model.cpu(), tokenizer, tmp, {"max_length": max_length, "pooling": "mean",
+                                                  "label": "lqs normalised score"})
+        write_json(tmp / "metrics.json", summary)
+    return summary

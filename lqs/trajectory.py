@@ -1,0 +1,232 @@
+"""Stage `trajectory`: SGD on the proxy LM and its costate λ, exactly as DESIGN.md §4.
+
+    θ_{t+1} = θ_t − η ∇L_t(θ_t)                                   t = 0 … T−1
+    λ_T = ∇J(θ_T)
+    λ_t = λ_{t+1} + ∇J(θ_t) − η ∇²L_t(θ_t) λ_{t+1}                  t = T−1 … 1
+
+Memory: only every c-th θ (c ≈ √T) is kept from the forward pass; the backward pass
+recomputes each segment of c steps from its checkpoint, so at most ~2√T parameter copies
+exist at once. Hessian-vector products are exact (double backward).
+Writes step-{t}.safetensors with θ_t and λ_{t+1} for every annotated step t.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from lqs.io import atomic_path, write_table
+from lqs.proxy import Params, collate, get_params, load_proxy, loss_and_grad, sample_losses, set_params
+from lqs.runtime import resolve_device
+from lqs.sample import draw_windows
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN or Inf; the message names the step and sample."""
+
+
+def annotated_steps(steps: int, interval: int) -> list[int]:
+    return [t for t in range(steps) if t % interval == 0]
+
+
+def step_file(out_dir: str | Path, t: int) -> Path:
+    return Path(out_dir) / f"step-{t}.safetensors"
+
+
+def _norm(v: Params) -> float:
+    return math.sqrt(sum(float(x.double().pow(2).sum()) for x in v.values()))
+
+
+def _axpy(a: float, x: Params, y: Params) -> Params:
+    """a·x + y"""
+    return {k: y[k] + a * x[k] for k in y}
+
+
+def hvp(model: torch.nn.Module, samples: Sequence[Sequence[int]], v: Params, micro_batch: int,
+        device=None) -> Params:
+    """∇²L(θ) v for L the mean sample loss over `samples`, θ the model's current parameters."""
+    names = list(v)
+    params = dict(model.named_parameters())
+    plist = [params[n] for n in names]
+    out = {n: torch.zeros_like(v[n]) for n in names}
+    for i in range(0, len(samples), micro_batch):
+        ids, mask = collate(samples[i:i + micro_batch], device=device)
+        loss = sample_losses(model, ids, mask).sum() / len(samples)
+        grads = torch.autograd.grad(loss, plist, create_graph=True)
+        dot = sum((g * v[n]).sum() for g, n in zip(grads, names))
+        for n, h in zip(names, torch.autograd.grad(dot, plist)):
+            out[n] += h
+    return out
+
+
+def _mean_loss(model, samples, micro_batch: int, device) -> float:
+    total = 0.0
+    for i in range(0, len(samples), micro_batch):
+        ids, mask = collate(samples[i:i + micro_batch], device=device)
+        total += float(sample_losses(model, ids, mask).sum())
+    return total / len(samples)
+
+
+def _check_finite(model, samples, batch_rows, t: int, what: str, loss: float, grad: Params,
+                  micro_batch: int, device) -> None:
+    if math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grad.values()):
+        return
+    culprit = ""
+    with torch.no_grad():
+        for i in range(0, len(samples), micro_batch):
+            ids, mask = collate(samples[i:i + micro_batch], device=device)
+            bad = (~torch.isfinite(sample_losses(model, ids, mask))).nonzero().flatten().tolist()
+            if bad:
+                culprit = f"; first bad sample: {batch_rows[i + bad[0]]}"
+                break
+    raise NonFiniteError(f"non-finite {what} loss or gradient at step {t} (loss={loss}){culprit}")
+
+
+def solve(
+    model: torch.nn.Module,
+    batches: Sequence[Sequence[Sequence[int]]],
+    target: Sequence[Sequence[int]],
+    lr: float,
+    save_steps: set[int],
+    on_save: Callable[[int, Params, Params], None],
+    *,
+    micro_batch: int = 16,
+    checkpoint_every: int | None = None,
+    batch_rows: Sequence[Sequence[dict]] | None = None,
+    device=None,
+    progress: bool = False,
+) -> dict[str, list]:
+    """Runs the forward SGD and the backward costate; calls on_save(t, θ_t, λ_{t+1}) for t in
+    save_steps. Returns the per-step log (train loss, target loss, ‖λ_t‖)."""
+    T = len(batches)
+    c = checkpoint_every or max(1, math.isqrt(T - 1) + 1 if T > 1 else 1)
+    batch_rows = batch_rows or [[{"position": i} for i in range(len(b))] for b in batches]
+    record = {"step": list(range(T + 1)), "train_loss": [None] * (T + 1),
+              "target_loss": [None] * (T + 1), "lambda_norm": [None] * (T + 1)}
+    num_segments = -(-T // c)
+    bar = tqdm(total=3 * T + 1 - num_segments, desc="trajectory", unit="step", disable=not progress, mininterval=5)
+
+    def sgd_step(theta: Params, t: int) -> Params:
+        set_params(model, theta)
+        loss, grad = loss_and_grad(model, batches[t], micro_batch, device)
+        _check_finite(model, batches[t], batch_rows[t], t, "training", loss, grad, micro_batch, device)
+        record["train_loss"][t] = loss
+        bar.update()
+        return _axpy(-lr, grad, theta)
+
+    def target_grad(theta: Params, t: int) -> Params:
+        set_params(model, theta)
+        loss, grad = loss_and_grad(model, target, micro_batch, device)
+        _check_finite(model, target, [{"target_index": i} for i in range(len(target))], t,
+                      "target", loss, grad, micro_batch, device)
+        record["target_loss"][t] = loss
+        return grad
+
+    # Forward, keeping θ_t only at segment starts.
+    checkpoints: dict[int, Params] = {}
+    theta = get_params(model)
+    for t in range(T):
+        if t % c == 0:
+            checkpoints[t] = theta
+        theta = sgd_step(theta, t)
+
+    lam = target_grad(theta, T)  # λ_T
+    record["lambda_norm"][T] = _norm(lam)
+    bar.update()
+    del theta
+
+    # Backward, one segment at a time, recomputing the segment's θ from its checkpoint.
+    for start in sorted(checkpoints, reverse=True):
+        stop = min(start + c, T)
+        thetas = [checkpoints.pop(start)]
+        for t in range(start, stop - 1):
+            thetas.append(sgd_step(thetas[-1], t))
+        for t in range(stop - 1, start - 1, -1):
+            theta_t = thetas.pop()
+            if t in save_steps:
+                on_save(t, theta_t, lam)
+            bar.update()
+            if t == 0:  # λ_0 is never used; J(θ_0) only for the log
+                set_params(model, theta_t)
+                with torch.no_grad():
+                    record["target_loss"][0] = _mean_loss(model, target, micro_batch, device)
+                break
+            set_params(model, theta_t)
+            hv = hvp(model, batches[t], lam, micro_batch, device)
+            lam = _axpy(1.0, target_grad(theta_t, t), _axpy(-lr, hv, lam))
+            record["lambda_norm"][t] = _norm(lam)
+    bar.close()
+    return record
+
+
+def read_token_lists(path: str, column: str = "input_ids") -> list[list[int]]:
+    return pq.read_table(path, columns=[column])[column].to_pylist()
+
+
+def run_trajectory(
+    proxy_dir: str,
+    shard_paths: Sequence[str],
+    target_path: str,
+    out_dir: str,
+    *,
+    lr: float,
+    steps: int,
+    interval: int,
+    batch_size: int,
+    seed: int,
+    micro_batch: int = 16,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> None:
+    """Draws the training batches from the corpus, solves the trajectory and costate, and writes
+    step-{t}.safetensors for t in S, log.parquet and batches.parquet under `out_dir`."""
+    device = resolve_device(device)
+    out_dir = Path(out_dir)
+    draws = draw_windows(shard_paths, steps * batch_size, seed, allow_repeats=True,
+                         what="training batch samples")
+    rows = draws.to_pylist()
+    batches = [[r["input_ids"] for r in rows[t * batch_size:(t + 1) * batch_size]] for t in range(steps)]
+    batch_rows = [[{"doc_id": r["doc_id"], "window": r["window"]}
+                   for r in rows[t * batch_size:(t + 1) * batch_size]] for t in range(steps)]
+    target = read_token_lists(target_path)
+    if not target:
+        raise ValueError(f"{target_path}: the target set is empty")
+    model = load_proxy(proxy_dir, device, trust_remote_code)
+
+    def save(t: int, theta: Params, lam: Params) -> None:
+        tensors = {f"theta.{k}": v.contiguous() for k, v in theta.items()}
+        tensors |= {f"lambda.{k}": v.contiguous() for k, v in lam.items()}
+        with atomic_path(step_file(out_dir, t)) as tmp:
+            save_file(tensors, str(tmp), metadata={"step": str(t), "lr": repr(lr)})
+
+    record = solve(model, batches, target, lr, set(annotated_steps(steps, interval)), save,
+                   micro_batch=micro_batch, batch_rows=batch_rows, device=device, progress=True)
+    write_table(out_dir / "log.parquet", pa.table(record, schema=pa.schema([
+        ("step", pa.int32()), ("train_loss", pa.float64()), ("target_loss", pa.float64()),
+        ("lambda_norm", pa.float64())])))
+    positions = [p for _ in range(steps) for p in range(batch_size)]
+    write_table(out_dir / "batches.parquet", pa.table({
+        "step": pa.array([t for t in range(steps) for _ in range(batch_size)], pa.int32()),
+        "position": pa.array(positions, pa.int32()),
+        "doc_id": draws["doc_id"], "window": draws["window"], "input_ids": draws["input_ids"]}))
+
+
+def load_step(path: str | Path, device="cpu") -> tuple[Params, Params]:
+    """θ_t and λ_{t+1} from a step file."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path), device=str(device))
+    theta = {k[len("theta."):]: v for k, v in tensors.items() if k.startswith("theta.")}
+    lam = {k[len("lambda."):]: v for k, v in tensors.items() if k.startswith("lambda.")}
+    return theta, lam
+

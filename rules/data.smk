@@ -1,0 +1,83 @@
+rule demo_data:
+    output:
+        corpus=f"{RESULTS}/demo/corpus.jsonl",
+        target=f"{RESULTS}/demo/target.jsonl",
+    params:
+        settings=as_settings(**config["demo"]),
+    log:
+        f"{RESULTS}/logs/demo_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/demo_data/all.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs demo-data {output.corpus} {output.target} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule tokenize_shard:
+    input:
+        corpus=shard_files,
+        tokenizer=f"{MODELS}/tokenizer",
+    output:
+        shard=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
+        rejects=f"{RESULTS}/corpus/rejects-{{shard}}.jsonl",
+    params:
+        settings=as_settings(
+            **corpus_settings(),
+            max_length=config["corpus"]["max_length"],
+            on_bad_record=config["corpus"]["on_bad_record"],
+        ),
+    log:
+        f"{RESULTS}/logs/tokenize_shard/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tokenize_shard/{{shard}}.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs tokenize-shard {input.corpus} --tokenizer-dir {input.tokenizer} --shard {wildcards.shard}"
+        " --out {output.shard} --rejects {output.rejects} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule prepare_target:
+    input:
+        source=target_source_file,
+        tokenizer=f"{MODELS}/tokenizer",
+    output:
+        f"{RESULTS}/target/tokens.parquet",
+    params:
+        settings=as_settings(
+            text_field=config["target"]["text_field"],
+            max_length=config["target"]["max_length"],
+            split=config["target"]["split"],
+            revision=config["target"]["revision"],
+            max_samples=config["target"]["max_samples"],
+        ),
+        source=config["target"]["source"],
+    log:
+        f"{RESULTS}/logs/prepare_target.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_target/all.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs prepare-target {params.source:q} --tokenizer-dir {input.tokenizer} --out {output}"
+        " --settings {params.settings:q} > {log} 2>&1"
+
+
+rule sample_proxy:
+    input:
+        shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
+        tokenizer=f"{MODELS}/tokenizer",
+    output:
+        f"{RESULTS}/proxy/samples.parquet",
+    params:
+        settings=as_settings(size=config["proxy"]["size"], seed=config["proxy"]["seed"]),
+    log:
+        f"{RESULTS}/logs/sample_proxy.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_proxy/all.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs sample-proxy {input.shards} --tokenizer-dir {input.tokenizer} --out {output}"
+        " --settings {params.settings:q} > {log} 2>&1"

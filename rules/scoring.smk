@@ -1,0 +1,95 @@
+SCORER = config["scorer"]
+
+
+rule train_scorer:
+    input:
+        samples=f"{RESULTS}/proxy/samples.parquet",
+        labels=f"{RESULTS}/annotation/labels.parquet",
+        base=f"{MODELS}/scorer_base",
+    output:
+        directory(f"{RESULTS}/scorer"),
+    params:
+        settings=as_settings(
+            lr=SCORER["lr"],
+            epochs=SCORER["epochs"],
+            batch_size=SCORER["batch_size"],
+            warmup_steps=SCORER["warmup_steps"],
+            weight_decay=SCORER["weight_decay"],
+            clip=SCORER["clip"],
+            max_length=SCORER["max_length"],
+            seed=SCORER["seed"],
+            device=config["device"],
+            trust_remote_code=TRUST_REMOTE_CODE,
+        ),
+    log:
+        f"{RESULTS}/logs/train_scorer.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_scorer/all.tsv"
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: int(attempt * (8000 + 2 * SCORER["batch_size"] * SCORER["max_length"])),
+        runtime=gpu_runtime(240),
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs train-scorer {input.samples} {input.labels} {input.base} --out-dir {output}"
+        " --settings {params.settings:q} > {log} 2>&1"
+
+
+rule score_shard:
+    input:
+        corpus=shard_files,
+        tokenized=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
+        scorer=f"{RESULTS}/scorer",
+    output:
+        f"{RESULTS}/scores/shard-{{shard}}.parquet",
+    params:
+        settings=lambda wildcards: as_settings(
+            **corpus_settings(),
+            shard=int(wildcards.shard),
+            **config["inference"],
+            device=config["device"],
+            trust_remote_code=TRUST_REMOTE_CODE,
+        ),
+    log:
+        f"{RESULTS}/logs/score_shard/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_shard/{{shard}}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=gpu_runtime(240),
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs score-shard {input.corpus} --tokenized-shard {input.tokenized} --scorer-dir {input.scorer}"
+        " --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule gather_scores:
+    input:
+        corpus=CORPUS_FILES,
+        scores=expand(f"{RESULTS}/scores/shard-{{shard}}.parquet", shard=SHARDS),
+        rejects=expand(f"{RESULTS}/corpus/rejects-{{shard}}.jsonl", shard=SHARDS),
+        metrics=f"{RESULTS}/scorer",
+        annotation=f"{RESULTS}/annotation/labels.json",
+        proxy=f"{MODELS}/proxy",
+    output:
+        scored=config["output"]["path"],
+        rejects=config["output"]["rejects_path"],
+        summary=f"{RESULTS}/summary.json",
+    params:
+        settings=as_settings(**corpus_settings(), score_field=config["output"]["score_field"]),
+        benchmarks=f"{RESULTS}/benchmarks",
+    log:
+        f"{RESULTS}/logs/gather_scores.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/gather_scores/all.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs gather {input.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
+        " --out {output.scored} --rejects-out {output.rejects} --summary-out {output.summary}"
+        " --benchmarks-dir {params.benchmarks} --scorer-metrics {input.metrics}/metrics.json"
+        " --annotation-info {input.annotation} --proxy-model {input.proxy}"
+        " --settings {params.settings:q} > {log} 2>&1"
