@@ -43,8 +43,11 @@ class ScorerModel(torch.nn.Module):
 def load_backbone(path: str, trust_remote_code: bool = False, dtype=torch.float32):
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                     attn_implementation="sdpa")
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    try:  # scaled-dot-product attention where the architecture has it (XGLM has not)
+        return AutoModel.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except ValueError:
+        return AutoModel.from_pretrained(path, **kwargs)
 
 
 def save_scorer(model: ScorerModel, tokenizer, out_dir: str | Path, config: dict) -> None:

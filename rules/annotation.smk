@@ -18,7 +18,7 @@ rule trajectory:
             device=config["device"],
             trust_remote_code=TRUST_REMOTE_CODE,
         ),
-        out_dir=f"{RESULTS}/annotation/trajectory",
+        out_dir=lambda wildcards, output: os.path.dirname(output.log),
     log:
         f"{RESULTS}/logs/trajectory.log",
     benchmark:
