@@ -3,7 +3,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The offline demo is the default; a config given with --configfile replaces it (rather than
+# being merged into it), so config/paper.yaml is complete on its own. --config edits either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

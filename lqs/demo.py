@@ -16,11 +16,12 @@ import json
 import os
 import random
 import string
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from lqs.io import atomic_open
 
 # Stdlib modules (pure Python or C-accelerated) that import quietly on Linux; sorted. About 110 of
 # them are needed for ~2,300 distinct docstrings of >= 80 characters, enough for the default
@@ -211,22 +212,9 @@ def _random_chars(rng: random.Random) -> str:
 
 
 def _write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="\n", dir=path.parent,
-        prefix=f".{path.name}.", suffix=".tmp", delete=False,
-    )
-    try:
-        with tmp:
-            for record in records:
-                tmp.write(json.dumps(record, ensure_ascii=False) + "\n")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp.name)
+    with atomic_open(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _plan(num_docs: int) -> dict[str, int]:
