@@ -2,18 +2,32 @@
 
 For each proxy sample x of one part of the proxy set, at step t:
     n_t(x) = ‖∇ℓ(x; θ_t)‖        d_t(x) = ⟨∇ℓ(x; θ_t), λ_{t+1}⟩
-Each sample's gradient is its own backward pass, so a label can never land on another sample.
+
+Two exact paths:
+* fast: one forward and one activation-only backward per micro-batch. Each supported layer's
+  per-sample gradient is a function of its captured input a and output gradient g (for a
+  linear layer, G_b = Σ_s g_bs a_bsᵀ), reduced straight to ‖G_b‖² and ⟨G_b, Λ⟩ without
+  forming the P-vector per sample. Linear (incl. the LM head), embeddings, LayerNorm and
+  RMSNorm are covered; a weight shared by several layers (tied embeddings) is summed
+  per sample before it is reduced.
+* vmap: torch.func vmap over per-sample grad, chunked: the generic fallback for models with
+  other parameterised layers, and the reference.
+Samples are independent in both, so a label can never land on another sample.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from lqs.io import write_table
@@ -33,34 +47,190 @@ def part_rows(num_samples: int, part: int, num_parts: int) -> np.ndarray:
     return np.array_split(np.arange(num_samples), num_parts)[part]
 
 
-def per_sample_stats(model: torch.nn.Module, samples: list[list[int]], lam: Params,
-                     dtype: str = "fp32", device=None) -> tuple[np.ndarray, np.ndarray]:
-    """(‖g(x)‖, ⟨g(x), λ⟩) for each sample, g(x) the gradient of ℓ(x) at the model's θ."""
-    names = list(lam)
-    params = dict(model.named_parameters())
-    plist = [params[n] for n in names]
-    norms = np.zeros(len(samples))
-    dots = np.zeros(len(samples))
-    autocast = torch.autocast(device_type=torch.device(device or "cpu").type, dtype=torch.bfloat16,
-                              enabled=dtype == "bf16")
-    for i, sample in enumerate(tqdm(samples, desc="per-sample gradients", unit="sample", mininterval=5)):
-        ids, mask = collate([sample], device=device)
+# ---------------------------------------------------------------- fast path: per-layer pieces
+
+def _is_rmsnorm(module: nn.Module) -> bool:
+    return type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
+def _supported(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)) or _is_rmsnorm(module)
+
+
+def fast_path_covers(model: nn.Module) -> bool:
+    """True if every trainable parameter sits directly in a layer type the fast path handles."""
+    covered = {id(p) for m in model.modules() if _supported(m) for p in m.parameters(recurse=False)}
+    return all(id(p) in covered for p in model.parameters() if p.requires_grad)
+
+
+def _normalized(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x̂ of a norm layer: its output before the elementwise weight (and bias)."""
+    if isinstance(module, nn.LayerNorm):
+        return F.layer_norm(x, module.normalized_shape, eps=module.eps)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+class _Piece:
+    """One layer call's contribution to one parameter's per-sample gradients (batch B)."""
+
+    def __init__(self, kind: str, a: torch.Tensor, g: torch.Tensor, shape: torch.Size):
+        self.kind, self.a, self.g, self.shape = kind, a, g, shape
+
+    def materialize(self) -> torch.Tensor:
+        """(B, *shape) per-sample gradients: used only for weights shared between layers."""
+        a, g = self.a, self.g
+        if self.kind == "linear":
+            return torch.bmm(g.transpose(1, 2), a)
+        if self.kind == "embedding":
+            out = torch.zeros((g.shape[0], *self.shape), dtype=g.dtype, device=g.device)
+            return out.scatter_add_(1, a.unsqueeze(-1).expand_as(g), g)
+        if self.kind == "scale":  # norm weight: Σ_s g ⊙ x̂
+            return (g * a).sum(1)
+        return g.sum(1)  # bias
+
+    def reduce(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(‖G_b‖², ⟨G_b, Λ⟩) for each sample b, without forming G_b where that is costlier."""
+        a, g = self.a, self.g
+        if self.kind == "linear":
+            seq, n_in, n_out = a.shape[1], a.shape[2], g.shape[2]
+            if seq * (n_in + n_out) < n_in * n_out:  # Gram form: Σ_ss' (a_s·a_s')(g_s·g_s')
+                sq = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+                dot = (torch.matmul(g, lam) * a).sum((1, 2))
+                return sq, dot
+        if self.kind == "embedding":
+            batch, vocab = g.shape[0], self.shape[0]
+            rows, inverse = torch.unique(a + vocab * torch.arange(batch, device=a.device)[:, None],
+                                         return_inverse=True)
+            summed = torch.zeros((len(rows), g.shape[-1]), dtype=g.dtype, device=g.device)
+            summed.index_add_(0, inverse.flatten(), g.reshape(-1, g.shape[-1]))
+            sq = torch.zeros(batch, dtype=g.dtype, device=g.device).index_add_(
+                0, rows // vocab, summed.pow(2).sum(1))
+            dot = (g * lam[a]).sum((1, 2))
+            return sq, dot
+        grad = self.materialize()
+        flat = grad.flatten(1)
+        return flat.pow(2).sum(1), flat @ lam.flatten()
+
+
+def _pieces(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[tuple[nn.Parameter, _Piece]]:
+    """Per-parameter pieces of one call of `module` with input x and output gradient g."""
+    batch = g.shape[0]
+    g = g.float().reshape(batch, -1, g.shape[-1])
+    if isinstance(module, nn.Embedding):
+        ids = x.reshape(batch, -1)
+        g = g * getattr(module, "embed_scale", 1.0)  # scaled word embeddings (XGLM, M2M100)
+        if module.padding_idx is not None:  # autograd leaves the padding row's gradient at 0
+            g = g.masked_fill((ids == module.padding_idx).unsqueeze(-1), 0.0)
+        return [(module.weight, _Piece("embedding", ids, g, module.weight.shape))]
+    x = x.float().reshape(batch, -1, x.shape[-1])
+    out = []
+    if isinstance(module, nn.Linear):
+        out.append((module.weight, _Piece("linear", x, g, module.weight.shape)))
+    elif module.weight is not None:
+        out.append((module.weight, _Piece("scale", _normalized(module, x), g, module.weight.shape)))
+    if getattr(module, "bias", None) is not None:
+        out.append((module.bias, _Piece("bias", x, g, module.bias.shape)))
+    return out
+
+
+def _fast_micro_batch(model: nn.Module, ids, mask, lam_by_param: dict[int, torch.Tensor], autocast):
+    calls = []
+
+    def capture(module, args, kwargs, output):
+        x = args[0] if args else next(iter(kwargs.values()))
+        calls.append((module, x.detach(), output))
+
+    handles = [m.register_forward_hook(capture, with_kwargs=True) for m in model.modules() if _supported(m)]
+    try:
         with autocast:
-            loss = sample_losses(model, ids, mask)[0]
-        grads = torch.autograd.grad(loss, plist, allow_unused=True)
-        sq, dot = 0.0, 0.0
-        for g, n in zip(grads, names):
-            if g is not None:
-                g = g.double()
-                sq += float(g.pow(2).sum())
-                dot += float((g * lam[n].double()).sum())
-        norms[i], dots[i] = math.sqrt(sq), dot
+            loss = sample_losses(model, ids, mask).sum()  # Σ_b ℓ_b: each sample's own gradient
+    finally:
+        for h in handles:
+            h.remove()
+    outputs = [out for _, _, out in calls]
+    grads = torch.autograd.grad(loss, outputs, allow_unused=True)  # activations only, no weights
+
+    pieces: dict[int, list[_Piece]] = defaultdict(list)
+    for (module, x, _), g in zip(calls, grads):
+        if g is not None:
+            for param, piece in _pieces(module, x, g):
+                pieces[id(param)].append(piece)
+    batch = ids.shape[0]
+    sq = torch.zeros(batch, dtype=torch.float64, device=ids.device)
+    dot = torch.zeros_like(sq)
+    for key, param_pieces in pieces.items():
+        lam = lam_by_param[key]
+        if len(param_pieces) == 1:
+            s, d = param_pieces[0].reduce(lam)
+        else:  # a weight used by several layers: sum its per-sample gradients first
+            grad = sum(p.materialize() for p in param_pieces).flatten(1)
+            s, d = grad.pow(2).sum(1), grad @ lam.flatten()
+        sq += s.double()
+        dot += d.double()
+    return sq, dot
+
+
+# ---------------------------------------------------------------- generic path
+
+def _vmap_micro_batch(model: nn.Module, ids, mask, lam: Params, autocast):
+    from torch.func import functional_call, grad, vmap
+
+    names = list(lam)
+    params = {n: p.detach() for n, p in model.named_parameters() if n in lam}
+
+    def loss(p, sample_ids, sample_mask):
+        with autocast:
+            out = functional_call(model, p, (), {"input_ids": sample_ids[None], "attention_mask": sample_mask[None]})
+            logits = out.logits[:, :-1].float()
+        w = sample_mask[None, 1:].float()
+        ce = F.cross_entropy(logits.transpose(1, 2), sample_ids[None, 1:], reduction="none")
+        return ((ce * w).sum() / w.sum().clamp(min=1))
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, ids, mask)  # B × P: the whole vector
+    sq = sum(grads[n].flatten(1).double().pow(2).sum(1) for n in names)
+    dot = sum(grads[n].flatten(1).double() @ lam[n].flatten().double() for n in names)
+    return sq, dot
+
+
+def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Params, dtype: str = "fp32",
+                     device=None, micro_batch: int = 8, method: str = "auto",
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(‖g(x)‖, ⟨g(x), λ⟩) for each sample, g(x) = ∇ℓ(x; θ) at the model's parameters.
+
+    method: "fast", "vmap", or "auto" (fast when it covers every parameter of the model).
+    dtype "bf16" runs the model under bf16 autocast; norms and dots accumulate in fp32/fp64.
+    """
+    if method == "auto":
+        method = "fast" if fast_path_covers(model) else "vmap"
+    elif method == "fast" and not fast_path_covers(model):
+        raise ValueError("the fast path does not cover every parameterised layer of this model")
+    device = torch.device(device or next(model.parameters()).device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    params = dict(model.named_parameters())
+    lam = {n: v.to(device=device, dtype=torch.float32) for n, v in lam.items()}
+    lam_by_param = {id(params[n]): v for n, v in lam.items()}
+    norms, dots = np.zeros(len(samples)), np.zeros(len(samples))
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i]))  # similar lengths together
+    bar = tqdm(total=len(samples), desc=f"per-sample gradients ({method})", unit="sample",
+               disable=not progress, mininterval=5)
+    for start in range(0, len(order), micro_batch):
+        rows = order[start:start + micro_batch]
+        ids, mask = collate([samples[i] for i in rows], device=device)
+        if method == "fast":
+            sq, dot = _fast_micro_batch(model, ids, mask, lam_by_param, autocast)
+        else:
+            sq, dot = _vmap_micro_batch(model, ids, mask, lam, autocast)
+        norms[rows] = sq.clamp(min=0).sqrt().cpu().numpy()
+        dots[rows] = dot.cpu().numpy()
+        bar.update(len(rows))
+    bar.close()
     return norms, dots
 
 
 def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, step: int, part: int,
-               num_parts: int, stats_dtype: str = "fp32", device: str = "auto",
-               trust_remote_code: bool = False) -> None:
+               num_parts: int, stats_dtype: str = "fp32", micro_batch: int = 8, method: str = "auto",
+               device: str = "auto", trust_remote_code: bool = False) -> None:
     device = resolve_device(device)
     table = pq.read_table(samples_path, columns=["sample_id", "input_ids"])
     rows = part_rows(len(table), part, num_parts)
@@ -69,7 +239,8 @@ def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, s
     theta, lam = load_step(step_path, device)
     set_params(model, theta)
     sample_ids = table["sample_id"].to_numpy()
-    norms, dots = per_sample_stats(model, table["input_ids"].to_pylist(), lam, stats_dtype, device)
+    norms, dots = per_sample_stats(model, table["input_ids"].to_pylist(), lam, stats_dtype, device,
+                                   micro_batch, method, progress=True)
     bad = np.flatnonzero(~(np.isfinite(norms) & np.isfinite(dots)))
     if len(bad):
         raise NonFiniteError(f"non-finite per-sample gradient at step {step}, sample_id "

@@ -47,6 +47,7 @@ rule grad_stats:
             part=int(wildcards.p),
             num_parts=config["proxy"]["num_parts"],
             stats_dtype=ANNOTATION["stats_dtype"],
+            micro_batch=ANNOTATION["stats_micro_batch"],
             device=config["device"],
             trust_remote_code=TRUST_REMOTE_CODE,
         ),
