@@ -15,6 +15,7 @@ include: "rules/models.smk"
 include: "rules/data.smk"
 include: "rules/annotation.smk"
 include: "rules/scoring.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -59,6 +59,10 @@ STAGES = {
                 ("--rejects-out", None), ("--summary-out", None), ("--benchmarks-dir", None),
                 ("--scorer-metrics", None), ("--annotation-info", None), ("--proxy-model", None)],
                "join the scores with the input into scored.jsonl"),
+    "plots": ("lqs.report", "make_plots",
+              [("out_dir", None), ("--summary", None), ("--benchmarks-dir", None), ("--scored", None),
+               ("--trajectory-log", None), ("--labels", None), ("--scorer-metrics", None)],
+              "figures of a finished run for snakemake --report"),
 }
 
 
@@ -81,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_OPTIONAL = {"--benchmarks-dir", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out"}
+_OPTIONAL = {"--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,7 +62,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
     read = scored = truncated = 0
     by_source: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     with atomic_open(out) as f:
-        for record in corpus.iter_records(corpus_paths, text_field, max_chars):
+        for record in corpus.iter_records(corpus_paths, text_field, max_chars, num_shards=num_shards):
             read += 1
             if record.doc_id in rejected:
                 continue

@@ -51,7 +51,8 @@ def collate(samples: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> t
 
 def sample_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """ℓ(x; θ) for each row: mean next-token cross-entropy over the row's real tokens."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # upcast half, keep fp64
     targets = ids[:, 1:]
     weight = mask[:, 1:].to(logits.dtype)
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")

@@ -12,11 +12,13 @@ nothing of the training code:
 from __future__ import annotations
 
 import json
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -40,14 +42,33 @@ class ScorerModel(torch.nn.Module):
         return self.head(pooled.float()).squeeze(-1)
 
 
+def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None,
+                       **kwargs):
+    """XGLM self-attention through F.scaled_dot_product_attention: the same maths as its eager
+    bmm-softmax-bmm without materialising the B×H×S×S weights (fused kernels on GPU)."""
+    if key_value_states is not None or cache is not None:
+        return type(self).forward(self, hidden_states, key_value_states, cache, attention_mask, **kwargs)
+    batch, seq, _ = hidden_states.shape
+    q, k, v = (proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+               for proj in (self.q_proj, self.k_proj, self.v_proj))
+    mask = attention_mask.to(q.dtype) if attention_mask is not None else None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,
+                                         dropout_p=self.dropout if self.training else 0.0)
+    return self.out_proj(out.transpose(1, 2).reshape(batch, seq, self.embed_dim)), None
+
+
 def load_backbone(path: str, trust_remote_code: bool = False, dtype=torch.float32):
     from transformers import AutoModel
 
-    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
-    try:  # scaled-dot-product attention where the architecture has it (XGLM has not)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_cache=False)  # never generates
+    try:  # scaled-dot-product attention where transformers has it for the architecture
         return AutoModel.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except ValueError:
-        return AutoModel.from_pretrained(path, **kwargs)
+        model = AutoModel.from_pretrained(path, **kwargs)
+    for module in model.modules():  # XGLM (fairseq-dense) has only eager attention in transformers
+        if type(module).__name__ == "XGLMAttention":
+            module.forward = types.MethodType(_xglm_sdpa_forward, module)
+    return model
 
 
 def save_scorer(model: ScorerModel, tokenizer, out_dir: str | Path, config: dict) -> None:

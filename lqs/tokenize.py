@@ -59,6 +59,8 @@ def tokenize_windows(tokenizer, texts: Sequence[str], max_length: int) -> list[l
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room next to the special tokens")
+    if len(texts) == 0:  # a fast tokenizer fails on an empty batch
+        return []
     enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     out = []
     for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):

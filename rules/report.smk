@@ -1,0 +1,28 @@
+report: "../report/workflow.rst"
+
+
+rule plots:
+    input:
+        summary=f"{RESULTS}/summary.json",
+        scored=config["output"]["path"],
+        trajectory_log=f"{RESULTS}/annotation/trajectory/log.parquet",
+        labels=f"{RESULTS}/annotation/labels.parquet",
+        scorer=f"{RESULTS}/scorer",
+    output:
+        trajectory=report(f"{RESULTS}/plots/trajectory.png", caption="../report/trajectory.rst", category="Annotation"),
+        labels=report(f"{RESULTS}/plots/labels.png", caption="../report/labels.rst", category="Annotation"),
+        scorer=report(f"{RESULTS}/plots/scorer.png", caption="../report/scorer.rst", category="Scorer"),
+        scores=report(f"{RESULTS}/plots/scores.png", caption="../report/scores.rst", category="Corpus scores"),
+        stages=report(f"{RESULTS}/plots/stages.png", caption="../report/stages.rst", category="Cost"),
+    params:
+        settings=as_settings(score_field=config["output"]["score_field"]),
+        benchmarks=f"{RESULTS}/benchmarks",
+        out_dir=lambda wildcards, output: os.path.dirname(output.scores),
+    log:
+        f"{RESULTS}/logs/plots.log",
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs plots {params.out_dir} --summary {input.summary} --benchmarks-dir {params.benchmarks}"
+        " --scored {input.scored} --trajectory-log {input.trajectory_log} --labels {input.labels}"
+        " --scorer-metrics {input.scorer}/metrics.json --settings {params.settings:q} > {log} 2>&1"
