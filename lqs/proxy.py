@@ -17,8 +17,9 @@ Params = dict[str, torch.Tensor]
 def load_proxy(path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, attn_implementation="eager", trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(  # safetensors only: a pickle is refused, not run
+        path, dtype=torch.float32, attn_implementation="eager", trust_remote_code=trust_remote_code,
+        use_safetensors=True)
     return model.to(device).eval()
 
 

@@ -39,7 +39,8 @@ class ScorerModel(torch.nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.head(pooled.float()).squeeze(-1)
+        with torch.autocast(pooled.device.type, enabled=False):  # the head stays fp32 under bf16
+            return self.head(pooled.float()).squeeze(-1)
 
 
 def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None,
@@ -60,7 +61,8 @@ def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, a
 def load_backbone(path: str, trust_remote_code: bool = False, dtype=torch.float32):
     from transformers import AutoModel
 
-    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_cache=False)  # never generates
+    # use_safetensors: a pickle planted where the weights belong is refused, never unpickled.
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_cache=False, use_safetensors=True)
     try:  # scaled-dot-product attention where transformers has it for the architecture
         return AutoModel.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except ValueError:

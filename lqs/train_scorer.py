@@ -64,8 +64,11 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
 
     device = resolve_device(device)
     torch.manual_seed(seed)
-    data = pd.read_parquet(samples_path, columns=["sample_id", "text"]).merge(
-        pd.read_parquet(labels_path), on="sample_id", validate="one_to_one")
+    samples, labels = pd.read_parquet(samples_path, columns=["sample_id", "text"]), pd.read_parquet(labels_path)
+    data = samples.merge(labels, on="sample_id", validate="one_to_one")
+    if len(data) != len(samples) or len(data) != len(labels):
+        raise ValueError(f"{samples_path} has {len(samples)} samples and {labels_path} {len(labels)} labels, "
+                         f"of which {len(data)} match by sample_id: rerun the annotation")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # A proxy window can be longer in the scorer's tokens: it is scored on its first window.

@@ -1,0 +1,483 @@
+"""Tests for the data scorer and the scoring stages: lqs.scorer (save/load, batched scoring),
+lqs.score (score_shard), lqs.gather (gather_scores) and lqs.train_scorer (DESIGN.md §2, §3, §5, §8)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from scipy import stats
+from transformers import AutoTokenizer, MistralConfig, MistralModel, XGLMConfig, XGLMModel
+
+import lqs.scorer
+import lqs.train_scorer
+from lqs.gather import gather_scores
+from lqs.models import train_tokenizer
+from lqs.score import SCORES_SCHEMA, score_shard
+from lqs.scorer import ScorerModel, Window, save_scorer, token_budget_batches
+from lqs.tokenize import tokenize_shard, tokenize_windows
+
+MAX_LENGTH = 16  # the scorer's window length
+MAX_CHARS = 100_000
+
+SENTENCES = [
+    "The function returns a new list sorted in ascending order.",
+    "Open the file, read each line and close the file when done!",
+    "A dictionary maps keys to values; keys must be hashable.",
+    "Is the iterator exhausted?",
+    "Use a context manager to make sure resources are released.",
+    "Buy now! Best deals.",
+]
+WORDS = "alpha beta gamma delta the of and file list key value line open close".split()
+
+
+def _write_jsonl(path: Path, lines: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return path
+
+
+def _texts(n: int, seed: int, max_sentences: int = 5) -> list[str]:
+    """Texts of very different lengths: a word or two up to several windows."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if i % 3 == 0:
+            out.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))))
+        else:
+            out.append(" ".join(rng.choice(SENTENCES) for _ in range(rng.randint(1, max_sentences))))
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest, and avoids oversubscribing a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("tok")
+    path = _write_jsonl(d / "train.jsonl", [{"text": t} for t in _texts(60, seed=0)])
+    train_tokenizer([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=300, max_chars=MAX_CHARS)
+    return str(d / "tokenizer")
+
+
+def _backbone(kind: str, tokenizer) -> torch.nn.Module:
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    if kind == "xglm":
+        return XGLMModel(XGLMConfig(d_model=32, ffn_dim=64, num_layers=1, attention_heads=2,
+                                    max_position_embeddings=128, **ids))
+    return MistralModel(MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                      **ids))
+
+
+def _save_checkpoint(kind: str, tok_dir: str, out: Path, seed: int = 0) -> Path:
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    model = ScorerModel(_backbone(kind, tokenizer))
+    save_scorer(model, tokenizer, out, {"max_length": MAX_LENGTH})
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer_dirs(tok_dir, tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("scorers")
+    return {kind: str(_save_checkpoint(kind, tok_dir, d / kind)) for kind in ("xglm", "mistral")}
+
+
+@pytest.fixture(scope="module")
+def scorers(scorer_dirs) -> dict[str, lqs.scorer.Scorer]:
+    return {kind: lqs.scorer.load(path, device="cpu") for kind, path in scorer_dirs.items()}
+
+
+@torch.no_grad()
+def _brute_score(scorer: lqs.scorer.Scorer, text: str, max_windows: int | None = None) -> float:
+    """The text alone, each window forwarded alone (no padding, no mask), mean-pooled, through
+    the head; the token-weighted mean over the windows."""
+    windows = tokenize_windows(scorer.tokenizer, [text], scorer.max_length)[0][:max_windows]
+    total = weight = 0.0
+    for ids in windows:
+        hidden = scorer.model.backbone(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        value = scorer.model.head(hidden.mean(0)).item()
+        total += len(ids) * value
+        weight += len(ids)
+    return total / weight
+
+
+def _n_windows(scorer, text: str) -> int:
+    return len(tokenize_windows(scorer.tokenizer, [text], scorer.max_length)[0])
+
+
+# ---------------------------------------------------------------- scorer API
+
+
+def test_checkpoint_layout(scorer_dirs):
+    path = Path(scorer_dirs["xglm"])
+    for name in ("config.json", "model.safetensors", "head.safetensors", "scorer.json", "tokenizer.json"):
+        assert (path / name).exists(), name
+    assert json.loads((path / "scorer.json").read_text()) == {"max_length": MAX_LENGTH}
+    assert not list(path.glob("*.bin")) and not list(path.glob("*.pt"))
+
+
+def test_load_rejects_non_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a scorer checkpoint"):
+        lqs.scorer.load(tmp_path, device="cpu")
+
+
+def test_load_restores_the_saved_weights(tok_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(3)
+    model = ScorerModel(_backbone("xglm", tokenizer))
+    save_scorer(model, tokenizer, tmp_path / "ckpt", {"max_length": MAX_LENGTH})
+    loaded = lqs.scorer.load(tmp_path / "ckpt", device="cpu")
+    saved, restored = model.state_dict(), loaded.model.state_dict()
+    assert set(saved) == set(restored)
+    for name, value in saved.items():
+        torch.testing.assert_close(restored[name], value, rtol=0, atol=0, msg=name)
+    assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("kind", ["xglm", "mistral"])
+@pytest.mark.parametrize("max_tokens", [16, 48, 16384])
+def test_score_matches_brute_force(scorers, kind, max_tokens):
+    scorer = scorers[kind]
+    texts = _texts(30, seed=1)
+    n_windows = [_n_windows(scorer, t) for t in texts]
+    assert min(n_windows) == 1 and max(n_windows) >= 3  # short texts and texts of several windows
+    lengths = {len(w) for t in texts for w in tokenize_windows(scorer.tokenizer, [t], MAX_LENGTH)[0]}
+    assert len(lengths) > 3  # windows of many lengths share batches: padding is exercised
+    expected = [_brute_score(scorer, t) for t in texts]
+    got = scorer.score(texts, max_tokens=max_tokens)
+    assert len(got) == len(texts)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert np.std(expected) > 1e-3  # the texts do get different scores: the order check means something
+    # order does not matter: a permutation of the texts permutes the scores
+    perm = np.random.default_rng(0).permutation(len(texts))
+    np.testing.assert_allclose(scorer.score([texts[i] for i in perm], max_tokens=max_tokens),
+                               [expected[i] for i in perm], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_max_windows_per_doc(scorers, cap):
+    scorer = scorers["xglm"]
+    texts = _texts(20, seed=2)
+    n_windows = [_n_windows(scorer, t) for t in texts]
+    assert any(n > cap for n in n_windows) and any(n <= cap for n in n_windows)
+    values, truncated = scorer.score_with_truncation(texts, max_tokens=40, max_windows_per_doc=cap)
+    assert truncated == [n > cap for n in n_windows]
+    np.testing.assert_allclose(values, [_brute_score(scorer, t, cap) for t in texts], rtol=0, atol=1e-5)
+    assert scorer.score(texts, max_tokens=40, max_windows_per_doc=cap) == values
+    uncapped, flags = scorer.score_with_truncation(texts, max_tokens=40)
+    assert not any(flags)
+    np.testing.assert_allclose(uncapped, [_brute_score(scorer, t) for t in texts], rtol=0, atol=1e-5)
+
+
+def test_score_edge_cases(scorers):
+    scorer = scorers["xglm"]
+    assert scorer.score([]) == []
+    with pytest.raises(ValueError, match="text 1 has no tokens"):
+        scorer.score(["fine", ""])
+
+
+def test_token_budget_batches():
+    rng = random.Random(0)
+    for trial in range(200):
+        lengths = [rng.randint(1, 40) for _ in range(rng.randint(0, 60))]
+        windows = [Window(doc=i, ids=[0] * n) for i, n in enumerate(lengths)]
+        budget = rng.randint(1, 120)
+        batches = list(token_budget_batches(windows, budget))
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(len(windows)))  # every index exactly once
+        assert all(batches)
+        for batch in batches:
+            longest = max(lengths[i] for i in batch)
+            assert len(batch) * longest <= budget or len(batch) == 1  # only a lone over-long window exceeds
+        # longest first: length-bucketed, so a batch holds windows of similar length
+        assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+        # greedy: the next window would not have fitted into the previous batch
+        for prev, nxt in zip(batches, batches[1:]):
+            assert (len(prev) + 1) * max(lengths[i] for i in prev) > budget
+
+
+# ---------------------------------------------------------------- score_shard + gather_scores
+
+
+def _corpus_lines() -> list[str]:
+    """Raw JSONL lines with formatting that must survive byte for byte, a bad line, and sources."""
+    texts = _texts(14, seed=4)
+    lines = []
+    for i, text in enumerate(texts):
+        source = ("web", "books", "code")[i % 3]
+        lines.append(json.dumps({"id": i, "text": text, "source": source, "meta": {"n": i}}))
+    lines[1] = '{"id":1,  "weight": 1.50, "text": ' + json.dumps(texts[1]) + ', "source": "web", "u": "caf\\u00e9"}'
+    lines[2] = '{"text": "naïve café, résumé ünïcode.", "source": "books", "big": 1e400, "x": [1.0, 2.00]}  '
+    lines[5] = '{"text": "this line is broken'
+    lines[8] = json.dumps({"id": 8, "text": texts[8]})  # no source
+    lines[9] = json.dumps({"id": 9, "text": texts[9], "source": 7})  # a non-string source
+    return lines
+
+
+def _run_pipeline(tmp_path: Path, corpus_paths: list[str], tok_dir: str, scorer_dir: str, num_shards,
+                  max_windows_per_doc=None, score_field="score") -> tuple[dict, dict[str, Path]]:
+    shards = range(len(corpus_paths)) if num_shards == "per_file" else range(num_shards)
+    score_paths, reject_paths = [], []
+    for shard in shards:
+        inputs = [corpus_paths[shard]] if num_shards == "per_file" else corpus_paths
+        tokenized, rejects = tmp_path / f"tok-{shard}.parquet", tmp_path / f"rejects-{shard}.jsonl"
+        scores = tmp_path / f"scores-{shard}.parquet"
+        tokenize_shard(inputs, tok_dir, shard, str(tokenized), str(rejects), num_shards=num_shards,
+                       text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+        counts = score_shard(inputs, str(tokenized), scorer_dir, str(scores), shard=shard, num_shards=num_shards,
+                             text_field="text", max_chars=MAX_CHARS, max_tokens=40,
+                             max_windows_per_doc=max_windows_per_doc, chunk_docs=3, device="cpu")
+        assert counts["scored"] == pq.read_table(scores).num_rows
+        score_paths.append(str(scores))
+        reject_paths.append(str(rejects))
+    out = {"out": tmp_path / "scored.jsonl", "rejects": tmp_path / "rejects.jsonl",
+           "summary": tmp_path / "summary.json"}
+    summary = gather_scores(corpus_paths, score_paths, reject_paths, str(out["out"]), str(out["rejects"]),
+                            str(out["summary"]), num_shards=num_shards, text_field="text", max_chars=MAX_CHARS,
+                            score_field=score_field)
+    return summary, out
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_shards):
+    lines = _corpus_lines()
+    path = _write_jsonl(tmp_path / "corpus.jsonl", lines)
+    summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], num_shards)
+    scorer = scorers["xglm"]
+
+    good = [i for i, line in enumerate(lines) if i != 5]
+    out_lines = out["out"].read_text(encoding="utf-8").splitlines(keepends=True)
+    assert len(out_lines) == len(good)  # one line per accepted input document, in input order
+    expected_scores = {}
+    for i, line in zip(good, out_lines):
+        assert line.endswith("}\n") and "\n" not in line[:-1]
+        original = json.loads(lines[i])
+        parsed = json.loads(line)
+        assert list(parsed)[-1] == "score"
+        assert {k: v for k, v in parsed.items() if k != "score"} == original
+        assert parsed["score"] == pytest.approx(_brute_score(scorer, original["text"]), abs=1e-5)
+        # the original bytes are kept: the line is the input line with the field appended
+        body = lines[i].rstrip()[:-1].rstrip()
+        assert line.startswith(body) and re.fullmatch(r', "score": [-0-9.e]+}\n', line[len(body):])
+        expected_scores[i] = parsed["score"]
+    assert '"weight": 1.50' in out_lines[1] and '"u": "caf\\u00e9"' in out_lines[1]
+    assert '"big": 1e400' in out_lines[2] and "naïve café" in out_lines[2]
+
+    # the scores of every shard, in doc-id order, with the truncation flag
+    shard_rows = [r for p in sorted(tmp_path.glob("scores-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    for p in tmp_path.glob("scores-*.parquet"):
+        schema = pq.read_schema(p)
+        assert schema.equals(SCORES_SCHEMA)
+        assert [(f.name, f.type) for f in schema] == [
+            ("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_())]
+    assert sorted(r["doc_id"] for r in shard_rows) == good
+    assert {r["doc_id"]: r["score"] for r in shard_rows} == expected_scores
+    assert not any(r["truncated"] for r in shard_rows)
+
+    rejects = [json.loads(x) for x in out["rejects"].read_text(encoding="utf-8").splitlines()]
+    assert len(rejects) == 1
+    assert rejects[0]["doc_id"] == 5 and rejects[0]["line"] == 6 and rejects[0]["file"] == str(path)
+    assert rejects[0]["record"] == lines[5] and "invalid JSON" in rejects[0]["reason"]
+
+    on_disk = json.loads(out["summary"].read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["documents_read"] == len(lines)
+    assert summary["documents_scored"] == len(good) and summary["documents_rejected"] == 1
+    assert summary["documents_read"] == summary["documents_scored"] + summary["documents_rejected"]
+    assert summary["documents_truncated"] == 0
+    by_source = defaultdict(list)
+    for i in good:
+        source = json.loads(lines[i]).get("source")
+        if isinstance(source, str):
+            by_source[source].append(_brute_score(scorer, json.loads(lines[i])["text"]))
+    assert set(summary["mean_score_by_source"]) == {"web", "books", "code"}
+    for source, values in by_source.items():
+        assert summary["mean_score_by_source"][source] == pytest.approx(np.mean(values), abs=1e-5)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_score_and_gather_truncation(tok_dir, scorer_dirs, scorers, tmp_path):
+    lines = _corpus_lines()
+    path = _write_jsonl(tmp_path / "corpus.jsonl", lines)
+    summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["mistral"], 2, max_windows_per_doc=1)
+    scorer = scorers["mistral"]
+    texts = [json.loads(line)["text"] for i, line in enumerate(lines) if i != 5]
+    n_windows = [_n_windows(scorer, t) for t in texts]
+    assert 0 < sum(n > 1 for n in n_windows) < len(texts)
+    assert summary["documents_truncated"] == sum(n > 1 for n in n_windows)
+    scores = [json.loads(x)["score"] for x in out["out"].read_text().splitlines()]
+    np.testing.assert_allclose(scores, [_brute_score(scorer, t, 1) for t in texts], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, "per_file"])
+def test_score_and_gather_parquet_and_several_files(tok_dir, scorer_dirs, scorers, tmp_path, num_shards):
+    rows = [{"text": t, "source": ("web", "books")[i % 2], "n": i, "f": i / 4} for i, t in enumerate(_texts(9, seed=6))]
+    rows[3]["text"] = "   "  # rejected: empty text
+    first = tmp_path / "a.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), first, row_group_size=4)
+    second_lines = [json.dumps({"text": t, "source": "code"}) for t in _texts(5, seed=7)]
+    second_lines[2] = "[1, 2]"  # rejected: not an object
+    second = _write_jsonl(tmp_path / "b.jsonl", second_lines)
+    summary, out = _run_pipeline(tmp_path, [str(first), str(second)], tok_dir, scorer_dirs["xglm"], num_shards)
+    scorer = scorers["xglm"]
+    expected = [r for i, r in enumerate(rows) if i != 3] + [json.loads(x) for i, x in enumerate(second_lines) if i != 2]
+    got = [json.loads(x) for x in out["out"].read_text(encoding="utf-8").splitlines()]
+    assert len(got) == len(expected)
+    for record, original in zip(got, expected):
+        assert {k: v for k, v in record.items() if k != "score"} == original
+        assert record["score"] == pytest.approx(_brute_score(scorer, original["text"]), abs=1e-5)
+    rejects = [json.loads(x) for x in out["rejects"].read_text().splitlines()]
+    assert [(r["file"], r["line"]) for r in rejects] == [(str(first), 4), (str(second), 3)]
+    assert rejects[0]["record"] == rows[3]
+    assert summary["documents_read"] == len(rows) + len(second_lines)
+    assert (summary["documents_scored"], summary["documents_rejected"]) == (len(expected), 2)
+
+
+def test_gather_refuses_existing_score_field_atomically(tok_dir, scorer_dirs, tmp_path):
+    lines = _corpus_lines()
+    lines[7] = json.dumps({"text": "an already scored document.", "score": 0.5})
+    path = _write_jsonl(tmp_path / "corpus.jsonl", lines)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:8") + ".*already has a field 'score'"):
+        _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], 2)
+    # the failure came after several lines were written: nothing that looks finished is left
+    for name in ("scored.jsonl", "rejects.jsonl", "summary.json"):
+        assert not (tmp_path / name).exists(), name
+    assert not list(tmp_path.glob(".*.tmp"))
+    # another score field name works
+    summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], 2, score_field="lqs")
+    assert json.loads(out["out"].read_text().splitlines()[6])["score"] == 0.5
+    assert summary["documents_scored"] == len(lines) - 1
+
+
+def test_gather_detects_missing_scores(tok_dir, scorer_dirs, tmp_path):
+    path = _write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines())
+    summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], 2)
+    scores = tmp_path / "scores-1.parquet"
+    table = pq.read_table(scores)
+    pq.write_table(table.slice(0, table.num_rows - 1), scores)  # a score lost
+    out2 = tmp_path / "again.jsonl"
+    with pytest.raises(RuntimeError, match="neither scored nor rejected"):
+        gather_scores([str(path)], [str(tmp_path / "scores-0.parquet"), str(scores)],
+                      [str(tmp_path / "rejects-0.jsonl"), str(tmp_path / "rejects-1.jsonl")], str(out2),
+                      str(tmp_path / "r2.jsonl"), str(tmp_path / "s2.json"), num_shards=2, text_field="text",
+                      max_chars=MAX_CHARS, score_field="score")
+    assert not out2.exists() and not (tmp_path / "s2.json").exists()
+
+
+# ---------------------------------------------------------------- train_scorer
+
+
+def test_spearman_matches_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(3, 60))
+        a = rng.integers(0, 6, n).astype(float)  # many ties
+        b = a + rng.integers(-3, 4, n)
+        assert lqs.train_scorer.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+        c = rng.normal(size=n)
+        assert lqs.train_scorer.spearman(c, b) == pytest.approx(stats.spearmanr(c, b).statistic, abs=1e-12)
+    assert lqs.train_scorer.spearman(np.ones(5), np.arange(5.0)) == 0.0
+    assert lqs.train_scorer.spearman(np.arange(5.0), np.arange(5.0)[::-1]) == pytest.approx(-1.0)
+
+
+def _training_data(tmp_path: Path, n: int = 40) -> tuple[Path, Path, list[str], np.ndarray, np.ndarray]:
+    rng = random.Random(8)
+    texts = []
+    while len(texts) < n:
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9)))
+        if text not in texts:
+            texts.append(text)
+    length = np.array([len(t) for t in texts], dtype=float)
+    score = (length - length.mean()) / length.std()  # the label: a simple function of the text
+    split = np.array(["valid" if i % 4 == 0 else "train" for i in range(n)])
+    samples = tmp_path / "samples.parquet"
+    pd.DataFrame({"sample_id": np.arange(n) + 100, "doc_id": np.arange(n), "text": texts}).to_parquet(samples)
+    labels = tmp_path / "labels.parquet"
+    order = rng.sample(range(n), n)  # the labels file in another order: merged by sample_id
+    pd.DataFrame({"sample_id": np.arange(n)[order] + 100, "raw": score[order], "score": score[order],
+                  "split": split[order]}).to_parquet(labels)
+    return samples, labels, texts, score, split
+
+
+@pytest.fixture(scope="module")
+def base_dir(tok_dir, tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("base")
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    _backbone("xglm", tokenizer).save_pretrained(d, safe_serialization=True)
+    tokenizer.save_pretrained(d)
+    return str(d)
+
+
+TRAIN_SETTINGS = dict(lr=3e-3, epochs=3, batch_size=8, warmup_steps=2, weight_decay=0.01, clip=1.0,
+                      max_length=32, seed=0, device="cpu")
+
+
+def test_train_scorer(base_dir, tmp_path):
+    samples, labels, texts, score, split = _training_data(tmp_path)
+    out = tmp_path / "scorer"
+    summary = lqs.train_scorer.train_scorer(str(samples), str(labels), base_dir, str(out), **TRAIN_SETTINGS)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(summary))
+    assert (metrics["train_samples"], metrics["valid_samples"]) == ((split == "train").sum(), (split == "valid").sum())
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert metrics["valid_spearman"] == max(h["valid_spearman"] for h in history)
+    best = history[metrics["best_epoch"]]
+    assert (best["valid_spearman"], best["valid_mse"]) == (metrics["valid_spearman"], metrics["valid_mse"])
+    assert all(np.isfinite(h["train_loss"]) for h in history)
+
+    scorer = lqs.scorer.load(out, device="cpu")
+    assert scorer.max_length == TRAIN_SETTINGS["max_length"]
+    valid_texts = [t for t, s in zip(texts, split) if s == "valid"]
+    assert all(_n_windows(scorer, t) == 1 for t in valid_texts)  # one window: score == the window's output
+    pred = np.array(scorer.score(valid_texts))
+    np.testing.assert_allclose(pred, [_brute_score(scorer, t) for t in valid_texts], rtol=0, atol=1e-5)
+    target = score[split == "valid"]
+    assert metrics["valid_spearman"] == pytest.approx(lqs.train_scorer.spearman(pred, target), abs=1e-9)
+    assert metrics["valid_spearman"] == pytest.approx(stats.spearmanr(pred, target).statistic, abs=1e-9)
+    assert metrics["valid_mse"] == pytest.approx(float(np.mean((pred - target) ** 2)), abs=1e-5)
+
+
+def test_train_scorer_keeps_the_best_epoch(base_dir, tmp_path, monkeypatch):
+    """With validation Spearman forced to peak at epoch 1, the checkpoint holds epoch 1's weights."""
+    samples, labels, *_ = _training_data(tmp_path)
+    forced = iter([0.2, 0.9, 0.5])
+    states = []
+    real_predict = lqs.train_scorer.predict
+
+    def recording_predict(model, *args, **kwargs):
+        states.append(copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+        return real_predict(model, *args, **kwargs)
+
+    monkeypatch.setattr(lqs.train_scorer, "predict", recording_predict)
+    monkeypatch.setattr(lqs.train_scorer, "spearman", lambda a, b: next(forced))
+    out = tmp_path / "scorer"
+    summary = lqs.train_scorer.train_scorer(str(samples), str(labels), base_dir, str(out), **TRAIN_SETTINGS)
+    assert summary["best_epoch"] == 1 and summary["valid_spearman"] == 0.9
+    assert len(states) == 3
+    loaded = lqs.scorer.load(out, device="cpu").model.state_dict()
+    assert any(not torch.equal(states[1][k], states[2][k]) for k in states[1])  # training did change them
+    for name, value in loaded.items():
+        torch.testing.assert_close(value, states[1][name], rtol=0, atol=0, msg=name)
