@@ -63,14 +63,18 @@ def _check_text(fields: Any, text_field: str, max_chars: int) -> tuple[str | Non
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
     """(line number, raw bytes, error) for each non-blank line; a truncated gzip ends in an error."""
     opener = gzip.open if path.suffix == ".gz" else open
-    lineno = 0
+    lineno, records = 0, 0
     with opener(path, "rb") as f:
         try:
             for lineno, line in enumerate(f, start=1):
                 if line.strip():
+                    records += 1
                     yield lineno, line, None
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             yield lineno + 1, None, f"corrupt or truncated gzip stream ({e})"
+            return
+    if records == 0:  # an input that silently contributes nothing is more likely a mistake
+        yield 1, None, "empty input file (no records)"
 
 
 def _parse_line(raw: bytes, text_field: str, max_chars: int):
@@ -135,6 +139,8 @@ def _file_records(path: Path, text_field: str, max_chars: int):
                 row += 1
                 text, error = _check_text(fields, text_field, max_chars)
                 yield row, None, fields, text, error
+        if row == 0:
+            yield 1, None, None, None, "empty input file (no records)"
     else:
         for line, raw, error in _jsonl_lines(path):
             yield line, raw, None, None, error

@@ -113,17 +113,21 @@ class _Piece:
         return flat.pow(2).sum(1), flat @ lam.flatten()
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))  # bf16 up, fp64 kept
+
+
 def _pieces(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[tuple[nn.Parameter, _Piece]]:
     """Per-parameter pieces of one call of `module` with input x and output gradient g."""
     batch = g.shape[0]
-    g = g.float().reshape(batch, -1, g.shape[-1])
+    g = _at_least_fp32(g).reshape(batch, -1, g.shape[-1])
     if isinstance(module, nn.Embedding):
         ids = x.reshape(batch, -1)
         g = g * getattr(module, "embed_scale", 1.0)  # scaled word embeddings (XGLM, M2M100)
         if module.padding_idx is not None:  # autograd leaves the padding row's gradient at 0
             g = g.masked_fill((ids == module.padding_idx).unsqueeze(-1), 0.0)
         return [(module.weight, _Piece("embedding", ids, g, module.weight.shape))]
-    x = x.float().reshape(batch, -1, x.shape[-1])
+    x = _at_least_fp32(x).reshape(batch, -1, x.shape[-1])
     out = []
     if isinstance(module, nn.Linear):
         out.append((module.weight, _Piece("linear", x, g, module.weight.shape)))
@@ -182,7 +186,7 @@ def _vmap_micro_batch(model: nn.Module, ids, mask, lam: Params, autocast):
     def loss(p, sample_ids, sample_mask):
         with autocast:
             out = functional_call(model, p, (), {"input_ids": sample_ids[None], "attention_mask": sample_mask[None]})
-            logits = out.logits[:, :-1].float()
+            logits = _at_least_fp32(out.logits[:, :-1])
         w = sample_mask[None, 1:].float()
         ce = F.cross_entropy(logits.transpose(1, 2), sample_ids[None, 1:], reduction="none")
         return ((ce * w).sum() / w.sum().clamp(min=1))
@@ -208,7 +212,8 @@ def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Pa
     device = torch.device(device or next(model.parameters()).device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     params = dict(model.named_parameters())
-    lam = {n: v.to(device=device, dtype=torch.float32) for n, v in lam.items()}
+    lam = {n: _at_least_fp32(v.to(device)).to(torch.promote_types(params[n].dtype, torch.float32))
+           for n, v in lam.items()}
     lam_by_param = {id(params[n]): v for n, v in lam.items()}
     norms, dots = np.zeros(len(samples)), np.zeros(len(samples))
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]))  # similar lengths together

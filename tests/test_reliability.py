@@ -1,0 +1,245 @@
+"""Reliability: killed jobs, untrusted files, non-finite values, empty inputs (DESIGN.md §8)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import GOOD, make_workflow, tiny_config, tiny_corpus, write_jsonl
+from transformers import MistralConfig, MistralForCausalLM
+
+from lqs import corpus
+from lqs.proxy import load_proxy
+from lqs.trajectory import NonFiniteError
+
+LONG_STAGES = ["trajectory", "grad-stats", "train-scorer", "score-shard", "gather"]
+
+
+def _kill_when_started(stage: str, delay: float, killed: list, stop: threading.Event) -> None:
+    """SIGKILLs the first `lqs <stage>` process `delay` seconds after it appears."""
+    while not stop.is_set():
+        found = subprocess.run(["pgrep", "-f", f"lqs {stage} "], capture_output=True, text=True).stdout.split()
+        if found:
+            time.sleep(delay)
+            for pid in found:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(stage)
+                except ProcessLookupError:
+                    pass
+            return
+        time.sleep(0.05)
+
+
+def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp_path):
+    """Each long stage is SIGKILLed at a random point; reruns finish the workflow, and the
+    labels and scores equal those of an uninterrupted run (which also proves two runs with the
+    same seed agree on CPU)."""
+    workdir = tmp_path / "killed"
+    workdir.mkdir()
+    shutil.copytree(completed_workflow / "data", workdir / "data")
+    make_workflow(workdir, tiny_config("data/corpus.jsonl", "data/target.jsonl"))
+    rng = random.Random(1)
+    killed: list[str] = []
+    for stage in LONG_STAGES:
+        stop = threading.Event()
+        killer = threading.Thread(target=_kill_when_started, args=(stage, rng.uniform(0.5, 3.0), killed, stop))
+        killer.start()
+        run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete"],
+                             cwd=workdir, capture_output=True, text=True)
+        stop.set()
+        killer.join()
+        if stage in killed:
+            assert run.returncode != 0, f"the run survived killing {stage}"
+        # Whatever a killed job left, no declared output may be a partial file: every parquet
+        # that exists reads back, and the final output exists only complete.
+        for path in (workdir / "results").rglob("*.parquet"):
+            pd.read_parquet(path)
+        assert not (workdir / "scored.jsonl").exists() or run.returncode == 0
+    assert set(killed) >= {"trajectory", "train-scorer"}, killed  # the slow ones were hit
+    final = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete"],
+                           cwd=workdir, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    expected = completed_workflow / "results" / "annotation" / "labels.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(workdir / "results/annotation/labels.parquet"),
+                                  pd.read_parquet(expected))
+    assert (workdir / "scored.jsonl").read_bytes() == (completed_workflow / "scored.jsonl").read_bytes()
+
+
+def _tiny_model_dir(path: Path) -> Path:
+    config = MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1)
+    MistralForCausalLM(config).save_pretrained(path)
+    return path
+
+
+class _Planted:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp") / f"lqs-pickle-ran-{os.getpid()}"
+
+
+@pytest.mark.parametrize("loader", ["proxy", "scorer"])
+def test_planted_pickle_is_refused_not_executed(tmp_path, loader):
+    model_dir = _tiny_model_dir(tmp_path / "model")
+    (model_dir / "model.safetensors").unlink()
+    with open(model_dir / "pytorch_model.bin", "wb") as f:
+        pickle.dump(_Planted(), f)
+    MARKER.unlink(missing_ok=True)
+    with pytest.raises(OSError, match="safetensors"):
+        if loader == "proxy":
+            load_proxy(str(model_dir))
+        else:
+            from lqs.scorer import load_backbone
+
+            load_backbone(str(model_dir))
+    assert not MARKER.exists(), "the planted pickle was executed"
+
+
+def test_remote_code_is_not_run_by_default(tmp_path):
+    model_dir = _tiny_model_dir(tmp_path / "model")
+    marker = tmp_path / "remote-code-ran"
+    (model_dir / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                         "from transformers import MistralConfig as CustomConfig\n")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig"}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    try:
+        load_proxy(str(model_dir))
+    except (ValueError, OSError):
+        pass  # refusing is fine; running the file is not
+    assert not marker.exists()
+
+
+def test_schema_keeps_trust_remote_code_off_by_default():
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/schema.yaml").read_text())
+    assert schema["properties"]["models"]["properties"]["trust_remote_code"]["default"] is False
+
+
+def test_non_finite_per_sample_gradient_names_step_and_sample(tmp_path):
+    from safetensors.torch import save_file
+
+    from lqs.grad_stats import grad_stats
+
+    model_dir = _tiny_model_dir(tmp_path / "model")
+    model = load_proxy(str(model_dir))
+    tensors = {f"theta.{n}": p.detach().clone() for n, p in model.named_parameters()}
+    tensors |= {f"lambda.{n}": torch.full_like(p, float("nan")) for n, p in model.named_parameters()}
+    save_file(tensors, str(tmp_path / "step-3.safetensors"))
+    pd.DataFrame({"sample_id": np.array([7, 8], np.int64), "input_ids": [[1, 2, 3], [4, 5]]}).to_parquet(
+        tmp_path / "samples.parquet")
+    with pytest.raises(NonFiniteError, match=r"step 3, sample_id 7"):
+        grad_stats(str(tmp_path / "samples.parquet"), str(tmp_path / "step-3.safetensors"), str(model_dir),
+                   str(tmp_path / "out.parquet"), step=3, part=0, num_parts=1, device="cpu")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_empty_input_file_is_a_bad_record(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    good = write_jsonl(tmp_path / "good.jsonl", [{"text": "hello"}])
+    records = list(corpus.iter_records([str(good), str(empty)]))
+    assert [r.error for r in records] == [None, "empty input file (no records)"]
+    with pytest.raises(corpus.BadRecordError, match=f"{empty}:1: empty input file"):
+        corpus.check(records[1], "error")
+    assert corpus.check(records[1], "skip") is False
+
+
+def test_bad_records_are_counted_through_the_workflow(tiny_workflow):
+    """Every kind of bad record in one corpus, with on_bad_record: skip: read = scored + rejected."""
+    import gzip
+
+    import yaml
+
+    good = tiny_corpus(12)
+    lines = [json.dumps(r) for r in good[:6]] + [
+        "{not json", "[1, 2]", json.dumps({"txt": "x"}), json.dumps({"text": 5}), json.dumps({"text": "  "}),
+        json.dumps({"text": "long " * 3000}),  # far over one window: several windows, still scored
+        json.dumps({"text": "y" * 50_000}),  # over corpus.max_chars: rejected
+    ] + [json.dumps(r) for r in good[6:]]
+    data = tiny_workflow / "data"
+    (data / "corpus.jsonl").write_bytes("\n".join(lines).encode() + b"\n" + b'{"text": "\xff\xfe"}\n')
+    (data / "empty.jsonl").write_text("")
+    blob = gzip.compress("".join(json.dumps(r) + "\n" for r in good).encode())
+    (data / "cut.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    config = yaml.safe_load((tiny_workflow / "config/config.yaml").read_text())
+    config["corpus"] |= {"path": ["data/corpus.jsonl", "data/empty.jsonl", "data/cut.jsonl.gz"],
+                         "on_bad_record": "skip", "max_chars": 20_000}
+    (tiny_workflow / "config/config.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=tiny_workflow,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tiny_workflow / "results/summary.json").read_text())
+    rejects = [json.loads(line) for line in (tiny_workflow / "rejects.jsonl").read_text().splitlines()]
+    reasons = " | ".join(r["reason"] for r in rejects)
+    for reason in ("invalid JSON", "not a JSON object", "missing text field", "not a string", "empty text",
+                   "longer than corpus.max_chars", "invalid UTF-8", "empty input file", "truncated gzip"):
+        assert reason in reasons, reason
+    scored = (tiny_workflow / "scored.jsonl").read_text().splitlines()
+    assert summary["documents_rejected"] == len(rejects) == 9
+    assert summary["documents_read"] == summary["documents_scored"] + summary["documents_rejected"]
+    assert summary["documents_scored"] == len(scored)
+    assert any(json.loads(line)["text"].startswith("long long") for line in scored)
+
+
+def test_config_errors_name_the_key(tiny_workflow):
+    import yaml
+
+    config_path = tiny_workflow / "config/config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    for edit, key in [(lambda c: c["annotation"].update(lr="fast"), "lr"),
+                      (lambda c: c["scorer"].update(learning_rate=0.1), "learning_rate")]:
+        broken = json.loads(json.dumps(config))
+        edit(broken)
+        config_path.write_text(yaml.safe_dump(broken))
+        run = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=tiny_workflow,
+                             capture_output=True, text=True)
+        assert run.returncode != 0
+        assert key in run.stdout + run.stderr
+
+
+def test_proxy_set_larger_than_corpus_fails_before_annotation(tiny_workflow):
+    import yaml
+
+    config_path = tiny_workflow / "config/config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["proxy"]["size"] = 100_000
+    config_path.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/proxy/samples.parquet"],
+                         cwd=tiny_workflow, capture_output=True, text=True)
+    assert run.returncode != 0
+    log = (tiny_workflow / "results/logs/sample_proxy.log").read_text()
+    assert "cannot draw 100000 proxy samples" in log
+    assert not (tiny_workflow / "results/annotation").exists()
+
+
+def test_empty_target_set_is_a_clear_error(tiny_workflow):
+    (tiny_workflow / "data/target.jsonl").write_text("\n")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/target/tokens.parquet"],
+                         cwd=tiny_workflow, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "the target set is empty" in (tiny_workflow / "results/logs/prepare_target.log").read_text()
+
+
+def test_good_target_lines(tiny_workflow):
+    """The fixture's target set is fine: guards the negative test above against a broken fixture."""
+    lines = (tiny_workflow / "data/target.jsonl").read_text().splitlines()
+    assert [json.loads(line)["conversations"][1] for line in lines][:len(GOOD)] == GOOD
