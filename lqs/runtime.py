@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import torch
 
+def resolve_device(device: str = "auto"):
+    import torch  # here, not at import: the CPU-only stages never load torch
 
-def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

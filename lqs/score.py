@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lqs import corpus
-from lqs.io import parquet_writer
+from lqs.io import TokenRate, parquet_writer
 from lqs.scorer import load
 
 SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_())])
@@ -41,10 +41,12 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
         counts["scored"] += len(chunk)
         counts["truncated"] += sum(flags)
         bar.update(len(chunk))
+        rate.add(scorer.tokens_scored - rate.tokens)
         chunk.clear()
 
     records = corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards)
     bar = tqdm(total=len(accepted), desc=f"score shard {shard}", unit="doc", mininterval=5)
+    rate = TokenRate(bar)
     with parquet_writer(out, SCORES_SCHEMA) as writer:
         for record in records:
             i = np.searchsorted(accepted, record.doc_id)

@@ -109,6 +109,7 @@ class Scorer:
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
         self.max_length = int(config["max_length"])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.tokens_scored = 0  # running total, for throughput meters
 
     def _forward(self, batch: list[list[int]]) -> torch.Tensor:
         longest = max(len(ids) for ids in batch)
@@ -149,7 +150,9 @@ class Scorer:
                 n = len(windows[i].ids)
                 totals[windows[i].doc] += n * value
                 weights[windows[i].doc] += n
-            bar.update(sum(len(windows[i].ids) for i in batch))
+            tokens = sum(len(windows[i].ids) for i in batch)
+            self.tokens_scored += tokens
+            bar.update(tokens)
         bar.close()
         return [t / w for t, w in zip(totals, weights)], truncated
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from lqs import corpus
-from lqs.io import atomic_open, parquet_writer
+from lqs.io import TokenRate, atomic_open, parquet_writer
 
 SHARD_SCHEMA = pa.schema([
     ("doc_id", pa.int64()),
@@ -103,12 +103,15 @@ def tokenize_shard(
                 ids.append(window)
                 counts["tokens"] += len(window)
         counts["windows"] += len(ids)
+        rate.add(sum(map(len, ids)))
         writer.write_table(pa.table([doc_ids, window_idx, ids], schema=SHARD_SCHEMA))
         batch.clear()
 
     records = corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards)
+    bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
+    rate = TokenRate(bar)
     with parquet_writer(out, SHARD_SCHEMA) as writer, atomic_open(rejects) as rejects_file:
-        for record in tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5):
+        for record in bar:
             if corpus.check(record, on_bad_record):
                 counts["documents"] += 1
                 batch.append(record)

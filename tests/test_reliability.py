@@ -54,6 +54,7 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
     make_workflow(workdir, tiny_config("data/corpus.jsonl", "data/target.jsonl"))
     rng = random.Random(1)
     killed: list[str] = []
+    interrupted = []
     for stage in LONG_STAGES:
         stop = threading.Event()
         killer = threading.Thread(target=_kill_when_started, args=(stage, rng.uniform(0.5, 3.0), killed, stop))
@@ -62,14 +63,14 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
                              cwd=workdir, capture_output=True, text=True)
         stop.set()
         killer.join()
-        if stage in killed:
-            assert run.returncode != 0, f"the run survived killing {stage}"
+        if run.returncode != 0:  # a kill that lands after the job ended interrupts nothing
+            interrupted.append(stage)
         # Whatever a killed job left, no declared output may be a partial file: every parquet
         # that exists reads back, and the final output exists only complete.
         for path in (workdir / "results").rglob("*.parquet"):
             pd.read_parquet(path)
         assert not (workdir / "scored.jsonl").exists() or run.returncode == 0
-    assert set(killed) >= {"trajectory", "train-scorer"}, killed  # the slow ones were hit
+    assert set(interrupted) >= {"trajectory", "train-scorer"}, (killed, interrupted)
     final = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete"],
                            cwd=workdir, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-3000:]
