@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lqs import distributed
 from lqs.io import write_table
 from lqs.proxy import Params, collate, load_proxy, sample_losses, set_params
-from lqs.runtime import resolve_device
 from lqs.trajectory import NonFiniteError, load_step
 
 log = logging.getLogger(__name__)
@@ -236,21 +236,28 @@ def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Pa
 def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, step: int, part: int,
                num_parts: int, stats_dtype: str = "fp32", micro_batch: int = 8, method: str = "auto",
                device: str = "auto", trust_remote_code: bool = False) -> None:
-    device = resolve_device(device)
+    """Writes the stats of one part of the proxy set at one step; under torchrun each rank
+    computes every world-th sample of the part and rank 0 writes them all."""
+    ctx = distributed.setup(device)
     table = pq.read_table(samples_path, columns=["sample_id", "input_ids"])
     rows = part_rows(len(table), part, num_parts)
     table = table.take(pa.array(rows, pa.int64()))
-    model = load_proxy(proxy_dir, device, trust_remote_code)
-    theta, lam = load_step(step_path, device)
+    model = load_proxy(proxy_dir, ctx.device, trust_remote_code)
+    theta, lam = load_step(step_path, ctx.device)
     set_params(model, theta)
+    mine = table["input_ids"].to_pylist()[ctx.rank::ctx.world]
+    norms, dots = np.zeros(len(rows)), np.zeros(len(rows))
+    for rank, (n, d) in enumerate(distributed.all_gather(ctx, per_sample_stats(
+            model, mine, lam, stats_dtype, ctx.device, micro_batch, method, progress=ctx.main))):
+        norms[rank::ctx.world], dots[rank::ctx.world] = n, d
     sample_ids = table["sample_id"].to_numpy()
-    norms, dots = per_sample_stats(model, table["input_ids"].to_pylist(), lam, stats_dtype, device,
-                                   micro_batch, method, progress=True)
     bad = np.flatnonzero(~(np.isfinite(norms) & np.isfinite(dots)))
     if len(bad):
         raise NonFiniteError(f"non-finite per-sample gradient at step {step}, sample_id "
                              f"{int(sample_ids[bad[0]])} ({len(bad)} such samples in this part)")
     lam_norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in lam.values()))
-    write_table(out, pa.table({
-        "sample_id": sample_ids, "step": np.full(len(rows), step, np.int32), "grad_norm": norms,
-        "dot": dots, "lambda_norm": np.full(len(rows), lam_norm)}, schema=STATS_SCHEMA))
+    if ctx.main:
+        write_table(out, pa.table({
+            "sample_id": sample_ids, "step": np.full(len(rows), step, np.int32), "grad_norm": norms,
+            "dot": dots, "lambda_norm": np.full(len(rows), lam_norm)}, schema=STATS_SCHEMA))
+    distributed.teardown(ctx)

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from lqs import distributed
 from lqs.io import atomic_dir, write_json
-from lqs.runtime import resolve_device
 from lqs.scorer import ScorerModel, Window, load_backbone, save_scorer, token_budget_batches
 from lqs.tokenize import tokenize_windows
 
@@ -60,9 +60,12 @@ def predict(model, windows: list[Window], pad_id: int, device, max_tokens: int =
 def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: str, *, lr: float,
                  epochs: int, batch_size: int, warmup_steps: int, weight_decay: float, clip: float,
                  max_length: int, seed: int, device: str = "auto", trust_remote_code: bool = False) -> dict:
+    """Trains the scorer; under torchrun, with DDP: each rank takes a slice of every global batch
+    and the loss is scaled so that the averaged gradient is the global batch's, as in one process."""
     from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
-    device = resolve_device(device)
+    ctx = distributed.setup(device)
+    device = ctx.device
     torch.manual_seed(seed)
     samples, labels = pd.read_parquet(samples_path, columns=["sample_id", "text"]), pd.read_parquet(labels_path)
     data = samples.merge(labels, on="sample_id", validate="one_to_one")
@@ -78,24 +81,30 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
     targets = {name: data["score"].to_numpy(np.float32)[rows] for name, rows in splits.items()}
 
     model = ScorerModel(load_backbone(base_dir, trust_remote_code)).to(device)
+    trained = model if ctx.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     steps_per_epoch = math.ceil(len(windows["train"]) / batch_size)
     schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, epochs * steps_per_epoch)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the same on every rank: one global batch order
     target_train = torch.as_tensor(targets["train"])
 
     history, best = [], {"valid_spearman": -math.inf}
     for epoch in range(epochs):
-        model.train()
+        trained.train()
         losses = []
         for rows in tqdm(list(_batches(windows["train"], batch_size, rng)), desc=f"epoch {epoch}",
-                         unit="batch", mininterval=5):
-            pred = _forward(model, windows["train"], rows, pad_id, device)
-            loss = torch.nn.functional.mse_loss(pred, target_train[rows].to(device))
-            if not torch.isfinite(loss):
+                         unit="batch", mininterval=5, disable=not ctx.main):
+            mine = rows[ctx.rank::ctx.world] or rows[:1]  # a rank with no row reuses one, weighted 0
+            weight = len(rows[ctx.rank::ctx.world]) > 0
+            pred = _forward(trained, windows["train"], mine, pad_id, device)
+            squared = (pred - target_train[mine].to(device)) ** 2
+            # DDP averages gradients over ranks: Σ_local / global × world gives the global mean.
+            loss = squared.sum() * (weight * ctx.world / len(rows))
+            global_loss = sum(distributed.all_gather(ctx, loss.item())) / ctx.world
+            if not math.isfinite(global_loss):
                 raise FloatingPointError(f"non-finite scorer training loss at epoch {epoch}, "
                                          f"step {len(losses)}")
             optimizer.zero_grad(set_to_none=True)
@@ -103,8 +112,8 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
-        valid_pred = predict(model, windows["valid"], pad_id, device)
+            losses.append(global_loss)
+        valid_pred = _predict_sharded(ctx, model, windows["valid"], pad_id)
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                    "valid_mse": float(np.mean((valid_pred - targets["valid"]) ** 2)),
                    "valid_spearman": spearman(valid_pred, targets["valid"])}
@@ -116,10 +125,22 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
 
     model.load_state_dict(best.pop("state"))
     summary = {"best_epoch": best["epoch"], "valid_spearman": best["valid_spearman"],
-               "valid_mse": best["valid_mse"], "history": history,
+               "valid_mse": best["valid_mse"], "history": history, "processes": ctx.world,
                "train_samples": len(windows["train"]), "valid_samples": len(windows["valid"])}
-    with atomic_dir(out_dir) as tmp:
-        save_scorer(model.cpu(), tokenizer, tmp, {"max_length": max_length, "pooling": "mean",
-                                                  "label": "lqs normalised score"})
-        write_json(tmp / "metrics.json", summary)
+    if ctx.main:
+        with atomic_dir(out_dir) as tmp:
+            save_scorer(model.cpu(), tokenizer, tmp, {"max_length": max_length, "pooling": "mean",
+                                                      "label": "lqs normalised score"})
+            write_json(tmp / "metrics.json", summary)
+    distributed.teardown(ctx)
     return summary
+
+
+def _predict_sharded(ctx: distributed.Context, model, windows: list[Window], pad_id: int) -> np.ndarray:
+    """Predictions for all windows, each rank computing every world-th one."""
+    mine = list(range(ctx.rank, len(windows), ctx.world))
+    values = predict(model, [windows[i] for i in mine], pad_id, ctx.device) if mine else np.zeros(0)
+    out = np.zeros(len(windows))
+    for rank, part in enumerate(distributed.all_gather(ctx, values)):
+        out[rank::ctx.world] = part
+    return out

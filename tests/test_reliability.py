@@ -28,10 +28,18 @@ from lqs.trajectory import NonFiniteError
 LONG_STAGES = ["trajectory", "grad-stats", "train-scorer", "score-shard", "gather"]
 
 
-def _kill_when_started(stage: str, delay: float, killed: list, stop: threading.Event) -> None:
-    """SIGKILLs the first `lqs <stage>` process `delay` seconds after it appears."""
+def _ours(pid: str, workdir: Path) -> bool:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(workdir)
+    except OSError:
+        return False
+
+
+def _kill_when_started(stage: str, workdir: Path, delay: float, killed: list, stop: threading.Event) -> None:
+    """SIGKILLs this test's `lqs <stage>` processes `delay` seconds after one appears."""
     while not stop.is_set():
         found = subprocess.run(["pgrep", "-f", f"lqs {stage} "], capture_output=True, text=True).stdout.split()
+        found = [pid for pid in found if _ours(pid, workdir)]
         if found:
             time.sleep(delay)
             for pid in found:
@@ -57,7 +65,7 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
     interrupted = []
     for stage in LONG_STAGES:
         stop = threading.Event()
-        killer = threading.Thread(target=_kill_when_started, args=(stage, rng.uniform(0.5, 3.0), killed, stop))
+        killer = threading.Thread(target=_kill_when_started, args=(stage, workdir, rng.uniform(0.5, 3.0), killed, stop))
         killer.start()
         run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete"],
                              cwd=workdir, capture_output=True, text=True)

@@ -1,0 +1,424 @@
+"""Workflow-level tests: the Snakemake DAG end to end, bad input, lint, config validation and
+incremental re-planning after config or input edits (DESIGN.md §2: each rule's params carry
+exactly the configuration its stage depends on).
+
+The expensive run is shared: `completed_workflow` (conftest) is run once per session, and every
+test that changes anything works on a copy (shutil.copytree with symlinks=True, so the copy
+keeps the .snakemake metadata — params, code, input checksums — and the file mtimes).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import GOOD, ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+from safetensors import safe_open
+
+# tiny_config: annotation steps 4, interval 2, batch 4; proxy 48 windows in 2 parts; 2 shards.
+ANNOTATED_STEPS = [0, 2]
+NUM_PARTS = 2
+NUM_SHARDS = 2
+MAIN_RULES = {"tokenize_shard", "sample_proxy", "trajectory", "grad_stats", "lqs_labels",
+              "train_scorer", "score_shard"}
+# Rerun reasons that a config edit or a corpus edit must never produce on a copied workflow.
+UNEXPECTED_REASONS = ("Code has changed", "Software environment", "Set of input files has changed",
+                      "Missing output files", "Incomplete output files")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def copy_workflow(src: Path, tmp_path: Path, name: str = "wf") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(src, dst, symlinks=True)
+    assert (dst / ".snakemake" / "metadata").is_dir()
+    return dst
+
+
+def edit_config(workdir: Path, edit) -> None:
+    path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def set_key(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(config):
+        node = config
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+
+    return edit
+
+
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+
+
+def parse_plan(text: str) -> tuple[list[dict], collections.Counter]:
+    """The jobs of a `snakemake -n` listing (rule, wildcards, reason) and its first Job stats table."""
+    jobs, current = [], None
+    for line in text.splitlines():
+        match = JOB_HEADER.match(line.rstrip())
+        if match:
+            current = {"rule": match.group(1), "wildcards": {}, "reason": ""}
+            jobs.append(current)
+            continue
+        if not line.startswith((" ", "\t")):
+            current = None  # a job's details are indented under its header
+            continue
+        if current is None:
+            continue
+        stripped = line.strip()
+        if stripped.startswith("wildcards:"):
+            pairs = stripped[len("wildcards:"):].strip().split(", ")
+            current["wildcards"] = dict(p.split("=", 1) for p in pairs)
+        elif stripped.startswith("reason:"):
+            current["reason"] = stripped[len("reason:"):].strip()
+
+    stats: collections.Counter = collections.Counter()
+    lines = text.splitlines()
+    if "Job stats:" in lines:
+        i = lines.index("Job stats:") + 3  # title, header, dashes
+        while i < len(lines) and lines[i].split() and lines[i].split()[0] != "total":
+            rule, count = lines[i].split()
+            stats[rule] = int(count)
+            i += 1
+    return jobs, stats
+
+
+def plan(workdir: Path, *targets: str) -> list[dict]:
+    """The jobs `snakemake -n` plans; checks the listing agrees with its Job stats table."""
+    result = snakemake(workdir, "-n", *targets)
+    text = result.stdout + "\n" + result.stderr
+    jobs, stats = parse_plan(text)
+    assert collections.Counter(j["rule"] for j in jobs) == stats, text
+    if not jobs:
+        assert "Nothing to be done" in text, text
+    for job in jobs:
+        for unexpected in UNEXPECTED_REASONS:
+            assert unexpected not in job["reason"], (job, text)
+    return jobs
+
+
+def rule_counts(jobs: list[dict]) -> dict[str, int]:
+    return dict(collections.Counter(j["rule"] for j in jobs))
+
+
+def bad_corpus() -> tuple[list[str], dict[int, str]]:
+    """The tiny corpus with four bad records; returns the JSONL lines and {line number: reason}."""
+    lines = [json.dumps(d) for d in tiny_corpus()]
+    bad = {
+        4: ('{"id": "bad-json", "text": "unterminated', "invalid JSON"),
+        11: ('["not", "an", "object"]', "not a JSON object"),
+        26: ('{"id": "no-text", "source": "good"}', "missing text field"),
+        41: ('{"id": "empty-text", "text": "   ", "source": "good"}', "empty text"),
+    }
+    for lineno in sorted(bad):
+        lines.insert(lineno - 1, bad[lineno][0])
+    for lineno, (raw, _) in bad.items():
+        assert lines[lineno - 1] == raw
+    return lines, {lineno: reason for lineno, (_, reason) in bad.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. end to end
+
+
+def test_scored_jsonl_one_line_per_document_in_order_fields_unchanged(completed_workflow):
+    corpus = tiny_corpus()
+    lines = (completed_workflow / "scored.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(corpus) == 120
+    scored = [json.loads(line) for line in lines]
+    assert [r["id"] for r in scored] == [d["id"] for d in corpus]
+    for record, original in zip(scored, corpus):
+        score = record.pop("score")
+        assert record == original
+        assert list(record) == list(original)  # field order kept, score appended
+        assert isinstance(score, float) and math.isfinite(score)
+    assert (completed_workflow / "rejects.jsonl").read_text() == ""
+
+
+def test_summary(completed_workflow):
+    summary = json.loads((completed_workflow / "results" / "summary.json").read_text())
+    assert summary["documents_read"] == 120
+    assert summary["documents_scored"] == 120
+    assert summary["documents_rejected"] == 0
+
+    by_source = collections.defaultdict(list)
+    for record in read_jsonl(completed_workflow / "scored.jsonl"):
+        by_source[record["source"]].append(record["score"])
+    assert set(summary["mean_score_by_source"]) == set(by_source) == {"good", "noise", "repeat"}
+    for source, scores in by_source.items():
+        assert summary["mean_score_by_source"][source] == pytest.approx(sum(scores) / len(scores))
+
+    spearman = summary["scorer_valid_spearman"]
+    assert isinstance(spearman, float) and -1.0 <= spearman <= 1.0
+
+    proxy = Path(summary["proxy_model"])
+    proxy = proxy if proxy.is_absolute() else completed_workflow / proxy
+    assert proxy.is_dir()
+    assert json.loads((proxy / "config.json").read_text())["model_type"] == "mistral"
+    with safe_open(str(proxy / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"F32"}
+    assert (proxy / "tokenizer_config.json").is_file()
+    assert (proxy / "tokenizer.json").is_file()
+
+    annotation = summary["annotation"]
+    assert {k: annotation[k] for k in ("lr", "steps", "interval", "score")} == \
+        {"lr": 0.05, "steps": 4, "interval": 2, "score": "lqs"}
+
+    stage_seconds = summary["stage_seconds"]
+    assert MAIN_RULES <= set(stage_seconds)
+    assert all(isinstance(v, (int, float)) and v >= 0 for v in stage_seconds.values())
+
+
+def _is_int_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) and pa.types.is_integer(t.value_type)
+
+
+def test_intermediate_files(completed_workflow):
+    results = completed_workflow / "results"
+    corpus_windows = {}
+    for shard in range(NUM_SHARDS):
+        table = pq.read_table(results / "corpus" / f"shard-{shard}.parquet")
+        assert {"doc_id", "window", "input_ids"} <= set(table.column_names)
+        for d, w, ids in zip(*(table.column(c).to_pylist() for c in ("doc_id", "window", "input_ids"))):
+            corpus_windows[(d, w)] = ids
+
+    samples = pq.read_table(results / "proxy" / "samples.parquet")
+    schema = samples.schema
+    assert schema.field("sample_id").type == pa.int64()
+    assert pa.types.is_integer(schema.field("doc_id").type)
+    assert pa.types.is_integer(schema.field("window").type)
+    assert _is_int_list(schema.field("input_ids").type)
+    assert samples.num_rows == 48
+    sample_ids = samples.column("sample_id").to_pylist()
+    assert len(set(sample_ids)) == len(sample_ids)
+    for d, w, ids in zip(*(samples.column(c).to_pylist() for c in ("doc_id", "window", "input_ids"))):
+        assert corpus_windows[(d, w)] == ids  # a proxy sample is a corpus window
+
+    batches = pq.read_table(results / "annotation" / "trajectory" / "batches.parquet")
+    assert pa.types.is_integer(batches.schema.field("step").type)
+    assert pa.types.is_integer(batches.schema.field("position").type)
+    assert _is_int_list(batches.schema.field("input_ids").type)
+    steps, batch_size = 4, 4
+    assert batches.num_rows == steps * batch_size
+    order = list(zip(batches.column("step").to_pylist(), batches.column("position").to_pylist()))
+    assert order == [(s, p) for s in range(steps) for p in range(batch_size)]
+    assert all(len(ids) > 0 for ids in batches.column("input_ids").to_pylist())
+
+    target = pq.read_table(results / "target" / "tokens.parquet")
+    assert _is_int_list(target.schema.field("input_ids").type)
+    assert target.num_rows > 0 and all(target.column("input_ids").to_pylist())
+
+    labels = pq.read_table(results / "annotation" / "labels.parquet").to_pydict()
+    assert {"sample_id", "raw", "score", "split"} <= set(labels)
+    assert sorted(labels["sample_id"]) == sorted(sample_ids)
+    assert all(math.isfinite(v) for v in labels["raw"] + labels["score"])
+    assert collections.Counter(labels["split"]) == {"train": 36, "valid": 12}  # valid_size 0.25
+
+    trajectory = results / "annotation" / "trajectory"
+    assert sorted(p.name for p in trajectory.glob("step-*.safetensors")) == \
+        [f"step-{t}.safetensors" for t in ANNOTATED_STEPS]
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. lint, 4. config validation
+
+
+def test_lint_is_clean():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Congratulations" in output, output
+
+
+@pytest.mark.parametrize("edit, names_key", [
+    (set_key("annotation", "lr", "fast"), "['annotation']['lr']"),
+    (set_key("corpus", "num_shards", "many"), "['corpus']['num_shards']"),
+    (set_key("scorer", "epochs", 1.5), "['scorer']['epochs']"),
+    (set_key("annotation", "learning_rate", 0.1), "'learning_rate' was unexpected"),
+    (set_key("bogus_section", 1), "'bogus_section' was unexpected"),
+], ids=["wrong-type-lr", "wrong-type-num-shards", "wrong-type-epochs", "unknown-key", "unknown-section"])
+def test_config_validation_names_the_key(tmp_path, edit, names_key):
+    config = tiny_config("data/corpus.jsonl", "data/target.jsonl")
+    edit(config)
+    write_jsonl(tmp_path / "data" / "corpus.jsonl", tiny_corpus(6))
+    make_workflow(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "ValidationError" in output, output
+    assert names_key in output, output
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. planning: exactly the affected stages rerun
+
+
+def test_copied_completed_workflow_plans_nothing(completed_workflow, tmp_path):
+    workdir = copy_workflow(completed_workflow, tmp_path)
+    assert plan(workdir) == []
+
+
+ALL_STATS = {"grad_stats": len(ANNOTATED_STEPS) * NUM_PARTS}
+SCORING = {"score_shard": NUM_SHARDS, "gather_scores": 1, "all": 1}
+
+
+@pytest.mark.parametrize("edit, expected, changed", [
+    (set_key("annotation", "lr", 0.1),
+     {"trajectory": 1, **ALL_STATS, "lqs_labels": 1, "train_scorer": 1, **SCORING}, "trajectory"),
+    (set_key("annotation", "score", "pds"),
+     {"lqs_labels": 1, "train_scorer": 1, **SCORING}, "lqs_labels"),
+    (set_key("annotation", "stats_dtype", "bf16"),
+     {**ALL_STATS, "lqs_labels": 1, "train_scorer": 1, **SCORING}, "grad_stats"),
+    (set_key("scorer", "lr", 0.002), {"train_scorer": 1, **SCORING}, "train_scorer"),
+    (set_key("inference", "max_tokens", 1024), SCORING, "score_shard"),
+    (set_key("output", "score_field", "lqs_score"), {"gather_scores": 1, "all": 1}, "gather_scores"),
+    (set_key("demo", "seed", 1), {}, None),  # demo_data is not in this DAG
+], ids=["annotation.lr", "annotation.score", "annotation.stats_dtype", "scorer.lr",
+        "inference.max_tokens", "output.score_field", "demo.seed"])
+def test_config_edit_plans_exactly_the_affected_stages(completed_workflow, tmp_path, edit, expected,
+                                                       changed):
+    workdir = copy_workflow(completed_workflow, tmp_path)
+    edit_config(workdir, edit)
+    jobs = plan(workdir)
+    assert rule_counts(jobs) == expected
+    if changed is not None:
+        for job in jobs:
+            if job["rule"] == changed:
+                assert job["reason"].startswith("Params have changed"), job
+    stats = [(int(j["wildcards"]["t"]), int(j["wildcards"]["p"])) for j in jobs if j["rule"] == "grad_stats"]
+    if stats:
+        assert sorted(stats) == [(t, p) for t in ANNOTATED_STEPS for p in range(NUM_PARTS)]
+    shards = [int(j["wildcards"]["shard"]) for j in jobs if j["rule"] == "score_shard"]
+    if shards:
+        assert sorted(shards) == list(range(NUM_SHARDS))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. bad input
+
+
+def test_bad_records_skip_go_to_rejects_with_reasons(tiny_workflow):
+    lines, bad = bad_corpus()
+    write_jsonl(tiny_workflow / "data" / "corpus.jsonl", lines)
+    edit_config(tiny_workflow, set_key("corpus", "on_bad_record", "skip"))
+    # bad input is handled by tokenization and gathering: a smaller annotation saves time
+    edit_config(tiny_workflow, set_key("proxy", "num_parts", 1))
+    edit_config(tiny_workflow, set_key("annotation", "steps", 2))
+    snakemake(tiny_workflow)
+
+    rejects = read_jsonl(tiny_workflow / "rejects.jsonl")
+    assert [(r["file"], r["line"]) for r in rejects] == [("data/corpus.jsonl", n) for n in sorted(bad)]
+    for entry in rejects:
+        assert bad[entry["line"]] in entry["reason"], entry
+        assert entry["record"] == lines[entry["line"] - 1]
+
+    summary = json.loads((tiny_workflow / "results" / "summary.json").read_text())
+    assert summary["documents_read"] == len(lines) == 124
+    assert summary["documents_rejected"] == len(bad) == 4
+    assert summary["documents_scored"] == 120
+    assert summary["documents_read"] == summary["documents_scored"] + summary["documents_rejected"]
+
+    scored = read_jsonl(tiny_workflow / "scored.jsonl")
+    corpus = tiny_corpus()
+    assert [r["id"] for r in scored] == [d["id"] for d in corpus]
+    assert [{k: v for k, v in r.items() if k != "score"} for r in scored] == corpus
+
+
+def test_bad_records_error_names_file_and_line(tiny_workflow):
+    lines, bad = bad_corpus()
+    write_jsonl(tiny_workflow / "data" / "corpus.jsonl", lines)
+    edit_config(tiny_workflow, set_key("corpus", "on_bad_record", "error"))
+    shards = [f"results/corpus/shard-{s}.parquet" for s in range(NUM_SHARDS)]
+    result = snakemake(tiny_workflow, "--keep-going", *shards, check=False)
+    assert result.returncode != 0, result.stdout + result.stderr
+
+    first_bad = min(bad)
+    logs = {s: (tiny_workflow / "results" / "logs" / "tokenize_shard" / f"{s}.log").read_text()
+            for s in range(NUM_SHARDS)}
+    assert f"data/corpus.jsonl:{first_bad}" in "".join(logs.values())
+    for shard, log in logs.items():
+        # doc ids count records from 0, so line n is doc n-1, in shard (n-1) mod 2
+        shard_first = min(n for n in bad if (n - 1) % NUM_SHARDS == shard)
+        assert f"data/corpus.jsonl:{shard_first}" in log, log
+        assert bad[shard_first] in log, log
+        assert not (tiny_workflow / shards[shard]).exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 5 (continued). per-file shards: editing one corpus file retokenizes that shard only
+
+
+@pytest.fixture(scope="module")
+def per_file_workflow(tmp_path_factory, completed_workflow) -> Path:
+    """A completed tiny workflow with num_shards: per_file over two corpus files. Its tokenizer
+    is a fixed local one (copied from completed_workflow): a tokenizer trained on the corpus
+    depends on every corpus file, so editing any file would rightly retokenize every shard."""
+    workdir = tmp_path_factory.mktemp("per_file")
+    docs = tiny_corpus()
+    write_jsonl(workdir / "data" / "corpus-a.jsonl", docs[:60])
+    write_jsonl(workdir / "data" / "corpus-b.jsonl", docs[60:])
+    write_jsonl(workdir / "data" / "target.jsonl",
+                [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
+    shutil.copytree(completed_workflow / "results" / "models" / "tokenizer", workdir / "data" / "tokenizer")
+    config = tiny_config(["data/corpus-a.jsonl", "data/corpus-b.jsonl"], "data/target.jsonl")
+    config["corpus"]["num_shards"] = "per_file"
+    config["models"]["tokenizer"] = {"path": "data/tokenizer"}
+    config["proxy"]["num_parts"] = 1  # to save time: grad_stats jobs, one per annotated step
+    make_workflow(workdir, config)
+    snakemake(workdir)
+    return workdir
+
+
+def test_per_file_workflow_scores_every_document_in_order(per_file_workflow):
+    scored = read_jsonl(per_file_workflow / "scored.jsonl")
+    corpus = tiny_corpus()
+    assert [r["id"] for r in scored] == [d["id"] for d in corpus]
+    assert [{k: v for k, v in r.items() if k != "score"} for r in scored] == corpus
+    summary = json.loads((per_file_workflow / "results" / "summary.json").read_text())
+    assert (summary["documents_read"], summary["documents_scored"]) == (120, 120)
+
+
+def test_editing_one_corpus_file_retokenizes_only_its_shard(per_file_workflow, tmp_path):
+    workdir = copy_workflow(per_file_workflow, tmp_path)
+    assert plan(workdir) == []
+
+    path = workdir / "data" / "corpus-b.jsonl"
+    records = read_jsonl(path)
+    records[5]["text"] = "An edited document about reading files line by line."
+    write_jsonl(path, records)
+
+    jobs = plan(workdir)
+    # shard 1 changed: it is retokenized; the proxy LM is pretrained on all shards, the proxy set
+    # and the training batches are drawn from all shards, so annotation and the scorer follow,
+    # and every shard is rescored with the new scorer. The tokenizer, target and scorer base stay.
+    assert rule_counts(jobs) == {
+        "tokenize_shard": 1, "pretrain_proxy": 1, "sample_proxy": 1, "trajectory": 1,
+        "grad_stats": len(ANNOTATED_STEPS), "lqs_labels": 1, "train_scorer": 1, **SCORING}
+    tokenize = [j for j in jobs if j["rule"] == "tokenize_shard"]
+    assert tokenize[0]["wildcards"] == {"shard": "1"}
+    assert tokenize[0]["reason"] == "Updated input files: data/corpus-b.jsonl"
+    assert not any("data/corpus-a.jsonl" in j["reason"] for j in jobs)
