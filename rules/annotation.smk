@@ -63,7 +63,7 @@ rule grad_stats:
         "../envs/lqs.yaml"
     shell:
         "lqs grad-stats {input.samples} {input.step} {input.proxy} --out {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule lqs_labels:
