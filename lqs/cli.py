@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 
+from lqs.distributed import relaunch_under_torchrun
 from lqs.runtime import setup_logging
 
 log = logging.getLogger("lqs")
@@ -28,6 +29,10 @@ STAGES = {
                         "copy a tokenizer from a local directory or the hub"),
     "fetch-model": ("lqs.models", "fetch_model", [("--out-dir", None), ("--tokenizer-dir", None)],
                     "build or fetch a model as a float32 safetensors directory"),
+    "fetch-scorer": ("lqs.models", "fetch_scorer", [("--out-dir", None)],
+                     "fetch a pretrained scorer checkpoint (scorer.checkpoint) from a local directory or the hub"),
+    "fetch-target": ("lqs.target", "fetch_target", [("source", None), ("--out", None)],
+                     "download one split of a hub data set (the target set) as Parquet"),
     "pretrain-proxy": ("lqs.pretrain", "pretrain_proxy",
                        [("tokenizer_dir", None), ("shard_paths", "+"), ("--out-dir", None)],
                        "initialise the proxy LM from an architecture and pretrain it briefly"),
@@ -82,16 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument(arg, nargs=kind, **({"default": []} if kind == "*" else {}))
         p.add_argument("--settings", type=json.loads, default={},
                        help="the stage's configuration, a JSON object of keyword arguments")
+        if name in DISTRIBUTED:
+            p.add_argument("--nproc", type=int, default=1,
+                           help="processes (GPUs) in this job: more than 1 relaunches under torchrun")
     return parser
 
 
+DISTRIBUTED = {"train-scorer", "grad-stats"}
 _OPTIONAL = {"--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out"}
 
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
+    argv = sys.argv[1:] if argv is None else argv
     args = vars(build_parser().parse_args(argv))
     stage = args.pop("stage")
+    if relaunch_under_torchrun(args.pop("nproc", 1), argv):
+        return
     settings = args.pop("settings")
     module, function, _, _ = STAGES[stage]
     kwargs = {k: v for k, v in args.items() if v is not None} | settings

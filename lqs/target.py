@@ -1,4 +1,11 @@
-"""Stage `prepare_target`: the target set (LIMA by default) as proxy-tokenizer ids (DESIGN.md §3).
+"""Stages `fetch_target` and `prepare_target`: the target set (LIMA by default) as
+proxy-tokenizer ids (DESIGN.md §3).
+
+The target set is a local JSONL/JSON/Parquet file, a local directory of data files (read with
+`datasets`), or a Hugging Face data set repo: `fetch_target` checks access, downloads the repo's
+snapshot with `huggingface_hub` (honouring HF_TOKEN, HF_HOME and HF_HUB_OFFLINE; a gated or
+missing repo is a `HubAccessError`), loads the split from it with `datasets` (no loading scripts
+are run) and writes it as Parquet for `prepare_target`.
 
 A LIMA record's `conversations` (a list of turns) becomes one text: each turn with its inner
 newlines replaced by spaces, turns joined by newlines. Plain `text` fields are accepted too.
@@ -13,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lqs.io import write_table
+from lqs.io import atomic_path, write_table
 from lqs.tokenize import load_tokenizer, tokenize_windows
 
 
@@ -54,17 +61,44 @@ def _local_records(path: Path) -> Iterator[tuple[str, Any]]:
                     raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
 
 
-def _hub_records(repo: str, split: str, revision: str | None) -> Iterator[tuple[str, Any]]:
+def load_local_dataset(directory: str | Path, split: str, name: str | None = None):
+    """One split of a directory of data files (JSONL, JSON, Parquet, CSV, ...), as `datasets`
+    reads a Hub data set: splits from the file names or the README's configs."""
     import datasets
 
-    for i, record in enumerate(datasets.load_dataset(repo, split=split, revision=revision)):
-        yield f"{repo}[{split}][{i}]", record
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(str(directory), split=split)
+    except ValueError as e:  # e.g. an unknown split
+        raise ValueError(f"{name or directory}: {e}") from None
+
+
+def load_hub_dataset(repo: str, split: str = "train", revision: str | None = None):
+    """One split of a Hub data set repo, through the same access check and snapshot as the models."""
+    from lqs.models import hub_snapshot
+
+    local = hub_snapshot(repo, revision=revision, repo_type="dataset", ignore_patterns=["*.py"])
+    return load_local_dataset(local, split, f"{repo} [{split}]")
+
+
+def _dataset_records(dataset, name: str) -> Iterator[tuple[str, Any]]:
+    for i, record in enumerate(dataset):
+        yield f"{name}[{i}]", record
+
+
+def _hub_records(repo: str, split: str, revision: str | None) -> Iterator[tuple[str, Any]]:
+    yield from _dataset_records(load_hub_dataset(repo, split, revision), f"{repo}[{split}]")
 
 
 def target_texts(source: str, text_field: str = "text", split: str = "train",
                  revision: str | None = None) -> list[str]:
     path = Path(source)
-    records = _local_records(path) if path.exists() else _hub_records(source, split, revision)
+    if path.is_dir():
+        records = _dataset_records(load_local_dataset(path, split), f"{path}[{split}]")
+    elif path.exists():
+        records = _local_records(path)
+    else:
+        records = _hub_records(source, split, revision)
     texts = []
     for where, record in records:
         try:
@@ -74,6 +108,17 @@ def target_texts(source: str, text_field: str = "text", split: str = "train",
     if not texts:
         raise ValueError(f"{source}: the target set is empty")
     return texts
+
+
+def fetch_target(source: str, out: str, *, split: str = "train", revision: str | None = None) -> int:
+    """Writes one split of a Hub data set repo (or a local data directory) to `out` as Parquet."""
+    path = Path(source)
+    dataset = load_local_dataset(path, split) if path.is_dir() else load_hub_dataset(source, split, revision)
+    if len(dataset) == 0:
+        raise ValueError(f"{source} [{split}]: the target set is empty")
+    with atomic_path(out) as tmp:
+        dataset.to_parquet(str(tmp))
+    return len(dataset)
 
 
 def prepare_target(source: str, tokenizer_dir: str, out: str, *, text_field: str, max_length: int,

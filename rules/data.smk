@@ -40,7 +40,8 @@ rule tokenize_shard:
 
 rule prepare_target:
     input:
-        source=target_source_file,
+        # A hub data set arrives through rule fetch_target (rules/models.smk) as a local file.
+        source=[f"{RESULTS}/target/source.parquet"] if TARGET_FROM_HUB else target_source_file,
         tokenizer=f"{MODELS}/tokenizer",
     output:
         f"{RESULTS}/target/tokens.parquet",
@@ -52,7 +53,7 @@ rule prepare_target:
             revision=config["target"]["revision"],
             max_samples=config["target"]["max_samples"],
         ),
-        source=config["target"]["source"],
+        source=f"{RESULTS}/target/source.parquet" if TARGET_FROM_HUB else config["target"]["source"],
     log:
         f"{RESULTS}/logs/prepare_target.log",
     benchmark:

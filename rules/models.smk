@@ -1,9 +1,76 @@
 PROXY = config["models"]["proxy"]
 SCORER_BASE = config["models"]["scorer"]
 TRUST_REMOTE_CODE = config["models"]["trust_remote_code"]
+# The proxy tokenizer's own repo or path, or (by default: `tokenizer: {}`) the proxy's.
+TOKENIZER_SOURCE = (
+    config["models"]["tokenizer"]
+    if {"repo", "path"} & set(config["models"]["tokenizer"])
+    else PROXY
+)
+SCORER_CHECKPOINT = config["scorer"]["checkpoint"]
+TARGET_SOURCE = config["target"]["source"]
+# The target set comes from the hub unless it is a local file or directory (or built by the demo).
+TARGET_FROM_HUB = not (os.path.exists(TARGET_SOURCE) or TARGET_SOURCE.startswith(f"{RESULTS}/"))
+
+# A pretrained scorer checkpoint: a local directory, or a hub repo (with an optional revision).
+CHECKPOINT_SOURCE = (
+    None
+    if not SCORER_CHECKPOINT
+    else {"path": SCORER_CHECKPOINT}
+    if os.path.isdir(SCORER_CHECKPOINT)
+    else {"repo": SCORER_CHECKPOINT, "revision": config["scorer"]["checkpoint_revision"]}
+)
+# Fetch rules need the network and the Hugging Face login, and fail fast (an access check first)
+# on a gated or missing repo: they run on the submitting host (localrule) and before anything
+# else that is ready (priority). A local model directory is the fetch's input, so editing it
+# reruns the fetch.
+FETCH_PRIORITY = 100
 
 
-if "arch" in PROXY and "path" not in config["models"]["tokenizer"] and "repo" not in config["models"]["tokenizer"]:
+if SCORER_CHECKPOINT:
+
+    # A pretrained scorer: no proxy, no annotation, no scorer training. The checkpoint provides
+    # results/scorer (which train_scorer would otherwise write) and its own tokenizer is the
+    # one the corpus is tokenized with.
+    ruleorder: fetch_scorer > train_scorer
+
+    rule fetch_scorer:
+        input:
+            [CHECKPOINT_SOURCE["path"]] if "path" in CHECKPOINT_SOURCE else [],
+        output:
+            directory(f"{RESULTS}/scorer"),
+        params:
+            settings=as_settings(source=CHECKPOINT_SOURCE, trust_remote_code=TRUST_REMOTE_CODE),
+        log:
+            f"{RESULTS}/logs/fetch_scorer.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/fetch_scorer/all.tsv"
+        priority: FETCH_PRIORITY
+        localrule: True
+        conda:
+            "../envs/lqs.yaml"
+        shell:
+            "lqs fetch-scorer --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+
+    rule fetch_tokenizer:
+        input:
+            scorer=f"{RESULTS}/scorer",
+        output:
+            directory(f"{MODELS}/tokenizer"),
+        params:
+            settings=as_settings(source={"path": f"{RESULTS}/scorer"}, trust_remote_code=TRUST_REMOTE_CODE),
+        log:
+            f"{RESULTS}/logs/fetch_tokenizer.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/fetch_tokenizer/all.tsv"
+        priority: FETCH_PRIORITY
+        localrule: True
+        conda:
+            "../envs/lqs.yaml"
+        shell:
+            "lqs fetch-tokenizer --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+
+elif "arch" in PROXY and "path" not in config["models"]["tokenizer"] and "repo" not in config["models"]["tokenizer"]:
 
     rule train_tokenizer:
         input:
@@ -28,19 +95,18 @@ if "arch" in PROXY and "path" not in config["models"]["tokenizer"] and "repo" no
 else:
 
     rule fetch_tokenizer:
+        input:
+            [TOKENIZER_SOURCE["path"]] if "path" in TOKENIZER_SOURCE else [],
         output:
             directory(f"{MODELS}/tokenizer"),
         params:
-            settings=as_settings(
-                source=config["models"]["tokenizer"]
-                if "vocab_size" not in config["models"]["tokenizer"]
-                else PROXY,
-                trust_remote_code=TRUST_REMOTE_CODE,
-            ),
+            settings=as_settings(source=TOKENIZER_SOURCE, trust_remote_code=TRUST_REMOTE_CODE),
         log:
             f"{RESULTS}/logs/fetch_tokenizer.log",
         benchmark:
             f"{RESULTS}/benchmarks/fetch_tokenizer/all.tsv"
+        priority: FETCH_PRIORITY
+        localrule: True
         conda:
             "../envs/lqs.yaml"
         shell:
@@ -56,7 +122,7 @@ if "arch" in PROXY:
         output:
             directory(f"{MODELS}/proxy"),
         params:
-            settings=as_settings(arch=PROXY["arch"], **PROXY["pretrain"], device=config["device"]),
+            settings=as_settings(arch=PROXY["arch"], **config["models"]["pretrain"], device=config["device"]),
         log:
             f"{RESULTS}/logs/pretrain_proxy.log",
         benchmark:
@@ -74,6 +140,7 @@ else:
     rule fetch_proxy:
         input:
             tokenizer=f"{MODELS}/tokenizer",
+            local=[PROXY["path"]] if "path" in PROXY else [],
         output:
             directory(f"{MODELS}/proxy"),
         params:
@@ -82,6 +149,8 @@ else:
             f"{RESULTS}/logs/fetch_proxy.log",
         benchmark:
             f"{RESULTS}/benchmarks/fetch_proxy/all.tsv"
+        priority: FETCH_PRIORITY
+        localrule: True
         conda:
             "../envs/lqs.yaml"
         shell:
@@ -93,6 +162,7 @@ rule fetch_scorer_base:
     input:
         # An architecture-config scorer shares the demo's trained tokenizer; a fetched one has its own.
         tokenizer=[f"{MODELS}/tokenizer"] if "arch" in SCORER_BASE else [],
+        local=[SCORER_BASE["path"]] if "path" in SCORER_BASE else [],
     output:
         directory(f"{MODELS}/scorer_base"),
     params:
@@ -107,7 +177,31 @@ rule fetch_scorer_base:
         f"{RESULTS}/logs/fetch_scorer_base.log",
     benchmark:
         f"{RESULTS}/benchmarks/fetch_scorer_base/all.tsv"
+    priority: FETCH_PRIORITY
+    localrule: True
     conda:
         "../envs/lqs.yaml"
     shell:
         "lqs fetch-model {params.tokenizer} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+if TARGET_FROM_HUB:
+
+    # The target set from the hub (an access check, then its snapshot; one split as Parquet), so
+    # that prepare_target reads a local file and a gated data set fails here, on the CPU.
+    rule fetch_target:
+        output:
+            f"{RESULTS}/target/source.parquet",
+        params:
+            settings=as_settings(split=config["target"]["split"], revision=config["target"]["revision"]),
+            source=TARGET_SOURCE,
+        log:
+            f"{RESULTS}/logs/fetch_target.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/fetch_target/all.tsv"
+        priority: FETCH_PRIORITY
+        localrule: True
+        conda:
+            "../envs/lqs.yaml"
+        shell:
+            "lqs fetch-target {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"

@@ -33,7 +33,7 @@ rule train_scorer:
         "../envs/lqs.yaml"
     shell:
         "lqs train-scorer {input.samples} {input.labels} {input.base} --out-dir {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule score_shard:
@@ -71,9 +71,10 @@ rule gather_scores:
         corpus=CORPUS_FILES,
         scores=expand(f"{RESULTS}/scores/shard-{{shard}}.parquet", shard=SHARDS),
         rejects=expand(f"{RESULTS}/corpus/rejects-{{shard}}.jsonl", shard=SHARDS),
-        metrics=f"{RESULTS}/scorer",
-        annotation=f"{RESULTS}/annotation/labels.json",
-        proxy=f"{MODELS}/proxy",
+        # With a pretrained scorer (scorer.checkpoint) there is no proxy, annotation or training metrics.
+        metrics=[] if SCORER_CHECKPOINT else f"{RESULTS}/scorer",
+        annotation=[] if SCORER_CHECKPOINT else f"{RESULTS}/annotation/labels.json",
+        proxy=[] if SCORER_CHECKPOINT else f"{MODELS}/proxy",
     output:
         scored=config["output"]["path"],
         rejects=config["output"]["rejects_path"],
@@ -90,6 +91,11 @@ rule gather_scores:
     shell:
         "lqs gather {input.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
         " --out {output.scored} --rejects-out {output.rejects} --summary-out {output.summary}"
-        " --benchmarks-dir {params.benchmarks} --scorer-metrics {input.metrics}/metrics.json"
-        " --annotation-info {input.annotation} --proxy-model {input.proxy}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --benchmarks-dir {params.benchmarks}"
+        + (
+            ""
+            if SCORER_CHECKPOINT
+            else " --scorer-metrics {input.metrics}/metrics.json"
+            " --annotation-info {input.annotation} --proxy-model {input.proxy}"
+        )
+        + " --settings {params.settings:q} > {log} 2>&1"

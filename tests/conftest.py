@@ -58,7 +58,8 @@ def tiny_config(corpus_path: str | list[str], target_path: str) -> dict:
         "target": {"source": target_path, "max_length": 32},
         "models": {
             "tokenizer": {"vocab_size": 320},
-            "proxy": {"arch": arch, "pretrain": {"steps": 10, "batch_size": 8, "lr": 0.003}},
+            "proxy": {"arch": arch},
+            "pretrain": {"steps": 10, "batch_size": 8, "lr": 0.003},
             "scorer": {"arch": dict(model_type="xglm", d_model=32, ffn_dim=64, num_layers=1,
                                     attention_heads=2, max_position_embeddings=64)},
         },
@@ -71,7 +72,7 @@ def tiny_config(corpus_path: str | list[str], target_path: str) -> dict:
 
 def make_workflow(workdir: Path, config: dict) -> Path:
     """Copies the workflow into `workdir` with `config` as its config/config.yaml."""
-    for name in ("Snakefile", "rules", "envs", "config"):
+    for name in ("Snakefile", "rules", "envs", "config", "report"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / name)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,231 @@
+"""The SLURM profile (DESIGN.md §7) end to end, on a real SLURM running on this machine.
+
+scripts/slurm-local-cluster.sh starts a one-node cluster (Debian's slurm-wlm and munge; .ci/run
+installs them): partitions `cpu` and `a100`, no default partition, Gres=gpu:a100:2 backed by
+stand-in devices, accounting off, MinJobAge of an hour. The tiny workflow runs through
+`--profile profiles/slurm`, plus an override profile that changes only what a 2-core test machine
+needs: memory requests (the shipped ones are a real cluster's) and the job-status polling.
+
+Checked per SLURM job, from `scontrol show job` (what SLURM allocated) and from what the job's
+`lqs` saw of its environment (a wrapper first on PATH records it): every GPU rule ran in `a100`
+with a GPU allocated and CUDA_VISIBLE_DEVICES set, every other rule in `cpu` without a GPU; and
+scored.jsonl is byte for byte the local run's (`completed_workflow`, plain `snakemake --cores 2`).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
+
+CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-local-cluster.sh"
+PROFILE = ROOT / "profiles" / "slurm"
+GPU_RULES = {"trajectory", "grad_stats", "train_scorer", "score_shard"}
+SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "sinfo")
+TEST_MEM_MB = 1000  # every job's memory request in the test (the node has CPUs=nproc, ~90% of RAM)
+RUN_TIMEOUT_S = 600
+
+
+def require_slurm() -> None:
+    """Fails (never skips) where SLURM or root is missing: .ci/run installs SLURM."""
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(
+            f"SLURM is not installed (missing {', '.join(missing)}): the SLURM profile test needs "
+            "Debian's packages, as .ci/run installs them: "
+            "apt-get install -y --no-install-recommends slurm-wlm munge",
+            pytrace=False,
+        )
+    if os.geteuid() != 0:
+        pytest.fail("the SLURM profile test starts munged, slurmctld and slurmd: run it as root",
+                    pytrace=False)
+
+
+def cluster(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(CLUSTER_SCRIPT), command], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node SLURM on localhost: reuses a running one, else starts one and stops it after."""
+    require_slurm()
+    running = cluster("status").returncode == 0
+    if not running:
+        started = cluster("start")
+        if started.returncode != 0:
+            pytest.fail(f"{CLUSTER_SCRIPT.name} start failed:\n{started.stdout}\n{started.stderr}",
+                        pytrace=False)
+    yield
+    if not running:
+        cluster("stop")
+
+
+def override_profile(path: Path, rules: set[str]) -> Path:
+    """A profile given after profiles/slurm (later profiles win, key by key): the shipped
+    resources with every memory request set to TEST_MEM_MB, and fast status polling."""
+    shipped = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    default_resources = dict(shipped["default-resources"], mem_mb=TEST_MEM_MB)
+    set_resources = {rule: dict(shipped.get("set-resources", {}).get(rule, {}), mem_mb=TEST_MEM_MB)
+                     for rule in sorted(rules)}  # also replaces the rules' own mem_mb
+    override = {
+        "default-resources": default_resources,
+        "set-resources": set_resources,
+        # No accounting database here: squeue (MinJobAge 1 h) instead of sacct; poll often.
+        "slurm-status-command": "squeue",
+        "slurm-init-seconds-before-status-checks": 1,
+        "seconds-between-status-checks": 1,
+        "slurm-keep-successful-logs": True,
+    }
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
+    return path
+
+
+def lqs_recorder(bin_dir: Path, records: Path) -> Path:
+    """An `lqs` first on PATH that records the job's SLURM view, then runs the real `lqs`."""
+    beside_python = Path(sys.executable).parent / "lqs"
+    real = str(beside_python) if beside_python.is_file() else shutil.which("lqs")
+    assert real, "no lqs console script beside the interpreter or on PATH (pip install -e .)"
+    bin_dir.mkdir(parents=True)
+    records.mkdir(parents=True)
+    wrapper = bin_dir / "lqs"
+    wrapper.write_text(f"""#!{sys.executable}
+import json, os, sys
+keys = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS")
+record = {{key: os.environ.get(key) for key in keys}}
+record["command"] = sys.argv[1] if len(sys.argv) > 1 else None
+with open(os.path.join({str(records)!r}, "%d.json" % os.getpid()), "w") as f:
+    json.dump(record, f)
+os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+""")
+    wrapper.chmod(0o755)
+    return bin_dir
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    """`scontrol show job -d` as key=value pairs (the values used here have no spaces)."""
+    out = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True,
+                         check=True).stdout
+    return dict(re.findall(r"(\S+?)=(\S*)", out))
+
+
+def rule_of(comment: str) -> str:
+    """The plugin's job comment: rule_<rule> or rule_<rule>_wildcards_<values>."""
+    assert comment.startswith("rule_"), comment
+    return comment[len("rule_"):].split("_wildcards_")[0]
+
+
+def local_jobs(workdir: Path) -> collections.Counter:
+    """Jobs per rule of a finished local run, from the benchmark file each job writes."""
+    return collections.Counter(path.parent.name for path in (workdir / "results" / "benchmarks").glob("*/*.tsv"))
+
+
+@pytest.mark.timeout(900)
+def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
+    require_slurm()  # here, so that a missing SLURM fails the test itself
+    request.getfixturevalue("slurm_cluster")
+    workdir = tmp_path / "wf"
+    corpus = write_jsonl(workdir / "data" / "corpus.jsonl", tiny_corpus())
+    target = write_jsonl(workdir / "data" / "target.jsonl",
+                         [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
+    make_workflow(workdir, tiny_config(str(corpus.relative_to(workdir)), str(target.relative_to(workdir))))
+    # The rules of the tiny DAG (the local reference run lists the same, checked below).
+    listed = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules"], cwd=workdir,
+                            capture_output=True, text=True, check=True).stdout.split()
+    overrides = override_profile(tmp_path / "override-profile", set(listed) - {"all"})
+    records = tmp_path / "records"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = f"{lqs_recorder(tmp_path / 'bin', records)}{os.pathsep}{env['PATH']}"
+
+    started = time.monotonic()
+    log_path = tmp_path / "snakemake-slurm.log"
+    with open(log_path, "w") as log:
+        run = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", str(PROFILE),
+                                "--profile", str(overrides)],
+                               cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            # Meanwhile the local reference run (shared with other tests), niced: the SLURM run
+            # mostly waits for status checks, but its jobs come first when they need the CPUs.
+            niceness = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
+            try:
+                reference = request.getfixturevalue("completed_workflow")
+            finally:
+                os.setpriority(os.PRIO_PROCESS, 0, niceness)
+            returncode = run.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            if run.poll() is None:  # timed out, or the reference run failed
+                run.terminate()  # snakemake cancels its SLURM jobs
+                try:
+                    run.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    run.kill()
+                    run.wait()
+    elapsed = time.monotonic() - started
+    text = log_path.read_text()
+    slurm_logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}"
+                           for p in sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log")))
+    assert returncode == 0, f"snakemake on SLURM failed ({elapsed:.0f} s):\n{text}\n{slurm_logs}"
+    print(f"SLURM run: {elapsed:.0f} s")
+
+    # Every job but the workflow's local rules (fetches: on the submitting host) went through
+    # SLURM, as one SLURM job each, named by the plugin's run ID.
+    run_id = re.search(r"SLURM run ID: (\S+)", text).group(1)
+    job_ids = subprocess.run(["squeue", "--states=all", "--noheader", "--name", run_id, "--format=%i"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    jobs = {job_id: scontrol_job(job_id) for job_id in job_ids}
+    by_rule = collections.Counter(rule_of(job["Comment"]) for job in jobs.values())
+    local_rules = collections.Counter(re.findall(r"^localrule (\w+):$", text, re.MULTILINE))
+    local_rules.pop("all", None)
+    expected = local_jobs(reference)
+    assert by_rule + local_rules == expected, (
+        f"SLURM jobs per rule {dict(by_rule)} and local rules {dict(local_rules)}, "
+        f"local run {dict(expected)}")
+    assert GPU_RULES <= set(by_rule), by_rule
+
+    # What each job's lqs saw (one lqs call per SLURM job).
+    seen, outside = {}, []
+    for path in records.glob("*.json"):
+        record = json.loads(path.read_text())
+        if record["SLURM_JOB_ID"] is None:
+            outside.append(record)
+            continue
+        assert record["SLURM_JOB_ID"] in jobs, (record, "lqs ran in a SLURM job not of this run")
+        assert record["SLURM_JOB_ID"] not in seen, (record, seen[record["SLURM_JOB_ID"]])
+        seen[record["SLURM_JOB_ID"]] = record
+    assert set(seen) == set(jobs), f"jobs without an lqs call: {set(jobs) - set(seen)}"
+    assert len(outside) <= sum(local_rules.values()), (outside, local_rules)
+
+    table = []
+    for job_id, job in sorted(jobs.items(), key=lambda item: int(item[0])):
+        rule, env_seen = rule_of(job["Comment"]), seen[job_id]
+        row = (job_id, rule, job["Partition"], job.get("JOB_GRES", "(null)"),
+               env_seen["SLURM_JOB_PARTITION"], env_seen["CUDA_VISIBLE_DEVICES"])
+        table.append(row)
+        assert job["JobState"] == "COMPLETED", row
+        assert env_seen["SLURM_JOB_PARTITION"] == job["Partition"], row
+        if rule in GPU_RULES:
+            assert job["Partition"] == "a100", row
+            assert job.get("JOB_GRES") == "gpu:a100:1", row
+            assert env_seen["CUDA_VISIBLE_DEVICES"] in ("0", "1"), row
+        else:
+            assert job["Partition"] == "cpu", row
+            assert job.get("JOB_GRES", "(null)") == "(null)", row
+            assert env_seen["CUDA_VISIBLE_DEVICES"] is None, row
+    print("\n".join("\t".join(map(str, row)) for row in
+                    [("job", "rule", "partition", "gres", "env partition", "CUDA_VISIBLE_DEVICES"), *table]))
+
+    for name in ("scored.jsonl", "rejects.jsonl"):
+        assert (workdir / name).read_bytes() == (reference / name).read_bytes(), name
