@@ -16,12 +16,12 @@ import json
 import os
 import random
 import string
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-from lqs.io import atomic_open
 
 # Stdlib modules (pure Python or C-accelerated) that import quietly on Linux; sorted. About 110 of
 # them are needed for ~2,300 distinct docstrings of >= 80 characters, enough for the default
@@ -161,6 +161,15 @@ def _members(name: str, module: Any) -> Iterable[tuple[str, Any]]:
 
 @functools.lru_cache(maxsize=1)
 def _docstrings() -> tuple[tuple[str, str, str], ...]:
+    """The docstring pool, collected in a fresh interpreter: libraries already imported here
+    (a test runner, a notebook's) may have replaced stdlib objects, which would change the pool
+    and so the demo data."""
+    # This file as a script, isolated (-I): the interpreter imports nothing but the stdlib.
+    out = subprocess.run([sys.executable, "-I", __file__], capture_output=True, text=True, check=True).stdout
+    return tuple(tuple(entry) for entry in json.loads(out))
+
+
+def collect_docstrings() -> list[tuple[str, str, str]]:
     """All (qualified name, kind, docstring), sorted by name, exact-duplicate docstrings dropped."""
     found: dict[str, tuple[str, str]] = {}
     with warnings.catch_warnings():
@@ -188,7 +197,7 @@ def _docstrings() -> tuple[tuple[str, str, str], ...]:
             continue
         seen.add(doc)
         out.append((qual, kind, doc))
-    return tuple(out)
+    return out
 
 
 def _shuffled_words(rng: random.Random, docs: list[str]) -> str:
@@ -212,6 +221,8 @@ def _random_chars(rng: random.Random) -> str:
 
 
 def _write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    from lqs.io import atomic_open  # not at the top: the collecting script imports only the stdlib
+
     with atomic_open(path) as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -282,3 +293,7 @@ def build_demo_data(
     _write_jsonl_atomic(Path(corpus_path), corpus)
     _write_jsonl_atomic(Path(target_path), target)
     return counts
+
+
+if __name__ == "__main__":  # the docstring collector, run by _docstrings in a fresh interpreter
+    print(json.dumps(collect_docstrings()))
