@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=PRESETS)
     parser.add_argument("--docs", type=int)
     parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--max-tokens", type=int, default=65536)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: the scorer's, per device")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()

@@ -26,7 +26,7 @@ def accepted_doc_ids(tokenized_shard: str) -> np.ndarray:
 
 def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, *,
                 shard: int, num_shards: int | str, text_field: str, max_chars: int,
-                max_tokens: int, max_windows_per_doc: int | None, chunk_docs: int = 4096,
+                max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
                 device: str = "auto", trust_remote_code: bool = False) -> dict[str, int]:
     scorer = load(scorer_dir, device, trust_remote_code)
     accepted = accepted_doc_ids(tokenized_shard)

@@ -29,14 +29,34 @@ SCORER_CONFIG = "scorer.json"
 HEAD_FILE = "head.safetensors"
 
 
+def is_causal(backbone: torch.nn.Module) -> bool:
+    """Whether each position sees only earlier ones: probed, by changing the last token."""
+    ids = torch.arange(3, 11).remainder(backbone.config.vocab_size - 3).add(3)[None]
+    changed = ids.clone()
+    changed[0, -1] = ids[0, -2]
+    device = next(backbone.parameters()).device
+    with torch.no_grad():
+        a, b = (backbone(input_ids=x.to(device)).last_hidden_state[0, :-1] for x in (ids, changed))
+    return bool(torch.equal(a, b))
+
+
 class ScorerModel(torch.nn.Module):
+    """Batches are right-padded. A causal backbone then needs no padding mask (real tokens never
+    attend to later pads; pooling skips them), which keeps attention on the fused causal kernels;
+    a bidirectional one gets the mask."""
+
     def __init__(self, backbone: torch.nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = torch.nn.Linear(backbone.config.hidden_size, 1)
+        self.causal = is_causal(backbone)
+        for module in backbone.modules():  # XGLM attention patched by load_backbone
+            if hasattr(module, "lqs_causal_only"):
+                module.lqs_causal_only = self.causal
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.backbone(input_ids=input_ids,
+                               attention_mask=None if self.causal else attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         with torch.autocast(pooled.device.type, enabled=False):  # the head stays fp32 under bf16
@@ -46,14 +66,16 @@ class ScorerModel(torch.nn.Module):
 def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None,
                        **kwargs):
     """XGLM self-attention through F.scaled_dot_product_attention: the same maths as its eager
-    bmm-softmax-bmm without materialising the B×H×S×S weights (fused kernels on GPU)."""
+    bmm-softmax-bmm without materialising the B×H×S×S weights (fused kernels). A mask that is
+    only causal (no padding: XGLMModel called without attention_mask) runs as is_causal."""
     if key_value_states is not None or cache is not None:
         return type(self).forward(self, hidden_states, key_value_states, cache, attention_mask, **kwargs)
     batch, seq, _ = hidden_states.shape
     q, k, v = (proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
                for proj in (self.q_proj, self.k_proj, self.v_proj))
-    mask = attention_mask.to(q.dtype) if attention_mask is not None else None
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,
+    causal_only = getattr(self, "lqs_causal_only", False)
+    mask = None if causal_only or attention_mask is None else attention_mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal_only, scale=self.scaling,
                                          dropout_p=self.dropout if self.training else 0.0)
     return self.out_proj(out.transpose(1, 2).reshape(batch, seq, self.embed_dim)), None
 
@@ -70,6 +92,7 @@ def load_backbone(path: str, trust_remote_code: bool = False, dtype=torch.float3
     for module in model.modules():  # XGLM (fairseq-dense) has only eager attention in transformers
         if type(module).__name__ == "XGLMAttention":
             module.forward = types.MethodType(_xglm_sdpa_forward, module)
+            module.lqs_causal_only = False
     return model
 
 
@@ -121,16 +144,19 @@ class Scorer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             return self.model(ids.to(self.device), mask.to(self.device)).float().cpu()
 
-    def score(self, texts: Sequence[str], max_tokens: int = 16384, max_windows_per_doc: int | None = None,
+    def score(self, texts: Sequence[str], max_tokens: int | None = None, max_windows_per_doc: int | None = None,
               progress: bool = False) -> list[float]:
         """One score per text: the token-weighted mean of its windows' outputs."""
         return self.score_with_truncation(texts, max_tokens, max_windows_per_doc, progress)[0]
 
     @torch.inference_mode()
-    def score_with_truncation(self, texts: Sequence[str], max_tokens: int = 16384,
+    def score_with_truncation(self, texts: Sequence[str], max_tokens: int | None = None,
                               max_windows_per_doc: int | None = None,
                               progress: bool = False) -> tuple[list[float], list[bool]]:
-        """Scores, and for each text whether its windows were capped at max_windows_per_doc."""
+        """Scores, and for each text whether its windows were capped at max_windows_per_doc.
+        max_tokens (rows × longest per batch) defaults to what suits the device: large batches
+        on a GPU, cache-sized ones on a CPU (measured in benchmarks/inference.py)."""
+        max_tokens = max_tokens or (65536 if self.device.type == "cuda" else 4096)
         windows: list[Window] = []
         truncated = [False] * len(texts)
         for doc, doc_windows in enumerate(tokenize_windows(self.tokenizer, texts, self.max_length)):
