@@ -13,7 +13,6 @@ import importlib
 import inspect
 import io
 import json
-import os
 import random
 import string
 import subprocess

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from lqs import distributed
 from lqs.io import write_table
 from lqs.proxy import Params, collate, load_proxy, sample_losses, set_params
-from lqs.trajectory import NonFiniteError, load_step
+from lqs.runtime import NonFiniteError
+from lqs.trajectory import load_step
 
 log = logging.getLogger(__name__)
 

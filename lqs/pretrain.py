@@ -13,7 +13,7 @@ from tqdm import tqdm
 from lqs.io import atomic_dir
 from lqs.models import build_model
 from lqs.proxy import collate, sample_losses
-from lqs.runtime import resolve_device
+from lqs.runtime import NonFiniteError, resolve_device
 from lqs.sample import draw_windows
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def pretrain_proxy(tokenizer_dir: str, shard_paths: Sequence[str], out_dir: str,
         ids, mask = collate(windows[step * batch_size:(step + 1) * batch_size], device=device)
         loss = sample_losses(model, ids, mask).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite proxy pretraining loss at step {step}")
+            raise NonFiniteError(f"non-finite proxy pretraining loss at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

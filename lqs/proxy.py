@@ -60,16 +60,6 @@ def sample_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor)
     return (ce * weight).sum(1) / weight.sum(1).clamp(min=1)
 
 
-def mean_loss(model: torch.nn.Module, samples: Sequence[Sequence[int]], micro_batch: int,
-              device=None) -> torch.Tensor:
-    """Mean sample loss with autograd graph, built micro-batch by micro-batch."""
-    total = 0.0
-    for i in range(0, len(samples), micro_batch):
-        ids, mask = collate(samples[i:i + micro_batch], device=device)
-        total = total + sample_losses(model, ids, mask).sum()
-    return total / len(samples)
-
-
 def loss_and_grad(model: torch.nn.Module, samples: Sequence[Sequence[int]], micro_batch: int,
                   device=None) -> tuple[float, Params]:
     """Mean sample loss and its gradient, accumulated over micro-batches (bounded memory)."""

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN or Inf; the message names the step and sample."""
+
+
 def resolve_device(device: str = "auto"):
     import torch  # here, not at import: the CPU-only stages never load torch
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from lqs import distributed
 from lqs.io import atomic_dir, write_json
+from lqs.runtime import NonFiniteError
 from lqs.scorer import ScorerModel, Window, load_backbone, save_scorer, token_budget_batches
 from lqs.tokenize import tokenize_windows
 
@@ -105,8 +106,10 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
             loss = squared.sum() * (weight * ctx.world / len(rows))
             global_loss = sum(distributed.all_gather(ctx, loss.item())) / ctx.world
             if not math.isfinite(global_loss):
-                raise FloatingPointError(f"non-finite scorer training loss at epoch {epoch}, "
-                                         f"step {len(losses)}")
+                bad = [int(data["sample_id"].iloc[splits["train"][r]]) for r in rows
+                       if not math.isfinite(float(target_train[r]))]
+                raise NonFiniteError(f"non-finite scorer training loss at epoch {epoch}, step {len(losses)}"
+                                     + (f"; non-finite label for sample_id {bad[0]}" if bad else ""))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

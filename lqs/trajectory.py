@@ -25,14 +25,10 @@ from tqdm import tqdm
 
 from lqs.io import atomic_path, write_table
 from lqs.proxy import Params, collate, get_params, load_proxy, loss_and_grad, sample_losses, set_params
-from lqs.runtime import resolve_device
+from lqs.runtime import NonFiniteError, resolve_device
 from lqs.sample import draw_windows
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN or Inf; the message names the step and sample."""
 
 
 def annotated_steps(steps: int, interval: int) -> list[int]:

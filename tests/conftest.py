@@ -102,8 +102,8 @@ def completed_workflow(tmp_path_factory) -> Path:
     """A tiny workflow run to completion once per test session. Tests must not modify it;
     copy it (shutil.copytree) to change anything."""
     workdir = tmp_path_factory.mktemp("completed")
-    corpus = write_jsonl(workdir / "data" / "corpus.jsonl", tiny_corpus())
-    target = write_jsonl(workdir / "data" / "target.jsonl",
+    write_jsonl(workdir / "data" / "corpus.jsonl", tiny_corpus())
+    write_jsonl(workdir / "data" / "target.jsonl",
                          [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
     make_workflow(workdir, tiny_config("data/corpus.jsonl", "data/target.jsonl"))
     snakemake(workdir)

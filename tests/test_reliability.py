@@ -23,7 +23,7 @@ from transformers import MistralConfig, MistralForCausalLM
 
 from lqs import corpus
 from lqs.proxy import load_proxy
-from lqs.trajectory import NonFiniteError
+from lqs.runtime import NonFiniteError
 
 LONG_STAGES = ["trajectory", "grad-stats", "train-scorer", "score-shard", "gather"]
 
@@ -35,13 +35,21 @@ def _ours(pid: str, workdir: Path) -> bool:
         return False
 
 
+def _temporaries(workdir: Path) -> set[Path]:
+    """Outputs being written: their temporary siblings (.name.*.tmp), and those a kill left."""
+    return {p for p in workdir.rglob(".*.tmp")}
+
+
 def _kill_when_started(stage: str, workdir: Path, delay: float, killed: list, stop: threading.Event) -> None:
-    """SIGKILLs this test's `lqs <stage>` processes `delay` seconds after one appears."""
+    """SIGKILLs this test's `lqs <stage>` processes once one writes an output, or `delay`
+    seconds after one appears, whichever is first."""
     while not stop.is_set():
         found = subprocess.run(["pgrep", "-f", f"lqs {stage} "], capture_output=True, text=True).stdout.split()
         found = [pid for pid in found if _ours(pid, workdir)]
         if found:
-            time.sleep(delay)
+            deadline, before = time.monotonic() + delay, _temporaries(workdir)
+            while time.monotonic() < deadline and not _temporaries(workdir) - before:
+                time.sleep(0.01)
             for pid in found:
                 try:
                     os.kill(int(pid), signal.SIGKILL)
@@ -49,7 +57,7 @@ def _kill_when_started(stage: str, workdir: Path, delay: float, killed: list, st
                 except ProcessLookupError:
                     pass
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp_path):
@@ -65,7 +73,7 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
     interrupted = []
     for stage in LONG_STAGES:
         stop = threading.Event()
-        killer = threading.Thread(target=_kill_when_started, args=(stage, workdir, rng.uniform(0.5, 3.0), killed, stop))
+        killer = threading.Thread(target=_kill_when_started, args=(stage, workdir, rng.uniform(0.3, 1.5), killed, stop))
         killer.start()
         run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete"],
                              cwd=workdir, capture_output=True, text=True)
@@ -78,7 +86,7 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
         for path in (workdir / "results").rglob("*.parquet"):
             pd.read_parquet(path)
         assert not (workdir / "scored.jsonl").exists() or run.returncode == 0
-    assert set(interrupted) >= {"trajectory", "train-scorer"}, (killed, interrupted)
+    assert interrupted == LONG_STAGES, (killed, interrupted)
     final = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete"],
                            cwd=workdir, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-3000:]
@@ -257,3 +265,18 @@ def test_good_target_lines(tiny_workflow):
     """The fixture's target set is fine: guards the negative test above against a broken fixture."""
     lines = (tiny_workflow / "data/target.jsonl").read_text().splitlines()
     assert [json.loads(line)["conversations"][1] for line in lines][:len(GOOD)] == GOOD
+
+
+def test_non_finite_scorer_training_names_epoch_step_and_sample(completed_workflow, tmp_path):
+    from lqs.train_scorer import train_scorer
+
+    results = completed_workflow / "results"
+    labels = pd.read_parquet(results / "annotation/labels.parquet")
+    victim = int(labels.loc[labels["split"] == "train", "sample_id"].iloc[3])
+    labels.loc[labels["sample_id"] == victim, "score"] = float("nan")
+    labels.to_parquet(tmp_path / "labels.parquet")
+    with pytest.raises(NonFiniteError, match=rf"epoch 0, step \d+; non-finite label for sample_id {victim}"):
+        train_scorer(str(results / "proxy/samples.parquet"), str(tmp_path / "labels.parquet"),
+                     str(results / "models/scorer_base"), str(tmp_path / "scorer"), lr=1e-3, epochs=1,
+                     batch_size=8, warmup_steps=0, weight_decay=0.0, clip=1.0, max_length=32, seed=0, device="cpu")
+    assert not (tmp_path / "scorer").exists()

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_jsonl
 import torch
 from scipy import stats
 from transformers import AutoTokenizer, MistralConfig, MistralModel, XGLMConfig, XGLMModel
@@ -41,14 +42,6 @@ SENTENCES = [
 WORDS = "alpha beta gamma delta the of and file list key value line open close".split()
 
 
-def _write_jsonl(path: Path, lines: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
-    return path
-
-
 def _texts(n: int, seed: int, max_sentences: int = 5) -> list[str]:
     """Texts of very different lengths: a word or two up to several windows."""
     rng = random.Random(seed)
@@ -73,7 +66,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("tok")
-    path = _write_jsonl(d / "train.jsonl", [{"text": t} for t in _texts(60, seed=0)])
+    path = write_jsonl(d / "train.jsonl", [{"text": t} for t in _texts(60, seed=0)])
     train_tokenizer([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=300, max_chars=MAX_CHARS)
     return str(d / "tokenizer")
 
@@ -262,7 +255,7 @@ def _run_pipeline(tmp_path: Path, corpus_paths: list[str], tok_dir: str, scorer_
 @pytest.mark.parametrize("num_shards", [1, 3])
 def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_shards):
     lines = _corpus_lines()
-    path = _write_jsonl(tmp_path / "corpus.jsonl", lines)
+    path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], num_shards)
     scorer = scorers["xglm"]
 
@@ -319,7 +312,7 @@ def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_sha
 
 def test_score_and_gather_truncation(tok_dir, scorer_dirs, scorers, tmp_path):
     lines = _corpus_lines()
-    path = _write_jsonl(tmp_path / "corpus.jsonl", lines)
+    path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["mistral"], 2, max_windows_per_doc=1)
     scorer = scorers["mistral"]
     texts = [json.loads(line)["text"] for i, line in enumerate(lines) if i != 5]
@@ -338,7 +331,7 @@ def test_score_and_gather_parquet_and_several_files(tok_dir, scorer_dirs, scorer
     pq.write_table(pa.Table.from_pylist(rows), first, row_group_size=4)
     second_lines = [json.dumps({"text": t, "source": "code"}) for t in _texts(5, seed=7)]
     second_lines[2] = "[1, 2]"  # rejected: not an object
-    second = _write_jsonl(tmp_path / "b.jsonl", second_lines)
+    second = write_jsonl(tmp_path / "b.jsonl", second_lines)
     summary, out = _run_pipeline(tmp_path, [str(first), str(second)], tok_dir, scorer_dirs["xglm"], num_shards)
     scorer = scorers["xglm"]
     expected = [r for i, r in enumerate(rows) if i != 3] + [json.loads(x) for i, x in enumerate(second_lines) if i != 2]
@@ -357,7 +350,7 @@ def test_score_and_gather_parquet_and_several_files(tok_dir, scorer_dirs, scorer
 def test_gather_refuses_existing_score_field_atomically(tok_dir, scorer_dirs, tmp_path):
     lines = _corpus_lines()
     lines[7] = json.dumps({"text": "an already scored document.", "score": 0.5})
-    path = _write_jsonl(tmp_path / "corpus.jsonl", lines)
+    path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     with pytest.raises(ValueError, match=re.escape(f"{path}:8") + ".*already has a field 'score'"):
         _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], 2)
     # the failure came after several lines were written: nothing that looks finished is left
@@ -371,7 +364,7 @@ def test_gather_refuses_existing_score_field_atomically(tok_dir, scorer_dirs, tm
 
 
 def test_gather_detects_missing_scores(tok_dir, scorer_dirs, tmp_path):
-    path = _write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines())
+    path = write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines())
     summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], 2)
     scores = tmp_path / "scores-1.parquet"
     table = pq.read_table(scores)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_jsonl
 
 from lqs import corpus, sample, target
 from lqs.models import train_tokenizer
@@ -44,21 +45,13 @@ def _random_text(rng: random.Random, n_words: int) -> str:
     return " ".join(parts)
 
 
-def _write_jsonl(path: Path, lines: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> str:
     """A byte-level BPE tokenizer (vocab 300) trained on a small JSONL, as the pipeline does."""
     d = tmp_path_factory.mktemp("tok")
     rng = random.Random(0)
     docs = [{"text": " ".join(rng.sample(SENTENCES, 3)) + "\n" + _random_text(rng, 20)} for _ in range(60)]
-    path = _write_jsonl(d / "train.jsonl", docs)
+    path = write_jsonl(d / "train.jsonl", docs)
     train_tokenizer([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=300, max_chars=100_000)
     return str(d / "tokenizer")
 
@@ -72,7 +65,7 @@ def tok(tok_dir):
 def byte_tok(tmp_path_factory):
     """vocab 260 = 4 special tokens + 256 bytes: no merges, so every ASCII character is one token."""
     d = tmp_path_factory.mktemp("bytetok")
-    path = _write_jsonl(d / "train.jsonl", [{"text": s} for s in SENTENCES])
+    path = write_jsonl(d / "train.jsonl", [{"text": s} for s in SENTENCES])
     train_tokenizer([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=260, max_chars=100_000)
     tokenizer = load_tokenizer(d / "tokenizer")
     assert len(tokenizer("hello world.\n", add_special_tokens=False)["input_ids"]) == len("hello world.\n")
@@ -236,7 +229,7 @@ def _read_table(path) -> list[dict]:
 @pytest.mark.parametrize("num_shards", [1, 2])
 def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
     lines = _corpus_lines(23)
-    path = _write_jsonl(tmp_path / "corpus.jsonl", lines)
+    path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     max_length, max_chars = 16, 1000
     total = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
     for shard in range(num_shards):
@@ -289,7 +282,7 @@ def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
 
 
 def test_tokenize_shard_error_mode(tok_dir, tmp_path):
-    path = _write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines(8))
+    path = write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines(8))
     out, rejects = tmp_path / "shard-0.parquet", tmp_path / "rejects-0.jsonl"
     with pytest.raises(corpus.BadRecordError, match=re.escape(f"{path}:5") + ".*invalid JSON"):
         tokenize_shard([str(path)], tok_dir, 0, str(out), str(rejects), num_shards=1, text_field="text",
@@ -299,7 +292,7 @@ def test_tokenize_shard_error_mode(tok_dir, tmp_path):
 
 
 def test_tokenize_shard_all_rejected(tok_dir, tmp_path):
-    path = _write_jsonl(tmp_path / "corpus.jsonl", ["not json", json.dumps({"text": ""})])
+    path = write_jsonl(tmp_path / "corpus.jsonl", ["not json", json.dumps({"text": ""})])
     out, rejects = tmp_path / "s.parquet", tmp_path / "r.jsonl"
     counts = tokenize_shard([str(path)], tok_dir, 0, str(out), str(rejects), num_shards=1, text_field="text",
                             max_length=16, on_bad_record="skip", max_chars=1000)
@@ -317,7 +310,7 @@ def shards(tok_dir, tmp_path_factory):
     """Two tokenized shards of a small corpus with single- and multi-window documents."""
     d = tmp_path_factory.mktemp("shards")
     lines = _corpus_lines(40, seed=5)
-    path = _write_jsonl(d / "corpus.jsonl", lines)
+    path = write_jsonl(d / "corpus.jsonl", lines)
     paths = []
     for shard in range(2):
         out = d / f"shard-{shard}.parquet"
@@ -425,7 +418,7 @@ def test_record_text():
 def test_prepare_target(tok, tok_dir, tmp_path):
     records = [{"conversations": [f"Question {i}?\nPlease answer.", SENTENCES[i % len(SENTENCES)] * (1 + i % 3)]}
                for i in range(6)] + [{"text": "A plain text target record.\nWith two lines."}]
-    source = _write_jsonl(tmp_path / "lima.jsonl", records[:3] + [""] + records[3:])  # a blank line is skipped
+    source = write_jsonl(tmp_path / "lima.jsonl", records[:3] + [""] + records[3:])  # a blank line is skipped
     out = tmp_path / "tokens.parquet"
     max_length = 12
     assert target.prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=max_length) == 7
@@ -453,13 +446,13 @@ def test_prepare_target_errors(tok_dir, tmp_path):
     empty.write_text("\n  \n")
     with pytest.raises(ValueError, match="empty"):
         target.prepare_target(str(empty), tok_dir, str(out), text_field="text", max_length=16)
-    bad_json = _write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, "", '{"conversations": ["a",'])
+    bad_json = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, "", '{"conversations": ["a",'])
     with pytest.raises(ValueError, match=re.escape(f"{bad_json}:3") + ".*invalid JSON"):
         target.prepare_target(str(bad_json), tok_dir, str(out), text_field="text", max_length=16)
-    bad_record = _write_jsonl(tmp_path / "bad2.jsonl", [{"text": "ok"}, {"conversations": [1, 2]}])
+    bad_record = write_jsonl(tmp_path / "bad2.jsonl", [{"text": "ok"}, {"conversations": [1, 2]}])
     with pytest.raises(ValueError, match=re.escape(f"{bad_record}:2") + ".*not a list of strings"):
         target.prepare_target(str(bad_record), tok_dir, str(out), text_field="text", max_length=16)
-    no_text = _write_jsonl(tmp_path / "bad3.jsonl", [{"text": "ok"}, {"text": "fine"}, {"text": " "}])
+    no_text = write_jsonl(tmp_path / "bad3.jsonl", [{"text": "ok"}, {"text": "fine"}, {"text": " "}])
     with pytest.raises(ValueError, match=re.escape(f"{no_text}:3") + ".*empty text"):
         target.prepare_target(str(no_text), tok_dir, str(out), text_field="text", max_length=16)
     assert not out.exists()
