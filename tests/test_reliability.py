@@ -25,7 +25,8 @@ from lqs import corpus
 from lqs.proxy import load_proxy
 from lqs.runtime import NonFiniteError
 
-LONG_STAGES = ["trajectory", "grad-stats", "train-scorer", "score-shard", "gather"]
+# gather takes 0.2 s on the tiny workflow, too short to hit there: it has its own test below.
+LONG_STAGES = ["trajectory", "grad-stats", "train-scorer", "score-shard"]
 
 
 def _ours(pid: str, workdir: Path) -> bool:
@@ -95,6 +96,39 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
     pd.testing.assert_frame_equal(pd.read_parquet(workdir / "results/annotation/labels.parquet"),
                                   pd.read_parquet(expected))
     assert (workdir / "scored.jsonl").read_bytes() == (completed_workflow / "scored.jsonl").read_bytes()
+
+
+def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
+    """gather over 200k documents, SIGKILLed at a random point while writing scored.jsonl."""
+    n = 200_000
+    corpus_path = tmp_path / "corpus.jsonl"
+    corpus_path.write_text("".join(f'{{"id": {i}, "text": "document {i}", "n": 1.50}}\n' for i in range(n)))
+    for shard in (0, 1):
+        ids = np.arange(shard, n, 2)
+        pd.DataFrame({"doc_id": ids, "score": ids / n, "truncated": False}).to_parquet(tmp_path / f"s{shard}.parquet")
+        (tmp_path / f"r{shard}.jsonl").write_text("")
+    settings = json.dumps({"num_shards": 2, "text_field": "text", "max_chars": 1000, "score_field": "score"})
+
+    def gather(out: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lqs", "gather", str(corpus_path), "--score-paths", "s0.parquet", "s1.parquet",
+             "--reject-paths", "r0.jsonl", "r1.jsonl", "--out", out, "--rejects-out", f"{out}.rejects",
+             "--summary-out", f"{out}.summary", "--benchmarks-dir", ".", "--settings", settings],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    assert gather("expected.jsonl").wait() == 0
+    process = gather("scored.jsonl")
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".scored.jsonl.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(random.Random(0).uniform(0.0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "gather finished before it could be killed"
+    assert list(tmp_path.glob(".scored.jsonl.*.tmp")), "no partial file: the kill missed the write"
+    assert not (tmp_path / "scored.jsonl").exists()  # the partial file is never taken for the output
+    assert not (tmp_path / "scored.jsonl.summary").exists()
+    assert gather("scored.jsonl").wait() == 0
+    assert (tmp_path / "scored.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
 
 
 def _tiny_model_dir(path: Path) -> Path:
