@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import gc
 import threading
 import time
@@ -25,6 +24,7 @@ import torch
 
 from lqs.grad_stats import per_sample_stats
 from lqs.labels import raw_scores
+from lqs.proxy import norm
 from lqs.train_scorer import spearman
 
 PRESETS = {
@@ -134,7 +134,7 @@ def main() -> None:
             result["baseline_paper_annotation_gpu_hours"] = PAPER_WORK / base["samples_per_s"] / 3600
     if args.bf16_spearman:
         bf16 = measure(model, samples, lam, device, "fast", args.fast_micro_batch, "bf16")
-        lam_norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in lam.values()))
+        lam_norm = norm(lam)
         one_step = lambda r: raw_scores(r["norms"][:, None], r["dots"][:, None], np.full((len(samples), 1), lam_norm), 1.0, "lqs")
         result["bf16_vs_fp32_spearman"] = {"grad_norm": spearman(bf16["norms"], fast["norms"]),
                                            "dot": spearman(bf16["dots"], fast["dots"]),
@@ -162,7 +162,7 @@ def demo_labels_spearman(results: str, device: torch.device) -> float:
     for t in info["annotated_steps"]:
         theta, lam = load_step(root / f"annotation/trajectory/step-{t}.safetensors", device)
         set_params(model, theta)
-        lam_norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in lam.values()))
+        lam_norm = norm(lam)
         for dtype, (n, d, ln) in stats.items():
             norms, dots = per_sample_stats(model, samples, lam, dtype, device, 16, "fast")
             n.append(norms), d.append(dots), ln.append(np.full(len(samples), lam_norm))

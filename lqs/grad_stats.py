@@ -18,7 +18,6 @@ Samples are independent in both, so a label can never land on another sample.
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from lqs import distributed
 from lqs.io import write_table
-from lqs.proxy import Params, collate, load_proxy, sample_losses, set_params
+from lqs.proxy import Params, collate, load_proxy, norm, sample_losses, set_params
 from lqs.runtime import NonFiniteError
 from lqs.trajectory import load_step
 
@@ -256,7 +255,7 @@ def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, s
     if len(bad):
         raise NonFiniteError(f"non-finite per-sample gradient at step {step}, sample_id "
                              f"{int(sample_ids[bad[0]])} ({len(bad)} such samples in this part)")
-    lam_norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in lam.values()))
+    lam_norm = norm(lam)
     if ctx.main:
         write_table(out, pa.table({
             "sample_id": sample_ids, "step": np.full(len(rows), step, np.int32), "grad_norm": norms,

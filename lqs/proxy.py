@@ -6,12 +6,18 @@ is the mean of its samples' losses; dropout is off (the model is kept in eval mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 Params = dict[str, torch.Tensor]
+
+
+def norm(v: Params) -> float:
+    """‖v‖ of a parameter-shaped vector, accumulated in fp64."""
+    return math.sqrt(sum(float(x.double().pow(2).sum()) for x in v.values()))
 
 
 def load_proxy(path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False):

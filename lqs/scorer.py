@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from lqs.proxy import collate
 from lqs.runtime import resolve_device
 from lqs.tokenize import tokenize_windows
 
@@ -105,6 +106,13 @@ def save_scorer(model: ScorerModel, tokenizer, out_dir: str | Path, config: dict
     (out_dir / SCORER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def forward_batch(model: ScorerModel, batch: Sequence[Sequence[int]], pad_id: int, device) -> torch.Tensor:
+    """Scores of right-padded token sequences, bf16 autocast on GPU, as fp32 on `device`."""
+    ids, mask = collate(batch, pad_id, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(ids, mask).float()
+
+
 @dataclass
 class Window:
     doc: int
@@ -134,16 +142,6 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tokens_scored = 0  # running total, for throughput meters
 
-    def _forward(self, batch: list[list[int]]) -> torch.Tensor:
-        longest = max(len(ids) for ids in batch)
-        ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, seq in enumerate(batch):
-            ids[row, :len(seq)] = torch.as_tensor(seq)
-            mask[row, :len(seq)] = 1
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return self.model(ids.to(self.device), mask.to(self.device)).float().cpu()
-
     def score(self, texts: Sequence[str], max_tokens: int | None = None, max_windows_per_doc: int | None = None,
               progress: bool = False) -> list[float]:
         """One score per text: the token-weighted mean of its windows' outputs."""
@@ -171,7 +169,8 @@ class Scorer:
         bar = tqdm(total=sum(len(w.ids) for w in windows), unit="tok", unit_scale=True,
                    desc="scoring", disable=not progress, mininterval=5)
         for batch in token_budget_batches(windows, max(max_tokens, self.max_length)):
-            outputs = self._forward([windows[i].ids for i in batch]).tolist()
+            outputs = forward_batch(self.model, [windows[i].ids for i in batch], self.pad_id,
+                                    self.device).cpu().tolist()
             for i, value in zip(batch, outputs):
                 n = len(windows[i].ids)
                 totals[windows[i].doc] += n * value

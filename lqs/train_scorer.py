@@ -18,7 +18,7 @@ from tqdm import tqdm
 from lqs import distributed
 from lqs.io import atomic_dir, write_json
 from lqs.runtime import NonFiniteError
-from lqs.scorer import ScorerModel, Window, load_backbone, save_scorer, token_budget_batches
+from lqs.scorer import ScorerModel, Window, forward_batch, load_backbone, save_scorer, token_budget_batches
 from lqs.tokenize import tokenize_windows
 
 log = logging.getLogger(__name__)
@@ -38,23 +38,12 @@ def _batches(windows: list[Window], batch_size: int, rng: np.random.Generator | 
         yield order[i:i + batch_size].tolist()
 
 
-def _forward(model, windows, rows, pad_id, device):
-    longest = max(len(windows[i].ids) for i in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, i in enumerate(rows):
-        ids[r, :len(windows[i].ids)] = torch.as_tensor(windows[i].ids)
-        mask[r, :len(windows[i].ids)] = 1
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        return model(ids.to(device), mask.to(device)).float()
-
-
 @torch.no_grad()
 def predict(model, windows: list[Window], pad_id: int, device, max_tokens: int = 16384) -> np.ndarray:
     model.eval()
     out = np.zeros(len(windows))
     for rows in token_budget_batches(windows, max_tokens):
-        out[rows] = _forward(model, windows, rows, pad_id, device).cpu().numpy()
+        out[rows] = forward_batch(model, [windows[i].ids for i in rows], pad_id, device).cpu().numpy()
     return out
 
 
@@ -100,7 +89,7 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
                          unit="batch", mininterval=5, disable=not ctx.main):
             mine = rows[ctx.rank::ctx.world] or rows[:1]  # a rank with no row reuses one, weighted 0
             weight = len(rows[ctx.rank::ctx.world]) > 0
-            pred = _forward(trained, windows["train"], mine, pad_id, device)
+            pred = forward_batch(trained, [windows["train"][i].ids for i in mine], pad_id, device)
             squared = (pred - target_train[mine].to(device)) ** 2
             # DDP averages gradients over ranks: Σ_local / global × world gives the global mean.
             loss = squared.sum() * (weight * ctx.world / len(rows))

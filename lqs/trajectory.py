@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from lqs.io import atomic_path, write_table
-from lqs.proxy import Params, collate, get_params, load_proxy, loss_and_grad, sample_losses, set_params
+from lqs.proxy import Params, collate, get_params, load_proxy, loss_and_grad, norm, sample_losses, set_params
 from lqs.runtime import NonFiniteError, resolve_device
 from lqs.sample import draw_windows
 
@@ -37,10 +37,6 @@ def annotated_steps(steps: int, interval: int) -> list[int]:
 
 def step_file(out_dir: str | Path, t: int) -> Path:
     return Path(out_dir) / f"step-{t}.safetensors"
-
-
-def _norm(v: Params) -> float:
-    return math.sqrt(sum(float(x.double().pow(2).sum()) for x in v.values()))
 
 
 def _axpy(a: float, x: Params, y: Params) -> Params:
@@ -137,7 +133,7 @@ def solve(
         theta = sgd_step(theta, t)
 
     lam = target_grad(theta, T)  # λ_T
-    record["lambda_norm"][T] = _norm(lam)
+    record["lambda_norm"][T] = norm(lam)
     bar.update()
     del theta
 
@@ -160,7 +156,7 @@ def solve(
             set_params(model, theta_t)
             hv = hvp(model, batches[t], lam, micro_batch, device)
             lam = _axpy(1.0, target_grad(theta_t, t), _axpy(-lr, hv, lam))
-            record["lambda_norm"][t] = _norm(lam)
+            record["lambda_norm"][t] = norm(lam)
     bar.close()
     return record
 
