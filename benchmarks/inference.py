@@ -1,10 +1,12 @@
 """Corpus scoring: the batched, length-bucketed path against the reference's approach.
 
 The reference scores one document at a time, each padded to max_length (and truncated to
-it). Both use the same checkpoint and documents — the web text in ../shared/data when present,
-else a generated mix of lengths — in one session; prints documents/s, tokens/s and the ratio
-(not a test). The batched path is run twice: capped at one window per document (the same
-work as the reference) and scoring every window of long documents.
+it), with the backbone as transformers ships it (eager attention for XGLM, padding mask); it is
+also run on our kernels (SDPA, causal without a mask) to separate batching from kernels. All
+use the same checkpoint and documents — the web text in ../shared/data when present, else a
+generated mix of lengths — in one session; prints documents/s, tokens/s and the ratios (not a
+test). The batched path runs capped at one window per document (the reference's work) in fp32
+and in bf16, and then on every window of long documents.
 
     python benchmarks/inference.py                    # CPU: a small XGLM scorer
     python benchmarks/inference.py --preset xglm-125m # GPU: fairseq-dense-125M's architecture
@@ -19,11 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lqs.models import train_tokenizer
-from lqs.scorer import ScorerModel, load, save_scorer
+from lqs.scorer import ScorerModel, compute_dtype, load, save_scorer
 from lqs.tokenize import tokenize_windows
+from lqs.train_scorer import spearman
 
 WEB = Path(__file__).resolve().parents[2] / "shared" / "data" / "web.jsonl"
 PRESETS = {
@@ -60,9 +64,19 @@ def build_scorer(workdir: Path, texts: list[str], preset: dict, max_length: int)
     return workdir / "scorer"
 
 
+def stock_backbone(path: Path):
+    """The checkpoint's backbone as transformers loads it by default, as the reference runs it:
+    its own attention implementation (eager for XGLM), always given the padding mask."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, use_safetensors=True).to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+
+
 @torch.inference_mode()
-def reference(scorer, texts: list[str], max_length: int) -> tuple[list[float], int]:
-    """One document at a time, truncated and padded to max_length."""
+def reference(scorer, texts: list[str], backbone=None) -> tuple[list[float], int]:
+    """One document at a time, truncated and padded to max_length, bf16 autocast on GPU only.
+    `backbone`: run this one (the stock model) under the scorer's head instead of the scorer's."""
+    max_length, device = scorer.max_length, scorer.device
     scores, tokens = [], 0
     for text in texts:
         ids = tokenize_windows(scorer.tokenizer, [text], max_length)[0][0]
@@ -71,8 +85,14 @@ def reference(scorer, texts: list[str], max_length: int) -> tuple[list[float], i
         mask = torch.zeros((1, max_length), dtype=torch.long)
         padded[0, :len(ids)] = torch.as_tensor(ids)
         mask[0, :len(ids)] = 1
-        with torch.autocast(scorer.device.type, dtype=torch.bfloat16, enabled=scorer.device.type == "cuda"):
-            scores.append(float(scorer.model(padded.to(scorer.device), mask.to(scorer.device))))
+        padded, mask = padded.to(device), mask.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            if backbone is None:
+                scores.append(float(scorer.model(padded, mask)))
+            else:
+                hidden = backbone(input_ids=padded, attention_mask=mask).last_hidden_state.float()
+                pooled = (hidden * mask[..., None]).sum(1) / mask.sum()
+                scores.append(float(scorer.model.head(pooled)))
     return scores, tokens
 
 
@@ -89,6 +109,8 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=PRESETS)
+    parser.add_argument("--scorer", type=Path, help="a trained checkpoint (e.g. results/scorer) instead of a "
+                        "randomly initialised one; its max_length applies")
     parser.add_argument("--docs", type=int)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=None, help="default: the scorer's, per device")
@@ -98,31 +120,54 @@ def main() -> None:
     preset = PRESETS[args.preset or ("xglm-125m" if cuda else "cpu-small")]
     texts = documents(args.docs or preset["docs"])
     with tempfile.TemporaryDirectory() as tmp:
-        scorer = load(build_scorer(Path(tmp), texts, preset, args.max_length))
+        path = args.scorer or build_scorer(Path(tmp), texts, preset, args.max_length)
+        scorer, scorer_bf16 = load(path, dtype="fp32"), load(path, dtype="bf16")
+        stock = stock_backbone(path)
+    default_dtype = compute_dtype("auto", scorer.device)
     params = sum(p.numel() for p in scorer.model.backbone.parameters() if p.ndim == 2) - \
         scorer.model.backbone.embed_tokens.weight.numel()  # matmul weights: 2 FLOPs each per token
     print(f"device {scorer.device}, {len(texts)} documents ({'web.jsonl' if WEB.exists() else 'generated'}), "
-          f"max_length {args.max_length}")
+          f"max_length {scorer.max_length}, {params / 1e6:.1f}M matmul parameters, "
+          f"stock attention: {stock.config._attn_implementation}")
 
-    scorer.score(texts[:16], args.max_tokens)  # warm-up
-    ref_n = max(16, len(texts) // (1 if cuda else 5))  # the reference is slow on CPU: a subset
-    (ref_scores, ref_tokens), ref_s = timed(lambda: reference(scorer, texts[:ref_n], args.max_length))
-    one_window, one_s = timed(lambda: scorer.score(texts, args.max_tokens, max_windows_per_doc=1))
-    (_, _), all_s = timed(lambda: scorer.score_with_truncation(texts, args.max_tokens))
-    all_tokens = sum(len(w) for doc in tokenize_windows(scorer.tokenizer, texts, args.max_length) for w in doc)
-    one_tokens = sum(len(doc[0]) for doc in tokenize_windows(scorer.tokenizer, texts, args.max_length))
+    windows = tokenize_windows(scorer.tokenizer, texts, scorer.max_length)
+    one_tokens = sum(len(doc[0]) for doc in windows)
+    all_tokens = sum(len(w) for doc in windows for w in doc)
+    for s in (scorer, scorer_bf16):  # warm-up
+        s.score(texts[:16], args.max_tokens)
+    reference(scorer, texts[:8], stock)  # the stock model's first documents are slower still
+    reference(scorer, texts[:8])
+    ref_n = max(16, len(texts) // (1 if cuda else 3))  # the reference is slow on CPU: a subset
+    (ref_scores, ref_tokens), ref_s = timed(lambda: reference(scorer, texts[:ref_n], stock))
+    (_, _), kernels_s = timed(lambda: reference(scorer, texts[:ref_n]))
+    fp32, fp32_s = timed(lambda: scorer.score(texts, args.max_tokens, max_windows_per_doc=1))
+    bf16, bf16_s = timed(lambda: scorer_bf16.score(texts, args.max_tokens, max_windows_per_doc=1))
+    every = scorer_bf16 if default_dtype == "bf16" else scorer
+    _, all_s = timed(lambda: every.score(texts, args.max_tokens))
     rows = {
-        "reference (1 doc, padded)": (ref_n / ref_s, ref_tokens / ref_s),
-        "batched, first window": (len(texts) / one_s, one_tokens / one_s),
-        "batched, every window": (len(texts) / all_s, all_tokens / all_s),
+        "reference (stock, 1 doc, padded)": (ref_n / ref_s, ref_tokens / ref_s),
+        "  same, on our kernels": (ref_n / kernels_s, ref_tokens / kernels_s),
+        "batched, first window, fp32": (len(texts) / fp32_s, one_tokens / fp32_s),
+        "batched, first window, bf16": (len(texts) / bf16_s, one_tokens / bf16_s),
+        f"batched, every window, {default_dtype}": (len(texts) / all_s, all_tokens / all_s),
     }
     for name, (docs_s, tok_s) in rows.items():
-        print(f"{name:28s} {docs_s:10.1f} docs/s {tok_s:12.0f} tokens/s")
-    disagreement = max(abs(a - b) for a, b in zip(ref_scores, one_window[:ref_n]))
-    result = {"docs_per_s_ratio": rows["batched, first window"][0] / rows["reference (1 doc, padded)"][0],
-              "max_score_disagreement": disagreement}
+        print(f"{name:36s} {docs_s:10.1f} docs/s {tok_s:12.0f} tokens/s")
+    reference_docs_s, kernels_docs_s = rows["reference (stock, 1 doc, padded)"][0], rows["  same, on our kernels"][0]
+    fp32_docs_s, bf16_docs_s = rows["batched, first window, fp32"][0], rows["batched, first window, bf16"][0]
+    result = {
+        "docs_per_s_ratio_fp32": fp32_docs_s / reference_docs_s,
+        "docs_per_s_ratio_bf16": bf16_docs_s / reference_docs_s,
+        "docs_per_s_ratio_fp32_vs_reference_on_our_kernels": fp32_docs_s / kernels_docs_s,
+        "docs_per_s_ratio_bf16_vs_reference_on_our_kernels": bf16_docs_s / kernels_docs_s,
+        "max_score_disagreement_fp32_vs_reference": max(abs(a - b) for a, b in zip(ref_scores, fp32[:ref_n])),
+        "max_score_disagreement_bf16_vs_fp32": float(np.max(np.abs(np.subtract(bf16, fp32)))),
+        "score_std": float(np.std(fp32)),
+        "spearman_bf16_vs_fp32": spearman(np.array(bf16), np.array(fp32)),
+    }
     if cuda:
-        result["mfu_every_window"] = rows["batched, every window"][1] * 2 * params / (args.peak_tflops * 1e12)
+        result["mfu_every_window"] = rows[f"batched, every window, {default_dtype}"][1] * 2 * params / \
+            (args.peak_tflops * 1e12)
     print(json.dumps(result, indent=2))
 
 

@@ -27,8 +27,8 @@ def accepted_doc_ids(tokenized_shard: str) -> np.ndarray:
 def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, *,
                 shard: int, num_shards: int | str, text_field: str, max_chars: int,
                 max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
-                device: str = "auto", trust_remote_code: bool = False) -> dict[str, int]:
-    scorer = load(scorer_dir, device, trust_remote_code)
+                dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False) -> dict[str, int]:
+    scorer = load(scorer_dir, device, trust_remote_code, dtype)
     accepted = accepted_doc_ids(tokenized_shard)
     counts = {"scored": 0, "truncated": 0}
     chunk: list[corpus.Record] = []

@@ -12,6 +12,7 @@ nothing of the training code:
 from __future__ import annotations
 
 import json
+import logging
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from tqdm import tqdm
 from lqs.proxy import collate
 from lqs.runtime import resolve_device
 from lqs.tokenize import tokenize_windows
+
+logger = logging.getLogger(__name__)
 
 SCORER_CONFIG = "scorer.json"
 HEAD_FILE = "head.safetensors"
@@ -58,10 +61,31 @@ class ScorerModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids,
                                attention_mask=None if self.causal else attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        with torch.autocast(pooled.device.type, enabled=False):  # the head stays fp32 under bf16
-            return self.head(pooled.float()).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # pooling and head stay fp32 under bf16
+            mask = attention_mask.unsqueeze(-1).float()
+            pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+            return self.head(pooled).squeeze(-1)
+
+
+def blockwise_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                               block: int = 128) -> torch.Tensor:
+    """softmax(q kᵀ · scale + causal mask) v for (batch, heads, seq, dim) inputs, one block of
+    queries at a time, each against only the keys up to the block's end: about half of the L×L
+    scores are never computed, and the matmuls run in the inputs' dtype. PyTorch's fused CPU
+    kernel computes bf16 in fp32; on a CPU with bf16 units this is ~2× faster at the same error
+    (benchmarks/inference.py). The result is a (batch, seq, heads, dim) buffer seen transposed,
+    so that merging the heads afterwards is a view."""
+    batch, heads, seq, dim = q.shape
+    q = q * scale
+    k_t, v = k.transpose(-1, -2).contiguous(), v.contiguous()  # slices of these need no copies
+    out = q.new_empty(batch, seq, heads, dim).transpose(1, 2)
+    future = torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1)
+    for start in range(0, seq, block):
+        end = min(start + block, seq)
+        scores = torch.matmul(q[..., start:end, :], k_t[..., :end])
+        scores[..., start:end].masked_fill_(future[:end - start, :end - start], float("-inf"))
+        out[..., start:end, :] = scores.softmax(-1) @ v[..., :end, :]
+    return out
 
 
 def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None,
@@ -76,8 +100,11 @@ def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, a
                for proj in (self.q_proj, self.k_proj, self.v_proj))
     causal_only = getattr(self, "lqs_causal_only", False)
     mask = None if causal_only or attention_mask is None else attention_mask.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal_only, scale=self.scaling,
-                                         dropout_p=self.dropout if self.training else 0.0)
+    if causal_only and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not self.training:
+        out = blockwise_causal_attention(q, k, v, self.scaling)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal_only, scale=self.scaling,
+                                             dropout_p=self.dropout if self.training else 0.0)
     return self.out_proj(out.transpose(1, 2).reshape(batch, seq, self.embed_dim)), None
 
 
@@ -106,10 +133,24 @@ def save_scorer(model: ScorerModel, tokenizer, out_dir: str | Path, config: dict
     (out_dir / SCORER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def forward_batch(model: ScorerModel, batch: Sequence[Sequence[int]], pad_id: int, device) -> torch.Tensor:
-    """Scores of right-padded token sequences, bf16 autocast on GPU, as fp32 on `device`."""
+def compute_dtype(name: str, device: torch.device) -> str:
+    """`auto` is bf16 on a GPU and fp32 on a CPU: bf16 on a CPU is opt-in, as it is fast only
+    where the CPU has bf16 units (AVX512-BF16, AMX), and a CPU run should give the same scores
+    on every machine."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be auto, fp32 or bf16, not {name!r}")
+    return name
+
+
+def forward_batch(model: ScorerModel, batch: Sequence[Sequence[int]], pad_id: int, device,
+                  dtype: str = "auto") -> torch.Tensor:
+    """Scores of right-padded token sequences as fp32 on `device`; the backbone runs under bf16
+    autocast when `dtype` (see compute_dtype) says so."""
     ids, mask = collate(batch, pad_id, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    bf16 = compute_dtype(dtype, device) == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         return model(ids, mask).float()
 
 
@@ -136,8 +177,11 @@ def token_budget_batches(windows: Sequence[Window], max_tokens: int) -> Iterator
 class Scorer:
     """A loaded scorer checkpoint; `score` is the batched, length-bucketed inference path."""
 
-    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device):
+    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device, dtype: str = "auto"):
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
+        self.dtype = compute_dtype(dtype, device)
+        if self.dtype == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            logger.warning("bf16 on a CPU without bf16 units: expect it to be slower than fp32")
         self.max_length = int(config["max_length"])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tokens_scored = 0  # running total, for throughput meters
@@ -170,7 +214,7 @@ class Scorer:
                    desc="scoring", disable=not progress, mininterval=5)
         for batch in token_budget_batches(windows, max(max_tokens, self.max_length)):
             outputs = forward_batch(self.model, [windows[i].ids for i in batch], self.pad_id,
-                                    self.device).cpu().tolist()
+                                    self.device, self.dtype).cpu().tolist()
             for i, value in zip(batch, outputs):
                 n = len(windows[i].ids)
                 totals[windows[i].doc] += n * value
@@ -182,8 +226,9 @@ class Scorer:
         return [t / w for t, w in zip(totals, weights)], truncated
 
 
-def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Scorer:
-    """Loads a scorer checkpoint directory for inference."""
+def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto") -> Scorer:
+    """Loads a scorer checkpoint directory for inference; `dtype` is auto, fp32 or bf16
+    (see compute_dtype)."""
     from transformers import AutoTokenizer
 
     path = Path(path)
@@ -195,4 +240,4 @@ def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False
     model = ScorerModel(load_backbone(str(path), trust_remote_code))
     model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return Scorer(model.to(device).eval(), tokenizer, config, device)
+    return Scorer(model.to(device).eval(), tokenizer, config, device, dtype)

@@ -295,10 +295,11 @@ SCORING = {"score_shard": NUM_SHARDS, "gather_scores": 1, "all": 1}
      {**ALL_STATS, "lqs_labels": 1, "train_scorer": 1, **SCORING}, "grad_stats"),
     (set_key("scorer", "lr", 0.002), {"train_scorer": 1, **SCORING}, "train_scorer"),
     (set_key("inference", "max_tokens", 1024), SCORING, "score_shard"),
+    (set_key("inference", "dtype", "bf16"), SCORING, "score_shard"),
     (set_key("output", "score_field", "lqs_score"), {"gather_scores": 1, "all": 1}, "gather_scores"),
     (set_key("demo", "seed", 1), {}, None),  # demo_data is not in this DAG
 ], ids=["annotation.lr", "annotation.score", "annotation.stats_dtype", "scorer.lr",
-        "inference.max_tokens", "output.score_field", "demo.seed"])
+        "inference.max_tokens", "inference.dtype", "output.score_field", "demo.seed"])
 def test_config_edit_plans_exactly_the_affected_stages(completed_workflow, tmp_path, edit, expected,
                                                        changed):
     workdir = copy_workflow(completed_workflow, tmp_path)
