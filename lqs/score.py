@@ -6,7 +6,7 @@ the shard. Only documents that tokenization accepted are scored; the others are 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,8 +20,19 @@ from lqs.scorer import load
 SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_())])
 
 
-def accepted_doc_ids(tokenized_shard: str) -> np.ndarray:
-    return np.unique(pq.read_table(tokenized_shard, columns=["doc_id"])["doc_id"].to_numpy())
+def accepted_doc_ids(tokenized_shard: str, batch_rows: int = 65536) -> Iterator[np.ndarray]:
+    """The ids of the documents tokenization accepted, ascending, a batch at a time: the shard
+    has one row per window, in input order, so memory stays that of one batch."""
+    last = -1
+    for batch in pq.ParquetFile(tokenized_shard).iter_batches(batch_size=batch_rows, columns=["doc_id"]):
+        ids = batch.column(0).to_numpy()
+        if len(ids) == 0:
+            continue
+        if ids[0] < last or (np.diff(ids) < 0).any():
+            raise RuntimeError(f"{tokenized_shard}: document ids are not in input order")
+        new = ids[np.concatenate(([ids[0] != last], ids[1:] != ids[:-1]))]
+        last = int(ids[-1])
+        yield new
 
 
 def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, *,
@@ -29,7 +40,9 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
                 max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
                 dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False) -> dict[str, int]:
     scorer = load(scorer_dir, device, trust_remote_code, dtype)
-    accepted = accepted_doc_ids(tokenized_shard)
+    num_accepted = sum(len(ids) for ids in accepted_doc_ids(tokenized_shard))
+    accepted = (int(i) for ids in accepted_doc_ids(tokenized_shard) for i in ids)
+    next_accepted = next(accepted, None)
     counts = {"scored": 0, "truncated": 0}
     chunk: list[corpus.Record] = []
 
@@ -44,20 +57,24 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
         rate.add(scorer.tokens_scored - rate.tokens)
         chunk.clear()
 
+    # Both the records and the accepted ids come in input order: a merge, never a lookup table.
     records = corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards)
-    bar = tqdm(total=len(accepted), desc=f"score shard {shard}", unit="doc", mininterval=5)
+    bar = tqdm(total=num_accepted, desc=f"score shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     with parquet_writer(out, SCORES_SCHEMA) as writer:
         for record in records:
-            i = np.searchsorted(accepted, record.doc_id)
-            if i < len(accepted) and accepted[i] == record.doc_id:
-                chunk.append(record)
-                if len(chunk) >= chunk_docs:
-                    flush(writer)
+            if next_accepted is None or record.doc_id < next_accepted:
+                continue  # a record tokenization rejected
+            if record.doc_id > next_accepted or record.error is not None:
+                break  # the accepted document is gone, or is now a bad record
+            chunk.append(record)
+            next_accepted = next(accepted, None)
+            if len(chunk) >= chunk_docs:
+                flush(writer)
         if chunk:
             flush(writer)
+        if counts["scored"] != num_accepted:
+            raise RuntimeError(f"shard {shard}: tokenization accepted {num_accepted} documents but "
+                               f"{counts['scored']} were found to score; was the corpus changed?")
     bar.close()
-    if counts["scored"] != len(accepted):
-        raise RuntimeError(f"shard {shard}: tokenization accepted {len(accepted)} documents but "
-                           f"{counts['scored']} were found to score; was the corpus changed?")
     return counts

@@ -20,6 +20,7 @@ import torch
 from scipy import stats
 from transformers import AutoTokenizer, MistralConfig, MistralModel, XGLMConfig, XGLMModel
 
+import lqs.score
 import lqs.scorer
 import lqs.train_scorer
 from lqs.gather import gather_scores
@@ -422,6 +423,39 @@ def test_gather_detects_missing_scores(tok_dir, scorer_dirs, tmp_path):
                       str(tmp_path / "r2.jsonl"), str(tmp_path / "s2.json"), num_shards=2, text_field="text",
                       max_chars=MAX_CHARS, score_field="score")
     assert not out2.exists() and not (tmp_path / "s2.json").exists()
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 1000])
+def test_accepted_doc_ids_stream_in_order(tok_dir, tmp_path, batch_rows):
+    path = write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines())
+    tokenized = tmp_path / "tok.parquet"
+    tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
+                   text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+    column = pq.read_table(tokenized)["doc_id"].to_numpy()
+    assert len(column) > len(np.unique(column))  # documents of several windows: batches split them
+    got = np.concatenate(list(lqs.score.accepted_doc_ids(str(tokenized), batch_rows=batch_rows)))
+    np.testing.assert_array_equal(got, np.unique(column))
+    shuffled = tmp_path / "shuffled.parquet"
+    pq.write_table(pq.read_table(tokenized).take(np.random.default_rng(0).permutation(len(column))), shuffled)
+    with pytest.raises(RuntimeError, match="shuffled.parquet: document ids are not in input order"):
+        list(lqs.score.accepted_doc_ids(str(shuffled), batch_rows=batch_rows))
+
+
+@pytest.mark.parametrize("change, found", [("drop", 12), ("empty", 3)])
+def test_score_shard_detects_a_corpus_changed_since_tokenization(tok_dir, scorer_dirs, tmp_path, change, found):
+    lines = _corpus_lines()
+    path = write_jsonl(tmp_path / "corpus.jsonl", lines)
+    tokenized = tmp_path / "tok.parquet"
+    tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
+                   text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+    # the last document removed (12 found), or the fourth made a bad record (scoring stops there)
+    write_jsonl(path, lines[:-1] if change == "drop" else lines[:3] + ['{"text": " "}'] + lines[4:])
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(RuntimeError, match=f"shard 0: tokenization accepted 13 documents but {found} were found"):
+        score_shard([str(path)], str(tokenized), scorer_dirs["xglm"], str(out), shard=0, num_shards=1,
+                    text_field="text", max_chars=MAX_CHARS, max_tokens=40, max_windows_per_doc=None,
+                    chunk_docs=3, device="cpu")
+    assert not out.exists() and not list(tmp_path.glob(".scores*"))
 
 
 # ---------------------------------------------------------------- train_scorer
