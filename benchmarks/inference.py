@@ -8,8 +8,9 @@ generated mix of lengths — in one session; prints documents/s, tokens/s and th
 test). The batched path runs capped at one window per document (the reference's work) in fp32
 and in bf16, and then on every window of long documents.
 
-    python benchmarks/inference.py                    # CPU: a small XGLM scorer
-    python benchmarks/inference.py --preset xglm-125m # GPU: fairseq-dense-125M's architecture
+    python benchmarks/inference.py                          # CPU: a small XGLM scorer
+    python benchmarks/inference.py --scorer results/scorer  # a trained checkpoint instead
+    python benchmarks/inference.py --preset xglm-125m       # GPU: fairseq-dense-125M's architecture, MFU
 """
 
 from __future__ import annotations
