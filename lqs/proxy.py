@@ -46,13 +46,16 @@ def set_params(model: torch.nn.Module, params: Params) -> None:
 
 
 def collate(samples: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask."""
+    """Right-padded ids and attention mask. To a GPU they go from pinned memory without blocking,
+    so the host can prepare the next batch while the GPU still runs the previous one."""
     longest = max(len(s) for s in samples)
     ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), longest), dtype=torch.long)
     for i, s in enumerate(samples):
         ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
         mask[i, :len(s)] = 1
+    if device is not None and torch.device(device).type == "cuda":
+        return ids.pin_memory().to(device, non_blocking=True), mask.pin_memory().to(device, non_blocking=True)
     return ids.to(device), mask.to(device)
 
 

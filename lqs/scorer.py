@@ -191,14 +191,16 @@ class Scorer:
         """One score per text: the token-weighted mean of its windows' outputs."""
         return self.score_with_truncation(texts, max_tokens, max_windows_per_doc, progress)[0]
 
-    @torch.inference_mode()
     def score_with_truncation(self, texts: Sequence[str], max_tokens: int | None = None,
                               max_windows_per_doc: int | None = None,
                               progress: bool = False) -> tuple[list[float], list[bool]]:
-        """Scores, and for each text whether its windows were capped at max_windows_per_doc.
-        max_tokens (rows × longest per batch) defaults to what suits the device: large batches
-        on a GPU, cache-sized ones on a CPU (measured in benchmarks/inference.py)."""
-        max_tokens = max_tokens or (65536 if self.device.type == "cuda" else 4096)
+        """Scores, and for each text whether its windows were capped at max_windows_per_doc."""
+        windows, truncated = self.windows(texts, max_windows_per_doc)
+        return self.score_windows(windows, len(texts), max_tokens, progress), truncated
+
+    def windows(self, texts: Sequence[str], max_windows_per_doc: int | None = None
+                ) -> tuple[list[Window], list[bool]]:
+        """The texts tokenized into scoring windows, and for each whether its windows were capped."""
         windows: list[Window] = []
         truncated = [False] * len(texts)
         for doc, doc_windows in enumerate(tokenize_windows(self.tokenizer, texts, self.max_length)):
@@ -208,22 +210,33 @@ class Scorer:
                 doc_windows = doc_windows[:max_windows_per_doc]
                 truncated[doc] = True
             windows.extend(Window(doc, ids) for ids in doc_windows)
-        totals = [0.0] * len(texts)
-        weights = [0] * len(texts)
+        return windows, truncated
+
+    @torch.inference_mode()
+    def score_windows(self, windows: Sequence[Window], num_texts: int, max_tokens: int | None = None,
+                      progress: bool = False) -> list[float]:
+        """One score per text 0…num_texts−1: the token-weighted mean of its windows' outputs.
+        max_tokens (rows × longest per batch) defaults to what suits the device: large batches
+        on a GPU, cache-sized ones on a CPU (measured in benchmarks/inference.py)."""
+        max_tokens = max_tokens or (65536 if self.device.type == "cuda" else 4096)
         bar = tqdm(total=sum(len(w.ids) for w in windows), unit="tok", unit_scale=True,
                    desc="scoring", disable=not progress, mininterval=5)
+        # Outputs stay on the device until all batches are queued: one host sync, not one per batch.
+        order, outputs = [], []
         for batch in token_budget_batches(windows, max(max_tokens, self.max_length)):
-            outputs = forward_batch(self.model, [windows[i].ids for i in batch], self.pad_id,
-                                    self.device, self.dtype).cpu().tolist()
-            for i, value in zip(batch, outputs):
-                n = len(windows[i].ids)
-                totals[windows[i].doc] += n * value
-                weights[windows[i].doc] += n
+            outputs.append(forward_batch(self.model, [windows[i].ids for i in batch], self.pad_id,
+                                         self.device, self.dtype))
+            order.extend(batch)
             tokens = sum(len(windows[i].ids) for i in batch)
             self.tokens_scored += tokens
             bar.update(tokens)
         bar.close()
-        return [t / w for t, w in zip(totals, weights)], truncated
+        totals, weights = [0.0] * num_texts, [0] * num_texts
+        for i, value in zip(order, torch.cat(outputs).cpu().tolist() if outputs else [], strict=True):
+            n = len(windows[i].ids)
+            totals[windows[i].doc] += n * value
+            weights[windows[i].doc] += n
+        return [t / w for t, w in zip(totals, weights)]
 
 
 def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto") -> Scorer:

@@ -7,6 +7,7 @@ import copy
 import json
 import random
 import re
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -439,6 +440,59 @@ def test_accepted_doc_ids_stream_in_order(tok_dir, tmp_path, batch_rows):
     pq.write_table(pq.read_table(tokenized).take(np.random.default_rng(0).permutation(len(column))), shuffled)
     with pytest.raises(RuntimeError, match="shuffled.parquet: document ids are not in input order"):
         list(lqs.score.accepted_doc_ids(str(shuffled), batch_rows=batch_rows))
+
+
+def test_score_shard_prefetch_gives_the_same_scores(tok_dir, scorer_dirs, tmp_path):
+    path = write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines())
+    tokenized = tmp_path / "tok.parquet"
+    tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
+                   text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+    tables = {}
+    for prefetch in (False, True):
+        out = tmp_path / f"scores-{prefetch}.parquet"
+        score_shard([str(path)], str(tokenized), scorer_dirs["xglm"], str(out), shard=0, num_shards=1,
+                    text_field="text", max_chars=MAX_CHARS, max_tokens=40, max_windows_per_doc=2, chunk_docs=3,
+                    device="cpu", prefetch=prefetch)
+        tables[prefetch] = pq.read_table(out)
+    assert tables[True].num_rows == 13 and tables[True].equals(tables[False])
+
+
+def test_chunked():
+    assert list(lqs.score.chunked(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(lqs.score.chunked(iter([]), 3)) == []
+
+
+def test_prefetched_computes_the_next_item_while_the_current_one_is_used():
+    started = [threading.Event() for _ in range(4)]
+    workers = set()
+
+    def work(i: int) -> int:
+        workers.add(threading.current_thread())
+        started[i].set()
+        return i * i
+
+    got = []
+    for value in lqs.score.prefetched(iter(range(4)), work):
+        i = len(got)
+        if i + 1 < 4:  # while the caller holds item i, item i+1 is already being computed
+            assert started[i + 1].wait(timeout=10)
+        got.append(value)
+    assert got == [0, 1, 4, 9]
+    assert threading.main_thread() not in workers
+    assert list(lqs.score.prefetched(iter([]), work)) == []
+
+
+def test_prefetched_raises_the_workers_error_in_order():
+    def work(i: int) -> int:
+        if i == 2:
+            raise ValueError("bad item 2")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="bad item 2"):
+        for value in lqs.score.prefetched(iter(range(5)), work):
+            got.append(value)
+    assert got == [0, 1]
 
 
 @pytest.mark.parametrize("change, found", [("drop", 12), ("empty", 3)])
