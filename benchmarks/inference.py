@@ -65,19 +65,22 @@ def build_scorer(workdir: Path, texts: list[str], preset: dict, max_length: int)
     return workdir / "scorer"
 
 
-def stock_backbone(path: Path):
+def stock_reference_model(path: Path, scorer) -> ScorerModel:
     """The checkpoint's backbone as transformers loads it by default, as the reference runs it:
-    its own attention implementation (eager for XGLM), always given the padding mask."""
+    its own attention implementation (eager for XGLM), always given the padding mask; the
+    scorer's head on top."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(path, use_safetensors=True).to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    model = ScorerModel(AutoModel.from_pretrained(path, use_safetensors=True))
+    model.head, model.causal = scorer.model.head, False  # causal False: the mask is always passed
+    return model.to(scorer.device).eval()
 
 
 @torch.inference_mode()
-def reference(scorer, texts: list[str], backbone=None) -> tuple[list[float], int]:
-    """One document at a time, truncated and padded to max_length, bf16 autocast on GPU only.
-    `backbone`: run this one (the stock model) under the scorer's head instead of the scorer's."""
-    max_length, device = scorer.max_length, scorer.device
+def reference(scorer, texts: list[str], model: ScorerModel | None = None) -> tuple[list[float], int]:
+    """One document at a time, truncated and padded to max_length, bf16 autocast on GPU only;
+    through `model` (the stock one) instead of the scorer's when given."""
+    max_length, device, model = scorer.max_length, scorer.device, model or scorer.model
     scores, tokens = [], 0
     for text in texts:
         ids = tokenize_windows(scorer.tokenizer, [text], max_length)[0][0]
@@ -86,14 +89,8 @@ def reference(scorer, texts: list[str], backbone=None) -> tuple[list[float], int
         mask = torch.zeros((1, max_length), dtype=torch.long)
         padded[0, :len(ids)] = torch.as_tensor(ids)
         mask[0, :len(ids)] = 1
-        padded, mask = padded.to(device), mask.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if backbone is None:
-                scores.append(float(scorer.model(padded, mask)))
-            else:
-                hidden = backbone(input_ids=padded, attention_mask=mask).last_hidden_state.float()
-                pooled = (hidden * mask[..., None]).sum(1) / mask.sum()
-                scores.append(float(scorer.model.head(pooled)))
+            scores.append(float(model(padded.to(device), mask.to(device))))
     return scores, tokens
 
 
@@ -123,13 +120,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.scorer or build_scorer(Path(tmp), texts, preset, args.max_length)
         scorer, scorer_bf16 = load(path, dtype="fp32"), load(path, dtype="bf16")
-        stock = stock_backbone(path)
+        stock = stock_reference_model(path, scorer)
     default_dtype = compute_dtype("auto", scorer.device)
     params = sum(p.numel() for p in scorer.model.backbone.parameters() if p.ndim == 2) - \
         scorer.model.backbone.embed_tokens.weight.numel()  # matmul weights: 2 FLOPs each per token
     print(f"device {scorer.device}, {len(texts)} documents ({'web.jsonl' if WEB.exists() else 'generated'}), "
           f"max_length {scorer.max_length}, {params / 1e6:.1f}M matmul parameters, "
-          f"stock attention: {stock.config._attn_implementation}")
+          f"stock attention: {stock.backbone.config._attn_implementation}")
 
     windows = tokenize_windows(scorer.tokenizer, texts, scorer.max_length)
     one_tokens = sum(len(doc[0]) for doc in windows)

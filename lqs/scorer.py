@@ -27,7 +27,7 @@ from lqs.proxy import collate
 from lqs.runtime import resolve_device
 from lqs.tokenize import tokenize_windows
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SCORER_CONFIG = "scorer.json"
 HEAD_FILE = "head.safetensors"
@@ -181,7 +181,7 @@ class Scorer:
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
         self.dtype = compute_dtype(dtype, device)
         if self.dtype == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            logger.warning("bf16 on a CPU without bf16 units: expect it to be slower than fp32")
+            log.warning("bf16 on a CPU without bf16 units: expect it to be slower than fp32")
         self.max_length = int(config["max_length"])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tokens_scored = 0  # running total, for throughput meters
