@@ -15,6 +15,8 @@ include: "rules/models.smk"
 include: "rules/data.smk"
 include: "rules/annotation.smk"
 include: "rules/scoring.smk"
+include: "rules/selection.smk"
+include: "rules/efficacy.smk"
 include: "rules/report.smk"
 
 

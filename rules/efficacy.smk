@@ -1,0 +1,1 @@
+# target efficacy (DESIGN.md §10). Being written.
