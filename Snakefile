@@ -3,11 +3,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The offline demo is the default; a config given with --configfile replaces it (rather than
-# being merged into it), so config/paper.yaml is complete on its own. --config edits either.
-if not workflow.overwrite_configfiles:
-
-    configfile: "config/config.yaml"
+# The offline demo is the default; files given with --configfile and values given with --config
+# are merged into it (rules/common.smk: a model source given there replaces the default's).
+configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

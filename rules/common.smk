@@ -1,14 +1,34 @@
-import glob
 import json
 import os
+import shlex
+import sys
 
+import yaml
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from snakemake.utils import validate
 
-
-validate(config, "../config/schema.yaml")
+from lqs import config as lqs_config
 
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
+
+
+def config_errors():
+    """Merges the overrides as DESIGN §6 says, then validates: every problem on one line naming
+    its key, and settings that contradict each other, all before any job."""
+    with open(workflow.source_path("../config/schema.yaml")) as f:
+        schema = yaml.safe_load(f)
+    lqs_config.coerce_cli_values(config, workflow.config_settings.config, schema)
+    lqs_config.replace_model_sources(config, workflow.config_settings.overwrite_config)
+    errors = lqs_config.schema_errors(config, schema)
+    if not errors:
+        validate(config, "../config/schema.yaml")  # fills in the defaults
+        errors = lqs_config.consistency_errors(config)
+    return errors
+
+
+if errors := config_errors():
+    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(errors))
 
 
 def as_settings(**kwargs):
@@ -17,18 +37,27 @@ def as_settings(**kwargs):
     return json.dumps(kwargs, sort_keys=True)
 
 
-def corpus_files():
-    paths = config["corpus"]["path"]
-    files = []
-    for pattern in [paths] if isinstance(paths, str) else paths:
-        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matched:
-            raise WorkflowError(f"corpus.path: {pattern!r} matches no file")
-        files.extend(matched)
-    return files
+try:
+    CORPUS_FILES = lqs_config.corpus_files(config["corpus"]["path"])
+except lqs_config.ConfigError as e:
+    raise WorkflowError(f"invalid configuration: {e}") from None
+_file_errors = lqs_config.file_errors(
+    config,
+    CORPUS_FILES,
+    {
+        "output.path": config["output"]["path"],
+        "output.rejects_path": config["output"]["rejects_path"],
+        "selection.path": config["selection"]["path"],
+        "results": f"{RESULTS}/summary.json",
+    },
+)
+if _file_errors:
+    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_file_errors))
 
-
-CORPUS_FILES = corpus_files()
+# Jobs run the `lqs` installed beside the Python that runs Snakemake, so a venv need not be
+# activated (SLURM jobs run that interpreter too); with --sdm conda, the rule's environment's own.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
 PER_FILE = config["corpus"]["num_shards"] == "per_file"
 NUM_SHARDS = len(CORPUS_FILES) if PER_FILE else config["corpus"]["num_shards"]
 SHARDS = list(range(NUM_SHARDS))

@@ -1,0 +1,253 @@
+"""The workflow's configuration: merging overrides, short validation errors, and the checks of
+settings that contradict each other. Called by rules/common.smk at DAG build, before any job.
+
+Snakemake merges `--configfile` files and `--config` values into config/config.yaml key by key.
+Two things it cannot know are done here: a model source given in an override (`repo`, `path`
+or `arch`) replaces the default's source instead of mixing with it, and `--config` values,
+which Snakemake passes as strings, are read as YAML where the schema wants a number, boolean,
+null, list or mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import gzip
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+MODEL_SOURCE_KEYS = {"repo", "path", "arch"}
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key(s)."""
+
+
+def key_path(parts: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+# ----------------------------------------------------------------------------------------------
+# merging
+
+
+def replace_model_sources(config: dict, overrides: Mapping[str, Any]) -> None:
+    """Where `overrides` (the merged --configfile files and --config) name a model's source,
+    that model becomes the override's entry alone: `repo` replaces a default `arch`, and so on.
+    `models.tokenizer` given in an override replaces the default's entirely (`{}`: the proxy's
+    own tokenizer)."""
+    models = overrides.get("models")
+    if not isinstance(models, Mapping) or not isinstance(config.get("models"), dict):
+        return
+    for name in ("proxy", "scorer"):
+        given = models.get(name)
+        if isinstance(given, Mapping) and MODEL_SOURCE_KEYS & set(given):
+            config["models"][name] = copy.deepcopy(dict(given))
+    if "tokenizer" in models:
+        config["models"]["tokenizer"] = copy.deepcopy(models["tokenizer"])
+
+
+def _schema_at(schema: Mapping, parts: Sequence[str]) -> Mapping | None:
+    node = schema
+    for part in parts:
+        if "$ref" in node:
+            node = _resolve(schema, node["$ref"])
+        node = node.get("properties", {}).get(part)
+        if node is None:
+            return None
+    return _resolve(schema, node["$ref"]) if "$ref" in node else node
+
+
+def _resolve(schema: Mapping, ref: str) -> Mapping:
+    node = schema
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def _wants_string(node: Mapping | None) -> bool:
+    if node is None:
+        return True
+    types = node.get("type")
+    types = [types] if isinstance(types, str) else types or []
+    if "string" in types:
+        return True
+    if "enum" in node:
+        return all(isinstance(v, str) for v in node["enum"])
+    return any(_wants_string(alt) for alt in node.get("oneOf", []) + node.get("anyOf", []))
+
+
+def coerce_cli_values(config: dict, cli: Mapping[str, Any], schema: Mapping) -> None:
+    """`--config` values reach the workflow as strings, nested ones too
+    (`annotation={"interval": 50}` gives "50"): parse as JSON or YAML each string that `cli` set
+    where the schema does not take a string."""
+
+    def walk(given: Any, parts: list[str]) -> None:
+        if isinstance(given, Mapping):
+            for key, value in given.items():
+                walk(value, parts + [str(key)])
+        elif isinstance(given, str) and not _wants_string(_schema_at(schema, parts)):
+            try:
+                value = json.loads(given)  # JSON first: YAML 1.1 reads 1e-3 as a string
+            except ValueError:
+                try:
+                    value = yaml.safe_load(given)
+                except yaml.YAMLError:
+                    return  # left a string: validation names the key
+            node = config
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = value
+
+    walk(cli, [])
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
+    """One line per problem, naming the key path: never the schema."""
+    from jsonschema import Draft202012Validator
+
+    errors = []
+    for error in sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path)):
+        where = key_path(error.absolute_path)
+        if error.validator == "oneOf" and isinstance(error.instance, Mapping) and \
+                "model" in error.schema.get("description", "") + str(error.schema.get("oneOf")):
+            given = sorted(MODEL_SOURCE_KEYS & set(error.instance))
+            errors.append(f"{where}: give exactly one of repo, path or arch"
+                          f" (got {', '.join(given) if given else 'none'})")
+        elif error.validator == "additionalProperties":
+            errors.append(f"{where}: {error.message}")
+        elif error.validator == "required":
+            errors.append(f"{where}: {error.message}")
+        else:
+            value = json.dumps(error.instance, default=str)
+            if len(value) > 60:
+                value = value[:57] + "..."
+            errors.append(f"{where}: {value} is not valid: {_short(error)}")
+    return errors
+
+
+def _short(error) -> str:
+    if error.validator == "type":
+        return f"expected {' or '.join(error.validator_value) if isinstance(error.validator_value, list) else error.validator_value}"
+    if error.validator == "pattern":
+        return f"expected {error.schema.get('description', error.validator_value)}"
+    if error.validator == "enum":
+        return f"expected one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "oneOf":
+        alternatives = []
+        for alt in error.validator_value:
+            if "enum" in alt:
+                alternatives.append(" or ".join(map(str, alt["enum"])))
+            elif "type" in alt:
+                alternatives.append(f"a{'n' if alt['type'][0] in 'aeiou' else ''} {alt['type']}"
+                                    + (f" >= {alt['minimum']}" if "minimum" in alt else ""))
+        return "expected " + " or ".join(alternatives) if alternatives else error.message
+    return error.message
+
+
+def consistency_errors(config: Mapping) -> list[str]:
+    """Settings valid one by one that cannot run together (config with defaults filled)."""
+    errors = []
+    annotation, proxy, scorer = config["annotation"], config["proxy"], config["scorer"]
+    if annotation["interval"] > annotation["steps"]:
+        errors.append(f"annotation.interval ({annotation['interval']}) is larger than annotation.steps "
+                      f"({annotation['steps']}): only step 0 would be annotated; lower the interval")
+    if proxy["num_parts"] > proxy["size"]:
+        errors.append(f"proxy.num_parts ({proxy['num_parts']}) is larger than proxy.size ({proxy['size']}):"
+                      " a part would hold no sample")
+    valid = scorer["valid_size"]
+    if valid >= 1 and valid >= proxy["size"]:
+        errors.append(f"scorer.valid_size ({valid}) must be smaller than proxy.size ({proxy['size']}):"
+                      " nothing would be left to train the scorer on")
+    if not DEVICE.match(str(config["device"])):
+        errors.append(f"device: {config['device']!r} is not one of auto, cpu, cuda or cuda:N")
+    selection = config.get("selection", {})
+    if selection.get("method") == "threshold" and selection.get("threshold") is None:
+        errors.append("selection.threshold: required when selection.method is threshold")
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def corpus_files(patterns: str | Sequence[str]) -> list[str]:
+    """The corpus files in the given order, each glob's matches sorted. A file reached twice (a
+    path and a glob, two overlapping globs) is read once, at its first place: scoring it twice
+    would duplicate its documents in every output."""
+    files, seen = [], {}
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matched:
+            raise ConfigError(f"corpus.path: {pattern!r} matches no file")
+        for path in matched:
+            real = os.path.realpath(path)
+            if real in seen:
+                log.warning("corpus.path: %s is listed more than once (also as %s); it is read once",
+                            path, seen[real])
+                continue
+            seen[real] = path
+            files.append(path)
+    return files
+
+
+def first_record_fields(path: str) -> set[str]:
+    """The field names of a corpus file's first record (JSONL, .gz, Parquet), read cheaply;
+    empty when there is none or it cannot be parsed (the tokenize stage reports those)."""
+    try:
+        if path.endswith((".parquet", ".pq")):
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names)
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            for line in f:
+                line = line.decode("utf-8-sig")  # a BOM opens the file's first line only
+                if line.strip():
+                    record = json.loads(line)
+                    return set(record) if isinstance(record, dict) else set()
+    except (OSError, ValueError, EOFError):
+        pass
+    return set()
+
+
+def unwritable(path: str) -> str | None:
+    """The reason `path` cannot be written, or None: its nearest existing ancestor must be a
+    writable directory."""
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):  # outputs are renamed into place: the directory counts
+        return f"directory {parent} is not writable"
+    return None
+
+
+def file_errors(config: Mapping, files: Sequence[str], outputs: Mapping[str, str]) -> list[str]:
+    """Output locations that cannot be written, and a score field that would overwrite an input
+    field (checked on the first record of the first corpus file that exists)."""
+    errors = [f"{key}: cannot write {path!r}: {reason}"
+              for key, path in outputs.items() if (reason := unwritable(path))]
+    field = config["output"]["score_field"]
+    for path in files:
+        if os.path.exists(path):
+            if field in first_record_fields(path):
+                errors.append(f"output.score_field: the corpus records already have a field {field!r}"
+                              f" ({path}, first record); choose another name")
+            break
+    return errors
