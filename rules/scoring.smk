@@ -76,9 +76,11 @@ rule gather_scores:
         annotation=[] if SCORER_CHECKPOINT else f"{RESULTS}/annotation/labels.json",
         proxy=[] if SCORER_CHECKPOINT else f"{MODELS}/proxy",
     output:
-        scored=config["output"]["path"],
-        rejects=config["output"]["rejects_path"],
-        summary=f"{RESULTS}/summary.json",
+        # update(): Snakemake keeps the previous results until this job succeeds (it backs them
+        # up and restores them if the job fails) instead of deleting them before it starts.
+        scored=update(config["output"]["path"]),
+        rejects=update(config["output"]["rejects_path"]),
+        summary=update(f"{RESULTS}/summary.json"),
     params:
         settings=as_settings(**corpus_settings(), score_field=config["output"]["score_field"]),
         benchmarks=f"{RESULTS}/benchmarks",

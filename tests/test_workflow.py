@@ -425,3 +425,17 @@ def test_editing_one_corpus_file_retokenizes_only_its_shard(per_file_workflow, t
     assert tokenize[0]["wildcards"] == {"shard": "1"}
     assert tokenize[0]["reason"] == "Updated input files: data/corpus-b.jsonl"
     assert not any("data/corpus-a.jsonl" in j["reason"] for j in jobs)
+
+
+def test_failed_rerun_of_gather_keeps_the_previous_results(completed_workflow, tmp_path):
+    """Snakemake deletes a job's outputs before running it; gather_scores' are kept until their
+    replacements are complete (update()), and restored when the rerun fails."""
+    workdir = copy_workflow(completed_workflow, tmp_path)
+    outputs = [workdir / "scored.jsonl", workdir / "rejects.jsonl", workdir / "results" / "summary.json"]
+    before = [p.read_bytes() for p in outputs]
+    shard = workdir / "results" / "scores" / "shard-0.parquet"
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated: gather reruns (newer input) and fails
+    result = snakemake(workdir, "scored.jsonl", check=False)
+    assert result.returncode != 0
+    assert "Restored previous version of scored.jsonl" in result.stdout + result.stderr
+    assert [p.read_bytes() for p in outputs] == before
