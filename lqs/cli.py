@@ -110,8 +110,14 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     try:
         result = getattr(importlib.import_module(module), function)(**kwargs)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, RuntimeError) as e:
         log.error("%s failed: %s", stage, e)
+        sys.exit(1)
+    except OSError as e:  # unwritable output, disk full, missing file: one line naming the path
+        outputs = [str(v) for k, v in kwargs.items() if k in ("out", "rejects") or k.startswith("out_")
+                   or k.endswith("_out")]
+        where = f" (outputs: {', '.join(outputs)})" if e.filename is None and outputs else ""
+        log.error("%s failed: %s%s", stage, e, where)
         sys.exit(1)
     log.info("%s done in %.1f s%s", stage, time.perf_counter() - start,
              f": {result}" if isinstance(result, (dict, int)) else "")

@@ -1,8 +1,9 @@
 """Stage `gather_scores`: input records + shard scores -> scored.jsonl, rejects, summary.
 
 Streams the input once, in order, pulling each document's score from its shard's (doc-id
-ordered) score file, so memory does not grow with the corpus. JSONL lines are kept byte for
-byte with the score field appended; Parquet rows are written as JSON objects.
+ordered) score file, so memory does not grow with the corpus. A JSONL line is copied byte for
+byte with only the score field inserted before its final `}`; a Parquet row is written as a
+JSON object by corpus.json_line (corpus.PARQUET_TO_JSON).
 """
 
 from __future__ import annotations
@@ -13,25 +14,28 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from lqs import corpus
-from lqs.io import atomic_open, read_json, write_json
+from lqs.io import atomic_open, parquet_batches, read_json, write_json
 
 
 def _scores(path: str) -> Iterator[tuple[int, float, bool]]:
-    for batch in pq.ParquetFile(path).iter_batches():
+    for batch in parquet_batches(path, columns=["doc_id", "score", "truncated"]):
         yield from zip(*(batch.column(c).to_pylist() for c in ("doc_id", "score", "truncated")))
 
 
-def _output_line(record: corpus.Record, field: str, score: float) -> str:
+def output_line(record: corpus.Record, field: str, score: float) -> str:
+    """The output line of a scored record. A JSONL line is the input line with `, "<field>":
+    <score>` inserted before its final `}` (a scored object has its text field, so is never
+    empty) and its own line end (a last line without one gets a newline); a Parquet row is one
+    line of JSON."""
     if field in record.fields:
         raise ValueError(f"{record.where}: the record already has a field {field!r}; choose "
                          "another output.score_field")
-    if record.raw is not None:
-        body = record.raw.rstrip()
-        return f"{body[:-1].rstrip()}, {json.dumps(field)}: {json.dumps(score)}}}\n"
-    return json.dumps({**record.fields, field: score}, ensure_ascii=False, default=str) + "\n"
+    if record.raw is None:
+        return corpus.json_line({**record.fields, field: score}) + "\n"
+    end = record.raw.rindex("}")
+    member = f", {json.dumps(field)}: {json.dumps(score, allow_nan=False)}"
+    return record.raw[:end] + member + record.raw[end:] + (record.eol or "\n")
 
 
 def stage_seconds(benchmarks_dir: str | None) -> dict[str, float]:
@@ -61,9 +65,11 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
     shard_scores = [_scores(p) for p in score_paths]
     read = scored = truncated = 0
     by_source: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    with_records = set()
     with atomic_open(out) as f:
         for record in corpus.iter_records(corpus_paths, text_field, max_chars, num_shards=num_shards):
             read += 1
+            with_records.add(record.path)
             if record.doc_id in rejected:
                 continue
             shard = corpus.shard_of(record.doc_id, num_shards)
@@ -71,7 +77,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
             if doc_id != record.doc_id:
                 raise RuntimeError(f"{record.where}: document {record.doc_id} is neither scored nor "
                                    f"rejected (shard {shard} has {doc_id} next); rerun its shard")
-            f.write(_output_line(record, score_field, score))
+            f.write(output_line(record, score_field, score))
             scored += 1
             truncated += bool(was_truncated)
             if isinstance(record.fields.get("source"), str):
@@ -87,6 +93,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
     summary = {
         "documents_read": read, "documents_scored": scored, "documents_rejected": len(rejected),
         "documents_truncated": truncated, "output": str(out), "rejects": str(rejects_out),
+        "empty_files": [str(p) for p in map(Path, corpus_paths) if str(p) not in with_records],
         "stage_seconds": stage_seconds(benchmarks_dir), "proxy_model": proxy_model,
     }
     if by_source:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -20,9 +22,22 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+def remove_stale_temporaries(path: Path) -> None:
+    """Removes the temporaries (.<name>.<random>.tmp files or directories) that a killed writer
+    of `path` left beside it. The random part has no dot, so another output's are never matched."""
+    own = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]+\.tmp")
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if own.fullmatch(stale.name):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{suffix}.tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     return Path(name)
@@ -53,6 +68,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary directory; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
@@ -98,3 +114,27 @@ def parquet_writer(path: str | os.PathLike, schema: pa.Schema) -> Iterator[pq.Pa
     with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             yield writer
+
+
+def _unreadable(path: str | os.PathLike, error: Exception) -> ValueError:
+    return ValueError(f"{path} is not a readable Parquet file ({error}): an intermediate output that was cut "
+                      "short or damaged; delete it and rerun Snakemake, which remakes it with the rule that "
+                      "writes it")
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """pq.read_table for the workflow's own Parquet files; a damaged one fails naming the file."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except pa.ArrowException as e:  # FileNotFoundError is not one: it names the file itself
+        raise _unreadable(path, e) from None
+
+
+def parquet_batches(path: str | os.PathLike, columns: list[str] | None = None,
+                    batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """The record batches of one of the workflow's own Parquet files, streamed; a damaged file
+    (found on opening or on reading) fails naming the file."""
+    try:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+    except pa.ArrowException as e:
+        raise _unreadable(path, e) from None

@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lqs.io import write_json, write_table
+from lqs.io import read_parquet, write_json, write_table
 
 log = logging.getLogger(__name__)
 
 
 def read_stats(paths: Sequence[str]) -> tuple[np.ndarray, list[int], dict[str, np.ndarray]]:
     """sample ids, annotated steps (ascending), and (samples × steps) arrays n, d, ‖λ‖."""
-    stats = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    stats = pd.concat([read_parquet(p).to_pandas() for p in paths], ignore_index=True)
     if stats.duplicated(["sample_id", "step"]).any():
         raise ValueError("per-sample statistics list a (sample_id, step) pair twice")
     wide = stats.pivot(index="sample_id", columns="step")

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from lqs.io import write_table
+from lqs.io import read_parquet, write_table
 
 MIN_TOKENS = 2  # a sample needs at least one next-token prediction
 
@@ -26,7 +25,7 @@ def draw_windows(shard_paths: Sequence[str], n: int, seed: int, *, allow_repeats
     """
     eligible = []
     for path in shard_paths:
-        lengths = pc.list_value_length(pq.read_table(path, columns=["input_ids"])["input_ids"])
+        lengths = pc.list_value_length(read_parquet(path, columns=["input_ids"])["input_ids"])
         eligible.append(np.flatnonzero(np.asarray(lengths) >= MIN_TOKENS))
     total = sum(len(e) for e in eligible)
     if total == 0:
@@ -48,7 +47,7 @@ def draw_windows(shard_paths: Sequence[str], n: int, seed: int, *, allow_repeats
         if len(picked) == 0:
             continue
         rows = eligible[s][chosen[picked] - offsets[s]]
-        table = pq.read_table(path).take(pa.array(rows))
+        table = read_parquet(path).take(pa.array(rows))
         for position, row in zip(picked, table.to_pylist()):
             parts[position] = row
     return pa.Table.from_pylist(parts, schema=pa.schema([

@@ -6,7 +6,6 @@ sentence end or newline in the last quarter of the window.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,10 +67,19 @@ def tokenize_windows(tokenizer, texts: Sequence[str], max_length: int) -> list[l
     return out
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The tokenizer saved in the directory `path`; a missing or damaged one fails naming its file."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers raises JSONDecodeError, KeyError, OSError, ... for a bad file
+        name = path / "tokenizer.json" if (path / "tokenizer.json").exists() else path
+        raise ValueError(f"cannot load the tokenizer {name} ({type(e).__name__}: {e}): replace it, or if the "
+                         "workflow wrote it, delete the directory and rerun to remake it") from None
 
 
 def tokenize_shard(
@@ -119,7 +127,7 @@ def tokenize_shard(
                     flush(writer)
             else:
                 counts["rejected"] += 1
-                rejects_file.write(json.dumps(record.reject_entry(), ensure_ascii=False) + "\n")
+                rejects_file.write(corpus.json_line(record.reject_entry()) + "\n")
         if batch:
             flush(writer)
     return counts

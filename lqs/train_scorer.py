@@ -16,10 +16,10 @@ import torch
 from tqdm import tqdm
 
 from lqs import distributed
-from lqs.io import atomic_dir, write_json
+from lqs.io import atomic_dir, read_parquet, write_json
 from lqs.runtime import NonFiniteError
 from lqs.scorer import ScorerModel, Window, forward_batch, load_backbone, save_scorer, token_budget_batches
-from lqs.tokenize import tokenize_windows
+from lqs.tokenize import load_tokenizer, tokenize_windows
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,18 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
                  max_length: int, seed: int, device: str = "auto", trust_remote_code: bool = False) -> dict:
     """Trains the scorer; under torchrun, with DDP: each rank takes a slice of every global batch
     and the loss is scaled so that the averaged gradient is the global batch's, as in one process."""
-    from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+    from transformers import get_cosine_schedule_with_warmup
 
     ctx = distributed.setup(device)
     device = ctx.device
     torch.manual_seed(seed)
-    samples, labels = pd.read_parquet(samples_path, columns=["sample_id", "text"]), pd.read_parquet(labels_path)
+    samples = read_parquet(samples_path, columns=["sample_id", "text"]).to_pandas()
+    labels = read_parquet(labels_path).to_pandas()
     data = samples.merge(labels, on="sample_id", validate="one_to_one")
     if len(data) != len(samples) or len(data) != len(labels):
         raise ValueError(f"{samples_path} has {len(samples)} samples and {labels_path} {len(labels)} labels, "
                          f"of which {len(data)} match by sample_id: rerun the annotation")
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = load_tokenizer(base_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # A proxy window can be longer in the scorer's tokens: it is scored on its first window.
     first = [w[0] for w in tokenize_windows(tokenizer, data["text"].tolist(), max_length)]

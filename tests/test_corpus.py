@@ -72,6 +72,7 @@ def test_raw_line_is_kept_byte_for_byte(tmp_path):
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))  # CRLF line ends
     records = list(corpus.iter_records([path]))
     assert [r.raw for r in records] == lines
+    assert [r.eol for r in records] == ["\r\n", "\r\n"]  # the line end, kept apart for the output
     assert [r.fields for r in records] == [json.loads(line) for line in lines]
 
 
