@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from lqs import corpus
 from lqs.io import atomic_dir
+from lqs.tokenize import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,26 @@ TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 # Weights for other frameworks, or in formats transformers does not load: never downloaded.
 FOREIGN_WEIGHTS = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.gguf", "*.ckpt",
                    "*.pt", "*.pth", "*.mlmodel", "onnx/*", "coreml/*", "openvino/*"]
+
+
+def pickle_refusal(name: str, directory: str, files: list[str], why: str) -> str:
+    return (f"model {name!r}: its pickle weights ({', '.join(files)}) are refused ({why}; unpickling a file can "
+            "run any code). Convert them once to safetensors where you trust the file, e.g. `python -c "
+            "\"from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; "
+            f"d = '{directory}'; M.from_pretrained(d).save_pretrained(d + '-safetensors'); "
+            "T.from_pretrained(d).save_pretrained(d + '-safetensors')\"` (AutoModel for a model without an "
+            "LM head), and give the new directory as the model's path")
+
+
+def refuse_local_pickles(source: dict[str, Any]) -> None:
+    """A local model directory must hold safetensors weights: pickle weights are refused before
+    anything opens them (as the loaders of every later stage do, with use_safetensors)."""
+    local = local_source(source)
+    if local is None or not Path(local).is_dir() or any(Path(local).glob("*.safetensors")):
+        return  # a hub repo, a missing directory (resolve_source says so), or safetensors
+    pickles = sorted(p.name for p in Path(local).glob("pytorch_model*.bin"))
+    if pickles:
+        raise ValueError(pickle_refusal(local, local, pickles, "a local directory must have safetensors"))
 
 
 class HubAccessError(RuntimeError):
@@ -179,11 +201,8 @@ def train_tokenizer(corpus_paths: Sequence[str], out_dir: str, *, text_field: st
 
 
 def fetch_tokenizer(source: dict[str, Any], out_dir: str, trust_remote_code: bool = False) -> None:
-    from transformers import AutoTokenizer
-
     patterns = TOKENIZER_FILES + (["*.py"] if trust_remote_code else [])
-    tokenizer = AutoTokenizer.from_pretrained(resolve_source(source, allow_patterns=patterns),
-                                              trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(resolve_source(source, allow_patterns=patterns), trust_remote_code)
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)
 
@@ -204,19 +223,29 @@ def build_model(arch: dict[str, Any], tokenizer, causal_lm: bool, seed: int) -> 
 def fetch_model(source: dict[str, Any], out_dir: str, *, causal_lm: bool, tokenizer_dir: str | None = None,
                 seed: int = 0, trust_remote_code: bool = False) -> None:
     """Writes a float32 safetensors model directory with its tokenizer: from an architecture
-    config ({arch: ...}, with the tokenizer of `tokenizer_dir`), a local directory or a hub repo."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    config ({arch: ...}, with the tokenizer of `tokenizer_dir`), a local directory or a hub repo.
+
+    A local directory must have safetensors weights (pickles are refused unopened). A hub repo
+    without them is read through torch's weights-only unpickler, which builds tensors and
+    nothing else, and written as safetensors here, once: no later stage reads a pickle."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
     if "arch" in source:
         if tokenizer_dir is None:
             raise ValueError("a model built from an architecture config needs a tokenizer directory")
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
         model = build_model(source["arch"], tokenizer, causal_lm, seed)
     else:
-        local = resolve_source(source, ignore_patterns=FOREIGN_WEIGHTS)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or local, trust_remote_code=trust_remote_code)
+        refuse_local_pickles(source)
+        snapshot = resolve_source(source, ignore_patterns=FOREIGN_WEIGHTS)
+        tokenizer = load_tokenizer(tokenizer_dir or snapshot, trust_remote_code)
         auto = AutoModelForCausalLM if causal_lm else AutoModel
-        model = auto.from_pretrained(local, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        try:
+            model = auto.from_pretrained(snapshot, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                         use_safetensors=True if local_source(source) else None)
+        except pickle.UnpicklingError:  # the weights-only unpickler met more than tensors
+            raise ValueError(pickle_refusal(source["repo"], snapshot, sorted(
+                p.name for p in Path(snapshot).glob("pytorch_model*.bin")), "they hold more than tensors")) from None
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -229,6 +258,7 @@ def fetch_scorer(source: dict[str, Any], out_dir: str, trust_remote_code: bool =
     checkpoint that is not one fails before any scoring job starts."""
     from lqs import scorer as scorer_lib
 
+    refuse_local_pickles(source)
     local = resolve_source(source, ignore_patterns=FOREIGN_WEIGHTS)
     name = source.get("repo") or source.get("path")
     missing = [f for f in (scorer_lib.SCORER_CONFIG, scorer_lib.HEAD_FILE) if not (Path(local) / f).is_file()]

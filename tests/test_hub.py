@@ -15,6 +15,8 @@ import collections
 import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -380,6 +382,95 @@ def test_local_directories_accepted_where_a_repo_id_is(offline, tmp_path):
     assert (tmp_path / "a" / "model.safetensors").is_file() and (tmp_path / "b" / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="model directory not found"):
         models.fetch_model({"path": str(tmp_path / "nowhere")}, str(tmp_path / "c"), causal_lm=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# pickle weights: refused unopened in a local directory; from the hub, tensors only
+
+
+class _Planted:
+    """A pickle that runs a command when unpickled (it must never be)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pickled_model_dir(hub: Hub, path: Path, planted: Path | None = None) -> Path:
+    """A Mistral model directory as older checkpoints ship it: config, tokenizer and a
+    pytorch_model.bin (the model's state dict, or a planted pickle), no safetensors."""
+    model, _ = hub.mistral["main"]
+    model.save_pretrained(path)
+    hub.tokenizer.save_pretrained(path)
+    (path / "model.safetensors").unlink()
+    with open(path / "pytorch_model.bin", "wb") as f:
+        if planted is None:
+            torch.save(model.state_dict(), f)
+        else:
+            pickle.dump(_Planted(planted), f)
+    return path
+
+
+def _fetch_error(source: dict, out: Path, fetch: str) -> str:
+    with pytest.raises(ValueError) as error:
+        if fetch == "model":
+            models.fetch_model(source, str(out), causal_lm=True)
+        else:
+            models.fetch_scorer(source, str(out))
+    assert not out.exists()
+    return str(error.value)
+
+
+@pytest.mark.parametrize("fetch", ["model", "scorer"])
+@pytest.mark.parametrize("key", ["path", "repo"])
+def test_local_pickle_weights_are_refused_unopened(hub, tmp_path, key, fetch):
+    model_dir, marker = tmp_path / "model", tmp_path / "pickle-ran"
+    _pickled_model_dir(hub, model_dir)
+    benign = _fetch_error({key: str(model_dir)}, tmp_path / "out", fetch)
+    shutil.rmtree(model_dir)
+    _pickled_model_dir(hub, model_dir, planted=marker)
+    malicious = _fetch_error({key: str(model_dir)}, tmp_path / "out", fetch)
+    assert not marker.exists(), "the planted pickle was executed"
+    assert malicious == benign  # refused before anything reads the file: whatever it holds
+    assert benign.startswith(f"model '{model_dir}': its pickle weights (pytorch_model.bin) are refused "
+                             "(a local directory must have safetensors")
+    assert "Convert them once to safetensors" in benign
+
+
+def test_the_conversion_the_refusal_gives_works(hub, tmp_path):
+    from lqs.proxy import load_proxy
+
+    model_dir = _pickled_model_dir(hub, tmp_path / "model")
+    message = _fetch_error({"path": str(model_dir)}, tmp_path / "out", "model")
+    [command] = re.findall(r'`python -c "(.*?)"`', message)
+    exec(command, {})  # what the user is told to run, in a Python they trust
+    models.fetch_model({"path": f"{model_dir}-safetensors"}, str(tmp_path / "out"), causal_lm=True)
+    fetched = _state(load_proxy(str(tmp_path / "out")))
+    for name, value in _state(hub.mistral["main"][0]).items():
+        assert torch.equal(fetched[name], value), name
+
+
+def test_hub_pickle_holding_more_than_tensors_is_refused(offline, tmp_path):
+    marker = tmp_path / "pickle-ran"
+    planted = _pickled_model_dir(offline, tmp_path / "build", planted=marker)
+    add_to_hub_cache(offline.cache, "test-org/planted", planted)
+    message = _fetch_error({"repo": "test-org/planted"}, tmp_path / "out", "model")
+    assert not marker.exists(), "the planted pickle was executed"
+    assert message.startswith("model 'test-org/planted': its pickle weights (pytorch_model.bin) are refused "
+                              "(they hold more than tensors")
+
+
+def test_cli_refuses_a_local_pickle_in_one_line(hub, tmp_path):
+    model_dir = _pickled_model_dir(hub, tmp_path / "model", planted=tmp_path / "pickle-ran")
+    run = subprocess.run([sys.executable, "-m", "lqs", "fetch-model", "--out-dir", str(tmp_path / "out"),
+                          "--settings", json.dumps({"source": {"path": str(model_dir)}, "causal_lm": True})],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "fetch-model failed: model" in errors[0] and "are refused" in errors[0]
+    assert "Traceback" not in run.stderr and not (tmp_path / "pickle-ran").exists()
 
 
 # ----------------------------------------------------------------------------------------------
