@@ -1,20 +1,25 @@
-"""Per-sample statistics: the fast path against the materialise-everything baseline.
+"""Annotation speed: per-sample statistics (fast path, precisions, micro-batches) against the
+materialise-everything baseline, a kernel profile, and the trajectory stage's parts.
 
 The baseline is what the reference implementation does: vmap over full per-sample gradient
-vectors, fp32, micro-batch 8. Both run on the same model and samples in one session; the
-script prints samples/s, peak memory and their ratios (not a test).
+vectors, fp32, micro-batch 8. Every run uses the same model and samples in one process; the
+script prints samples/s, peak memory, MFU and the paper-annotation projection, and each run's
+Spearman agreement with the first (not a test). A run is PRECISION:MICRO_BATCH, PRECISION one
+of fp32, tf32 (fp32 with TF32 matrix products), bf16.
 
-    python benchmarks/annotation.py                       # CPU: a small Mistral
-    python benchmarks/annotation.py --preset paper-160m   # GPU: 160M Mistral × 1024 tokens
-    python benchmarks/annotation.py --bf16-spearman       # + bf16-vs-fp32 agreement
-    python benchmarks/annotation.py --demo-results results  # bf16-vs-fp32 labels of the demo
+    python benchmarks/annotation.py                                   # CPU: a small Mistral
+    python benchmarks/annotation.py --preset paper-160m --runs fp32:8 bf16:16 bf16:32
+    python benchmarks/annotation.py --preset paper-160m --skip-baseline --profile bf16:16
+    python benchmarks/annotation.py --preset paper-160m --skip-baseline --runs --trajectory
+    python benchmarks/annotation.py --demo-results results            # bf16-vs-fp32 labels of the demo
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import gc
+import json
+import math
 import threading
 import time
 
@@ -24,8 +29,9 @@ import torch
 
 from lqs.grad_stats import per_sample_stats
 from lqs.labels import raw_scores
-from lqs.proxy import norm
+from lqs.proxy import get_params, loss_and_grad, norm, set_params, set_tf32
 from lqs.train_scorer import spearman
+from lqs.trajectory import fit_hvp_micro_batch, hvp, solve
 
 PRESETS = {
     # BSL-160M's architecture (Mistral, 12 layers × 768, vocab 32000), random weights.
@@ -35,16 +41,23 @@ PRESETS = {
     "cpu-small": dict(model=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                                  num_attention_heads=8, num_key_value_heads=4, vocab_size=8192),
                       seq=256, samples=32),
+    # Seconds on a CPU: checks that every option runs before a GPU is spent on it.
+    "smoke": dict(model=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, vocab_size=512),
+                  seq=64, samples=8),
 }
 PAPER_WORK = 163_840 * 10  # proxy samples × annotated steps
+PAPER_TRAJECTORY = dict(steps=100, batch_size=16, target_tokens=551_000)  # LIMA: ≈ 551k tokens
+PEAK_TFLOPS = {"bf16": 989.0, "tf32": 495.0, "fp32": 495.0}  # H100/H200 SXM dense; fp32 as the issue counts it
 
 
 def build(preset: dict, device: torch.device):
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
+    # SDPA, as load_proxy loads the proxy (the vmap path switches to eager itself).
     config = MistralConfig(**preset["model"], max_position_embeddings=max(2048, preset["seq"]),
-                           attn_implementation="eager", tie_word_embeddings=False)
+                           attn_implementation="sdpa", tie_word_embeddings=False)
     model = MistralForCausalLM(config).to(device).eval()
     rng = np.random.default_rng(0)
     samples = rng.integers(3, config.vocab_size, (preset["samples"], preset["seq"])).tolist()
@@ -64,44 +77,162 @@ class RssPeak(threading.Thread):
             self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def measure(model, samples, lam, device, method, micro_batch, dtype="fp32"):
+class Peak:
+    """Seconds and peak memory above the starting point of a block (GPU: allocator; CPU: RSS)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.sampler = RssPeak()
+            self.base = self.sampler.process.memory_info().rss
+            self.sampler.start()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.base
+            self.total_peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.sampler.done.set()
+            self.sampler.join()
+            self.peak_bytes = self.total_peak_bytes = self.sampler.peak - self.base
+        self.seconds = time.perf_counter() - self.start
+
+
+def parse_run(text: str) -> tuple[str, int]:
+    precision, micro_batch = text.split(":")
+    if precision not in PEAK_TFLOPS:
+        raise argparse.ArgumentTypeError(f"{text}: precision must be one of {sorted(PEAK_TFLOPS)}")
+    return precision, int(micro_batch)
+
+
+def stats(model, samples, lam, device, method: str, precision: str, micro_batch: int):
+    set_tf32(precision == "tf32")
+    dtype = "bf16" if precision == "bf16" else "fp32"
+    return per_sample_stats(model, samples, lam, dtype, device, micro_batch, method)
+
+
+def measure(model, samples, lam, device, method: str, precision: str, micro_batch: int) -> dict:
     """Throughput and peak memory above the starting point (model, samples and λ excluded)."""
-    per_sample_stats(model, samples[:micro_batch], lam, dtype, device, micro_batch, method)  # warm-up
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        sampler = RssPeak()
-        base = sampler.process.memory_info().rss
-        sampler.start()
-    start = time.perf_counter()
-    norms, dots = per_sample_stats(model, samples, lam, dtype, device, micro_batch, method)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        sampler.done.set()
-        sampler.join()
-        peak = sampler.peak
-    seconds = time.perf_counter() - start
-    return {"method": method, "dtype": dtype, "micro_batch": micro_batch,
-            "samples_per_s": len(samples) / seconds, "peak_bytes": peak - base,
-            "norms": norms, "dots": dots}
+    stats(model, samples[:micro_batch], lam, device, method, precision, micro_batch)  # warm-up
+    with Peak(device) as p:
+        norms, dots = stats(model, samples, lam, device, method, precision, micro_batch)
+    return {"run": f"{method} {precision}:{micro_batch}", "samples_per_s": len(samples) / p.seconds,
+            "peak_gib": p.peak_bytes / 2**30, "norms": norms, "dots": dots, "precision": precision}
+
+
+def agreement(run: dict, ref: dict, lam_norm: float) -> dict:
+    one_step = lambda r: raw_scores(r["norms"][:, None], r["dots"][:, None], np.full((len(r["norms"]), 1), lam_norm),
+                                    1.0, "lqs")
+    return {"spearman_grad_norm": spearman(run["norms"], ref["norms"]),
+            "spearman_dot": spearman(run["dots"], ref["dots"]),
+            "spearman_lqs_one_step": spearman(one_step(run), one_step(ref)),
+            "max_rel_norm_diff": float(np.max(np.abs(run["norms"] - ref["norms"]) / ref["norms"])),
+            "max_dot_diff_over_max_dot": float(np.max(np.abs(run["dots"] - ref["dots"])) / np.max(np.abs(ref["dots"])))}
+
+
+def profile(model, samples, lam, device, precision: str, micro_batch: int, rows: int = 15) -> None:
+    """The top kernels (GPU) or operators (CPU) of the fast path over two micro-batches."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    batch = samples[:2 * micro_batch]
+    stats(model, batch[:micro_batch], lam, device, "fast", precision, micro_batch)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        stats(model, batch, lam, device, "fast", precision, micro_batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, key) for e in events) or 1
+    print(f"profile: fast path {precision}:{micro_batch}, {len(batch)} samples, top {rows} by {key}")
+    for e in sorted(events, key=lambda e: -getattr(e, key))[:rows]:
+        print(f"  {100 * getattr(e, key) / total:5.1f}%  {getattr(e, key) / 1e3:9.1f} ms  {e.count:6d}×  {e.key[:100]}")
+
+
+def trajectory_bench(model, preset: dict, device: torch.device, micro_batch: int, tf32: bool,
+                     budget_gib: float = 24.0) -> dict:
+    """The trajectory stage's parts at this model size: an SGD step on a 16-sample batch, the
+    target gradient per sample, a Hessian-vector product (micro-batch fitted to the card and to
+    `budget_gib`), the peak of a real 3-step solve; the paper's T = 100 with the LIMA target
+    projected from them."""
+    set_tf32(tf32)
+    seq, rng = preset["seq"], np.random.default_rng(1)
+    vocab = model.config.vocab_size
+    batch = rng.integers(3, vocab, (PAPER_TRAJECTORY["batch_size"], seq)).tolist()
+    target = rng.integers(3, vocab, (4 * micro_batch, seq)).tolist()
+    lam = {n: torch.randn_like(p) * 1e-3 for n, p in get_params(model).items()}
+    theta0 = get_params(model)
+    out = {"tf32": tf32, "micro_batch": micro_batch}
+
+    loss_and_grad(model, batch[:micro_batch], micro_batch, device)  # warm-up
+    with Peak(device) as p:
+        loss_and_grad(model, batch, micro_batch, device)
+    out |= {"sgd_step_s": p.seconds, "sgd_step_peak_gib": p.peak_bytes / 2**30}
+    with Peak(device) as p:
+        loss_and_grad(model, target, micro_batch, device)
+    out |= {"target_grad_s_per_sample": p.seconds / len(target)}
+
+    hvp_mb = fit_hvp_micro_batch(model, batch, lam, PAPER_TRAJECTORY["batch_size"], device)
+    if device.type == "cuda":  # memory per sample and the micro-batch that fits budget_gib in all
+        peaks = []
+        for n in (1, 2):
+            with Peak(device) as p:
+                hvp(model, batch[:1] * n, lam, n, device)
+            peaks.append(p.peak_bytes)
+        per_sample, fixed = peaks[1] - peaks[0], 2 * peaks[0] - peaks[1]
+        held = torch.cuda.memory_allocated(device)
+        hvp_mb_budget = max(1, min(16, int((budget_gib * 2**30 * 0.9 - held - fixed) // per_sample)))
+        out |= {"hvp_gib_per_sample": per_sample / 2**30, "hvp_micro_batch_fitted": hvp_mb,
+                f"hvp_micro_batch_{budget_gib:g}gib": hvp_mb_budget}
+        hvp_mb = hvp_mb_budget
+    hvp(model, batch[:hvp_mb], lam, hvp_mb, device)  # warm-up
+    with Peak(device) as p:
+        hvp(model, batch, lam, hvp_mb, device)
+    out |= {"hvp_micro_batch": hvp_mb, "hvp_s": p.seconds, "hvp_peak_gib": p.peak_bytes / 2**30}
+
+    # A real solve, 3 steps: the stage's peak with θ, λ, checkpoints and gradients held.
+    set_params(model, theta0)
+    with Peak(device) as p:
+        solve(model, [batch] * 3, target[:micro_batch], 1e-3, {0}, lambda *a: None, micro_batch=micro_batch,
+              hvp_micro_batch=hvp_mb, device=device)
+    set_params(model, theta0)
+    out["solve_3_steps_total_peak_gib"] = p.total_peak_bytes / 2**30
+
+    steps = PAPER_TRAJECTORY["steps"]
+    c = math.isqrt(steps - 1) + 1
+    sgd_steps = steps + steps - math.ceil(steps / c)  # forward, then each segment recomputed
+    target_samples = PAPER_TRAJECTORY["target_tokens"] / seq
+    parts = {"sgd": sgd_steps * out["sgd_step_s"],
+             "target": (steps + 1) * target_samples * out["target_grad_s_per_sample"],
+             "hvp": (steps - 1) * out["hvp_s"]}
+    out["paper_projection_minutes"] = {k: v / 60 for k, v in parts.items()} | {"total": sum(parts.values()) / 60}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=PRESETS, default=None)
-    parser.add_argument("--fast-micro-batch", type=int, default=8)
     parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--runs", type=parse_run, nargs="*", default=[("fp32", 8), ("bf16", 8)],
+                        help="fast-path runs, PRECISION:MICRO_BATCH; the first is the agreement reference")
     parser.add_argument("--skip-baseline", action="store_true",
-                        help="only the fast path (the baseline at 160M on a CPU takes very long)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="device peak for MFU (default: H100 dense bf16 989, tf32 495)")
-    parser.add_argument("--bf16-spearman", action="store_true")
+                        help="no vmap baseline (at 160M on a CPU it takes very long)")
+    parser.add_argument("--profile", type=parse_run, default=None, metavar="PRECISION:MICRO_BATCH",
+                        help="print the top kernels of the fast path in this configuration")
+    parser.add_argument("--trajectory", action="store_true", help="time the trajectory stage's parts")
+    parser.add_argument("--trajectory-micro-batch", type=int, default=8)
     parser.add_argument("--demo-results", default=None, help="a finished demo's results/ directory")
+    parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = dict(PRESETS[args.preset or ("paper-160m" if device.type == "cuda" else "cpu-small")])
@@ -109,40 +240,42 @@ def main() -> None:
         preset["samples"] = args.samples
     model, samples, lam = build(preset, device)
     params = sum(p.numel() for p in model.parameters())
-    print(f"device {device}, {params / 1e6:.1f}M parameters, {len(samples)} samples × {preset['seq']} tokens")
-
-    fast = measure(model, samples, lam, device, "fast", args.fast_micro_batch)
-    rows = [fast]
-    result = {"fast_samples_per_s": fast["samples_per_s"], "fast_peak_gib": fast["peak_bytes"] / 2**30}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}, {params / 1e6:.1f}M parameters, {len(samples)} samples × {preset['seq']} tokens")
+    result: dict = {"device": name, "runs": {}}
+    lam_norm = norm(lam)
+    runs = [measure(model, samples, lam, device, "fast", *run) for run in args.runs]
     if not args.skip_baseline:
-        base = measure(model, samples, lam, device, "vmap", 8)
-        agree = max(np.max(np.abs(fast["norms"] - base["norms"]) / base["norms"]),
-                    np.max(np.abs(fast["dots"] - base["dots"])) / np.max(np.abs(base["dots"])))
-        rows.insert(0, base)
-        result |= {"speedup": fast["samples_per_s"] / base["samples_per_s"],
-                   "memory_ratio": fast["peak_bytes"] / max(base["peak_bytes"], 1),
-                   "max_relative_disagreement": float(agree)}
-    for r in rows:
-        print(f"{r['method']:>5} mb={r['micro_batch']:<3} {r['samples_per_s']:8.2f} samples/s  "
-              f"peak {r['peak_bytes'] / 2**30:7.3f} GiB above the model's")
-    if device.type == "cuda":
-        flops_per_sample = 6 * params * preset["seq"]  # forward + backward, model FLOPs
-        peak = (args.peak_tflops or 495.0) * 1e12  # fp32 runs on TF32 tensor cores at best
-        result["mfu"] = fast["samples_per_s"] * flops_per_sample / peak
-        result["paper_annotation_gpu_hours"] = PAPER_WORK / fast["samples_per_s"] / 3600
-        if not args.skip_baseline:
-            result["baseline_paper_annotation_gpu_hours"] = PAPER_WORK / base["samples_per_s"] / 3600
-    if args.bf16_spearman:
-        bf16 = measure(model, samples, lam, device, "fast", args.fast_micro_batch, "bf16")
-        lam_norm = norm(lam)
-        one_step = lambda r: raw_scores(r["norms"][:, None], r["dots"][:, None], np.full((len(samples), 1), lam_norm), 1.0, "lqs")
-        result["bf16_vs_fp32_spearman"] = {"grad_norm": spearman(bf16["norms"], fast["norms"]),
-                                           "dot": spearman(bf16["dots"], fast["dots"]),
-                                           "lqs_one_step": spearman(one_step(bf16), one_step(fast))}
-        result["bf16_speedup"] = bf16["samples_per_s"] / fast["samples_per_s"]
+        runs.append(measure(model, samples, lam, device, "vmap", "fp32", 8))
+    flops_per_sample = 6 * params * preset["seq"]  # forward + backward, model FLOPs
+    for r in runs:
+        row = {k: r[k] for k in ("samples_per_s", "peak_gib")}
+        if r is not runs[0]:
+            row |= agreement(r, runs[0], lam_norm)
+        if device.type == "cuda":
+            row["mfu"] = r["samples_per_s"] * flops_per_sample / (PEAK_TFLOPS[r["precision"]] * 1e12)
+            row["paper_annotation_gpu_hours"] = PAPER_WORK / r["samples_per_s"] / 3600
+        result["runs"][r["run"]] = row
+        print(f"{r['run']:>16} {r['samples_per_s']:8.2f} samples/s  peak {r['peak_gib']:7.3f} GiB above the model's"
+              + (f"  MFU {row['mfu']:.1%}  paper {row['paper_annotation_gpu_hours']:.2f} GPU-hours"
+                 if "mfu" in row else "")
+              + (f"  Spearman(lqs) {row['spearman_lqs_one_step']:.5f}" if "spearman_lqs_one_step" in row else ""))
+    if not args.skip_baseline:
+        base = runs[-1]["samples_per_s"]
+        result["speedup_vs_vmap"] = {r["run"]: r["samples_per_s"] / base for r in runs[:-1]}
+    if args.profile:
+        profile(model, samples, lam, device, *args.profile)
+    if args.trajectory:
+        modes = (False, True) if device.type == "cuda" else (False,)
+        result["trajectory"] = [trajectory_bench(model, preset, device, args.trajectory_micro_batch, tf32)
+                                for tf32 in modes]
     if args.demo_results:
         result["demo_bf16_vs_fp32_label_spearman"] = demo_labels_spearman(args.demo_results, device)
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(text + "\n")
 
 
 def demo_labels_spearman(results: str, device: torch.device) -> float:
@@ -151,23 +284,23 @@ def demo_labels_spearman(results: str, device: torch.device) -> float:
 
     import pyarrow.parquet as pq
 
-    from lqs.proxy import load_proxy, set_params
+    from lqs.proxy import load_proxy
     from lqs.trajectory import load_step
 
     root = Path(results)
     samples = pq.read_table(root / "proxy/samples.parquet")["input_ids"].to_pylist()
     info = json.loads((root / "annotation/labels.json").read_text())
     model = load_proxy(str(root / "models/proxy"), device)
-    stats = {"fp32": ([], [], []), "bf16": ([], [], [])}
+    stats_by_dtype = {"fp32": ([], [], []), "bf16": ([], [], [])}
     for t in info["annotated_steps"]:
         theta, lam = load_step(root / f"annotation/trajectory/step-{t}.safetensors", device)
         set_params(model, theta)
         lam_norm = norm(lam)
-        for dtype, (n, d, ln) in stats.items():
+        for dtype, (n, d, ln) in stats_by_dtype.items():
             norms, dots = per_sample_stats(model, samples, lam, dtype, device, 16, "fast")
             n.append(norms), d.append(dots), ln.append(np.full(len(samples), lam_norm))
     labels = {dtype: raw_scores(*(np.stack(x, 1) for x in arrays), info["lr"], info["score"])
-              for dtype, arrays in stats.items()}
+              for dtype, arrays in stats_by_dtype.items()}
     return spearman(labels["bf16"], labels["fp32"])
 
 

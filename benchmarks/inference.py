@@ -5,28 +5,35 @@ it), with the backbone as transformers ships it (eager attention for XGLM, paddi
 also run on our kernels (SDPA, causal without a mask) to separate batching from kernels. All
 use the same checkpoint and documents — the web text in ../shared/data when present, else a
 generated mix of lengths — in one session; prints documents/s, tokens/s and the ratios (not a
-test). The batched path runs capped at one window per document (the reference's work) in fp32
-and in bf16, and then on every window of long documents.
+test). The batched path runs capped at one window per document (the reference's work) in fp32,
+in bf16 (autocast) and with the backbone's weights in bf16, and then on every window of long
+documents, split into tokenizing and the model alone (per batch budget, with MFU); on a GPU it
+counts the host syncs of score_windows. --score-shard-docs then runs tokenize_shard and
+score_shard, as the workflow does, on that many documents cut from the web texts, and prints
+score_shard's log line: its split (read / tokenize / model / write) and tokens/s end to end.
 
     python benchmarks/inference.py                          # CPU: a small XGLM scorer
     python benchmarks/inference.py --scorer results/scorer  # a trained checkpoint instead
-    python benchmarks/inference.py --preset xglm-125m       # GPU: fairseq-dense-125M's architecture, MFU
+    python benchmarks/inference.py --preset xglm-125m --compare-max-tokens 65536 --score-shard-docs 100000
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import logging
 import random
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lqs.models import train_tokenizer
-from lqs.scorer import ScorerModel, compute_dtype, load, save_scorer
+from lqs.scorer import Scorer, ScorerModel, compute_dtype, load, save_scorer
 from lqs.tokenize import tokenize_windows
 from lqs.train_scorer import spearman
 
@@ -38,9 +45,9 @@ PRESETS = {
 }
 
 
-def documents(n: int) -> list[str]:
-    if WEB.exists():
-        with open(WEB, encoding="utf-8") as f:
+def documents(n: int, web: Path = WEB) -> list[str]:
+    if web.exists():
+        with open(web, encoding="utf-8") as f:
             texts = [json.loads(line)["text"] for line in f]
         return texts[:n]
     rng = random.Random(0)
@@ -104,30 +111,111 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def with_bf16_backbone(scorer: Scorer) -> Scorer:
+    """The scorer with its backbone's weights cast to bf16 (no autocast: the residual stream and
+    norms in bf16 too); pooling and head in fp32. A candidate, measured against autocast."""
+    model = copy.deepcopy(scorer.model)
+    model.backbone.to(torch.bfloat16)
+    return Scorer(model, scorer.tokenizer, scorer.config, scorer.device, dtype="fp32")
+
+
+def host_syncs(scorer: Scorer, windows, num_texts: int, max_tokens: int | None) -> int:
+    """Operations that wait for the GPU during score_windows (CUDA's sync debug mode); the one
+    expected is the final copy of the scores to the host."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scorer.score_windows(windows, num_texts, max_tokens)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def synthetic_corpus(path: Path, texts: list[str], n: int) -> None:
+    """n documents cut from the web texts at web-like lengths (lognormal, median ~1,000 chars)."""
+    rng = random.Random(1)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            text = texts[i % len(texts)]
+            length = min(len(text), int(rng.lognormvariate(7.0, 1.0)) + 20)
+            start = rng.randrange(0, len(text) - length + 1)
+            f.write(json.dumps({"text": text[start:start + length]}) + "\n")
+
+
+def run_score_shard(workdir: Path, scorer_dir: Path, texts: list[str], n: int, max_tokens: int | None) -> dict:
+    """tokenize_shard, then score_shard as the workflow runs them on n documents; score_shard's
+    own log line (the split) is returned with the wall times."""
+    from lqs.score import score_shard
+    from lqs.tokenize import tokenize_shard
+
+    corpus, tokenized = workdir / "shard.jsonl", workdir / "tokenized.parquet"
+    synthetic_corpus(corpus, texts, n)
+    settings = dict(num_shards=1, text_field="text", max_chars=10**7)
+    (_, tokenize_s) = timed(lambda: tokenize_shard([str(corpus)], str(scorer_dir), 0, str(tokenized),
+                                                   str(workdir / "rejects.jsonl"), max_length=1024,
+                                                   on_bad_record="skip", **settings))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("lqs.score").addHandler(handler)
+    logging.getLogger("lqs.score").setLevel(logging.INFO)
+    try:
+        counts, score_s = timed(lambda: score_shard([str(corpus)], str(tokenized), str(scorer_dir),
+                                                    str(workdir / "scores.parquet"), max_tokens=max_tokens,
+                                                    shard=0, max_windows_per_doc=None, **settings))
+    finally:
+        logging.getLogger("lqs.score").removeHandler(handler)
+    return {"documents": n, "tokenize_shard_s": tokenize_s, "score_shard_s": score_s, **counts,
+            "tokens_per_s_end_to_end": counts["tokens"] / score_s,
+            "log": records[-1].getMessage() if records else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=PRESETS)
     parser.add_argument("--scorer", type=Path, help="a trained checkpoint (e.g. results/scorer) instead of a "
                         "randomly initialised one; its max_length applies")
+    parser.add_argument("--web", type=Path, default=WEB, help="web documents (JSONL with a text field)")
     parser.add_argument("--docs", type=int)
+    parser.add_argument("--reference-docs", type=int, help="documents for the one-at-a-time reference "
+                        "(default: all on a GPU, a third on a CPU)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=None, help="default: the scorer's, per device")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM)")
+    parser.add_argument("--compare-max-tokens", type=int, nargs="*", default=[],
+                        help="batch budgets to time beside the default")
+    parser.add_argument("--score-shard-docs", type=int, default=0,
+                        help="then run tokenize_shard and score_shard on this many documents")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM)")
+    parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     preset = PRESETS[args.preset or ("xglm-125m" if cuda else "cpu-small")]
-    texts = documents(args.docs or preset["docs"])
+    texts = documents(args.docs or preset["docs"], args.web)
     with tempfile.TemporaryDirectory() as tmp:
         path = args.scorer or build_scorer(Path(tmp), texts, preset, args.max_length)
         scorer, scorer_bf16 = load(path, dtype="fp32"), load(path, dtype="bf16")
         stock = stock_reference_model(path, scorer)
-    default_dtype = compute_dtype("auto", scorer.device)
-    params = sum(p.numel() for p in scorer.model.backbone.parameters() if p.ndim == 2) - \
-        scorer.model.backbone.embed_tokens.weight.numel()  # matmul weights: 2 FLOPs each per token
-    print(f"device {scorer.device}, {len(texts)} documents ({'web.jsonl' if WEB.exists() else 'generated'}), "
-          f"max_length {scorer.max_length}, {params / 1e6:.1f}M matmul parameters, "
-          f"stock attention: {stock.backbone.config._attn_implementation}")
+        default_dtype = compute_dtype("auto", scorer.device)
+        every = scorer_bf16 if default_dtype == "bf16" else scorer
+        name = torch.cuda.get_device_name() if cuda else "cpu"
+        print(f"device {name}, {len(texts)} documents ({'web' if args.web.exists() else 'generated'}), "
+              f"max_length {scorer.max_length}, stock attention: {stock.backbone.config._attn_implementation}, "
+              f"default batch budget {every.max_tokens} tokens")
+        result = run(args, texts, scorer, scorer_bf16, every, stock, cuda)
+        if args.score_shard_docs:
+            result["score_shard"] = run_score_shard(Path(tmp), Path(path), texts, args.score_shard_docs,
+                                                    args.max_tokens)
+            print(result["score_shard"]["log"])
+    result |= {"device": name, "default_max_tokens": every.max_tokens}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
 
+
+def run(args, texts, scorer, scorer_bf16, every, stock, cuda: bool) -> dict:
+    default_dtype = every.dtype
     windows = tokenize_windows(scorer.tokenizer, texts, scorer.max_length)
     one_tokens = sum(len(doc[0]) for doc in windows)
     all_tokens = sum(len(w) for doc in windows for w in doc)
@@ -135,12 +223,11 @@ def main() -> None:
         s.score(texts[:16], args.max_tokens)
     reference(scorer, texts[:8], stock)  # the stock model's first documents are slower still
     reference(scorer, texts[:8])
-    ref_n = max(16, len(texts) // (1 if cuda else 3))  # the reference is slow on CPU: a subset
+    ref_n = args.reference_docs or max(16, len(texts) // (1 if cuda else 3))  # slow on CPU: a subset
     (ref_scores, ref_tokens), ref_s = timed(lambda: reference(scorer, texts[:ref_n], stock))
     (_, _), kernels_s = timed(lambda: reference(scorer, texts[:ref_n]))
     fp32, fp32_s = timed(lambda: scorer.score(texts, args.max_tokens, max_windows_per_doc=1))
     bf16, bf16_s = timed(lambda: scorer_bf16.score(texts, args.max_tokens, max_windows_per_doc=1))
-    every = scorer_bf16 if default_dtype == "bf16" else scorer
     _, all_s = timed(lambda: every.score(texts, args.max_tokens))
     rows = {
         "reference (stock, 1 doc, padded)": (ref_n / ref_s, ref_tokens / ref_s),
@@ -149,8 +236,22 @@ def main() -> None:
         "batched, first window, bf16": (len(texts) / bf16_s, one_tokens / bf16_s),
         f"batched, every window, {default_dtype}": (len(texts) / all_s, all_tokens / all_s),
     }
+    # The split of the every-window path: tokenizing, then the model alone, per batch budget.
+    (scored_windows, _), tokenize_s = timed(lambda: every.windows(texts))
+    lengths = [len(w.ids) for w in scored_windows]
+    flops = every.forward_flops(lengths)
+    split = {"tokenize_s": tokenize_s, "tokenize_tokens_per_s": all_tokens / tokenize_s, "model": {}}
+    for budget in [None, *args.compare_max_tokens]:
+        _, model_s = timed(lambda: every.score_windows(scored_windows, len(texts), budget))
+        key = str(budget or f"default {every.max_tokens}")
+        split["model"][key] = {"s": model_s, "tokens_per_s": all_tokens / model_s,
+                               "tflops": flops / model_s / 1e12, "mfu": flops / model_s / (args.peak_tflops * 1e12)}
+        rows[f"  model alone, budget {key}"] = (len(texts) / model_s, all_tokens / model_s)
+    bf16_weights = with_bf16_backbone(scorer)
+    weights_scores, weights_s = timed(lambda: bf16_weights.score(texts, args.max_tokens, max_windows_per_doc=1))
+    rows["batched, first window, bf16 weights"] = (len(texts) / weights_s, one_tokens / weights_s)
     for name, (docs_s, tok_s) in rows.items():
-        print(f"{name:36s} {docs_s:10.1f} docs/s {tok_s:12.0f} tokens/s")
+        print(f"{name:40s} {docs_s:10.1f} docs/s {tok_s:12.0f} tokens/s")
     reference_docs_s, kernels_docs_s = rows["reference (stock, 1 doc, padded)"][0], rows["  same, on our kernels"][0]
     fp32_docs_s, bf16_docs_s = rows["batched, first window, fp32"][0], rows["batched, first window, bf16"][0]
     result = {
@@ -162,11 +263,14 @@ def main() -> None:
         "max_score_disagreement_bf16_vs_fp32": float(np.max(np.abs(np.subtract(bf16, fp32)))),
         "score_std": float(np.std(fp32)),
         "spearman_bf16_vs_fp32": spearman(np.array(bf16), np.array(fp32)),
+        "spearman_bf16_weights_vs_fp32": spearman(np.array(weights_scores), np.array(fp32)),
+        "tokens_per_s": {name: tok_s for name, (_, tok_s) in rows.items()},
+        "every_window_split": split,
     }
     if cuda:
-        result["mfu_every_window"] = rows[f"batched, every window, {default_dtype}"][1] * 2 * params / \
-            (args.peak_tflops * 1e12)
-    print(json.dumps(result, indent=2))
+        result["mfu_every_window"] = flops / all_s / (args.peak_tflops * 1e12)
+        result["host_syncs_in_score_windows"] = host_syncs(every, scored_windows, len(texts), args.max_tokens)
+    return result
 
 
 if __name__ == "__main__":

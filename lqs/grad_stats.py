@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from lqs import distributed
 from lqs.io import write_table
-from lqs.proxy import Params, collate, load_proxy, norm, sample_losses, set_params
+from lqs.proxy import Params, attention, collate, load_proxy, norm, sample_losses, set_params, set_tf32
 from lqs.runtime import NonFiniteError
 from lqs.trajectory import load_step
 
@@ -71,45 +71,55 @@ def _normalized(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
-class _Piece:
-    """One layer call's contribution to one parameter's per-sample gradients (batch B)."""
+def _bmm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x @ y batched, the result at least fp32; bf16 operands run on a GPU's tensor cores with
+    fp32 accumulation and output (a CPU has no such kernel: its bf16 result is upcast)."""
+    if x.dtype == torch.bfloat16 and x.is_cuda:
+        return torch.bmm(x, y, out_dtype=torch.float32)
+    return _at_least_fp32(torch.bmm(x, y))
 
-    def __init__(self, kind: str, a: torch.Tensor, g: torch.Tensor, shape: torch.Size):
+
+class _Piece:
+    """One layer call's contribution to one parameter's per-sample gradients (batch B).
+    a: the layer's input (linear: bf16 under stats_dtype bf16, else ≥ fp32; embedding: ids;
+    scale: the normalised input x̂), g: its output gradient, (B, S, features)."""
+
+    def __init__(self, kind: str, a: torch.Tensor | None, g: torch.Tensor, shape: torch.Size):
         self.kind, self.a, self.g, self.shape = kind, a, g, shape
 
     def materialize(self) -> torch.Tensor:
-        """(B, *shape) per-sample gradients: used only for weights shared between layers."""
+        """(B, *shape) per-sample gradients, at least fp32."""
         a, g = self.a, self.g
         if self.kind == "linear":
-            return torch.bmm(g.transpose(1, 2), a)
+            return _bmm(g.transpose(1, 2), a)
         if self.kind == "embedding":
             out = torch.zeros((g.shape[0], *self.shape), dtype=g.dtype, device=g.device)
             return out.scatter_add_(1, a.unsqueeze(-1).expand_as(g), g)
         if self.kind == "scale":  # norm weight: Σ_s g ⊙ x̂
             return (g * a).sum(1)
-        return g.sum(1)  # bias
+        return g.sum(1, dtype=torch.promote_types(g.dtype, torch.float32))  # bias
 
     def reduce(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(‖G_b‖², ⟨G_b, Λ⟩) for each sample b, without forming G_b where that is costlier."""
+        """(‖G_b‖², ⟨G_b, Λ⟩) for each sample b in the cheapest exact form: for a linear layer
+        G_b = Σ_s g_bs a_bsᵀ costs 2·S·n_in·n_out, its Gram form S²·(n_in + n_out); for an
+        embedding, the rows of each sample's tokens summed (a sort, no host sync)."""
         a, g = self.a, self.g
         if self.kind == "linear":
             seq, n_in, n_out = a.shape[1], a.shape[2], g.shape[2]
             if seq * (n_in + n_out) < n_in * n_out:  # Gram form: Σ_ss' (a_s·a_s')(g_s·g_s')
-                sq = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
-                dot = (torch.matmul(g, lam) * a).sum((1, 2))
+                sq = (_bmm(a, a.transpose(1, 2)) * _bmm(g, g.transpose(1, 2))).sum((1, 2))
+                dot = (_at_least_fp32(torch.matmul(g, lam.to(g.dtype))) * a).sum((1, 2))
                 return sq, dot
         if self.kind == "embedding":
             batch, vocab = g.shape[0], self.shape[0]
-            rows, inverse = torch.unique(a + vocab * torch.arange(batch, device=a.device)[:, None],
-                                         return_inverse=True)
-            summed = torch.zeros((len(rows), g.shape[-1]), dtype=g.dtype, device=g.device)
-            summed.index_add_(0, inverse.flatten(), g.reshape(-1, g.shape[-1]))
-            sq = torch.zeros(batch, dtype=g.dtype, device=g.device).index_add_(
-                0, rows // vocab, summed.pow(2).sum(1))
+            key, order = (a + vocab * torch.arange(batch, device=a.device)[:, None]).flatten().sort()
+            segment = torch.cat([key.new_zeros(1), (key[1:] != key[:-1]).cumsum(0)])  # one per (sample, id)
+            summed = torch.zeros_like(g.flatten(0, 1)).index_add_(0, segment, g.flatten(0, 1)[order])
+            sample = torch.zeros_like(key).scatter_(0, segment, key // vocab)  # unused segments: 0, sum 0
+            sq = torch.zeros(batch, dtype=g.dtype, device=g.device).index_add_(0, sample, summed.pow(2).sum(1))
             dot = (g * lam[a]).sum((1, 2))
             return sq, dot
-        grad = self.materialize()
-        flat = grad.flatten(1)
+        flat = self.materialize().flatten(1)
         return flat.pow(2).sum(1), flat @ lam.flatten()
 
 
@@ -117,33 +127,90 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))  # bf16 up, fp64 kept
 
 
-def _pieces(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[tuple[nn.Parameter, _Piece]]:
-    """Per-parameter pieces of one call of `module` with input x and output gradient g."""
+def _pieces(module: nn.Module, x: torch.Tensor, g: torch.Tensor, low: bool) -> list[tuple[nn.Parameter, _Piece]]:
+    """Per-parameter pieces of one call of `module` with input x and output gradient g;
+    low: a linear layer's product runs on bf16 operands (g is bf16 already under autocast)."""
     batch = g.shape[0]
-    g = _at_least_fp32(g).reshape(batch, -1, g.shape[-1])
+    g = g.reshape(batch, -1, g.shape[-1])
     if isinstance(module, nn.Embedding):
         ids = x.reshape(batch, -1)
-        g = g * getattr(module, "embed_scale", 1.0)  # scaled word embeddings (XGLM, M2M100)
+        g = _at_least_fp32(g) * getattr(module, "embed_scale", 1.0)  # scaled word embeddings (XGLM, M2M100)
         if module.padding_idx is not None:  # autograd leaves the padding row's gradient at 0
             g = g.masked_fill((ids == module.padding_idx).unsqueeze(-1), 0.0)
         return [(module.weight, _Piece("embedding", ids, g, module.weight.shape))]
-    x = _at_least_fp32(x).reshape(batch, -1, x.shape[-1])
+    x = x.reshape(batch, -1, x.shape[-1])
     out = []
     if isinstance(module, nn.Linear):
-        out.append((module.weight, _Piece("linear", x, g, module.weight.shape)))
+        a, gl = (x.to(torch.bfloat16), g.to(torch.bfloat16)) if low else (_at_least_fp32(x), _at_least_fp32(g))
+        out.append((module.weight, _Piece("linear", a, gl, module.weight.shape)))
     elif module.weight is not None:
-        out.append((module.weight, _Piece("scale", _normalized(module, x), g, module.weight.shape)))
+        out.append((module.weight, _Piece("scale", _normalized(module, _at_least_fp32(x)), _at_least_fp32(g),
+                                          module.weight.shape)))
     if getattr(module, "bias", None) is not None:
-        out.append((module.bias, _Piece("bias", x, g, module.bias.shape)))
+        out.append((module.bias, _Piece("bias", None, g, module.bias.shape)))
     return out
 
 
-def _fast_micro_batch(model: nn.Module, ids, mask, lam_by_param: dict[int, torch.Tensor], autocast):
-    calls = []
+class _Reducer:
+    """Accumulates Σ over parameters of ‖G_b‖² and ⟨G_b, Λ⟩ as layer gradients arrive. A weight
+    used by several layer calls (tied embeddings) is summed per sample over all of its calls
+    before it is reduced."""
+
+    def __init__(self, batch: int, lam_by_param: dict[int, torch.Tensor], low: bool, device):
+        self.lam_by_param, self.low = lam_by_param, low
+        self.sq = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.dot = torch.zeros_like(self.sq)
+        self.calls: dict[int, int] = defaultdict(int)  # parameter → layer calls in the forward
+        self.partial: dict[int, tuple[torch.Tensor, int]] = {}  # shared weight → (Σ per-sample grads, calls)
+
+    def count(self, module: nn.Module) -> None:
+        for p in module.parameters(recurse=False):
+            self.calls[id(p)] += 1
+
+    def add(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
+        for param, piece in _pieces(module, x, g, self.low):
+            key = id(param)
+            if self.calls[key] == 1:
+                self._accumulate(*piece.reduce(self.lam_by_param[key]))
+                continue
+            grad, seen = self.partial.pop(key, (0, 0))
+            grad, seen = grad + piece.materialize(), seen + 1
+            if seen < self.calls[key]:
+                self.partial[key] = grad, seen
+            else:
+                self._reduce_whole(key, grad)
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        for key, (grad, _) in self.partial.items():  # a call whose output got no gradient adds 0
+            self._reduce_whole(key, grad)
+        return self.sq, self.dot
+
+    def _reduce_whole(self, key: int, grad: torch.Tensor) -> None:
+        flat = grad.flatten(1)
+        self._accumulate(flat.pow(2).sum(1), flat @ self.lam_by_param[key].flatten())
+
+    def _accumulate(self, sq: torch.Tensor, dot: torch.Tensor) -> None:
+        self.sq += sq.double()
+        self.dot += dot.double()
+
+
+def _fast_micro_batch(model: nn.Module, ids, mask, lam_by_param: dict[int, torch.Tensor], autocast, low: bool):
+    """One forward, then one backward that computes activation gradients only (no weight
+    gradients). Each layer's pieces are reduced by a hook as soon as its output gradient
+    exists, so the activation gradients are never all held at once."""
+    reducer = _Reducer(ids.shape[0], lam_by_param, low, ids.device)
+    roots = []  # calls whose input needs no gradient (embeddings): where the backward ends
 
     def capture(module, args, kwargs, output):
         x = args[0] if args else next(iter(kwargs.values()))
-        calls.append((module, x.detach(), output))
+        reducer.count(module)
+        if not output.requires_grad:
+            return
+        if not x.requires_grad:
+            roots.append((module, x, output))
+            return
+        box = [x.detach()]
+        output.register_hook(lambda g: reducer.add(module, box.pop(), g))  # box: x freed once used
 
     handles = [m.register_forward_hook(capture, with_kwargs=True) for m in model.modules() if _supported(m)]
     try:
@@ -152,27 +219,11 @@ def _fast_micro_batch(model: nn.Module, ids, mask, lam_by_param: dict[int, torch
     finally:
         for h in handles:
             h.remove()
-    outputs = [out for _, _, out in calls]
-    grads = torch.autograd.grad(loss, outputs, allow_unused=True)  # activations only, no weights
-
-    pieces: dict[int, list[_Piece]] = defaultdict(list)
-    for (module, x, _), g in zip(calls, grads):
+    grads = torch.autograd.grad(loss, [out for _, _, out in roots], allow_unused=True)
+    for (module, x, _), g in zip(roots, grads):
         if g is not None:
-            for param, piece in _pieces(module, x, g):
-                pieces[id(param)].append(piece)
-    batch = ids.shape[0]
-    sq = torch.zeros(batch, dtype=torch.float64, device=ids.device)
-    dot = torch.zeros_like(sq)
-    for key, param_pieces in pieces.items():
-        lam = lam_by_param[key]
-        if len(param_pieces) == 1:
-            s, d = param_pieces[0].reduce(lam)
-        else:  # a weight used by several layers: sum its per-sample gradients first
-            grad = sum(p.materialize() for p in param_pieces).flatten(1)
-            s, d = grad.pow(2).sum(1), grad @ lam.flatten()
-        sq += s.double()
-        dot += d.double()
-    return sq, dot
+            reducer.add(module, x, g)
+    return reducer.finish()
 
 
 # ---------------------------------------------------------------- generic path
@@ -185,13 +236,11 @@ def _vmap_micro_batch(model: nn.Module, ids, mask, lam: Params, autocast):
 
     def loss(p, sample_ids, sample_mask):
         with autocast:
-            out = functional_call(model, p, (), {"input_ids": sample_ids[None], "attention_mask": sample_mask[None]})
-            logits = _at_least_fp32(out.logits[:, :-1])
-        w = sample_mask[None, 1:].float()
-        ce = F.cross_entropy(logits.transpose(1, 2), sample_ids[None, 1:], reduction="none")
-        return ((ce * w).sum() / w.sum().clamp(min=1))
+            return sample_losses(lambda **inputs: functional_call(model, p, (), inputs),
+                                 sample_ids[None], sample_mask[None])[0]
 
-    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, ids, mask)  # B × P: the whole vector
+    with attention(model, "eager"):
+        grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, ids, mask)  # B × P: the whole vector
     sq = sum(grads[n].flatten(1).double().pow(2).sum(1) for n in names)
     dot = sum(grads[n].flatten(1).double() @ lam[n].flatten().double() for n in names)
     return sq, dot
@@ -203,7 +252,8 @@ def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Pa
     """(‖g(x)‖, ⟨g(x), λ⟩) for each sample, g(x) = ∇ℓ(x; θ) at the model's parameters.
 
     method: "fast", "vmap", or "auto" (fast when it covers every parameter of the model).
-    dtype "bf16" runs the model under bf16 autocast; norms and dots accumulate in fp32/fp64.
+    dtype "bf16" runs the model under bf16 autocast and the fast path's per-layer products on
+    bf16 operands with fp32 accumulation; norms and dots accumulate in fp32/fp64.
     """
     if method == "auto":
         method = "fast" if fast_path_covers(model) else "vmap"
@@ -215,30 +265,35 @@ def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Pa
     lam = {n: _at_least_fp32(v.to(device)).to(torch.promote_types(params[n].dtype, torch.float32))
            for n, v in lam.items()}
     lam_by_param = {id(params[n]): v for n, v in lam.items()}
-    norms, dots = np.zeros(len(samples)), np.zeros(len(samples))
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]))  # similar lengths together
     bar = tqdm(total=len(samples), desc=f"per-sample gradients ({method})", unit="sample",
                disable=not progress, mininterval=5)
+    sqs, dots = [], []  # kept on the device: no host sync per micro-batch
     for start in range(0, len(order), micro_batch):
-        rows = order[start:start + micro_batch]
-        ids, mask = collate([samples[i] for i in rows], device=device)
+        ids, mask = collate([samples[i] for i in order[start:start + micro_batch]], device=device)
         if method == "fast":
-            sq, dot = _fast_micro_batch(model, ids, mask, lam_by_param, autocast)
+            sq, dot = _fast_micro_batch(model, ids, mask, lam_by_param, autocast, dtype == "bf16")
         else:
             sq, dot = _vmap_micro_batch(model, ids, mask, lam, autocast)
-        norms[rows] = sq.clamp(min=0).sqrt().cpu().numpy()
-        dots[rows] = dot.cpu().numpy()
-        bar.update(len(rows))
+        sqs.append(sq)
+        dots.append(dot)
+        bar.update(len(ids))
     bar.close()
-    return norms, dots
+    norms, products = np.zeros(len(samples)), np.zeros(len(samples))
+    if samples:
+        norms[order] = torch.cat(sqs).clamp(min=0).sqrt().cpu().numpy()
+        products[order] = torch.cat(dots).cpu().numpy()
+    return norms, products
 
 
 def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, step: int, part: int,
                num_parts: int, stats_dtype: str = "fp32", micro_batch: int = 8, method: str = "auto",
-               device: str = "auto", trust_remote_code: bool = False) -> None:
+               tf32: bool = False, device: str = "auto", trust_remote_code: bool = False) -> None:
     """Writes the stats of one part of the proxy set at one step; under torchrun each rank
-    computes every world-th sample of the part and rank 0 writes them all."""
+    computes every world-th sample of the part and rank 0 writes them all.
+    tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)."""
     ctx = distributed.setup(device)
+    set_tf32(tf32)
     table = pq.read_table(samples_path, columns=["sample_id", "input_ids"])
     rows = part_rows(len(table), part, num_parts)
     table = table.take(pa.array(rows, pa.int64()))

@@ -2,12 +2,17 @@
 
 ℓ(x) is the mean cross-entropy of predicting input_ids[1:] from input_ids[:-1]; a batch loss
 is the mean of its samples' losses; dropout is off (the model is kept in eval mode).
+
+Attention runs through scaled_dot_product_attention (fused flash / memory-efficient kernels).
+Their backward is not differentiable again, so a pass that differentiates twice (the
+trajectory's Hessian-vector products) runs under `twice_differentiable()`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +28,44 @@ def norm(v: Params) -> float:
 def load_proxy(path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(  # safetensors only: a pickle is refused, not run
-        path, dtype=torch.float32, attn_implementation="eager", trust_remote_code=trust_remote_code,
-        use_safetensors=True)
+    kwargs = dict(dtype=torch.float32, trust_remote_code=trust_remote_code,
+                  use_safetensors=True)  # safetensors only: a pickle is refused, not run
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except ValueError:  # an architecture without SDPA in transformers
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
     return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """SDPA restricted to its math kernel, whose backward autograd can differentiate again
+    (the flash and memory-efficient kernels' backward cannot); eager attention is unaffected."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+@contextlib.contextmanager
+def attention(model, implementation: str) -> Iterator[None]:
+    """The model's attention switched to `implementation` ("eager", "sdpa") inside the block:
+    torch.func transforms need eager, as transformers' SDPA mask checks values in Python."""
+    old = model.config._attn_implementation
+    if old != implementation:
+        model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        if old != implementation:
+            model.set_attn_implementation(old)
+
+
+def set_tf32(enabled: bool) -> None:
+    """Float32 matrix products on TF32 tensor cores (GPU only; ~10-bit mantissa products with
+    fp32 accumulation): about 2x faster, no longer bit-comparable with a CPU run."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def param_names(model: torch.nn.Module) -> list[str]:
@@ -60,13 +99,16 @@ def collate(samples: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> t
 
 
 def sample_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """ℓ(x; θ) for each row: mean next-token cross-entropy over the row's real tokens."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    """ℓ(x; θ) for each row: mean next-token cross-entropy over the row's real tokens.
+
+    The loss runs on a (tokens, vocab) view of the logits: the log-softmax then reduces over
+    contiguous rows (the (batch, vocab, seq) layout ran a kernel several times slower). Every
+    position is a row; a pad, or the last token, has target -100 and contributes exactly 0."""
+    logits = model(input_ids=ids, attention_mask=mask).logits
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # upcast half, keep fp64
-    targets = ids[:, 1:]
-    weight = mask[:, 1:].to(logits.dtype)
-    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return (ce * weight).sum(1) / weight.sum(1).clamp(min=1)
+    targets = F.pad(ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100), (0, 1), value=-100)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(ids.shape)
+    return ce.sum(1) / mask[:, 1:].sum(1).clamp(min=1).to(ce.dtype)
 
 
 def loss_and_grad(model: torch.nn.Module, samples: Sequence[Sequence[int]], micro_batch: int,
@@ -82,5 +124,5 @@ def loss_and_grad(model: torch.nn.Module, samples: Sequence[Sequence[int]], micr
         for g, gi in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
             if gi is not None:
                 g += gi
-        total += loss.item()
-    return total, dict(zip(names, grads))
+        total = total + loss.detach()  # on the device: no host sync per micro-batch
+    return float(total), dict(zip(names, grads))

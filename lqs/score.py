@@ -2,12 +2,17 @@
 
 Streams the shard's records in chunks through the batched scorer, so memory does not grow with
 the shard. Only documents that tokenization accepted are scored; the others are in its rejects.
+The log ends with the time split (read / tokenize / model / write) and the tokens/s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -22,6 +27,8 @@ from lqs.scorer import load
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_())])
 
@@ -75,6 +82,34 @@ def prefetched(items: Iterator[T], fn: Callable[[T], R]) -> Iterator[R]:
             yield result
 
 
+class Split:
+    """Seconds spent in each part of a stage; parts may run in different threads at once."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - start
+
+    def iterate(self, part: str, items: Iterable[T]) -> Iterator[T]:
+        """items, the time taken to produce each one counted to `part`."""
+        items = iter(items)
+        while True:
+            with self(part):
+                item = next(items, _END)
+            if item is _END:
+                return
+            yield item
+
+
+_END = object()
+
+
 def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, *,
                 shard: int, num_shards: int | str, text_field: str, max_chars: int,
                 max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
@@ -82,31 +117,47 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
                 prefetch: bool | None = None) -> dict[str, int]:
     """prefetch (default: on a GPU) reads and tokenizes the next chunk while the current one is
     scored. On a CPU the two would share the same cores: measured no faster there."""
+    start = time.perf_counter()
     scorer = load(scorer_dir, device, trust_remote_code, dtype)
     if prefetch is None:
         prefetch = scorer.device.type == "cuda"
-    num_accepted = sum(len(ids) for ids in accepted_doc_ids(tokenized_shard))
+    split = Split()
+    with split("read"):
+        num_accepted = sum(len(ids) for ids in accepted_doc_ids(tokenized_shard))
     records = accepted_records(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards),
                                (int(i) for ids in accepted_doc_ids(tokenized_shard) for i in ids))
 
     def tokenized(chunk: list[corpus.Record]):
-        return chunk, *scorer.windows([r.text for r in chunk], max_windows_per_doc)
+        with split("tokenize"):
+            return chunk, *scorer.windows([r.text for r in chunk], max_windows_per_doc)
 
-    counts = {"scored": 0, "truncated": 0}
+    counts = {"scored": 0, "truncated": 0, "tokens": 0}
+    flops = 0.0
     bar = tqdm(total=num_accepted, desc=f"score shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     with parquet_writer(out, SCORES_SCHEMA) as writer:
-        chunks = chunked(records, chunk_docs)
+        chunks = split.iterate("read", chunked(records, chunk_docs))
         for chunk, windows, truncated in prefetched(chunks, tokenized) if prefetch else map(tokenized, chunks):
-            values = scorer.score_windows(windows, len(chunk), max_tokens)
-            writer.write_table(pa.table({"doc_id": [r.doc_id for r in chunk], "score": values,
-                                         "truncated": truncated}, schema=SCORES_SCHEMA))
+            with split("model"):  # ends with the chunk's one host sync: the GPU time is in it
+                values = scorer.score_windows(windows, len(chunk), max_tokens)
+            with split("write"):
+                writer.write_table(pa.table({"doc_id": [r.doc_id for r in chunk], "score": values,
+                                             "truncated": truncated}, schema=SCORES_SCHEMA))
             counts["scored"] += len(chunk)
             counts["truncated"] += sum(truncated)
+            counts["tokens"] += sum(len(w.ids) for w in windows)
+            flops += scorer.forward_flops(len(w.ids) for w in windows)
             bar.update(len(chunk))
             rate.add(scorer.tokens_scored - rate.tokens)
         if counts["scored"] != num_accepted:
             raise RuntimeError(f"shard {shard}: tokenization accepted {num_accepted} documents but "
                                f"{counts['scored']} were found to score; was the corpus changed?")
     bar.close()
+    wall, seconds = time.perf_counter() - start, split.seconds
+    log.info("shard %d: %d documents, %d tokens in %.3g s (model loaded and output written): %.0f tokens/s end "
+             "to end; read %.3g s, tokenize %.3g s%s, model %.3g s (%.0f tokens/s, %.3g TFLOP/s), write %.3g s",
+             shard, counts["scored"], counts["tokens"], wall, counts["tokens"] / wall, seconds["read"],
+             seconds["tokenize"], " (both beside the model, in a background thread)" if prefetch else "",
+             seconds["model"], counts["tokens"] / max(seconds["model"], 1e-9),
+             flops / max(seconds["model"], 1e-9) / 1e12, seconds["write"])
     return counts

@@ -6,7 +6,10 @@
 
 Memory: only every c-th θ (c ≈ √T) is kept from the forward pass; the backward pass
 recomputes each segment of c steps from its checkpoint, so at most ~2√T parameter copies
-exist at once. Hessian-vector products are exact (double backward).
+exist at once (in host memory when the model is on a GPU). Hessian-vector products are exact
+(double backward, attention on SDPA's math kernel); they need several times the memory of a
+gradient per sample, so they run in their own micro-batches, by default the largest that fits
+the GPU (measured on the first one).
 Writes step-{t}.safetensors with θ_t and λ_{t+1} for every annotated step t.
 """
 
@@ -24,7 +27,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from lqs.io import atomic_path, write_table
-from lqs.proxy import Params, collate, get_params, load_proxy, loss_and_grad, norm, sample_losses, set_params
+from lqs.proxy import (Params, collate, get_params, load_proxy, loss_and_grad, norm, sample_losses, set_params,
+                       set_tf32, twice_differentiable)
 from lqs.runtime import NonFiniteError, resolve_device
 from lqs.sample import draw_windows
 
@@ -46,19 +50,55 @@ def _axpy(a: float, x: Params, y: Params) -> Params:
 
 def hvp(model: torch.nn.Module, samples: Sequence[Sequence[int]], v: Params, micro_batch: int,
         device=None) -> Params:
-    """∇²L(θ) v for L the mean sample loss over `samples`, θ the model's current parameters."""
+    """∇²L(θ) v for L the mean sample loss over `samples`, θ the model's current parameters:
+    Σ over micro-batches of ∇(∇L_mb · v), exact for any micro-batch size."""
     names = list(v)
     params = dict(model.named_parameters())
     plist = [params[n] for n in names]
     out = {n: torch.zeros_like(v[n]) for n in names}
     for i in range(0, len(samples), micro_batch):
         ids, mask = collate(samples[i:i + micro_batch], device=device)
-        loss = sample_losses(model, ids, mask).sum() / len(samples)
-        grads = torch.autograd.grad(loss, plist, create_graph=True)
-        dot = sum((g * v[n]).sum() for g, n in zip(grads, names))
-        for n, h in zip(names, torch.autograd.grad(dot, plist)):
-            out[n] += h
+        with twice_differentiable():
+            loss = sample_losses(model, ids, mask).sum() / len(samples)
+            grads = torch.autograd.grad(loss, plist, create_graph=True)
+            dot = sum((g * v[n]).sum() for g, n in zip(grads, names))
+            for n, h in zip(names, torch.autograd.grad(dot, plist)):
+                out[n] += h
     return out
+
+
+def fit_hvp_micro_batch(model: torch.nn.Module, samples: Sequence[Sequence[int]], v: Params, limit: int,
+                        device) -> int:
+    """The largest HVP micro-batch ≤ limit that fits the GPU's free memory: the peak of an HVP
+    over the longest sample alone and over two copies of it gives the memory per sample and
+    the fixed part. On a CPU: limit."""
+    device = torch.device(device or "cpu")
+    if device.type != "cuda" or limit == 1:
+        return limit
+    longest = max(samples, key=len)
+    peaks = []
+    for n in (1, 2):
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        hvp(model, [longest] * n, v, n, device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    per_sample = max(peaks[1] - peaks[0], 1)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached by torch
+    fits = int((0.9 * free - (peaks[0] - per_sample)) // per_sample)
+    log.info("HVP memory: %.2f GiB per %d-token sample, %.2f GiB free: micro-batch %d",
+             per_sample / 2**30, len(longest), free / 2**30, max(1, min(limit, fits)))
+    return max(1, min(limit, fits))
+
+
+def _to_host(theta: Params) -> Params:
+    """θ kept in (pinned) host memory while the model is on a GPU: checkpoints cost no GPU memory."""
+    return {k: v.to("cpu", non_blocking=True) for k, v in theta.items()}  # pinned, ordered on the stream
+
+
+def _to_device(theta: Params, device) -> Params:
+    return {k: v.to(device, non_blocking=True) for k, v in theta.items()}
 
 
 def _mean_loss(model, samples, micro_batch: int, device) -> float:
@@ -71,7 +111,7 @@ def _mean_loss(model, samples, micro_batch: int, device) -> float:
 
 def _check_finite(model, samples, batch_rows, t: int, what: str, loss: float, grad: Params,
                   micro_batch: int, device) -> None:
-    if math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grad.values()):
+    if math.isfinite(loss) and bool(torch.stack([torch.isfinite(g).all() for g in grad.values()]).all()):
         return
     culprit = ""
     with torch.no_grad():
@@ -93,13 +133,16 @@ def solve(
     on_save: Callable[[int, Params, Params], None],
     *,
     micro_batch: int = 16,
+    hvp_micro_batch: int | None = None,
     checkpoint_every: int | None = None,
     batch_rows: Sequence[Sequence[dict]] | None = None,
     device=None,
     progress: bool = False,
 ) -> dict[str, list]:
     """Runs the forward SGD and the backward costate; calls on_save(t, θ_t, λ_{t+1}) for t in
-    save_steps. Returns the per-step log (train loss, target loss, ‖λ_t‖)."""
+    save_steps. Returns the per-step log (train loss, target loss, ‖λ_t‖).
+    micro_batch: samples per gradient pass; hvp_micro_batch: per Hessian-vector product pass
+    (None: the largest ≤ micro_batch that fits, see fit_hvp_micro_batch)."""
     T = len(batches)
     c = checkpoint_every or max(1, math.isqrt(T - 1) + 1 if T > 1 else 1)
     batch_rows = batch_rows or [[{"position": i} for i in range(len(b))] for b in batches]
@@ -129,7 +172,7 @@ def solve(
     theta = get_params(model)
     for t in range(T):
         if t % c == 0:
-            checkpoints[t] = theta
+            checkpoints[t] = _to_host(theta)
         theta = sgd_step(theta, t)
 
     lam = target_grad(theta, T)  # λ_T
@@ -140,11 +183,14 @@ def solve(
     # Backward, one segment at a time, recomputing the segment's θ from its checkpoint.
     for start in sorted(checkpoints, reverse=True):
         stop = min(start + c, T)
-        thetas = [checkpoints.pop(start)]
+        theta = _to_device(checkpoints.pop(start), device)
+        thetas = [_to_host(theta)]
         for t in range(start, stop - 1):
-            thetas.append(sgd_step(thetas[-1], t))
+            theta = sgd_step(theta, t)
+            thetas.append(_to_host(theta))
+        del theta
         for t in range(stop - 1, start - 1, -1):
-            theta_t = thetas.pop()
+            theta_t = _to_device(thetas.pop(), device)
             if t in save_steps:
                 on_save(t, theta_t, lam)
             bar.update()
@@ -154,7 +200,9 @@ def solve(
                     record["target_loss"][0] = _mean_loss(model, target, micro_batch, device)
                 break
             set_params(model, theta_t)
-            hv = hvp(model, batches[t], lam, micro_batch, device)
+            if hvp_micro_batch is None:
+                hvp_micro_batch = fit_hvp_micro_batch(model, batches[t], lam, micro_batch, device)
+            hv = hvp(model, batches[t], lam, hvp_micro_batch, device)
             lam = _axpy(1.0, target_grad(theta_t, t), _axpy(-lr, hv, lam))
             record["lambda_norm"][t] = norm(lam)
     bar.close()
@@ -177,12 +225,16 @@ def run_trajectory(
     batch_size: int,
     seed: int,
     micro_batch: int = 16,
+    hvp_micro_batch: int | None = None,
+    tf32: bool = False,
     device: str = "auto",
     trust_remote_code: bool = False,
 ) -> None:
     """Draws the training batches from the corpus, solves the trajectory and costate, and writes
-    step-{t}.safetensors for t in S, log.parquet and batches.parquet under `out_dir`."""
+    step-{t}.safetensors for t in S, log.parquet and batches.parquet under `out_dir`.
+    tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)."""
     device = resolve_device(device)
+    set_tf32(tf32)
     out_dir = Path(out_dir)
     draws = draw_windows(shard_paths, steps * batch_size, seed, allow_repeats=True,
                          what="training batch samples")
@@ -202,7 +254,8 @@ def run_trajectory(
             save_file(tensors, str(tmp), metadata={"step": str(t), "lr": repr(lr)})
 
     record = solve(model, batches, target, lr, set(annotated_steps(steps, interval)), save,
-                   micro_batch=micro_batch, batch_rows=batch_rows, device=device, progress=True)
+                   micro_batch=micro_batch, hvp_micro_batch=hvp_micro_batch, batch_rows=batch_rows,
+                   device=device, progress=True)
     write_table(out_dir / "log.parquet", pa.table(record, schema=pa.schema([
         ("step", pa.int32()), ("train_loss", pa.float64()), ("target_loss", pa.float64()),
         ("lambda_norm", pa.float64())])))

@@ -2,7 +2,8 @@
 
 * trajectory.solve: θ_t against a plain SGD loop, λ_{t+1} against autograd through the unrolled SGD
   trajectory (λ_t = d/dθ_t Σ_{s=t..T} J(θ_s)), the per-step log, and invariance under the √T
-  checkpointing;
+  checkpointing; the Hessian-vector product in micro-batches against whole-batch double backward;
+* proxy.sample_losses (the one loss of every stage) against an unpadded per-sample loss;
 * grad_stats.per_sample_stats (fast and vmap paths, several micro-batch sizes) against
   one-sample-at-a-time autograd with a loss written here, tied embeddings counted once;
 * labels.raw_scores / normalize / split against plain-Python loops over the formulas;
@@ -36,8 +37,9 @@ from transformers import AutoModelForCausalLM, MistralConfig, XGLMConfig
 
 from lqs.grad_stats import fast_path_covers, grad_stats, per_sample_stats
 from lqs.labels import lqs_labels, normalize, raw_scores, split
-from lqs.proxy import get_params, param_names, set_params
-from lqs.trajectory import NonFiniteError, load_step, run_trajectory, solve, step_file
+from lqs.proxy import collate, get_params, param_names, sample_losses, set_params, twice_differentiable
+from lqs.trajectory import (NonFiniteError, fit_hvp_micro_batch, hvp, load_step, run_trajectory, solve,
+                            step_file)
 
 VOCAB = 50
 T = 4
@@ -48,12 +50,12 @@ LR = 0.5
 # tiny models, samples and an independent loss
 # ---------------------------------------------------------------------------------------------
 
-def tiny_mistral(dtype=torch.float64, tie: bool = False, seed: int = 0) -> torch.nn.Module:
+def tiny_mistral(dtype=torch.float64, tie: bool = False, seed: int = 0, attn: str = "eager") -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = MistralConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
                         tie_word_embeddings=tie)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
     return _roughen(model, seed).to(dtype).eval()
 
 
@@ -262,6 +264,58 @@ def test_solve_saves_only_requested_steps(float64_default):
     assert all(torch.equal(saved[0][0][k], theta0[k]) for k in theta0)
 
 
+@pytest.mark.parametrize("arch", ["mistral-sdpa", "mistral", "xglm"])
+def test_hvp_in_micro_batches_matches_full_batch_double_backward(arch, float64_default):
+    """hvp over micro-batches (padded, accumulated) equals ∇²L v of the whole batch by double
+    backward through the loss written here, one unpadded sample at a time; also for the SDPA
+    model load_proxy returns (its fused CPU kernel has no double backward: hvp must avoid it)."""
+    model = tiny_mistral(attn="sdpa") if arch == "mistral-sdpa" else MODELS[arch]()
+    torch.manual_seed(11)
+    samples = random_samples(5)
+    params = dict(model.named_parameters())
+    names = list(params)
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+    with twice_differentiable():  # the brute force on the same kernels, whole batch at once
+        grads = torch.autograd.grad(own_mean_loss(model, params, samples), list(params.values()), create_graph=True)
+        want = torch.autograd.grad(sum((g * v[k]).sum() for g, k in zip(grads, names)), list(params.values()))
+    want = torch.cat([w.reshape(-1) for w in want])
+    for micro_batch in (1, 2, 5):
+        got = flat(hvp(model, samples, v, micro_batch), names)
+        assert rel_err(got, want) < 1e-10, (micro_batch, rel_err(got, want))
+    assert rel_err(flat(hvp(model, samples[:4], v, 2), names), want) > 1e-3  # the comparison is sharp
+    assert fit_hvp_micro_batch(model, samples, v, 3, "cpu") == 3  # on a CPU: the configured size
+
+
+def test_sample_losses_one_function_for_every_layout(float64_default):
+    """ℓ(x) from padded micro-batches (tokens × vocab layout, pads and last token ignored) equals
+    the unpadded per-sample loss written here, for SDPA and eager attention."""
+    torch.manual_seed(12)
+    samples = random_samples(6, lo=1)  # a 1-token sample has no target: ℓ = 0
+    samples[0] = samples[0][:1]
+    for attn in ("sdpa", "eager"):
+        model = tiny_mistral(attn=attn)
+        ids, mask = collate(samples)
+        got = sample_losses(model, ids, mask)
+        with torch.no_grad():
+            want = torch.stack([own_loss(model, None, s) if len(s) > 1 else torch.zeros((), dtype=torch.float64)
+                                for s in samples])
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), attn
+
+
+def test_bf16_stats_agree_with_fp32():
+    """stats_dtype bf16: bf16 model and bf16 per-layer products (upcast on a CPU), fp32/fp64
+    reductions: close to fp32, not equal."""
+    model = tiny_mistral(dtype=torch.float32)
+    torch.manual_seed(13)
+    samples = random_samples(8, lo=6)
+    lam = {k: torch.randn_like(v) for k, v in get_params(model).items()}
+    n32, d32 = per_sample_stats(model, samples, lam, "fp32", micro_batch=3)
+    n16, d16 = per_sample_stats(model, samples, lam, "bf16", micro_batch=3)
+    assert not np.array_equal(n16, n32)
+    np.testing.assert_allclose(n16, n32, rtol=3e-2)
+    np.testing.assert_allclose(d16, d32, rtol=0, atol=3e-2 * np.abs(d32).max())
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. per-sample statistics
 # ---------------------------------------------------------------------------------------------
@@ -283,9 +337,11 @@ def brute_sample_stats(model, samples, lam: dict) -> tuple[np.ndarray, np.ndarra
     return np.array(norms), np.array(dots)
 
 
-@pytest.mark.parametrize("arch,tie", [("mistral", False), ("mistral", True), ("xglm", True)])
-def test_per_sample_stats_match_brute_force(arch, tie, float64_default):
-    model = tiny_mistral(tie=tie) if arch == "mistral" else tiny_xglm()
+@pytest.mark.parametrize("arch,tie,attn", [("mistral", False, "eager"), ("mistral", True, "eager"),
+                                           ("mistral", False, "sdpa"), ("xglm", True, "eager")])
+def test_per_sample_stats_match_brute_force(arch, tie, attn, float64_default):
+    """attn sdpa: the fused kernels load_proxy uses (the vmap path switches to eager itself)."""
+    model = tiny_mistral(tie=tie, attn=attn) if arch == "mistral" else tiny_xglm()
     is_tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert is_tied == tie
     names = param_names(model)

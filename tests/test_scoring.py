@@ -8,6 +8,7 @@ import json
 import random
 import re
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -455,6 +456,59 @@ def test_score_shard_prefetch_gives_the_same_scores(tok_dir, scorer_dirs, tmp_pa
                     device="cpu", prefetch=prefetch)
         tables[prefetch] = pq.read_table(out)
     assert tables[True].num_rows == 13 and tables[True].equals(tables[False])
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_score_shard_logs_the_time_split_and_tokens(tok_dir, scorer_dirs, scorers, tmp_path, caplog, prefetch):
+    lines = _corpus_lines()
+    path = write_jsonl(tmp_path / "corpus.jsonl", lines)
+    tokenized = tmp_path / "tok.parquet"
+    tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
+                   text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+    with caplog.at_level("INFO", logger="lqs.score"):
+        counts = score_shard([str(path)], str(tokenized), scorer_dirs["xglm"], str(tmp_path / "scores.parquet"),
+                             shard=0, num_shards=1, text_field="text", max_chars=MAX_CHARS, max_tokens=40,
+                             max_windows_per_doc=None, chunk_docs=3, device="cpu", prefetch=prefetch)
+    texts = [json.loads(line)["text"] for i, line in enumerate(lines) if i != 5]  # line 5: the bad record
+    tokens = sum(len(w.ids) for w in scorers["xglm"].windows(texts)[0])
+    assert counts == {"scored": len(texts), "truncated": 0, "tokens": tokens}
+    message = caplog.messages[-1]
+    assert f"{len(texts)} documents, {tokens} tokens in" in message, message
+    seconds = {part: float(x) for part, x in re.findall(r"(read|tokenize|model|write) ([0-9.]+) s", message)}
+    wall = float(re.search(r"tokens in ([0-9.]+) s", message).group(1))
+    assert set(seconds) == {"read", "tokenize", "model", "write"}, message
+    assert seconds["model"] > 0 and all(0 <= x <= wall + 0.1 for x in seconds.values()), message
+    assert re.search(r"[0-9]+ tokens/s end to end", message) and "TFLOP/s" in message
+
+
+def test_split_counts_time_per_part():
+    split = lqs.score.Split()
+    with split("a"):
+        time.sleep(0.02)
+    assert list(split.iterate("b", (time.sleep(0.01) or i for i in range(3)))) == [0, 1, 2]
+    assert 0.02 <= split.seconds["a"] < 1 and 0.03 <= split.seconds["b"] < 1
+
+
+def test_forward_flops_count_every_product(scorers):
+    """2 FLOPs per weight of every linear layer call (counted by hooks on a real forward) plus
+    causal attention written out per query position."""
+    for scorer in scorers.values():
+        backbone, lengths, counted = scorer.model.backbone, [5, 16], 0
+        cfg = backbone.config
+
+        def count(module, args, output):
+            nonlocal counted
+            counted += 2 * args[0].shape[:-1].numel() * module.in_features * module.out_features
+
+        handles = [m.register_forward_hook(count) for m in backbone.modules() if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            for n in lengths:
+                backbone(input_ids=torch.randint(3, 100, (1, n)))
+        for h in handles:
+            h.remove()
+        attention = sum(4 * cfg.hidden_size * (i + 1) for n in lengths for i in range(n)) * cfg.num_hidden_layers
+        assert scorer.forward_flops(lengths) == counted + attention
+    assert scorer.max_tokens == lqs.scorer.CPU_MAX_TOKENS  # a CPU: cache-sized batches
 
 
 def test_chunked():
