@@ -116,6 +116,8 @@ def _parse_line(raw: bytes, text_field: str, max_chars: int):
         return line, eol, None, None, f"invalid JSON ({e.msg} at column {e.colno})"
     except ValueError:  # valid JSON with an integer over int()'s digit limit; parse_int slows every line
         fields = json.loads(line, parse_int=_int)
+    except RecursionError:
+        return line, eol, None, None, "JSON nested too deeply to read"
     text, error = _check_text(fields, text_field, max_chars)
     return line, eol, fields if isinstance(fields, dict) else None, text, error
 

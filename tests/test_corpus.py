@@ -166,6 +166,7 @@ BAD_CASES = [
     ('{"text": ["a", "b"]}', "is not a string"),
     ('{"text": ""}', "empty text"),
     ('{"text": " \\n\\t  "}', "empty text"),
+    ('{"text": "deep", "a": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
 ]
 
 
