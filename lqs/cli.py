@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:  # unwritable output, disk full, missing file: one line naming the path
         outputs = [str(v) for k, v in kwargs.items() if k in ("out", "rejects") or k.startswith("out_")
                    or k.endswith("_out")]
-        where = f" (outputs: {', '.join(outputs)})" if e.filename is None and outputs else ""
+        # a system error without a file (ENOSPC on write) happened while writing one of them
+        where = f" (outputs: {', '.join(outputs)})" if e.errno and e.filename is None and outputs else ""
         log.error("%s failed: %s%s", stage, e, where)
         sys.exit(1)
     log.info("%s done in %.1f s%s", stage, time.perf_counter() - start,

@@ -436,6 +436,12 @@ def test_unwritable_output_is_one_line_naming_the_path(tmp_path, caplog, monkeyp
     assert message == f"gather failed: [Errno 13] Permission denied: '{out.parent}'"
 
 
+def test_missing_input_is_one_line(tmp_path, caplog):
+    argv = _gather_argv(tmp_path, tmp_path / "scored.jsonl")
+    argv[1] = str(tmp_path / "nowhere.jsonl")
+    assert _one_error(caplog, argv) == f"gather failed: corpus file not found: {tmp_path / 'nowhere.jsonl'}"
+
+
 def test_disk_full_is_one_line_naming_the_outputs(tmp_path, caplog, monkeypatch):
     real_replace = os.replace
 
