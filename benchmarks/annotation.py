@@ -146,17 +146,18 @@ def profile(model, samples, lam, device, precision: str, micro_batch: int, rows:
 
     batch = samples[:2 * micro_batch]
     stats(model, batch[:micro_batch], lam, device, "fast", precision, micro_batch)  # warm-up
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch_profile(activities=activities) as prof:
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with Peak(device) as p, torch_profile(activities=activities) as prof:
         stats(model, batch, lam, device, "fast", precision, micro_batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    events = [e for e in prof.key_averages() if e.device_type == kind and getattr(e, key) > 0]
     total = sum(getattr(e, key) for e in events) or 1
-    print(f"profile: fast path {precision}:{micro_batch}, {len(batch)} samples, top {rows} by {key}")
+    print(f"profile: fast path {precision}:{micro_batch}, {len(batch)} samples in {p.seconds * 1e3:.0f} ms "
+          f"(profiled), {'kernels' if cuda else 'operators'} {total / 1e3:.0f} ms; top {rows}:")
     for e in sorted(events, key=lambda e: -getattr(e, key))[:rows]:
-        print(f"  {100 * getattr(e, key) / total:5.1f}%  {getattr(e, key) / 1e3:9.1f} ms  {e.count:6d}×  {e.key[:100]}")
+        print(f"  {100 * getattr(e, key) / total:5.1f}%  {getattr(e, key) / 1e3:9.1f} ms  {e.count:6d}×  {e.key[:110]}")
 
 
 def trajectory_bench(model, preset: dict, device: torch.device, micro_batch: int, tf32: bool,
@@ -202,11 +203,13 @@ def trajectory_bench(model, preset: dict, device: torch.device, micro_batch: int
 
     # A real solve, 3 steps: the stage's peak with θ, λ, checkpoints and gradients held.
     set_params(model, theta0)
+    saved = {}
     with Peak(device) as p:
-        solve(model, [batch] * 3, target[:micro_batch], 1e-3, {0}, lambda *a: None, micro_batch=micro_batch,
-              hvp_micro_batch=hvp_mb, device=device)
+        solve(model, [batch] * 3, target[:micro_batch], 1e-3, {0}, lambda t, th, la: saved.update(la),
+              micro_batch=micro_batch, hvp_micro_batch=hvp_mb, device=device)
     set_params(model, theta0)
-    out["solve_3_steps_total_peak_gib"] = p.total_peak_bytes / 2**30
+    out |= {"solve_3_steps_s": p.seconds, "solve_3_steps_total_peak_gib": p.total_peak_bytes / 2**30,
+            "lambda_1": torch.cat([v.flatten().double().cpu() for v in saved.values()])}
 
     steps = PAPER_TRAJECTORY["steps"]
     c = math.isqrt(steps - 1) + 1
@@ -269,6 +272,9 @@ def main() -> None:
         modes = (False, True) if device.type == "cuda" else (False,)
         result["trajectory"] = [trajectory_bench(model, preset, device, args.trajectory_micro_batch, tf32)
                                 for tf32 in modes]
+        lams = [r.pop("lambda_1") for r in result["trajectory"]]
+        if len(lams) == 2:  # what TF32 costs the costate: λ_1 of the 3-step solve against fp32
+            result["trajectory_tf32_lambda_1_relative_error"] = float((lams[1] - lams[0]).norm() / lams[0].norm())
     if args.demo_results:
         result["demo_bf16_vs_fp32_label_spearman"] = demo_labels_spearman(args.demo_results, device)
     text = json.dumps(result, indent=2)

@@ -5,9 +5,8 @@ it), with the backbone as transformers ships it (eager attention for XGLM, paddi
 also run on our kernels (SDPA, causal without a mask) to separate batching from kernels. All
 use the same checkpoint and documents — the web text in ../shared/data when present, else a
 generated mix of lengths — in one session; prints documents/s, tokens/s and the ratios (not a
-test). The batched path runs capped at one window per document (the reference's work) in fp32,
-in bf16 (autocast) and with the backbone's weights in bf16, and then on every window of long
-documents, split into tokenizing and the model alone (per batch budget, with MFU); on a GPU it
+test). The batched path runs capped at one window per document (the reference's work) in fp32
+and in bf16 (the backbone's weights in bf16), and then on every window of long documents, split into tokenizing and the model alone (per batch budget, with MFU); on a GPU it
 counts the host syncs of score_windows. --score-shard-docs then runs tokenize_shard and
 score_shard, as the workflow does, on that many documents cut from the web texts, and prints
 score_shard's log line: its split (read / tokenize / model / write) and tokens/s end to end.
@@ -20,13 +19,13 @@ score_shard's log line: its split (read / tokenize / model / write) and tokens/s
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import random
 import tempfile
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -111,17 +110,9 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def with_bf16_backbone(scorer: Scorer) -> Scorer:
-    """The scorer with its backbone's weights cast to bf16 (no autocast: the residual stream and
-    norms in bf16 too); pooling and head in fp32. A candidate, measured against autocast."""
-    model = copy.deepcopy(scorer.model)
-    model.backbone.to(torch.bfloat16)
-    return Scorer(model, scorer.tokenizer, scorer.config, scorer.device, dtype="fp32")
-
-
-def host_syncs(scorer: Scorer, windows, num_texts: int, max_tokens: int | None) -> int:
-    """Operations that wait for the GPU during score_windows (CUDA's sync debug mode); the one
-    expected is the final copy of the scores to the host."""
+def host_syncs(scorer: Scorer, windows, num_texts: int, max_tokens: int | None) -> dict[str, int]:
+    """Operations that wait for the GPU during score_windows (CUDA's sync debug mode), by the
+    line that ran them; the one expected is the final copy of the scores to the host."""
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -129,7 +120,7 @@ def host_syncs(scorer: Scorer, windows, num_texts: int, max_tokens: int | None) 
             scorer.score_windows(windows, num_texts, max_tokens)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return dict(Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)))
 
 
 def synthetic_corpus(path: Path, texts: list[str], n: int) -> None:
@@ -247,9 +238,6 @@ def run(args, texts, scorer, scorer_bf16, every, stock, cuda: bool) -> dict:
         split["model"][key] = {"s": model_s, "tokens_per_s": all_tokens / model_s,
                                "tflops": flops / model_s / 1e12, "mfu": flops / model_s / (args.peak_tflops * 1e12)}
         rows[f"  model alone, budget {key}"] = (len(texts) / model_s, all_tokens / model_s)
-    bf16_weights = with_bf16_backbone(scorer)
-    weights_scores, weights_s = timed(lambda: bf16_weights.score(texts, args.max_tokens, max_windows_per_doc=1))
-    rows["batched, first window, bf16 weights"] = (len(texts) / weights_s, one_tokens / weights_s)
     for name, (docs_s, tok_s) in rows.items():
         print(f"{name:40s} {docs_s:10.1f} docs/s {tok_s:12.0f} tokens/s")
     reference_docs_s, kernels_docs_s = rows["reference (stock, 1 doc, padded)"][0], rows["  same, on our kernels"][0]
@@ -263,7 +251,6 @@ def run(args, texts, scorer, scorer_bf16, every, stock, cuda: bool) -> dict:
         "max_score_disagreement_bf16_vs_fp32": float(np.max(np.abs(np.subtract(bf16, fp32)))),
         "score_std": float(np.std(fp32)),
         "spearman_bf16_vs_fp32": spearman(np.array(bf16), np.array(fp32)),
-        "spearman_bf16_weights_vs_fp32": spearman(np.array(weights_scores), np.array(fp32)),
         "tokens_per_s": {name: tok_s for name, (_, tok_s) in rows.items()},
         "every_window_split": split,
     }

@@ -116,11 +116,17 @@ class _Piece:
             segment = torch.cat([key.new_zeros(1), (key[1:] != key[:-1]).cumsum(0)])  # one per (sample, id)
             summed = torch.zeros_like(g.flatten(0, 1)).index_add_(0, segment, g.flatten(0, 1)[order])
             sample = torch.zeros_like(key).scatter_(0, segment, key // vocab)  # unused segments: 0, sum 0
-            sq = torch.zeros(batch, dtype=g.dtype, device=g.device).index_add_(0, sample, summed.pow(2).sum(1))
+            sq = torch.zeros(batch, dtype=g.dtype, device=g.device).index_add_(0, sample, _squared_norms(summed))
             dot = (g * lam[a]).sum((1, 2))
             return sq, dot
         flat = self.materialize().flatten(1)
-        return flat.pow(2).sum(1), flat @ lam.flatten()
+        return _squared_norms(flat), flat @ lam.flatten()
+
+
+def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
+    """‖row‖² of each row in one read (x.pow(2).sum(1) would write and read a temporary as
+    large as the per-sample gradients)."""
+    return torch.linalg.vector_norm(rows, dim=1).square()
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -187,7 +193,7 @@ class _Reducer:
 
     def _reduce_whole(self, key: int, grad: torch.Tensor) -> None:
         flat = grad.flatten(1)
-        self._accumulate(flat.pow(2).sum(1), flat @ self.lam_by_param[key].flatten())
+        self._accumulate(_squared_norms(flat), flat @ self.lam_by_param[key].flatten())
 
     def _accumulate(self, sq: torch.Tensor, dot: torch.Tensor) -> None:
         self.sq += sq.double()

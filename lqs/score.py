@@ -12,8 +12,7 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -23,10 +22,9 @@ from tqdm import tqdm
 
 from lqs import corpus
 from lqs.io import TokenRate, parquet_writer
-from lqs.scorer import load
+from lqs.scorer import load, prefetched
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +62,6 @@ def accepted_records(records: Iterator[corpus.Record], accepted: Iterator[int]) 
 def chunked(items: Iterator[T], size: int) -> Iterator[list[T]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
-
-
-def prefetched(items: Iterator[T], fn: Callable[[T], R]) -> Iterator[R]:
-    """fn of each item in turn, the next item read and computed in a background thread while
-    the caller works on the current one: reading and tokenizing overlap the scoring."""
-    done = object()
-
-    def next_result():
-        item = next(items, done)
-        return done if item is done else fn(item)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(next_result)
-        while (result := future.result()) is not done:
-            future = pool.submit(next_result)
-            yield result
 
 
 class Split:
