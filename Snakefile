@@ -22,3 +22,4 @@ rule all:
     input:
         config["output"]["path"],
         f"{RESULTS}/summary.json",
+        config["selection"]["path"],

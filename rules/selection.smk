@@ -3,9 +3,10 @@ rule select_order:
         scored=config["output"]["path"],
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
     output:
-        selected=config["selection"]["path"],
+        # update(): kept until the rerun succeeds, restored if it fails (as gather_scores')
+        selected=update(config["selection"]["path"]),
         order=f"{RESULTS}/selection/order.parquet",
-        summary=f"{RESULTS}/selection/summary.json",
+        summary=update(f"{RESULTS}/selection/summary.json"),
     params:
         # selection.path names the output; the stage depends on the other keys only
         settings=as_settings(

@@ -665,7 +665,7 @@ def test_scorer_checkpoint_workflow_offline(hub, tmp_path):
     result = run_snakemake(workdir, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert plan_counts(result) == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 1, "score_shard": 1,
-                                   "gather_scores": 1, "all": 1, "total": 6}
+                                   "gather_scores": 1, "select_order": 1, "all": 1, "total": 7}
 
     results = workdir / "results"
     scored = [json.loads(line) for line in (workdir / "scored.jsonl").read_text().splitlines()]
@@ -691,7 +691,7 @@ def test_scorer_checkpoint_workflow_offline(hub, tmp_path):
 PAPER_PLAN = {"fetch_tokenizer": 1, "fetch_proxy": 1, "fetch_scorer_base": 1, "fetch_target": 1,
               "prepare_target": 1, "tokenize_shard": 64, "sample_proxy": 1, "trajectory": 1,
               "grad_stats": 10 * 16, "lqs_labels": 1, "train_scorer": 1, "score_shard": 64,
-              "gather_scores": 1, "all": 1}
+              "gather_scores": 1, "select_order": 1, "all": 1}
 
 
 @pytest.mark.parametrize("checkpoint", [None, "org/lqs-scorer"])
@@ -714,7 +714,7 @@ def test_paper_config_plans_without_network(tmp_path, checkpoint):
         assert counts == PAPER_PLAN
     else:
         assert counts == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 64, "score_shard": 64,
-                          "gather_scores": 1, "all": 1}
+                          "gather_scores": 1, "select_order": 1, "all": 1}
     # every fetch job has a high priority: it is scheduled before anything else that is ready
     jobs = collections.Counter(line.split()[1].rstrip(":") for line in result.stdout.splitlines()
                                if line.startswith(("rule ", "localrule ")))

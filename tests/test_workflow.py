@@ -285,7 +285,7 @@ def test_copied_completed_workflow_plans_nothing(completed_workflow, tmp_path):
 
 
 ALL_STATS = {"grad_stats": len(ANNOTATED_STEPS) * NUM_PARTS}
-SCORING = {"score_shard": NUM_SHARDS, "gather_scores": 1, "all": 1}
+SCORING = {"score_shard": NUM_SHARDS, "gather_scores": 1, "select_order": 1, "all": 1}
 
 
 @pytest.mark.parametrize("edit, expected, changed", [
@@ -298,7 +298,8 @@ SCORING = {"score_shard": NUM_SHARDS, "gather_scores": 1, "all": 1}
     (set_key("scorer", "lr", 0.002), {"train_scorer": 1, **SCORING}, "train_scorer"),
     (set_key("inference", "max_tokens", 1024), SCORING, "score_shard"),
     (set_key("inference", "dtype", "bf16"), SCORING, "score_shard"),
-    (set_key("output", "score_field", "lqs_score"), {"gather_scores": 1, "all": 1}, "gather_scores"),
+    (set_key("output", "score_field", "lqs_score"), {"gather_scores": 1, "select_order": 1, "all": 1},
+     "gather_scores"),
     (set_key("demo", "seed", 1), {}, None),  # demo_data is not in this DAG
 ], ids=["annotation.lr", "annotation.score", "annotation.stats_dtype", "scorer.lr",
         "inference.max_tokens", "inference.dtype", "output.score_field", "demo.seed"])
