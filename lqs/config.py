@@ -220,7 +220,7 @@ def first_record_fields(path: str) -> set[str]:
                 if line.strip():
                     record = json.loads(line)
                     return set(record) if isinstance(record, dict) else set()
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, RecursionError):
         pass
     return set()
 

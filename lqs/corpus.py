@@ -102,6 +102,16 @@ def _int(digits: str) -> int | Decimal:
         return Decimal(digits)
 
 
+def loads(line: str | bytes) -> Any:
+    """json.loads that reads integers of any length (exactly; Decimal past int()'s digit limit)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # valid JSON with an integer over int()'s digit limit; parse_int slows every line
+        return json.loads(line, parse_int=_int)
+
+
 def _parse_line(raw: bytes, text_field: str, max_chars: int):
     """(line without its end, line end, fields, text, error) of one raw JSONL line."""
     body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
@@ -111,11 +121,9 @@ def _parse_line(raw: bytes, text_field: str, max_chars: int):
     except UnicodeDecodeError as e:
         return body.decode("utf-8", errors="replace"), eol, None, None, f"invalid UTF-8 ({e.reason} at byte {e.start})"
     try:
-        fields = json.loads(line)
+        fields = loads(line)
     except json.JSONDecodeError as e:
         return line, eol, None, None, f"invalid JSON ({e.msg} at column {e.colno})"
-    except ValueError:  # valid JSON with an integer over int()'s digit limit; parse_int slows every line
-        fields = json.loads(line, parse_int=_int)
     except RecursionError:
         return line, eol, None, None, "JSON nested too deeply to read"
     text, error = _check_text(fields, text_field, max_chars)

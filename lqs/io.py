@@ -130,6 +130,14 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> p
         raise _unreadable(path, e) from None
 
 
+def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
+    """pq.ParquetFile (its footer read) for the workflow's own files; a damaged one fails naming it."""
+    try:
+        return pq.ParquetFile(path)
+    except pa.ArrowException as e:
+        raise _unreadable(path, e) from None
+
+
 def parquet_batches(path: str | os.PathLike, columns: list[str] | None = None,
                     batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
     """The record batches of one of the workflow's own Parquet files, streamed; a damaged file

@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
-from lqs.io import atomic_open, write_json, write_table
+from lqs import corpus
+from lqs.io import atomic_open, parquet_file, write_json, write_table
 
 ORDER_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("tokens", pa.int64())])
 _CHUNK = 1 << 22
@@ -64,8 +64,8 @@ def _scores_python(path: str, field: str) -> np.ndarray:
             if not line.strip():
                 raise ValueError(f"{where}: an empty line, not a scored document")
             try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                record = corpus.loads(line)  # gather keeps integers of any length
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep
                 raise ValueError(f"{where}: invalid JSON ({e})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: not a JSON object")
@@ -90,7 +90,7 @@ def document_tokens(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]
     """(doc ids ascending, tokens per document = the sum of its windows' lengths)."""
     ids, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for path in shard_paths:
-        shard = pq.ParquetFile(path)
+        shard = parquet_file(path)
         for i in range(shard.num_row_groups):  # one at a time: iter_batches reads far ahead
             group = shard.read_row_group(i, columns=["doc_id", "input_ids"])
             doc, length = group.column(0).to_numpy(), pc.list_value_length(group.column(1)).to_numpy()

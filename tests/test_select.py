@@ -418,3 +418,21 @@ def test_workflow_ratio_edit_reruns_to_the_new_selection(selected_workflow, tmp_
     scored = [json.loads(line)["score"] for line in (workdir / "scored.jsonl").read_bytes().splitlines()]
     assert summary["score_cutoff"] == sorted(scored, reverse=True)[29]
     assert plan(workdir, "selected.jsonl") == []
+
+
+def test_damaged_inputs_are_named_and_huge_integers_read(tmp_path):
+    """A truncated tokenized shard names its file; a line nested too deeply names its line; an
+    integer of more than 4,300 digits (which gather keeps) is read, by either parser."""
+    shard = tmp_path / "shard-0.parquet"
+    pq.write_table(pa.table({"doc_id": pa.array([0], pa.int64()), "window": pa.array([0], pa.int32()),
+                             "input_ids": pa.array([[1, 2]], pa.list_(pa.int32()))}), shard)
+    shard.write_bytes(shard.read_bytes()[:50])
+    with pytest.raises(ValueError, match=f"{shard} is not a readable Parquet file"):
+        sel.document_tokens([str(shard)])
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text('{"text": "ok", "score": 0.5}\n{"n": ' + "9" * 5000 + ', "score": -1.5}\n')
+    assert sel._scores_python(str(scored), "score").tolist() == [0.5, -1.5]
+    assert sel.read_scored(str(scored), "score")[0].tolist() == [0.5, -1.5]
+    scored.write_text('{"text": "ok", "score": 0.5}\n{"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "score": 1.0}\n')
+    with pytest.raises(ValueError, match=f"{scored}:2: invalid JSON"):
+        sel._scores_python(str(scored), "score")
