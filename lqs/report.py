@@ -5,6 +5,9 @@ labels.png      distribution of the raw and normalised labels
 scorer.png      scorer training loss and validation Spearman per epoch
 scores.png      corpus score histogram, overall and per source
 stages.png      wall time and throughput per stage, from the benchmark files
+
+and, for the efficacy target, curves.png: each arm's target and corpus loss against the tokens
+trained on (lqs.efficacy calls plot_efficacy).
 """
 
 from __future__ import annotations
@@ -104,6 +107,26 @@ def plot_stages(benchmarks_dir: str, summary_path: str, out: Path) -> None:
     rate_ax.barh(rated, [counts[n] / seconds[n] for n in rated], color="tab:orange")
     rate_ax.set(xlabel="documents/s (grad_stats: samples × steps / s)",
                 title="Throughput per stage")
+    _save(fig, out)
+
+
+def plot_efficacy(curves: pd.DataFrame, summary: dict, out: Path) -> None:
+    """Mean over seeds of each arm's losses at each evaluation, with the seeds' range shaded."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, runs in curves.groupby("arm", sort=False):
+        at = runs.assign(point=runs.groupby("seed").cumcount()).groupby("point")
+        tokens = at["tokens_seen"].mean()
+        vs = summary["vs_conventional"].get(arm)
+        for ax, key in zip(axes, ("target_loss", "corpus_loss")):
+            label = f"{arm}: {summary['arms'][arm][key]['mean']:.3f}" + (f" ({vs[key + '_diff']:+.3f})" if vs else "")
+            line, = ax.plot(tokens, at[key].mean(), marker=".", label=label)
+            ax.fill_between(tokens, at[key].min(), at[key].max(), color=line.get_color(), alpha=0.2)
+    seeds = summary["seeds"]
+    axes[0].set(xlabel="training tokens", ylabel="mean sample loss", title="Held-out target set")
+    axes[1].set(xlabel="training tokens", title="Held-out corpus documents")
+    for ax in axes:
+        ax.legend(fontsize=8, title=f"final loss (vs conventional), {seeds} seed{'s' * (seeds > 1)}",
+                  title_fontsize=8)
     _save(fig, out)
 
 

@@ -1,5 +1,6 @@
 """Stages `fetch_target` and `prepare_target`: the target set (LIMA by default) as
-proxy-tokenizer ids (DESIGN.md §3).
+proxy-tokenizer ids (DESIGN.md §3), split once into the annotation's part (J) and a held-out
+part for the efficacy experiment (DESIGN.md §10).
 
 The target set is a local JSONL/JSON/Parquet file, a local directory of data files (read with
 `datasets`), or a Hugging Face data set repo: `fetch_target` checks access, downloads the repo's
@@ -9,6 +10,9 @@ are run) and writes it as Parquet for `prepare_target`.
 
 A LIMA record's `conversations` (a list of turns) becomes one text: each turn with its inner
 newlines replaced by spaces, turns joined by newlines. Plain `text` fields are accepted too.
+
+The held-out split is drawn over distinct texts before tokenizing (every copy of a held-out text
+goes with it), so no conversation is both in J and in the evaluation set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from lqs.io import atomic_path, write_table
@@ -121,10 +126,37 @@ def fetch_target(source: str, out: str, *, split: str = "train", revision: str |
     return len(dataset)
 
 
+def split_target(texts: list[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(J's texts, held-out texts), each in input order: a seeded round(eval_fraction × D) of the D
+    distinct texts, at least one when eval_fraction > 0, is held out with all its copies."""
+    if eval_fraction == 0:
+        return texts, []
+    distinct = list(dict.fromkeys(texts))
+    n_eval = max(1, round(eval_fraction * len(distinct)))
+    if n_eval >= len(distinct):
+        raise ValueError(f"target.eval_fraction {eval_fraction}: the target set has {len(distinct)} distinct "
+                         f"text(s), too few to hold {n_eval} out and keep one for the annotation (add target "
+                         "records, or set target.eval_fraction 0 and give efficacy.eval_source)")
+    held = {distinct[i] for i in np.random.default_rng(seed).choice(len(distinct), n_eval, replace=False)}
+    return [t for t in texts if t not in held], [t for t in texts if t in held]
+
+
+def _write_ids(path: str, ids: list[list[int]]) -> None:
+    write_table(path, pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32()))}))
+
+
 def prepare_target(source: str, tokenizer_dir: str, out: str, *, text_field: str, max_length: int,
-                   split: str = "train", revision: str | None = None, max_samples: int | None = None) -> int:
-    """Writes tokens.parquet (input_ids): each target text's first window of max_length."""
-    texts = target_texts(source, text_field, split, revision)[:max_samples]
-    ids = [w[0] for w in tokenize_windows(load_tokenizer(tokenizer_dir), texts, max_length)]
-    write_table(out, pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32()))}))
-    return len(ids)
+                   split: str = "train", revision: str | None = None, max_samples: int | None = None,
+                   eval_out: str | None = None, eval_fraction: float = 0.0, seed: int = 0) -> int:
+    """Writes tokens.parquet (input_ids, J's part) and, with `eval_out`, the held-out part (empty
+    when eval_fraction is 0): each text's first window of max_length. The target set is the
+    source's first max_samples records. Returns the number of J's samples."""
+    if eval_fraction > 0 and eval_out is None:
+        raise ValueError("target.eval_fraction > 0 needs a file for the held-out part (--eval-out)")
+    texts, held_out = split_target(target_texts(source, text_field, split, revision)[:max_samples],
+                                   eval_fraction, seed)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if eval_out is not None:
+        _write_ids(eval_out, [w[0] for w in tokenize_windows(tokenizer, held_out, max_length)])
+    _write_ids(out, [w[0] for w in tokenize_windows(tokenizer, texts, max_length)])
+    return len(texts)

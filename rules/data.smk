@@ -44,7 +44,9 @@ rule prepare_target:
         source=[f"{RESULTS}/target/source.parquet"] if TARGET_FROM_HUB else target_source_file,
         tokenizer=f"{MODELS}/tokenizer",
     output:
-        f"{RESULTS}/target/tokens.parquet",
+        # J's part (the annotation reads only this file) and the held-out part (efficacy).
+        tokens=f"{RESULTS}/target/tokens.parquet",
+        eval_tokens=f"{RESULTS}/target/eval_tokens.parquet",
     params:
         settings=as_settings(
             text_field=config["target"]["text_field"],
@@ -52,6 +54,8 @@ rule prepare_target:
             split=config["target"]["split"],
             revision=config["target"]["revision"],
             max_samples=config["target"]["max_samples"],
+            eval_fraction=config["target"]["eval_fraction"],
+            seed=config["target"]["seed"],
         ),
         source=f"{RESULTS}/target/source.parquet" if TARGET_FROM_HUB else config["target"]["source"],
     log:
@@ -61,8 +65,8 @@ rule prepare_target:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs prepare-target {params.source:q} --tokenizer-dir {input.tokenizer} --out {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs prepare-target {params.source:q} --tokenizer-dir {input.tokenizer} --out {output.tokens}"
+        " --eval-out {output.eval_tokens} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule sample_proxy:

@@ -1,1 +1,162 @@
-# target efficacy (DESIGN.md §10). Being written.
+# Target `efficacy` (DESIGN.md §10), not part of `all`: small causal LMs trained from scratch on
+# equal token budgets, one job per arm and seed, then a table and a figure.
+EFFICACY = config["efficacy"]
+EFFICACY_ARMS = ["conventional", "lqs", "lqs_shuffled"]
+EVAL_SOURCE = EFFICACY["eval_source"]
+# An explicit evaluation set: a local file or directory, or else a hub data set id.
+EVAL_FROM_HUB = EVAL_SOURCE is not None and not os.path.exists(EVAL_SOURCE)
+EVAL_DIR = f"{RESULTS}/efficacy/eval"
+
+
+# The target evaluation set: efficacy.eval_source's, else the target's held-out part. With
+# neither, the required input is this sentence, which no rule makes: `snakemake efficacy` stops
+# at DAG build with it under "Missing input files", before any job (rules/*.smk hold no functions).
+NO_EVAL_SET = (
+    "no target evaluation set: target.eval_fraction is 0 (the whole target set is the annotation's J)"
+    " and efficacy.eval_source is not set; set target.eval_fraction > 0 or give efficacy.eval_source"
+)
+EFFICACY_TARGET_EVAL = (
+    f"{EVAL_DIR}/target.parquet"
+    if EVAL_SOURCE is not None
+    else f"{RESULTS}/target/eval_tokens.parquet"
+    if config["target"]["eval_fraction"] > 0
+    else NO_EVAL_SET
+)
+
+
+if EVAL_FROM_HUB:
+
+    rule fetch_eval_source:
+        output:
+            f"{EVAL_DIR}/source.parquet",
+        params:
+            settings=as_settings(split=EFFICACY["eval_split"], revision=None),
+            source=EVAL_SOURCE,
+        log:
+            f"{RESULTS}/logs/fetch_eval_source.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/fetch_eval_source/all.tsv"
+        priority: FETCH_PRIORITY
+        localrule: True
+        conda:
+            "../envs/lqs.yaml"
+        shell:
+            "lqs fetch-target {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+if EVAL_SOURCE is not None:
+
+    # Parsed and tokenized as the target set is (first window of target.max_length).
+    rule prepare_eval_source:
+        input:
+            source=f"{EVAL_DIR}/source.parquet" if EVAL_FROM_HUB else EVAL_SOURCE,
+            tokenizer=f"{MODELS}/tokenizer",
+        output:
+            f"{EVAL_DIR}/target.parquet",
+        params:
+            settings=as_settings(
+                text_field=config["target"]["text_field"],
+                max_length=config["target"]["max_length"],
+                split=EFFICACY["eval_split"],
+            ),
+        log:
+            f"{RESULTS}/logs/prepare_eval_source.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/prepare_eval_source/all.tsv"
+        conda:
+            "../envs/lqs.yaml"
+        shell:
+            "lqs prepare-target {input.source:q} --tokenizer-dir {input.tokenizer} --out {output}"
+            " --settings {params.settings:q} > {log} 2>&1"
+
+
+rule efficacy_corpus_eval:
+    input:
+        expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
+    output:
+        f"{EVAL_DIR}/corpus.parquet",
+    params:
+        settings=as_settings(docs=EFFICACY["corpus_eval_docs"]),
+    log:
+        f"{RESULTS}/logs/efficacy_corpus_eval.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/efficacy_corpus_eval/all.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs efficacy-heldout {input} --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule efficacy_train:
+    input:
+        shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
+        order=f"{RESULTS}/selection/order.parquet",
+        target_eval=EFFICACY_TARGET_EVAL,
+        corpus_eval=f"{EVAL_DIR}/corpus.parquet",
+        tokenizer=f"{MODELS}/tokenizer",
+        # efficacy.model null: the proxy's architecture (its config.json), initialised anew.
+        proxy=[f"{MODELS}/proxy"] if EFFICACY["model"] is None else [],
+    output:
+        f"{RESULTS}/efficacy/runs/{{arm}}-{{seed}}.parquet",
+    wildcard_constraints:
+        arm="|".join(EFFICACY_ARMS),
+        seed=r"\d+",
+    params:
+        settings=as_settings(
+            **{
+                k: EFFICACY[k]
+                for k in ("model", "tokens", "lr", "batch_tokens", "warmup_steps", "weight_decay", "eval_every")
+            },
+            device=config["device"],
+            trust_remote_code=TRUST_REMOTE_CODE,
+        ),
+        proxy=lambda wildcards, input: f"--proxy-dir {input.proxy}" if input.proxy else "",
+    log:
+        f"{RESULTS}/logs/efficacy_train/{{arm}}-{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/efficacy_train/{{arm}}-{{seed}}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: int(attempt * (8000 + 2 * EFFICACY["batch_tokens"])),
+        runtime=gpu_runtime(240),
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs efficacy-train {input.shards} --order {input.order} --target-eval {input.target_eval}"
+        " --corpus-eval {input.corpus_eval} --tokenizer-dir {input.tokenizer} {params.proxy}"
+        " --arm {wildcards.arm} --seed {wildcards.seed} --out {output}"
+        " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule efficacy:
+    input:
+        runs=expand(
+            f"{RESULTS}/efficacy/runs/{{arm}}-{{seed}}.parquet", arm=EFFICACY_ARMS, seed=range(EFFICACY["seeds"])
+        ),
+        target_eval=EFFICACY_TARGET_EVAL,
+        corpus_eval=f"{EVAL_DIR}/corpus.parquet",
+    output:
+        summary=f"{RESULTS}/efficacy/summary.json",
+        curves=f"{RESULTS}/efficacy/curves.parquet",
+        plot=report(f"{RESULTS}/efficacy/curves.png", caption="../report/efficacy.rst", category="Efficacy"),
+    params:
+        # Recorded in summary.json with the results they produced.
+        settings=as_settings(
+            seeds=EFFICACY["seeds"],
+            settings={
+                "efficacy": EFFICACY,
+                "target": {k: config["target"][k] for k in ("eval_fraction", "seed")},
+                "selection": config["selection"],
+                "ordering": config["ordering"],
+            },
+        ),
+    log:
+        f"{RESULTS}/logs/efficacy.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/efficacy/all.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs efficacy-summary {input.runs} --target-eval {input.target_eval} --corpus-eval {input.corpus_eval}"
+        " --summary-out {output.summary} --curves-out {output.curves} --plot-out {output.plot}"
+        " --settings {params.settings:q} > {log} 2>&1"
