@@ -174,6 +174,8 @@ def build_lm(tokenizer, seed: int, model: dict[str, Any] | None, proxy_dir: str 
     if model is not None:
         if "model_type" not in model:
             raise ValueError("efficacy.model: needs model_type (transformers config kwargs, e.g. mistral)")
+        if "vocab_size" in model:
+            raise ValueError("efficacy.model: leave out vocab_size, the model is sized to the proxy tokenizer")
         return build_model(model, tokenizer, causal_lm=True, seed=seed)
     if proxy_dir is None:
         raise ValueError("efficacy.model is null (the proxy's architecture), but no proxy directory was given")

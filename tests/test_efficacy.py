@@ -285,6 +285,8 @@ def test_bad_inputs_are_clear_errors(data, tok_dir, tmp_path):
         efficacy.train_arm(**_args(data, tok_dir, tmp_path, model=None, proxy_dir=str(proxy)))
     with pytest.raises(ValueError, match="efficacy.model: needs model_type"):
         efficacy.train_arm(**_args(data, tok_dir, tmp_path, model={"hidden_size": 16}))
+    with pytest.raises(ValueError, match="efficacy.model: leave out vocab_size"):
+        efficacy.train_arm(**_args(data, tok_dir, tmp_path, model=ARCH | {"vocab_size": 50}))
     assert not (tmp_path / "out.parquet").exists()
 
 
