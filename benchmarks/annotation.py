@@ -5,7 +5,8 @@ The baseline is what the reference implementation does: vmap over full per-sampl
 vectors, fp32, micro-batch 8. Every run uses the same model and samples in one process; the
 script prints samples/s, peak memory, MFU and the paper-annotation projection, and each run's
 Spearman agreement with the first (not a test). A run is PRECISION:MICRO_BATCH, PRECISION one
-of fp32, tf32 (fp32 with TF32 matrix products), bf16.
+of fp32, tf32 (fp32 with TF32 matrix products), bf16 (autocast), bf16w (stats_dtype bf16 on a copy
+of the model with bf16 weights: no autocast casts, a bf16 residual stream).
 
     python benchmarks/annotation.py                                   # CPU: a small Mistral
     python benchmarks/annotation.py --preset paper-160m --runs fp32:8 bf16:16 bf16:32
@@ -17,6 +18,8 @@ of fp32, tf32 (fp32 with TF32 matrix products), bf16.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import gc
 import json
 import math
@@ -48,7 +51,7 @@ PRESETS = {
 }
 PAPER_WORK = 163_840 * 10  # proxy samples × annotated steps
 PAPER_TRAJECTORY = dict(steps=100, batch_size=16, target_tokens=551_000)  # LIMA: ≈ 551k tokens
-PEAK_TFLOPS = {"bf16": 989.0, "tf32": 495.0, "fp32": 495.0}  # H100/H200 SXM dense; fp32 as the issue counts it
+PEAK_TFLOPS = {"bf16": 989.0, "bf16w": 989.0, "tf32": 495.0, "fp32": 495.0}  # H100/H200 SXM dense; fp32 as the issue counts it
 
 
 def build(preset: dict, device: torch.device):
@@ -115,9 +118,15 @@ def parse_run(text: str) -> tuple[str, int]:
     return precision, int(micro_batch)
 
 
+@functools.cache
+def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(model).to(torch.bfloat16)
+
+
 def stats(model, samples, lam, device, method: str, precision: str, micro_batch: int):
     set_tf32(precision == "tf32")
-    dtype = "bf16" if precision == "bf16" else "fp32"
+    dtype = "bf16" if precision.startswith("bf16") else "fp32"
+    model = bf16_copy(model) if precision == "bf16w" else model
     return per_sample_stats(model, samples, lam, dtype, device, micro_batch, method)
 
 

@@ -5,6 +5,7 @@
 #
 #   OUT=gpu-out bash benchmarks/gpu.sh          # about 5 minutes on one H100/H200
 #   SMOKE=1 bash benchmarks/gpu.sh              # the same steps at tiny sizes, on a CPU
+#   PARTS="annotation inference" RUNS="fp32:8 bf16w:16" ... # some parts; other fast-path runs
 set -u
 OUT=${OUT:-gpu-out}
 WEB=${WEB:-.bench/web.jsonl}
@@ -13,13 +14,13 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 PY=${PY:-python3}
 
 if [ -n "${SMOKE:-}" ]; then
-    ANNOTATION="--preset smoke --samples 8 --runs fp32:4 tf32:4 bf16:4 bf16:8"
-    PROFILE="--profile bf16:4"
+    ANNOTATION="--preset smoke --samples 8 --runs ${RUNS:-fp32:4 tf32:4 bf16:4 bf16:8 bf16w:4}"
+    PROFILE="--profile ${PROFILE_RUN:-bf16w:4}"
     TRAJECTORY="--preset smoke --trajectory-micro-batch 4"
     INFERENCE="--docs 24 --reference-docs 4 --max-length 64 --compare-max-tokens 1024 --score-shard-docs 100"
 else
-    ANNOTATION="--preset paper-160m --samples 128 --runs fp32:8 tf32:8 tf32:16 bf16:16 bf16:32 bf16:64"
-    PROFILE="--profile bf16:16"
+    ANNOTATION="--preset paper-160m --samples 128 --runs ${RUNS:-fp32:8 tf32:8 tf32:16 bf16:16 bf16:32 bf16:64 bf16w:16 bf16w:32}"
+    PROFILE="--profile ${PROFILE_RUN:-bf16w:16}"
     TRAJECTORY="--preset paper-160m --trajectory-micro-batch 8"
     INFERENCE="--preset xglm-125m --reference-docs 300 --compare-max-tokens 65536 524288 --score-shard-docs 100000"
 fi
@@ -48,7 +49,11 @@ part() {  # part NAME SECONDS COMMAND...: runs COMMAND under a time limit, outpu
     grep -v -e "it/s\]" -e "s/it\]" "$OUT/$name.log" | tail -n 45
 }
 
-part annotation 130 $PY benchmarks/annotation.py $ANNOTATION $PROFILE --json-out "$OUT/annotation.json"
-part trajectory 120 $PY benchmarks/annotation.py $TRAJECTORY --skip-baseline --runs --trajectory \
-    --json-out "$OUT/trajectory.json"
-part inference 170 $PY benchmarks/inference.py $INFERENCE --web "$WEB" --json-out "$OUT/inference.json"
+PARTS=${PARTS:-annotation trajectory inference}
+[[ " $PARTS " == *" annotation "* ]] && part annotation 130 $PY benchmarks/annotation.py $ANNOTATION $PROFILE \
+    ${BASELINE:-} --json-out "$OUT/annotation.json"
+[[ " $PARTS " == *" trajectory "* ]] && part trajectory 120 $PY benchmarks/annotation.py $TRAJECTORY --skip-baseline \
+    --runs --trajectory --json-out "$OUT/trajectory.json"
+[[ " $PARTS " == *" inference "* ]] && part inference 170 $PY benchmarks/inference.py $INFERENCE --web "$WEB" \
+    --json-out "$OUT/inference.json"
+true

@@ -97,8 +97,9 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
                 max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
                 dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
                 prefetch: bool | None = None) -> dict[str, int]:
-    """prefetch (default: on a GPU) reads and tokenizes the next chunk while the current one is
-    scored. On a CPU the two would share the same cores: measured no faster there."""
+    """prefetch (default: on a GPU) reads the next chunk in a background thread and tokenizes it
+    in a separate process while the current one is scored. On a CPU the two would share the
+    same cores: measured no faster there."""
     start = time.perf_counter()
     scorer = load(scorer_dir, device, trust_remote_code, dtype)
     if prefetch is None:
@@ -109,15 +110,17 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
     records = accepted_records(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards),
                                (int(i) for ids in accepted_doc_ids(tokenized_shard) for i in ids))
 
-    def tokenized(chunk: list[corpus.Record]):
-        with split("tokenize"):
-            return chunk, *scorer.windows([r.text for r in chunk], max_windows_per_doc)
-
     counts = {"scored": 0, "truncated": 0, "tokens": 0}
     flops = 0.0
     bar = tqdm(total=num_accepted, desc=f"score shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
-    with parquet_writer(out, SCORES_SCHEMA) as writer:
+    with parquet_writer(out, SCORES_SCHEMA) as writer, \
+            scorer.tokenizer_process() if prefetch else contextlib.nullcontext(scorer.windows) as windows_of:
+
+        def tokenized(chunk: list[corpus.Record]):
+            with split("tokenize"):
+                return chunk, *windows_of([r.text for r in chunk], max_windows_per_doc)
+
         chunks = split.iterate("read", chunked(records, chunk_docs))
         for chunk, windows, truncated in prefetched(chunks, tokenized) if prefetch else map(tokenized, chunks):
             with split("model"):  # ends with the chunk's one host sync: the GPU time is in it
@@ -139,7 +142,7 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
     log.info("shard %d: %d documents, %d tokens in %.3g s (model loaded and output written): %.0f tokens/s end "
              "to end; read %.3g s, tokenize %.3g s%s, model %.3g s (%.0f tokens/s, %.3g TFLOP/s), write %.3g s",
              shard, counts["scored"], counts["tokens"], wall, counts["tokens"] / wall, seconds["read"],
-             seconds["tokenize"], " (both beside the model, in a background thread)" if prefetch else "",
+             seconds["tokenize"], " (beside the model: reading in a thread, tokenizing in a process)" if prefetch else "",
              seconds["model"], counts["tokens"] / max(seconds["model"], 1e-9),
              flops / max(seconds["model"], 1e-9) / 1e12, seconds["write"])
     return counts

@@ -11,12 +11,14 @@ nothing of the training code:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import multiprocessing
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -102,18 +104,21 @@ def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, a
                        **kwargs):
     """XGLM self-attention through F.scaled_dot_product_attention: the same maths as its eager
     bmm-softmax-bmm without materialising the B×H×S×S weights (fused kernels). A mask that is
-    only causal (no padding: XGLMModel called without attention_mask) runs as is_causal."""
+    only causal (no padding: XGLMModel called without attention_mask) runs as is_causal; a
+    padding mask comes in SDPA's boolean format (True: attend), or as eager's additive floats."""
     if key_value_states is not None or cache is not None:
         return type(self).forward(self, hidden_states, key_value_states, cache, attention_mask, **kwargs)
     batch, seq, _ = hidden_states.shape
     q, k, v = (proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
                for proj in (self.q_proj, self.k_proj, self.v_proj))
-    causal_only = getattr(self, "lqs_causal_only", False)
-    mask = None if causal_only or attention_mask is None else attention_mask.to(q.dtype)
-    if causal_only and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not self.training:
+    mask = None if getattr(self, "lqs_causal_only", False) else attention_mask
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    causal = mask is None  # SDPA-format masks are None exactly when attention is causal, unpadded
+    if causal and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not self.training:
         out = blockwise_causal_attention(q, k, v, self.scaling)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal_only, scale=self.scaling,
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scaling,
                                              dropout_p=self.dropout if self.training else 0.0)
     return self.out_proj(out.transpose(1, 2).reshape(batch, seq, self.embed_dim)), None
 
@@ -131,6 +136,9 @@ def load_backbone(path: str, trust_remote_code: bool = False, dtype=torch.float3
         if type(module).__name__ == "XGLMAttention":
             module.forward = types.MethodType(_xglm_sdpa_forward, module)
             module.lqs_causal_only = False
+            # Masks in SDPA's format: none at all when causal without padding (eager's builds a
+            # B×1×S×S mask per batch, with a host sync).
+            model.config._attn_implementation = "sdpa"
     return model
 
 
@@ -188,6 +196,33 @@ class Window:
     ids: list[int]
 
 
+def scoring_windows(tokenizer, texts: Sequence[str], max_length: int, max_windows_per_doc: int | None = None,
+                    first: int = 0) -> tuple[list[Window], list[bool]]:
+    """The texts tokenized into scoring windows, and for each whether its windows were capped."""
+    windows: list[Window] = []
+    truncated = [False] * len(texts)
+    for doc, doc_windows in enumerate(tokenize_windows(tokenizer, texts, max_length)):
+        if not doc_windows:
+            raise ValueError(f"text {first + doc} has no tokens to score")
+        if max_windows_per_doc is not None and len(doc_windows) > max_windows_per_doc:
+            doc_windows = doc_windows[:max_windows_per_doc]
+            truncated[doc] = True
+        windows.extend(Window(doc, ids) for ids in doc_windows)
+    return windows, truncated
+
+
+@functools.cache
+def _worker_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _windows_in_worker(path: str, max_length: int, texts: list[str], max_windows_per_doc: int | None,
+                       first: int) -> tuple[list[Window], list[bool]]:
+    return scoring_windows(_worker_tokenizer(path), texts, max_length, max_windows_per_doc, first)
+
+
 def token_budget_batches(windows: Sequence[Window], max_tokens: int) -> Iterator[list[int]]:
     """Indices of `windows`, longest first, grouped so that batch size × longest ≤ max_tokens."""
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i].ids))
@@ -207,8 +242,9 @@ class Scorer:
     dtype bf16: the backbone's weights are cast to bf16 and it runs without autocast (measured
     1.5x autocast's speed on a GPU: no fp32 residual stream, no casts); pooling and head fp32."""
 
-    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device, dtype: str = "auto"):
-        self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
+    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device, dtype: str = "auto",
+                 path: str | Path | None = None):
+        self.model, self.tokenizer, self.config, self.device, self.path = model, tokenizer, config, device, path
         self.dtype = compute_dtype(dtype, device)
         if self.dtype == "bf16":
             model.backbone.to(torch.bfloat16)
@@ -260,30 +296,34 @@ class Scorer:
                               max_windows_per_doc: int | None = None, progress: bool = False,
                               chunk_docs: int = 1024) -> tuple[list[float], list[bool]]:
         """Scores, and for each text whether its windows were capped at max_windows_per_doc.
-        On a GPU the texts go in chunks, the next one tokenized in a background thread while
-        the current one is scored."""
-        tokenize = lambda start: self.windows(texts[start:start + chunk_docs], max_windows_per_doc, start)
-        chunks = iter(range(0, len(texts), chunk_docs))
-        scores, truncated = [], []
-        for windows, flags in prefetched(chunks, tokenize) if self.device.type == "cuda" else map(tokenize, chunks):
-            scores += self.score_windows(windows, len(flags), max_tokens, progress)
-            truncated += flags
+        On a GPU (loaded from a directory) the texts go in chunks, the next one tokenized in a
+        separate process while the current one is scored."""
+        overlap = self.device.type == "cuda" and self.path is not None and len(texts) > chunk_docs
+        with self.tokenizer_process() if overlap else contextlib.nullcontext(self.windows) as windows_of:
+            tokenize = lambda start: windows_of(texts[start:start + chunk_docs], max_windows_per_doc, start)
+            chunks = iter(range(0, len(texts), chunk_docs))
+            scores, truncated = [], []
+            for windows, flags in prefetched(chunks, tokenize) if overlap else map(tokenize, chunks):
+                scores += self.score_windows(windows, len(flags), max_tokens, progress)
+                truncated += flags
         return scores, truncated
 
     def windows(self, texts: Sequence[str], max_windows_per_doc: int | None = None, first: int = 0
                 ) -> tuple[list[Window], list[bool]]:
         """The texts tokenized into scoring windows, and for each whether its windows were capped;
         `first`: the number of the first text, for error messages."""
-        windows: list[Window] = []
-        truncated = [False] * len(texts)
-        for doc, doc_windows in enumerate(tokenize_windows(self.tokenizer, texts, self.max_length)):
-            if not doc_windows:
-                raise ValueError(f"text {first + doc} has no tokens to score")
-            if max_windows_per_doc is not None and len(doc_windows) > max_windows_per_doc:
-                doc_windows = doc_windows[:max_windows_per_doc]
-                truncated[doc] = True
-            windows.extend(Window(doc, ids) for ids in doc_windows)
-        return windows, truncated
+        return scoring_windows(self.tokenizer, texts, self.max_length, max_windows_per_doc, first)
+
+    @contextlib.contextmanager
+    def tokenizer_process(self) -> Iterator[Callable[..., tuple[list[Window], list[bool]]]]:
+        """A function like `windows` that tokenizes in a separate process (spawned; it loads the
+        checkpoint's tokenizer). Tokenizing beside the GPU in a thread of this process held the
+        interpreter lock for the Python lists of ids, and the GPU waited for kernel launches."""
+        if self.path is None:
+            raise ValueError("tokenizer_process needs a Scorer loaded from a checkpoint directory")
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield lambda texts, max_windows_per_doc=None, first=0: pool.submit(
+                _windows_in_worker, str(self.path), self.max_length, list(texts), max_windows_per_doc, first).result()
 
     @torch.inference_mode()
     def score_windows(self, windows: Sequence[Window], num_texts: int, max_tokens: int | None = None,
@@ -325,4 +365,4 @@ def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False
     model = ScorerModel(load_backbone(str(path), trust_remote_code))
     model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return Scorer(model.to(device).eval(), tokenizer, config, device, dtype)
+    return Scorer(model.to(device).eval(), tokenizer, config, device, dtype, path)

@@ -313,15 +313,15 @@ def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_sha
     assert len(out_lines) == len(good)  # one line per accepted input document, in input order
     expected_scores = {}
     for i, line in zip(good, out_lines):
-        assert line.endswith("}\n") and "\n" not in line[:-1]
+        assert line.endswith("\n") and "\n" not in line[:-1]
         original = json.loads(lines[i])
         parsed = json.loads(line)
         assert list(parsed)[-1] == "score"
         assert {k: v for k, v in parsed.items() if k != "score"} == original
         assert parsed["score"] == pytest.approx(_brute_score(scorer, original["text"]), abs=1e-5)
-        # the original bytes are kept: the line is the input line with the field appended
-        body = lines[i].rstrip()[:-1].rstrip()
-        assert line.startswith(body) and re.fullmatch(r', "score": [-0-9.e]+}\n', line[len(body):])
+        # the original bytes are kept: the input line with the field inserted before its last }
+        end = lines[i].rindex("}")
+        assert line == f'{lines[i][:end]}, "score": {parsed["score"]!r}{lines[i][end:]}\n'
         expected_scores[i] = parsed["score"]
     assert '"weight": 1.50' in out_lines[1] and '"u": "caf\\u00e9"' in out_lines[1]
     assert '"big": 1e400' in out_lines[2] and "naïve café" in out_lines[2]
@@ -479,6 +479,14 @@ def test_score_shard_logs_the_time_split_and_tokens(tok_dir, scorer_dirs, scorer
     assert set(seconds) == {"read", "tokenize", "model", "write"}, message
     assert seconds["model"] > 0 and all(0 <= x <= wall + 0.1 for x in seconds.values()), message
     assert re.search(r"[0-9]+ tokens/s end to end", message) and "TFLOP/s" in message
+
+
+def test_tokenizer_process_gives_the_windows_of_this_process(scorers):
+    scorer, texts = scorers["xglm"], _texts(12, seed=7)
+    with scorer.tokenizer_process() as windows_of:
+        assert windows_of(texts, 2) == scorer.windows(texts, 2)
+        with pytest.raises(ValueError, match="text 8 has no tokens"):  # numbered from `first`
+            windows_of(["fine", "", "also fine"], None, 7)
 
 
 def test_split_counts_time_per_part():
