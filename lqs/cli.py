@@ -40,7 +40,7 @@ STAGES = {
                        [("corpus_paths", "+"), ("--tokenizer-dir", None), ("--shard", int),
                         ("--out", None), ("--rejects", None)], "tokenize one corpus shard into windows"),
     "prepare-target": ("lqs.target", "prepare_target",
-                       [("source", None), ("--tokenizer-dir", None), ("--out", None)],
+                       [("source", None), ("--tokenizer-dir", None), ("--out", None), ("--eval-out", None)],
                        "tokenize the target set"),
     "sample-proxy": ("lqs.sample", "sample_proxy",
                      [("shard_paths", "+"), ("--tokenizer-dir", None), ("--out", None)],
@@ -68,6 +68,17 @@ STAGES = {
                      [("scored_path", None), ("shard_paths", "+"), ("--out", None), ("--order-out", None),
                       ("--summary-out", None)],
                      "select the training set from scored.jsonl and write it in training order"),
+    "efficacy-heldout": ("lqs.efficacy", "held_out_corpus", [("shard_paths", "+"), ("--out", None)],
+                         "the efficacy experiment's held-out corpus documents"),
+    "efficacy-train": ("lqs.efficacy", "train_arm",
+                       [("shard_paths", "+"), ("--order", None), ("--target-eval", None), ("--corpus-eval", None),
+                        ("--tokenizer-dir", None), ("--proxy-dir", None), ("--arm", None), ("--seed", int),
+                        ("--out", None)],
+                       "train one efficacy arm from scratch for one seed, with its loss curves"),
+    "efficacy-summary": ("lqs.efficacy", "summarize",
+                         [("run_paths", "+"), ("--target-eval", None), ("--corpus-eval", None),
+                          ("--summary-out", None), ("--curves-out", None), ("--plot-out", None)],
+                         "the efficacy experiment's table and figure"),
     "plots": ("lqs.report", "make_plots",
               [("out_dir", None), ("--summary", None), ("--benchmarks-dir", None), ("--scored", None),
                ("--trajectory-log", None), ("--labels", None), ("--scorer-metrics", None)],
@@ -97,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DISTRIBUTED = {"train-scorer", "grad-stats"}
-_OPTIONAL = {"--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out"}
+DISTRIBUTED = {"train-scorer", "grad-stats", "efficacy-train"}
+_OPTIONAL = {"--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out", "--eval-out", "--proxy-dir"}
 
 
 def main(argv: list[str] | None = None) -> None:
