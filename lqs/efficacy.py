@@ -31,9 +31,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from lqs.io import write_json, write_table
+from lqs.io import parquet_batches, parquet_file, read_parquet, write_json, write_table
 from lqs.sample import MIN_TOKENS
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ def _first_windows(shard_paths: Sequence[str], doc_ids: np.ndarray | None, colum
     rows kept, not of the corpus."""
     wanted = None if doc_ids is None else pa.array(doc_ids, pa.int64())
     for path in shard_paths:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["doc_id", "window", "input_ids"]):
+        for batch in parquet_batches(path, ["doc_id", "window", "input_ids"]):
             keep = pc.equal(batch["window"], 0)
             if wanted is not None:
                 keep = pc.and_(keep, pc.is_in(batch["doc_id"], value_set=wanted))
@@ -97,7 +96,7 @@ def held_out_corpus(shard_paths: Sequence[str], out: str, *, docs: int, seed: in
 
 def read_order(path: str, known: np.ndarray) -> np.ndarray:
     """The lqs arm's documents in training order, checked against the tokenized corpus."""
-    order = pq.read_table(path, columns=["doc_id"])["doc_id"].to_numpy()
+    order = read_parquet(path, ["doc_id"])["doc_id"].to_numpy()
     if len(np.unique(order)) != len(order):
         raise ValueError(f"{path}: a document appears more than once (rerun select_order)")
     unknown = order[~np.isin(order, known)]
@@ -202,7 +201,7 @@ def evaluate(ctx, model, samples: Sequence[np.ndarray], pad_id: int, batch_token
 
 
 def _read_ids(path: str, what: str) -> list[np.ndarray]:
-    column = pq.read_table(path, columns=["input_ids"])["input_ids"].combine_chunks()
+    column = read_parquet(path, ["input_ids"])["input_ids"].combine_chunks()
     if len(column) == 0:
         raise ValueError(f"{path}: the {what} evaluation set is empty")
     values, offsets = column.values.to_numpy().copy(), column.offsets.to_numpy()
@@ -221,17 +220,16 @@ def train_arm(shard_paths: Sequence[str], order: str, target_eval: str, corpus_e
     norm 1; dropout off. Under torchrun the ranks split each step's documents and DDP averages
     the gradients, scaled so that the step equals one process's."""
     import torch
-    from transformers import AutoTokenizer
-
     from lqs import distributed
     from lqs.proxy import collate, sample_losses
     from lqs.runtime import NonFiniteError
+    from lqs.tokenize import load_tokenizer
 
     ctx = distributed.setup(device)
     if ctx.device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     corpus_ids, lengths = document_lengths(shard_paths)
-    held_out = pq.read_table(corpus_eval, columns=["doc_id"])["doc_id"].to_numpy()
+    held_out = read_parquet(corpus_eval, ["doc_id"])["doc_id"].to_numpy()
     order_ids, length_of = read_order(order, corpus_ids), pd.Series(lengths, index=corpus_ids)
     budget = tokens or int(length_of[arm_documents("lqs", seed, corpus_ids, order_ids, held_out)].sum())
     docs = arm_documents(arm, seed, corpus_ids, order_ids, held_out)
@@ -246,7 +244,7 @@ def train_arm(shard_paths: Sequence[str], order: str, target_eval: str, corpus_e
     steps = pack_steps(taken, batch_tokens)
     target_samples, corpus_samples = _read_ids(target_eval, "target"), _read_ids(corpus_eval, "corpus")
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lm = build_lm(tokenizer, seed, model, proxy_dir, trust_remote_code).to(ctx.device).eval()  # dropout off
     vocab = lm.get_input_embeddings().num_embeddings
@@ -325,8 +323,8 @@ def summarize(run_paths: Sequence[str], target_eval: str, corpus_eval: str, summ
     std(ddof=1) / √seeds (null for one seed)."""
     from lqs.report import plot_efficacy
 
-    curves = pd.concat([pd.read_parquet(p) for p in run_paths], ignore_index=True)
-    info = [json.loads(pq.read_schema(p).metadata[b"efficacy"]) for p in run_paths]
+    curves = pd.concat([read_parquet(p).to_pandas() for p in run_paths], ignore_index=True)
+    info = [json.loads(parquet_file(p).schema_arrow.metadata[b"efficacy"]) for p in run_paths]
     curves = curves.sort_values(["arm", "seed", "step"], ignore_index=True)
     missing = {(a, s) for a in ARMS for s in range(seeds)} - set(zip(curves["arm"], curves["seed"]))
     if missing:
@@ -345,8 +343,8 @@ def summarize(run_paths: Sequence[str], target_eval: str, corpus_eval: str, summ
         vs[arm] = {"target_loss_diff": float(diff["target_loss"].mean()), "stderr": _stderr(diff["target_loss"]),
                    "corpus_loss_diff": float(diff["corpus_loss"].mean()), "corpus_stderr": _stderr(diff["corpus_loss"])}
     summary = {"arms": arms, "vs_conventional": vs, "seeds": seeds, "budget": info[0]["budget"],
-               "eval": {"target_samples": pq.read_metadata(target_eval).num_rows,
-                        "corpus_documents": pq.read_metadata(corpus_eval).num_rows},
+               "eval": {"target_samples": parquet_file(target_eval).metadata.num_rows,
+                        "corpus_documents": parquet_file(corpus_eval).metadata.num_rows},
                "settings": settings}
     write_table(curves_out, pa.Table.from_pandas(curves, schema=CURVE_SCHEMA, preserve_index=False))
     plot_efficacy(curves, summary, Path(plot_out))

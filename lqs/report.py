@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lqs.gather import stage_seconds  # noqa: E402
-from lqs.io import atomic_path  # noqa: E402
+from lqs.io import atomic_path, read_parquet  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -35,7 +35,7 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_trajectory(log_path: str, out: Path) -> None:
-    log = pd.read_parquet(log_path)
+    log = read_parquet(log_path).to_pandas()
     fig, (loss_ax, lam_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     loss_ax.plot(log["step"], log["train_loss"], marker=".", label="train batch loss L_t(θ_t)")
     loss_ax.plot(log["step"], log["target_loss"], marker=".", label="target loss J(θ_t)")
@@ -47,7 +47,7 @@ def plot_trajectory(log_path: str, out: Path) -> None:
 
 
 def plot_labels(labels_path: str, out: Path) -> None:
-    labels = pd.read_parquet(labels_path)
+    labels = read_parquet(labels_path).to_pandas()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     axes[0].hist(labels["raw"], bins=40, color="tab:blue")
     axes[0].set(xlabel="raw score γ", ylabel="proxy samples", title="Raw labels")

@@ -7,7 +7,6 @@ Ties in score are broken by input order, earlier first, in every selection and o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from lqs import corpus
 from lqs.io import atomic_path, write_table
 from lqs.tokenize import load_tokenizer, tokenize_windows
 
@@ -43,27 +44,46 @@ def record_text(record: Any, text_field: str) -> str:
         raise ValueError(f"neither 'conversations' nor a string {text_field!r} field")
     if not text.strip():
         raise ValueError("empty text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON can escape one ("\ud800"); no tokenizer takes it
+        raise ValueError(f"the text holds a lone UTF-16 surrogate (\\u{ord(text[e.start]):04x}), "
+                         "which is not Unicode text") from None
     return text
 
 
 def _local_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, record) of a local JSONL, JSON or Parquet file; unreadable input names its place."""
     if path.suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        for row, record in enumerate(pq.read_table(path).to_pylist(), start=1):
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except pa.ArrowException as e:
+            raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+        for row, record in enumerate(rows, start=1):
             yield f"{path}:{row}", record
         return
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".json":
-            for i, record in enumerate(json.load(f), start=1):
-                yield f"{path}[{i}]", record
-            return
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    yield f"{path}:{line_no}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte order mark is not the first record's
+        try:
+            if path.suffix == ".json":
+                where = str(path)
+                records = corpus.loads(f.read())
+                if not isinstance(records, list):
+                    raise ValueError(f"{path}: a JSON file must hold a list of records")
+                for i, record in enumerate(records, start=1):
+                    yield f"{path}[{i}]", record
+                return
+            for line_no, line in enumerate(f, start=1):
+                where = f"{path}:{line_no}"
+                if line.strip():
+                    yield where, corpus.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply to read") from None
 
 
 def load_local_dataset(directory: str | Path, split: str, name: str | None = None):

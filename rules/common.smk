@@ -93,3 +93,17 @@ def proxy_mem_mb(wildcards=None, attempt=1):
 
 def gpu_runtime(minutes):
     return lambda wildcards, attempt: int(minutes * attempt)
+
+
+def efficacy_target_eval(wildcards):
+    """`snakemake efficacy`'s target evaluation set: efficacy.eval_source's, else the target's
+    held-out part. An input function, so that with neither only that target stops, at DAG build."""
+    if config["efficacy"]["eval_source"] is not None:
+        return f"{RESULTS}/efficacy/eval/target.parquet"
+    if config["target"]["eval_fraction"] > 0:
+        return f"{RESULTS}/target/eval_tokens.parquet"
+    raise WorkflowError(
+        "efficacy: no target evaluation set: target.eval_fraction is 0 (the whole target set is the"
+        " annotation's J) and efficacy.eval_source is not set; set target.eval_fraction > 0 or give"
+        " efficacy.eval_source"
+    )

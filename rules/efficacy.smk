@@ -8,22 +8,6 @@ EVAL_FROM_HUB = EVAL_SOURCE is not None and not os.path.exists(EVAL_SOURCE)
 EVAL_DIR = f"{RESULTS}/efficacy/eval"
 
 
-# The target evaluation set: efficacy.eval_source's, else the target's held-out part. With
-# neither, the required input is this sentence, which no rule makes: `snakemake efficacy` stops
-# at DAG build with it under "Missing input files", before any job (rules/*.smk hold no functions).
-NO_EVAL_SET = (
-    "no target evaluation set: target.eval_fraction is 0 (the whole target set is the annotation's J)"
-    " and efficacy.eval_source is not set; set target.eval_fraction > 0 or give efficacy.eval_source"
-)
-EFFICACY_TARGET_EVAL = (
-    f"{EVAL_DIR}/target.parquet"
-    if EVAL_SOURCE is not None
-    else f"{RESULTS}/target/eval_tokens.parquet"
-    if config["target"]["eval_fraction"] > 0
-    else NO_EVAL_SET
-)
-
-
 if EVAL_FROM_HUB:
 
     rule fetch_eval_source:
@@ -91,7 +75,7 @@ rule efficacy_train:
     input:
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
         order=f"{RESULTS}/selection/order.parquet",
-        target_eval=EFFICACY_TARGET_EVAL,
+        target_eval=efficacy_target_eval,
         corpus_eval=f"{EVAL_DIR}/corpus.parquet",
         tokenizer=f"{MODELS}/tokenizer",
         # efficacy.model null: the proxy's architecture (its config.json), initialised anew.
@@ -133,7 +117,7 @@ rule efficacy:
         runs=expand(
             f"{RESULTS}/efficacy/runs/{{arm}}-{{seed}}.parquet", arm=EFFICACY_ARMS, seed=range(EFFICACY["seeds"])
         ),
-        target_eval=EFFICACY_TARGET_EVAL,
+        target_eval=efficacy_target_eval,
         corpus_eval=f"{EVAL_DIR}/corpus.parquet",
     output:
         summary=f"{RESULTS}/efficacy/summary.json",

@@ -48,6 +48,6 @@ def test_unfinished_scoring_redoes_only_unfinished_shards(completed_workflow, tm
     # and gather never ran; shard 0 had finished.
     for done_later in ("results/scores/shard-1.parquet", "scored.jsonl", "rejects.jsonl", "results/summary.json"):
         (workdir / done_later).unlink()
-    assert _planned(workdir) == {"score_shard": 1, "gather_scores": 1, "all": 1}
+    assert _planned(workdir) == {"score_shard": 1, "gather_scores": 1, "select_order": 1, "all": 1}
     snakemake(workdir)
     assert (workdir / "scored.jsonl").read_bytes() == (completed_workflow / "scored.jsonl").read_bytes()
