@@ -124,9 +124,10 @@ class _Piece:
 
 
 def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
-    """‖row‖² of each row in one read (x.pow(2).sum(1) would write and read a temporary as
-    large as the per-sample gradients)."""
-    return torch.linalg.vector_norm(rows, dim=1).square()
+    """‖row‖² of each row. On a GPU in one read (rows.pow(2).sum(1) writes and reads a temporary
+    as large as the per-sample gradients); a CPU's vector_norm accumulates fp32 less accurately
+    (~1e-4 relative on 2M elements, against 1e-7 for the cascade sum)."""
+    return torch.linalg.vector_norm(rows, dim=1).square() if rows.is_cuda else rows.pow(2).sum(1)
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:

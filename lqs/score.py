@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TypeVar
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +24,8 @@ from tqdm import tqdm
 
 from lqs import corpus
 from lqs.io import TokenRate, parquet_writer
-from lqs.scorer import load, prefetched
+from lqs.runtime import resolve_device
+from lqs.scorer import load, tokenizer_processes, windows_in_worker
 
 T = TypeVar("T")
 
@@ -92,37 +95,66 @@ class Split:
 _END = object()
 
 
+def in_order(items: Iterator[T], submit: Callable[[T], Future], depth: int) -> Iterator[tuple[T, Any]]:
+    """(item, its future's result) for each item in input order, with up to `depth` further items
+    submitted while the caller works on one."""
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, submit(item)))
+        if len(pending) > depth:
+            first, future = pending.popleft()
+            yield first, future.result()
+    while pending:
+        first, future = pending.popleft()
+        yield first, future.result()
+
+
 def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, *,
                 shard: int, num_shards: int | str, text_field: str, max_chars: int,
                 max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
                 dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-                prefetch: bool | None = None) -> dict[str, int]:
-    """prefetch (default: on a GPU) reads the next chunk in a background thread and tokenizes it
-    in a separate process while the current one is scored. On a CPU the two would share the
-    same cores: measured no faster there."""
+                prefetch: bool | None = None, tokenizer_workers: int | None = None) -> dict[str, int]:
+    """prefetch (default: on a GPU): tokenizer_workers processes (default: a quarter of the
+    cores, 1 to 4) tokenize the next chunks while the current one is scored. On a CPU they would
+    share the cores with the model: measured no faster there."""
     start = time.perf_counter()
-    scorer = load(scorer_dir, device, trust_remote_code, dtype)
     if prefetch is None:
-        prefetch = scorer.device.type == "cuda"
+        prefetch = resolve_device(device).type == "cuda"
+    workers = tokenizer_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
+    with tokenizer_processes(scorer_dir, workers) if prefetch else contextlib.nullcontext() as pool:
+        scorer = load(scorer_dir, device, trust_remote_code, dtype)
+        return _score_chunks(scorer, pool, workers, corpus_paths, tokenized_shard, out, start, shard=shard,
+                             num_shards=num_shards, text_field=text_field, max_chars=max_chars,
+                             max_tokens=max_tokens, max_windows_per_doc=max_windows_per_doc, chunk_docs=chunk_docs)
+
+
+def _score_chunks(scorer, pool, workers: int, corpus_paths, tokenized_shard: str, out: str, start: float, *,
+                  shard: int, num_shards, text_field: str, max_chars: int, max_tokens: int | None,
+                  max_windows_per_doc: int | None, chunk_docs: int) -> dict[str, int]:
     split = Split()
     with split("read"):
         num_accepted = sum(len(ids) for ids in accepted_doc_ids(tokenized_shard))
     records = accepted_records(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards),
                                (int(i) for ids in accepted_doc_ids(tokenized_shard) for i in ids))
 
+    def tokenize(chunk: list[corpus.Record]) -> Future:
+        texts = [r.text for r in chunk]
+        if pool is not None:
+            return pool.submit(windows_in_worker, scorer.max_length, texts, max_windows_per_doc)
+        future: Future = Future()
+        begin = time.perf_counter()
+        future.set_result((*scorer.windows(texts, max_windows_per_doc), time.perf_counter() - begin))
+        return future
+
     counts = {"scored": 0, "truncated": 0, "tokens": 0}
     flops = 0.0
     bar = tqdm(total=num_accepted, desc=f"score shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
-    with parquet_writer(out, SCORES_SCHEMA) as writer, \
-            scorer.tokenizer_process() if prefetch else contextlib.nullcontext(scorer.windows) as windows_of:
-
-        def tokenized(chunk: list[corpus.Record]):
-            with split("tokenize"):
-                return chunk, *windows_of([r.text for r in chunk], max_windows_per_doc)
-
+    with parquet_writer(out, SCORES_SCHEMA) as writer:
         chunks = split.iterate("read", chunked(records, chunk_docs))
-        for chunk, windows, truncated in prefetched(chunks, tokenized) if prefetch else map(tokenized, chunks):
+        tokenized = split.iterate("next chunk", in_order(chunks, tokenize, workers if pool is not None else 0))
+        for chunk, (windows, truncated, seconds) in tokenized:
+            split.seconds["tokenize"] += seconds
             with split("model"):  # ends with the chunk's one host sync: the GPU time is in it
                 values = scorer.score_windows(windows, len(chunk), max_tokens)
             with split("write"):
@@ -139,10 +171,12 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
                                f"{counts['scored']} were found to score; was the corpus changed?")
     bar.close()
     wall, seconds = time.perf_counter() - start, split.seconds
+    where = f" in {workers} processes beside the model" if pool is not None else ""
     log.info("shard %d: %d documents, %d tokens in %.3g s (model loaded and output written): %.0f tokens/s end "
-             "to end; read %.3g s, tokenize %.3g s%s, model %.3g s (%.0f tokens/s, %.3g TFLOP/s), write %.3g s",
-             shard, counts["scored"], counts["tokens"], wall, counts["tokens"] / wall, seconds["read"],
-             seconds["tokenize"], " (beside the model: reading in a thread, tokenizing in a process)" if prefetch else "",
+             "to end; read %.3g s, tokenize %.3g s%s (waited for %.3g s), model %.3g s (%.0f tokens/s, "
+             "%.3g TFLOP/s), write %.3g s", shard, counts["scored"], counts["tokens"], wall,
+             counts["tokens"] / wall, seconds["read"], seconds["tokenize"], where,
+             max(0.0, seconds["next chunk"] - seconds["read"] - (0 if pool is not None else seconds["tokenize"])),
              seconds["model"], counts["tokens"] / max(seconds["model"], 1e-9),
              flops / max(seconds["model"], 1e-9) / 1e12, seconds["write"])
     return counts

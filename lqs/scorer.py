@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import multiprocessing
+import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -211,16 +212,35 @@ def scoring_windows(tokenizer, texts: Sequence[str], max_length: int, max_window
     return windows, truncated
 
 
-@functools.cache
-def _worker_tokenizer(path: str):
+_WORKER: dict = {}  # in a tokenizer process: its tokenizer
+
+
+def _start_tokenizer_worker(path: str) -> None:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    _WORKER["tokenizer"] = AutoTokenizer.from_pretrained(path)
 
 
-def _windows_in_worker(path: str, max_length: int, texts: list[str], max_windows_per_doc: int | None,
-                       first: int) -> tuple[list[Window], list[bool]]:
-    return scoring_windows(_worker_tokenizer(path), texts, max_length, max_windows_per_doc, first)
+def windows_in_worker(max_length: int, texts: list[str], max_windows_per_doc: int | None = None,
+                      first: int = 0) -> tuple[list[Window], list[bool], float]:
+    """scoring_windows in a process of `tokenizer_processes`, and the seconds it took there."""
+    start = time.perf_counter()
+    windows, truncated = scoring_windows(_WORKER["tokenizer"], texts, max_length, max_windows_per_doc, first)
+    return windows, truncated, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def tokenizer_processes(path: str | Path, workers: int) -> Iterator[ProcessPoolExecutor]:
+    """Processes (spawned) that hold the tokenizer of the checkpoint at `path`, for
+    `windows_in_worker`. Tokenizing in a thread beside the GPU held the interpreter lock for the
+    Python lists of ids, and kernel launches waited (measured: the model at half its speed).
+    They start at once, so that they load while the caller loads the model."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_tokenizer_worker,
+                             initargs=(str(path),)) as pool:
+        for _ in range(workers):  # processes start on demand: one task each
+            pool.submit(int)
+        yield pool
 
 
 def token_budget_batches(windows: Sequence[Window], max_tokens: int) -> Iterator[list[int]]:
@@ -242,9 +262,8 @@ class Scorer:
     dtype bf16: the backbone's weights are cast to bf16 and it runs without autocast (measured
     1.5x autocast's speed on a GPU: no fp32 residual stream, no casts); pooling and head fp32."""
 
-    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device, dtype: str = "auto",
-                 path: str | Path | None = None):
-        self.model, self.tokenizer, self.config, self.device, self.path = model, tokenizer, config, device, path
+    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device, dtype: str = "auto"):
+        self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
         self.dtype = compute_dtype(dtype, device)
         if self.dtype == "bf16":
             model.backbone.to(torch.bfloat16)
@@ -296,16 +315,14 @@ class Scorer:
                               max_windows_per_doc: int | None = None, progress: bool = False,
                               chunk_docs: int = 1024) -> tuple[list[float], list[bool]]:
         """Scores, and for each text whether its windows were capped at max_windows_per_doc.
-        On a GPU (loaded from a directory) the texts go in chunks, the next one tokenized in a
-        separate process while the current one is scored."""
-        overlap = self.device.type == "cuda" and self.path is not None and len(texts) > chunk_docs
-        with self.tokenizer_process() if overlap else contextlib.nullcontext(self.windows) as windows_of:
-            tokenize = lambda start: windows_of(texts[start:start + chunk_docs], max_windows_per_doc, start)
-            chunks = iter(range(0, len(texts), chunk_docs))
-            scores, truncated = [], []
-            for windows, flags in prefetched(chunks, tokenize) if overlap else map(tokenize, chunks):
-                scores += self.score_windows(windows, len(flags), max_tokens, progress)
-                truncated += flags
+        On a GPU the texts go in chunks, the next one tokenized in a background thread while
+        the current one is scored (score_shard tokenizes in processes instead)."""
+        tokenize = lambda start: self.windows(texts[start:start + chunk_docs], max_windows_per_doc, start)
+        chunks = iter(range(0, len(texts), chunk_docs))
+        scores, truncated = [], []
+        for windows, flags in prefetched(chunks, tokenize) if self.device.type == "cuda" else map(tokenize, chunks):
+            scores += self.score_windows(windows, len(flags), max_tokens, progress)
+            truncated += flags
         return scores, truncated
 
     def windows(self, texts: Sequence[str], max_windows_per_doc: int | None = None, first: int = 0
@@ -313,17 +330,6 @@ class Scorer:
         """The texts tokenized into scoring windows, and for each whether its windows were capped;
         `first`: the number of the first text, for error messages."""
         return scoring_windows(self.tokenizer, texts, self.max_length, max_windows_per_doc, first)
-
-    @contextlib.contextmanager
-    def tokenizer_process(self) -> Iterator[Callable[..., tuple[list[Window], list[bool]]]]:
-        """A function like `windows` that tokenizes in a separate process (spawned; it loads the
-        checkpoint's tokenizer). Tokenizing beside the GPU in a thread of this process held the
-        interpreter lock for the Python lists of ids, and the GPU waited for kernel launches."""
-        if self.path is None:
-            raise ValueError("tokenizer_process needs a Scorer loaded from a checkpoint directory")
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            yield lambda texts, max_windows_per_doc=None, first=0: pool.submit(
-                _windows_in_worker, str(self.path), self.max_length, list(texts), max_windows_per_doc, first).result()
 
     @torch.inference_mode()
     def score_windows(self, windows: Sequence[Window], num_texts: int, max_tokens: int | None = None,
@@ -365,4 +371,4 @@ def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False
     model = ScorerModel(load_backbone(str(path), trust_remote_code))
     model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return Scorer(model.to(device).eval(), tokenizer, config, device, dtype, path)
+    return Scorer(model.to(device).eval(), tokenizer, config, device, dtype)

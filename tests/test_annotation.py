@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from torch.func import functional_call
 from transformers import AutoModelForCausalLM, MistralConfig, XGLMConfig
 
-from lqs.grad_stats import fast_path_covers, grad_stats, per_sample_stats
+from lqs.grad_stats import _squared_norms, fast_path_covers, grad_stats, per_sample_stats
 from lqs.labels import lqs_labels, normalize, raw_scores, split
 from lqs.proxy import collate, get_params, param_names, sample_losses, set_params, twice_differentiable
 from lqs.trajectory import (NonFiniteError, fit_hvp_micro_batch, hvp, load_step, run_trajectory, solve,
@@ -300,6 +300,14 @@ def test_sample_losses_one_function_for_every_layout(float64_default):
             want = torch.stack([own_loss(model, None, s) if len(s) > 1 else torch.zeros((), dtype=torch.float64)
                                 for s in samples])
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), attn
+
+
+def test_squared_norms_of_long_fp32_rows_are_accurate():
+    """The reduction of per-sample gradients as long as a 160M model's LM head keeps fp32
+    accuracy (a CPU's vector_norm loses ~1e-4 here)."""
+    rows = torch.randn(3, 2_000_000, generator=torch.Generator().manual_seed(14)) * torch.tensor([[1.0], [1e-3], [30.0]])
+    want = rows.double().pow(2).sum(1)
+    assert ((_squared_norms(rows).double() - want) / want).abs().max() < 1e-6
 
 
 def test_bf16_stats_agree_with_fp32():

@@ -3,6 +3,7 @@ lqs.score (score_shard), lqs.gather (gather_scores) and lqs.train_scorer (DESIGN
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
 import random
@@ -481,12 +482,30 @@ def test_score_shard_logs_the_time_split_and_tokens(tok_dir, scorer_dirs, scorer
     assert re.search(r"[0-9]+ tokens/s end to end", message) and "TFLOP/s" in message
 
 
-def test_tokenizer_process_gives_the_windows_of_this_process(scorers):
+def test_tokenizer_processes_give_the_windows_of_this_process(scorer_dirs, scorers):
     scorer, texts = scorers["xglm"], _texts(12, seed=7)
-    with scorer.tokenizer_process() as windows_of:
-        assert windows_of(texts, 2) == scorer.windows(texts, 2)
+    with lqs.scorer.tokenizer_processes(scorer_dirs["xglm"], 2) as pool:
+        windows, truncated, seconds = pool.submit(lqs.scorer.windows_in_worker, scorer.max_length, texts, 2).result()
+        assert (windows, truncated) == scorer.windows(texts, 2) and seconds > 0
         with pytest.raises(ValueError, match="text 8 has no tokens"):  # numbered from `first`
-            windows_of(["fine", "", "also fine"], None, 7)
+            pool.submit(lqs.scorer.windows_in_worker, scorer.max_length, ["fine", "", "also"], None, 7).result()
+
+
+def test_in_order_keeps_order_and_submits_ahead():
+    submitted, futures = [], {}
+
+    def submit(i: int):
+        submitted.append(i)
+        futures[i] = concurrent.futures.Future()
+        futures[i].set_result(i * i)
+        return futures[i]
+
+    got = []
+    for i, value in lqs.score.in_order(iter(range(6)), submit, depth=2):
+        assert submitted == list(range(min(6, i + 3)))  # up to 2 submitted beyond the one in use
+        got.append((i, value))
+    assert got == [(i, i * i) for i in range(6)]
+    assert list(lqs.score.in_order(iter([]), submit, depth=2)) == []
 
 
 def test_split_counts_time_per_part():
@@ -534,14 +553,14 @@ def test_prefetched_computes_the_next_item_while_the_current_one_is_used():
         return i * i
 
     got = []
-    for value in lqs.score.prefetched(iter(range(4)), work):
+    for value in lqs.scorer.prefetched(iter(range(4)), work):
         i = len(got)
         if i + 1 < 4:  # while the caller holds item i, item i+1 is already being computed
             assert started[i + 1].wait(timeout=10)
         got.append(value)
     assert got == [0, 1, 4, 9]
     assert threading.main_thread() not in workers
-    assert list(lqs.score.prefetched(iter([]), work)) == []
+    assert list(lqs.scorer.prefetched(iter([]), work)) == []
 
 
 def test_prefetched_raises_the_workers_error_in_order():
@@ -552,7 +571,7 @@ def test_prefetched_raises_the_workers_error_in_order():
 
     got = []
     with pytest.raises(ValueError, match="bad item 2"):
-        for value in lqs.score.prefetched(iter(range(5)), work):
+        for value in lqs.scorer.prefetched(iter(range(5)), work):
             got.append(value)
     assert got == [0, 1]
 
