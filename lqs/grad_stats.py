@@ -23,14 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from lqs import distributed
-from lqs.io import write_table
+from lqs.io import read_parquet, write_table
 from lqs.proxy import Params, attention, collate, load_proxy, norm, sample_losses, set_params, set_tf32
 from lqs.runtime import NonFiniteError
 from lqs.trajectory import load_step
@@ -301,7 +300,7 @@ def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, s
     tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)."""
     ctx = distributed.setup(device)
     set_tf32(tf32)
-    table = pq.read_table(samples_path, columns=["sample_id", "input_ids"])
+    table = read_parquet(samples_path, ["sample_id", "input_ids"])
     rows = part_rows(len(table), part, num_parts)
     table = table.take(pa.array(rows, pa.int64()))
     model = load_proxy(proxy_dir, ctx.device, trust_remote_code)

@@ -15,16 +15,15 @@ from lqs.models import build_model
 from lqs.proxy import collate, sample_losses
 from lqs.runtime import NonFiniteError, resolve_device
 from lqs.sample import draw_windows
+from lqs.tokenize import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 def pretrain_proxy(tokenizer_dir: str, shard_paths: Sequence[str], out_dir: str, *, arch: dict[str, Any],
                    steps: int, batch_size: int, lr: float, seed: int, device: str = "auto") -> list[float]:
-    from transformers import AutoTokenizer
-
     device = resolve_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     model = build_model(arch, tokenizer, causal_lm=True, seed=seed).to(device).eval()  # eval: dropout off
     windows = draw_windows(shard_paths, steps * batch_size, seed, allow_repeats=True,
                            what="pretraining samples")["input_ids"].to_pylist()

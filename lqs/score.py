@@ -19,11 +19,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lqs import corpus
-from lqs.io import TokenRate, parquet_writer
+from lqs.io import TokenRate, parquet_batches, parquet_writer
 from lqs.runtime import resolve_device
 from lqs.scorer import load, tokenizer_processes, windows_in_worker
 
@@ -38,7 +37,7 @@ def accepted_doc_ids(tokenized_shard: str, batch_rows: int = 65536) -> Iterator[
     """The ids of the documents tokenization accepted, ascending, a batch at a time: the shard
     has one row per window, in input order, so memory stays that of one batch."""
     last = -1
-    for batch in pq.ParquetFile(tokenized_shard).iter_batches(batch_size=batch_rows, columns=["doc_id"]):
+    for batch in parquet_batches(tokenized_shard, ["doc_id"], batch_rows):
         ids = batch.column(0).to_numpy()
         if len(ids) == 0:
             continue

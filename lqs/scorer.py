@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from lqs.proxy import collate
 from lqs.runtime import resolve_device
-from lqs.tokenize import tokenize_windows
+from lqs.tokenize import load_tokenizer, tokenize_windows
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,7 @@ _WORKER: dict = {}  # in a tokenizer process: its tokenizer
 
 
 def _start_tokenizer_worker(path: str) -> None:
-    from transformers import AutoTokenizer
-
-    _WORKER["tokenizer"] = AutoTokenizer.from_pretrained(path)
+    _WORKER["tokenizer"] = load_tokenizer(path)
 
 
 def windows_in_worker(max_length: int, texts: list[str], max_windows_per_doc: int | None = None,
@@ -360,8 +358,6 @@ class Scorer:
 def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto") -> Scorer:
     """Loads a scorer checkpoint directory for inference; `dtype` is auto, fp32 or bf16
     (see compute_dtype)."""
-    from transformers import AutoTokenizer
-
     path = Path(path)
     config_path = path / SCORER_CONFIG
     if not config_path.exists():
@@ -370,5 +366,5 @@ def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False
     device = resolve_device(device)
     model = ScorerModel(load_backbone(str(path), trust_remote_code))
     model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = load_tokenizer(path)
     return Scorer(model.to(device).eval(), tokenizer, config, device, dtype)

@@ -21,12 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from lqs.io import atomic_path, write_table
+from lqs.io import atomic_path, read_parquet, write_table
 from lqs.proxy import (Params, collate, get_params, load_proxy, loss_and_grad, norm, sample_losses, set_params,
                        set_tf32, twice_differentiable)
 from lqs.runtime import NonFiniteError, resolve_device
@@ -210,7 +209,7 @@ def solve(
 
 
 def read_token_lists(path: str, column: str = "input_ids") -> list[list[int]]:
-    return pq.read_table(path, columns=[column])[column].to_pylist()
+    return read_parquet(path, [column])[column].to_pylist()
 
 
 def run_trajectory(

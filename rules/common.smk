@@ -54,10 +54,10 @@ _file_errors = lqs_config.file_errors(
 if _file_errors:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_file_errors))
 
-# Jobs run the `lqs` installed beside the Python that runs Snakemake, so a venv need not be
+# Jobs find `lqs` on PATH or else beside the Python that runs Snakemake, so a venv need not be
 # activated (SLURM jobs run that interpreter too); with --sdm conda, the rule's environment's own.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
-    shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
+    shell.prefix(f'set -euo pipefail; export PATH="$PATH":{shlex.quote(os.path.dirname(sys.executable))}; ')
 PER_FILE = config["corpus"]["num_shards"] == "per_file"
 NUM_SHARDS = len(CORPUS_FILES) if PER_FILE else config["corpus"]["num_shards"]
 SHARDS = list(range(NUM_SHARDS))
