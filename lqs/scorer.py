@@ -169,7 +169,8 @@ def forward_batch(model: ScorerModel, batch: Sequence[Sequence[int]], pad_id: in
     compute_dtype) says bf16, a backbone with fp32 weights (training) runs under bf16 autocast;
     one whose weights are bf16 already (a Scorer loaded for bf16 inference) runs as it is."""
     ids, mask = collate(batch, pad_id, device)
-    fp32_weights = next(model.backbone.parameters()).dtype == torch.float32
+    backbone = getattr(model, "module", model).backbone  # under DDP, the wrapped model's
+    fp32_weights = next(backbone.parameters()).dtype == torch.float32
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype(dtype, device) == "bf16"
                         and fp32_weights):
         return model(ids, mask).float()

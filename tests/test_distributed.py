@@ -39,7 +39,13 @@ def test_scorer_training_with_two_processes_matches_one(completed_workflow, tmp_
             assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a, b)
     w1, w2 = (load_file(str(tmp_path / f"scorer-{n}/model.safetensors")) for n in (1, 2))
     for name in w1:
-        np.testing.assert_allclose(w1[name].numpy(), w2[name].numpy(), rtol=1e-4, atol=1e-6)
+        if name.endswith("k_proj.bias"):
+            # Its exact gradient is 0 (softmax ignores a constant added to all of a query's
+            # logits): Adam scales up rounding noise whose value depends on the summation order
+            # (seen with torch 2.13). Both runs must keep it at noise level.
+            assert w1[name].abs().max() < 1e-4 and w2[name].abs().max() < 1e-4, name
+            continue
+        np.testing.assert_allclose(w1[name].numpy(), w2[name].numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_grad_stats_with_two_processes_matches_one(completed_workflow, tmp_path):
