@@ -60,10 +60,18 @@ def tokenize_windows(tokenizer, texts: Sequence[str], max_length: int) -> list[l
         raise ValueError(f"max_length {max_length} leaves no room next to the special tokens")
     if len(texts) == 0:  # a fast tokenizer fails on an empty batch
         return []
-    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        return [[prefix + ids[a:b] + suffix for a, b in window_bounds(offsets, text, budget)]
+                for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"])]
+    # The Rust tokenizer directly: transformers' call would turn every encoding's ids, mask and
+    # offsets into Python lists; offsets are needed only where a text is cut into windows.
     out = []
-    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
-        out.append([prefix + ids[a:b] + suffix for a, b in window_bounds(offsets, text, budget)])
+    for text, encoding in zip(texts, backend.encode_batch(list(texts), add_special_tokens=False)):
+        ids = encoding.ids
+        bounds = window_bounds(encoding.offsets, text, budget) if len(ids) > budget else [(0, len(ids))] if ids else []
+        out.append([prefix + ids[a:b] + suffix for a, b in bounds])
     return out
 
 

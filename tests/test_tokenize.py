@@ -201,6 +201,17 @@ def test_tokenize_windows_brute_force(tok, tmp_path, with_eos):
             assert tokenize_windows(tokenizer, [text], max_length) == [doc_windows]
 
 
+def test_tokenize_windows_ignores_a_saved_truncation(tok_dir):
+    """The Rust tokenizer is called directly, but never with a truncation (or padding) that a
+    tokenizer.json may carry: every token is in a window."""
+    reference = load_tokenizer(tok_dir)
+    truncating = load_tokenizer(tok_dir)
+    truncating.backend_tokenizer.enable_truncation(3)
+    texts = [" ".join(SENTENCES), SENTENCES[0]]
+    assert tokenize_windows(truncating, texts, 16) == tokenize_windows(reference, texts, 16)
+    assert len([t for w in tokenize_windows(truncating, texts, 16)[0] for t in w[1:]]) > 3
+
+
 def test_tokenize_windows_edge_cases(tok):
     with pytest.raises(ValueError, match="max_length"):
         tokenize_windows(tok, ["some text"], 1)  # only room for <s>
