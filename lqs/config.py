@@ -16,7 +16,6 @@ import gzip
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import yaml
 log = logging.getLogger(__name__)
 
 MODEL_SOURCE_KEYS = {"repo", "path", "arch"}
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -160,7 +158,8 @@ def _short(error) -> str:
 
 
 def consistency_errors(config: Mapping) -> list[str]:
-    """Settings valid one by one that cannot run together (config with defaults filled)."""
+    """Settings valid one by one that cannot run together (config with defaults filled; the
+    schema already checked each value, the device's form included)."""
     errors = []
     annotation, proxy, scorer = config["annotation"], config["proxy"], config["scorer"]
     if annotation["interval"] > annotation["steps"]:
@@ -173,8 +172,6 @@ def consistency_errors(config: Mapping) -> list[str]:
     if valid >= 1 and valid >= proxy["size"]:
         errors.append(f"scorer.valid_size ({valid}) must be smaller than proxy.size ({proxy['size']}):"
                       " nothing would be left to train the scorer on")
-    if not DEVICE.match(str(config["device"])):
-        errors.append(f"device: {config['device']!r} is not one of auto, cpu, cuda or cuda:N")
     selection = config.get("selection", {})
     if selection.get("method") == "threshold" and selection.get("threshold") is None:
         errors.append("selection.threshold: required when selection.method is threshold")

@@ -92,8 +92,8 @@ def fit_hvp_micro_batch(model: torch.nn.Module, samples: Sequence[Sequence[int]]
 
 
 def _to_host(theta: Params) -> Params:
-    """θ kept in (pinned) host memory while the model is on a GPU: checkpoints cost no GPU memory."""
-    return {k: v.to("cpu", non_blocking=True) for k, v in theta.items()}  # pinned, ordered on the stream
+    """θ kept in host memory while the model is on a GPU: checkpoints cost no GPU memory."""
+    return {k: v.to("cpu", non_blocking=True) for k, v in theta.items()}
 
 
 def _to_device(theta: Params, device) -> Params:

@@ -27,7 +27,26 @@ def config_errors():
     return errors
 
 
-if errors := config_errors():
+def corpus_and_file_errors():
+    """The corpus files, and the errors of the files the run reads (a score field the records
+    already have) and writes (an unwritable location)."""
+    try:
+        files = lqs_config.corpus_files(config["corpus"]["path"])
+    except lqs_config.ConfigError as e:
+        return [], [str(e)]
+    outputs = {
+        "output.path": config["output"]["path"],
+        "output.rejects_path": config["output"]["rejects_path"],
+        "selection.path": config["selection"]["path"],
+        "results": f"{RESULTS}/summary.json",
+    }
+    return files, lqs_config.file_errors(config, files, outputs)
+
+
+errors = config_errors()
+if not errors:
+    CORPUS_FILES, errors = corpus_and_file_errors()
+if errors:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(errors))
 
 
@@ -36,23 +55,6 @@ def as_settings(**kwargs):
     this configuration reruns the rule (Snakemake's params rerun trigger)."""
     return json.dumps(kwargs, sort_keys=True)
 
-
-try:
-    CORPUS_FILES = lqs_config.corpus_files(config["corpus"]["path"])
-except lqs_config.ConfigError as e:
-    raise WorkflowError(f"invalid configuration: {e}") from None
-_file_errors = lqs_config.file_errors(
-    config,
-    CORPUS_FILES,
-    {
-        "output.path": config["output"]["path"],
-        "output.rejects_path": config["output"]["rejects_path"],
-        "selection.path": config["selection"]["path"],
-        "results": f"{RESULTS}/summary.json",
-    },
-)
-if _file_errors:
-    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_file_errors))
 
 # Jobs find `lqs` on PATH or else beside the Python that runs Snakemake, so a venv need not be
 # activated (SLURM jobs run that interpreter too); with --sdm conda, the rule's environment's own.
