@@ -20,6 +20,6 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        config["output"]["path"],
+        SCORED_FILES,
         f"{RESULTS}/summary.json",
         config["selection"]["path"],

@@ -57,17 +57,19 @@ STAGES = {
                      [("samples_path", None), ("labels_path", None), ("base_dir", None), ("--out-dir", None)],
                      "train the data scorer on the labels"),
     "score-shard": ("lqs.score", "score_shard",
-                    [("corpus_paths", "+"), ("--tokenized-shard", None), ("--scorer-dir", None), ("--out", None)],
+                    [("corpus_paths", "+"), ("--tokenized-shard", None), ("--scorer-dir", None), ("--out", None),
+                     ("--stats-out", None), ("--part-out", None)],
                     "score the documents of one corpus shard"),
     "gather": ("lqs.gather", "gather_scores",
-               [("corpus_paths", "+"), ("--score-paths", "+"), ("--reject-paths", "+"), ("--out", None),
-                ("--rejects-out", None), ("--summary-out", None), ("--benchmarks-dir", None),
+               [("corpus_paths", "*"), ("--score-paths", "+"), ("--reject-paths", "+"), ("--stats-paths", "+"),
+                ("--part-paths", "*"), ("--out", None), ("--rejects-out", None), ("--summary-out", None),
+                ("--benchmarks-dir", None),
                 ("--scorer-metrics", None), ("--annotation-info", None), ("--proxy-model", None)],
-               "join the scores with the input into scored.jsonl"),
+               "join the scores with the input into the scored output (or count a per_shard output's parts)"),
     "select-order": ("lqs.select", "select_order",
-                     [("scored_path", None), ("shard_paths", "+"), ("--out", None), ("--order-out", None),
+                     [("--scored", "+"), ("--shard-paths", "+"), ("--out", None), ("--order-out", None),
                       ("--summary-out", None)],
-                     "select the training set from scored.jsonl and write it in training order"),
+                     "select the training set from the scored output and write it in training order"),
     "efficacy-heldout": ("lqs.efficacy", "held_out_corpus", [("shard_paths", "+"), ("--out", None)],
                          "the efficacy experiment's held-out corpus documents"),
     "efficacy-train": ("lqs.efficacy", "train_arm",
@@ -80,7 +82,7 @@ STAGES = {
                           ("--summary-out", None), ("--curves-out", None), ("--plot-out", None)],
                          "the efficacy experiment's table and figure"),
     "plots": ("lqs.report", "make_plots",
-              [("out_dir", None), ("--summary", None), ("--benchmarks-dir", None), ("--scored", None),
+              [("out_dir", None), ("--summary", None), ("--benchmarks-dir", None), ("--scored", "+"),
                ("--trajectory-log", None), ("--labels", None), ("--scorer-metrics", None)],
               "figures of a finished run for snakemake --report"),
 }
@@ -105,11 +107,47 @@ def build_parser() -> argparse.ArgumentParser:
         if name in DISTRIBUTED:
             p.add_argument("--nproc", type=int, default=1,
                            help="processes (GPUs) in this job: more than 1 relaunches under torchrun")
+    add_score_command(sub)
     return parser
 
 
+def add_score_command(sub) -> None:
+    """`lqs score`: for users with a scorer checkpoint and no workflow; ordinary flags, no --settings."""
+    from lqs.output import EXTRA_FIELDS, FORMATS
+
+    p = sub.add_parser("score", help="score files with a scorer checkpoint (no workflow needed)",
+                       description="Score every record of the inputs with a scorer checkpoint, in input order, "
+                       "by the workflow's batched path; a progress bar shows documents/s and tokens/s.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="JSONL (plain or .gz) or Parquet files, globs, directories or URLs, as corpus.path takes them")
+    p.add_argument("--scorer", required=True, help="a scorer checkpoint directory (results/scorer) or a hub repo id")
+    p.add_argument("--revision", help="pinned branch, tag or commit of a hub scorer")
+    p.add_argument("--out", required=True, help="the scored output file")
+    p.add_argument("--format", choices=list(FORMATS),
+                   help="default: by the --out extension, else parquet for Parquet input and jsonl otherwise")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--score-field", default="score", help="name of the added score field (default: score)")
+    p.add_argument("--extra-fields", type=lambda v: [f for f in v.split(",") if f], default=[],
+                   help=f"comma-separated per-document fields to add: {', '.join(EXTRA_FIELDS)}")
+    p.add_argument("--on-bad-record", choices=["error", "skip"], default="error",
+                   help="error: stop naming file and line; skip: write the record and reason to --rejects")
+    p.add_argument("--rejects", help="rejects file for --on-bad-record skip (default: <out>.rejects.jsonl)")
+    p.add_argument("--max-chars", type=int, default=10_000_000, help="longer documents are bad records")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 on a GPU, fp32 on a CPU")
+    p.add_argument("--max-tokens", type=int, help="tokens per batch (default: by GPU memory; 4096 on a CPU)")
+    p.add_argument("--max-windows-per-doc", type=int, help="score only a document's first N windows")
+    p.add_argument("--tokenizer-workers", type=int, help="GPU: processes tokenizing ahead of the model")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+COMMANDS = {"score": ("lqs.score", "score_files")}  # user commands with their own flags
+
+
 DISTRIBUTED = {"train-scorer", "grad-stats", "efficacy-train"}
-_OPTIONAL = {"--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out", "--eval-out", "--proxy-dir"}
+_OPTIONAL = {"--stats-out", "--part-out", "--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out", "--eval-out", "--proxy-dir"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     stage = args.pop("stage")
     if relaunch_under_torchrun(args.pop("nproc", 1), argv):
         return
-    settings = args.pop("settings")
-    module, function, _, _ = STAGES[stage]
+    settings = args.pop("settings", {})
+    module, function = STAGES[stage][:2] if stage in STAGES else COMMANDS[stage]
     kwargs = {k: v for k, v in args.items() if v is not None} | settings
     start = time.perf_counter()
     try:

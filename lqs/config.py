@@ -202,6 +202,27 @@ def corpus_files(patterns: str | Sequence[str]) -> list[str]:
     return files
 
 
+def resolve_outputs(config: dict, files: Sequence[str]) -> list[str]:
+    """Fills in output.format (null: by the corpus), output.path and selection.path (null: by
+    format and layout), and returns the errors of an output path of the wrong kind."""
+    from lqs.output import FORMATS, default_format
+
+    output, selection = config["output"], config["selection"]
+    output["format"] = output["format"] or default_format(files)
+    extension = FORMATS[output["format"]]
+    per_shard = output["layout"] == "per_shard"
+    output["path"] = output["path"] or ("scored" if per_shard else f"scored{extension}")
+    selection["path"] = selection["path"] or f"selected{extension}"
+    path = output["path"]
+    if per_shard and os.path.isfile(path):
+        return [f"output.path: {path!r} is a file, but output.layout per_shard writes a directory of parts there;"
+                " name a directory"]
+    if not per_shard and os.path.isdir(path):
+        return [f"output.path: {path!r} is a directory; output.layout single writes one file (or set"
+                " output.layout: per_shard)"]
+    return []
+
+
 def first_record_fields(path: str) -> set[str]:
     """The field names of a corpus file's first record (JSONL, .gz, Parquet), read cheaply;
     empty when there is none or it cannot be parsed (the tokenize stage reports those)."""
@@ -240,11 +261,12 @@ def file_errors(config: Mapping, files: Sequence[str], outputs: Mapping[str, str
     field (checked on the first record of the first corpus file that exists)."""
     errors = [f"{key}: cannot write {path!r}: {reason}"
               for key, path in outputs.items() if (reason := unwritable(path))]
-    field = config["output"]["score_field"]
+    added = {config["output"]["score_field"]: "output.score_field"}
+    added |= {f: "output.extra_fields" for f in config["output"].get("extra_fields", [])}
     for path in files:
         if os.path.exists(path):
-            if field in first_record_fields(path):
-                errors.append(f"output.score_field: the corpus records already have a field {field!r}"
+            for field in sorted(added.keys() & first_record_fields(path)):
+                errors.append(f"{added[field]}: the corpus records already have a field {field!r}"
                               f" ({path}, first record); choose another name")
             break
     return errors

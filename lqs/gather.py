@@ -1,9 +1,10 @@
-"""Stage `gather_scores`: input records + shard scores -> scored.jsonl, rejects, summary.
+"""Stage `gather_scores`: input records + shard scores -> the scored output, rejects, summary.
 
-Streams the input once, in order, pulling each document's score from its shard's (doc-id
-ordered) score file, so memory does not grow with the corpus. A JSONL line is copied byte for
-byte with only the score field inserted before its final `}`; a Parquet row is written as a
-JSON object by corpus.json_line (corpus.PARQUET_TO_JSON).
+Layout single: streams the input once, in order, pulling each document's score from its shard's
+(doc-id ordered) score file, so memory does not grow with the corpus, into one file in
+output.format (lqs.output: a JSONL line copied byte for byte with the new fields inserted before
+its final `}`; a Parquet row as JSON by corpus.PARQUET_TO_JSON, or as a Parquet row). Layout
+per_shard: the score jobs wrote the parts; this job only counts, and never reads the corpus.
 """
 
 from __future__ import annotations
@@ -14,28 +15,17 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lqs import corpus
+from lqs import corpus, output
 from lqs.io import atomic_open, parquet_batches, read_json, write_json
 
 
-def _scores(path: str) -> Iterator[tuple[int, float, bool]]:
-    for batch in parquet_batches(path, columns=["doc_id", "score", "truncated"]):
-        yield from zip(*(batch.column(c).to_pylist() for c in ("doc_id", "score", "truncated")))
+SCORE_COLUMNS = ["doc_id", "score", "truncated", "n_tokens", "n_windows"]
 
 
-def output_line(record: corpus.Record, field: str, score: float) -> str:
-    """The output line of a scored record. A JSONL line is the input line with `, "<field>":
-    <score>` inserted before its final `}` (a scored object has its text field, so is never
-    empty) and its own line end (a last line without one gets a newline); a Parquet row is one
-    line of JSON."""
-    if field in record.fields:
-        raise ValueError(f"{record.where}: the record already has a field {field!r}; choose "
-                         "another output.score_field")
-    if record.raw is None:
-        return corpus.json_line({**record.fields, field: score}) + "\n"
-    end = record.raw.rindex("}")
-    member = f", {json.dumps(field)}: {json.dumps(score, allow_nan=False)}"
-    return record.raw[:end] + member + record.raw[end:] + (record.eol or "\n")
+def _scores(path: str) -> Iterator[tuple]:
+    """(doc_id, score, truncated, n_tokens, n_windows) of each document of a score shard."""
+    for batch in parquet_batches(path, columns=SCORE_COLUMNS):
+        yield from zip(*(batch.column(c).to_pylist() for c in SCORE_COLUMNS))
 
 
 def stage_seconds(benchmarks_dir: str | None) -> dict[str, float]:
@@ -51,53 +41,110 @@ def stage_seconds(benchmarks_dir: str | None) -> dict[str, float]:
     return {k: round(v, 3) for k, v in sorted(seconds.items())}
 
 
-def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], reject_paths: Sequence[str],
-                  out: str, rejects_out: str, summary_out: str, *, num_shards: int | str,
-                  text_field: str, max_chars: int, score_field: str, benchmarks_dir: str | None = None,
-                  scorer_metrics: str | None = None, annotation_info: str | None = None,
-                  proxy_model: str | None = None) -> dict:
-    rejected = {}
-    for path in reject_paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                entry = json.loads(line)
-                rejected[entry["doc_id"]] = line
+def _merged_by_source(stats_paths: Sequence[str]) -> dict[str, float]:
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for path in stats_paths:
+        for source, (total, n) in read_json(path)["by_source"].items():
+            totals[source][0] += total
+            totals[source][1] += n
+    return {k: total / n for k, (total, n) in sorted(totals.items())}
+
+
+def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, num_shards, text_field, max_chars,
+                  score_field, extra_fields) -> tuple[int, int, int, set[str]]:
+    """Streams the corpus once, in input order, joining each document's values from its shard's
+    (doc-id ordered) score file, into one output file. (read, scored, truncated, files with records)"""
     shard_scores = [_scores(p) for p in score_paths]
     read = scored = truncated = 0
-    by_source: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     with_records = set()
-    with atomic_open(out) as f:
+    input_schema = output.parquet_input_schema(corpus_paths) if output_format == "parquet" else None
+    fields = [score_field, *extra_fields]
+    with output.ScoredWriter(out, output_format, fields, input_schema) as writer:
+        chunk, columns = [], {f: [] for f in fields}
         for record in corpus.iter_records(corpus_paths, text_field, max_chars, num_shards=num_shards):
             read += 1
             with_records.add(record.path)
             if record.doc_id in rejected:
                 continue
             shard = corpus.shard_of(record.doc_id, num_shards)
-            doc_id, score, was_truncated = next(shard_scores[shard], (None, None, None))
+            doc_id, score, was_truncated, n_tokens, n_windows = next(shard_scores[shard], (None,) * 5)
             if doc_id != record.doc_id:
                 raise RuntimeError(f"{record.where}: document {record.doc_id} is neither scored nor "
                                    f"rejected (shard {shard} has {doc_id} next); rerun its shard")
-            f.write(output_line(record, score_field, score))
+            values = dict(score=score, truncated=bool(was_truncated), n_tokens=n_tokens, n_windows=n_windows)
+            chunk.append(record)
+            for f, name in zip(fields, ["score", *extra_fields]):
+                columns[f].append(values[name])
+            if len(chunk) == 4096:
+                writer.write(chunk, columns)
+                chunk, columns = [], {f: [] for f in fields}
             scored += 1
             truncated += bool(was_truncated)
-            if isinstance(record.fields.get("source"), str):
-                by_source[record.fields["source"]][0] += score
-                by_source[record.fields["source"]][1] += 1
+        writer.write(chunk, columns)
     if any(next(s, None) is not None for s in shard_scores):
         raise RuntimeError("score shards hold documents the corpus does not have; rerun scoring")
-    if scored + len(rejected) != read:
-        raise RuntimeError(f"read {read} documents but scored {scored} and rejected {len(rejected)}")
+    return read, scored, truncated, with_records
+
+
+def remove_stale_parts(out_dir: str, part_paths: Sequence[str]) -> list[str]:
+    """Removes the part files of an earlier run with more shards (or another format) from the
+    per_shard output directory: a reader of the directory would take them for this run's."""
+    keep = {Path(p).resolve() for p in part_paths}
+    stale = sorted(str(p) for p in Path(out_dir).glob("part-*") if p.resolve() not in keep and p.is_file())
+    for path in stale:
+        Path(path).unlink()
+    return stale
+
+
+def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], reject_paths: Sequence[str],
+                  out: str, rejects_out: str, summary_out: str, *, num_shards: int | str,
+                  text_field: str, max_chars: int, score_field: str, stats_paths: Sequence[str] = (),
+                  output_format: str = "jsonl", layout: str = "single", extra_fields: Sequence[str] = (),
+                  part_paths: Sequence[str] = (), benchmarks_dir: str | None = None,
+                  scorer_metrics: str | None = None, annotation_info: str | None = None,
+                  proxy_model: str | None = None) -> dict:
+    """layout single: the corpus and the scores into one output file `out`. layout per_shard: the
+    score jobs wrote `part_paths` (in the directory `out`) themselves; only the counts are gathered
+    here, from the score shards and rejects, and the corpus is not read again."""
+    rejected = {}
+    for path in reject_paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                entry = json.loads(line)
+                rejected[entry["doc_id"]] = line
+    summary: dict = {}
+    if layout == "single":
+        read, scored, truncated, with_records = _write_single(
+            corpus_paths, score_paths, rejected, out, output_format=output_format, num_shards=num_shards,
+            text_field=text_field, max_chars=max_chars, score_field=score_field, extra_fields=extra_fields)
+        if scored + len(rejected) != read:
+            raise RuntimeError(f"read {read} documents but scored {scored} and rejected {len(rejected)}")
+        summary["empty_files"] = [str(p) for p in corpus_paths if str(p) not in with_records]
+    elif layout == "per_shard":
+        missing = [p for p in part_paths if not Path(p).is_file()]
+        if missing:
+            raise RuntimeError(f"the score jobs' part files are missing: {', '.join(missing)}; rerun their shards")
+        scored = truncated = 0
+        for path in score_paths:
+            for batch in parquet_batches(path, columns=["truncated"]):
+                scored += batch.num_rows
+                truncated += sum(batch.column(0).to_pylist())
+        read = scored + len(rejected)
+        summary["parts"] = [str(p) for p in part_paths]
+        summary["removed_stale_parts"] = remove_stale_parts(out, part_paths)
+    else:
+        raise ValueError(f"output.layout must be single or per_shard, not {layout!r}")
     with atomic_open(rejects_out) as f:
         f.writelines(rejected[k] for k in sorted(rejected))
 
-    summary = {
+    summary |= {
         "documents_read": read, "documents_scored": scored, "documents_rejected": len(rejected),
-        "documents_truncated": truncated, "output": str(out), "rejects": str(rejects_out),
-        "empty_files": [str(p) for p in map(Path, corpus_paths) if str(p) not in with_records],
-        "stage_seconds": stage_seconds(benchmarks_dir), "proxy_model": proxy_model,
+        "documents_truncated": truncated, "output": str(out), "format": output_format, "layout": layout,
+        "rejects": str(rejects_out), "stage_seconds": stage_seconds(benchmarks_dir), "proxy_model": proxy_model,
     }
+    by_source = _merged_by_source(stats_paths)
     if by_source:
-        summary["mean_score_by_source"] = {k: total / n for k, (total, n) in sorted(by_source.items())}
+        summary["mean_score_by_source"] = by_source
     if scorer_metrics:
         summary["scorer_valid_spearman"] = read_json(scorer_metrics)["valid_spearman"]
     if annotation_info:

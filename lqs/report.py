@@ -16,15 +16,19 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from collections.abc import Sequence
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 from lqs.gather import stage_seconds  # noqa: E402
-from lqs.io import atomic_path, read_parquet  # noqa: E402
+from lqs.io import atomic_path, parquet_batches, read_parquet  # noqa: E402
+from lqs.output import read_lines  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -70,20 +74,34 @@ def plot_scorer(metrics_path: str, out: Path) -> None:
     _save(fig, out)
 
 
-def plot_scores(scored_path: str, score_field: str, out: Path, bins: int = 50) -> None:
-    """Histograms accumulated while streaming scored.jsonl: memory independent of its size."""
-    scores_by_source: dict[str, list[float]] = defaultdict(list)
-    with open(scored_path, encoding="utf-8") as f:
-        for line in f:
+def scores_by_source(scored_paths: Sequence[str], score_field: str) -> dict[str, list[float]]:
+    """Each document's score, by its `source` field ("all" without one), streamed from the scored
+    output's files (JSONL, .jsonl.gz or Parquet): memory holds the scores, not the records."""
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for path in scored_paths:
+        if path.endswith(".parquet"):
+            names = pq.read_schema(path).names
+            for batch in parquet_batches(path, [score_field] + (["source"] if "source" in names else [])):
+                sources = batch.column(1).to_pylist() if batch.num_columns > 1 else [None] * batch.num_rows
+                for source, score in zip(sources, batch.column(0).to_pylist()):
+                    by_source[source if isinstance(source, str) else "all"].append(score)
+            continue
+        for line in read_lines(path):
             record = json.loads(line)
             source = record.get("source")
-            scores_by_source[source if isinstance(source, str) else "all"].append(record[score_field])
-    everything = np.concatenate([np.asarray(v) for v in scores_by_source.values()] or [np.zeros(0)])
+            by_source[source if isinstance(source, str) else "all"].append(record[score_field])
+    return by_source
+
+
+def plot_scores(scored_paths: Sequence[str], score_field: str, out: Path, bins: int = 50) -> None:
+    """Histograms of the corpus scores, overall and per source."""
+    by_source = scores_by_source(scored_paths, score_field)
+    everything = np.concatenate([np.asarray(v) for v in by_source.values()] or [np.zeros(0)])
     edges = np.histogram_bin_edges(everything, bins=bins) if len(everything) else np.linspace(0, 1, bins + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     axes[0].hist(everything, bins=edges, color="tab:gray")
     axes[0].set(xlabel="score", ylabel="documents", title=f"All documents ({len(everything)})")
-    for source, values in sorted(scores_by_source.items()):
+    for source, values in sorted(by_source.items()):
         axes[1].hist(values, bins=edges, histtype="step", linewidth=1.5, density=True,
                      label=f"{source} (mean {np.mean(values):.2f})")
     axes[1].set(xlabel="score", ylabel="density", title="By source")
@@ -130,7 +148,7 @@ def plot_efficacy(curves: pd.DataFrame, summary: dict, out: Path) -> None:
     _save(fig, out)
 
 
-def make_plots(out_dir: str, *, summary: str, benchmarks_dir: str, scored: str, score_field: str,
+def make_plots(out_dir: str, *, summary: str, benchmarks_dir: str, scored: Sequence[str], score_field: str,
                trajectory_log: str | None = None, labels: str | None = None,
                scorer_metrics: str | None = None) -> None:
     out = Path(out_dir)

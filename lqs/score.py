@@ -1,7 +1,9 @@
-"""Stage `score_shard`: score every accepted document of one corpus shard (DESIGN.md §5).
+"""Stage `score_shard`: score every accepted document of one corpus shard (DESIGN.md §5), and
+`lqs score`: score files with a scorer checkpoint, no workflow needed.
 
-Streams the shard's records in chunks through the batched scorer, so memory does not grow with
-the shard. Only documents that tokenization accepted are scored; the others are in its rejects.
+Both stream records in chunks through the batched scorer (`scored_chunks`), so memory does not
+grow with the input. score_shard scores only the documents that tokenization accepted (the others
+are in its rejects) and, with output.layout per_shard, writes the shard's scored records itself.
 The log ends with the time split (read / tokenize / model / write) and the tokens/s.
 """
 
@@ -15,14 +17,16 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from lqs import corpus
-from lqs.io import TokenRate, parquet_batches, parquet_writer
+from lqs import corpus, output
+from lqs.io import TokenRate, parquet_batches, parquet_writer, write_json
+from lqs.output import ScoredWriter
 from lqs.runtime import resolve_device
 from lqs.scorer import load, tokenizer_processes, windows_in_worker
 
@@ -30,7 +34,9 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_())])
+# One row per scored document; n_tokens and n_windows count what the score was computed on.
+SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_()),
+                           ("n_tokens", pa.int64()), ("n_windows", pa.int64())])
 
 
 def accepted_doc_ids(tokenized_shard: str, batch_rows: int = 65536) -> Iterator[np.ndarray]:
@@ -108,33 +114,61 @@ def in_order(items: Iterator[T], submit: Callable[[T], Future], depth: int) -> I
         yield first, future.result()
 
 
-def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, *,
-                shard: int, num_shards: int | str, text_field: str, max_chars: int,
-                max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
-                dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-                prefetch: bool | None = None, tokenizer_workers: int | None = None) -> dict[str, int]:
-    """prefetch (default: on a GPU): tokenizer_workers processes (default: a quarter of the
-    cores, 1 to 4) tokenize the next chunks while the current one is scored. On a CPU they would
-    share the cores with the model: measured no faster there."""
-    start = time.perf_counter()
-    if prefetch is None:
-        prefetch = resolve_device(device).type == "cuda"
-    workers = tokenizer_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
-    with tokenizer_processes(scorer_dir, workers) if prefetch else contextlib.nullcontext() as pool:
-        scorer = load(scorer_dir, device, trust_remote_code, dtype)
-        return _score_chunks(scorer, pool, workers, corpus_paths, tokenized_shard, out, start, shard=shard,
-                             num_shards=num_shards, text_field=text_field, max_chars=max_chars,
-                             max_tokens=max_tokens, max_windows_per_doc=max_windows_per_doc, chunk_docs=chunk_docs)
+
+@dataclass
+class ChunkScores:
+    """One chunk's results, a value per document: the score, whether inference.max_windows_per_doc
+    cut its windows, and the tokens and windows the score was computed on."""
+    scores: list[float]
+    truncated: list[bool]
+    n_tokens: list[int]
+    n_windows: list[int]
+
+    def columns(self, score_field: str, extra_fields: Sequence[str]) -> dict[str, list]:
+        return {score_field: self.scores} | {name: getattr(self, name) for name in extra_fields}
 
 
-def _score_chunks(scorer, pool, workers: int, corpus_paths, tokenized_shard: str, out: str, start: float, *,
-                  shard: int, num_shards, text_field: str, max_chars: int, max_tokens: int | None,
-                  max_windows_per_doc: int | None, chunk_docs: int) -> dict[str, int]:
-    split = Split()
-    with split("read"):
-        num_accepted = sum(len(ids) for ids in accepted_doc_ids(tokenized_shard))
-    records = accepted_records(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards),
-                               (int(i) for ids in accepted_doc_ids(tokenized_shard) for i in ids))
+@dataclass
+class Meter:
+    """Counts and time split of a scoring run, for its log line."""
+    split: Split = field(default_factory=Split)
+    documents: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    by_source: dict[str, list[float]] = field(default_factory=dict)  # source -> [sum of scores, documents]
+
+    def add(self, chunk: list[corpus.Record], result: ChunkScores) -> None:
+        self.documents += len(chunk)
+        self.truncated += sum(result.truncated)
+        self.tokens += sum(result.n_tokens)
+        for record, score in zip(chunk, result.scores):
+            source = record.fields.get("source") if record.fields else None
+            if isinstance(source, str):
+                total = self.by_source.setdefault(source, [0.0, 0])
+                total[0] += score
+                total[1] += 1
+
+    def counts(self) -> dict[str, int]:
+        return {"scored": self.documents, "truncated": self.truncated, "tokens": self.tokens}
+
+    def report(self, what: str, wall: float, workers: int | None) -> str:
+        seconds = self.split.seconds
+        where = f" in {workers} processes beside the model" if workers else ""
+        waited = max(0.0, seconds["next chunk"] - seconds["read"] - (0 if workers else seconds["tokenize"]))
+        model = max(seconds["model"], 1e-9)
+        return (f"{what}: {self.documents} documents, {self.tokens} tokens in {wall:.3g} s (model loaded and "
+                f"output written): {self.tokens / wall:.0f} tokens/s end to end; read {seconds['read']:.3g} s, "
+                f"tokenize {seconds['tokenize']:.3g} s{where} (waited for {waited:.3g} s), model {seconds['model']:.3g} s "
+                f"({self.tokens / model:.0f} tokens/s, {self.flops / model / 1e12:.3g} TFLOP/s), "
+                f"write {seconds['write']:.3g} s")
+
+
+def scored_chunks(scorer, pool, workers: int, records: Iterator[corpus.Record], meter: Meter, *,
+                  chunk_docs: int, max_tokens: int | None, max_windows_per_doc: int | None
+                  ) -> Iterator[tuple[list[corpus.Record], ChunkScores]]:
+    """Each chunk of `records` with its scores, in input order; with a pool of tokenizer processes,
+    the next chunks are tokenized while one is scored."""
 
     def tokenize(chunk: list[corpus.Record]) -> Future:
         texts = [r.text for r in chunk]
@@ -145,37 +179,179 @@ def _score_chunks(scorer, pool, workers: int, corpus_paths, tokenized_shard: str
         future.set_result((*scorer.windows(texts, max_windows_per_doc), time.perf_counter() - begin))
         return future
 
-    counts = {"scored": 0, "truncated": 0, "tokens": 0}
-    flops = 0.0
+    split = meter.split
+    chunks = split.iterate("read", chunked(records, chunk_docs))
+    for chunk, (windows, truncated, seconds) in split.iterate(
+            "next chunk", in_order(chunks, tokenize, workers if pool is not None else 0)):
+        split.seconds["tokenize"] += seconds
+        with split("model"):  # ends with the chunk's one host sync: the GPU time is in it
+            scores = scorer.score_windows(windows, len(chunk), max_tokens)
+        n_tokens, n_windows = [0] * len(chunk), [0] * len(chunk)
+        for w in windows:
+            n_tokens[w.doc] += len(w.ids)
+            n_windows[w.doc] += 1
+        meter.flops += scorer.forward_flops(len(w.ids) for w in windows)
+        result = ChunkScores(scores, truncated, n_tokens, n_windows)
+        meter.add(chunk, result)
+        yield chunk, result
+
+
+@contextlib.contextmanager
+def loaded_scorer(scorer_dir: str, device: str, dtype: str, trust_remote_code: bool, prefetch: bool | None,
+                  tokenizer_workers: int | None) -> Iterator[tuple[Any, Any, int]]:
+    """(scorer, pool of tokenizer processes or None, their number). prefetch (default: on a GPU):
+    tokenizer_workers processes (default: a quarter of the cores, 1 to 4) tokenize the next chunks
+    while the current one is scored. On a CPU they would share the cores with the model: measured
+    no faster there."""
+    if prefetch is None:
+        prefetch = resolve_device(device).type == "cuda"
+    workers = tokenizer_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
+    with tokenizer_processes(scorer_dir, workers) if prefetch else contextlib.nullcontext() as pool:
+        yield load(scorer_dir, device, trust_remote_code, dtype), pool, workers
+
+
+def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, *,
+                shard: int, num_shards: int | str, text_field: str, max_chars: int,
+                max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
+                dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+                prefetch: bool | None = None, tokenizer_workers: int | None = None,
+                stats_out: str | None = None, part_out: str | None = None, output_format: str = "jsonl",
+                score_field: str = "score", extra_fields: Sequence[str] = ()) -> dict[str, int]:
+    """Writes the shard's scores to `out` (SCORES_SCHEMA), its counts and per-source score sums to
+    `stats_out` (JSON), and with `part_out` (output.layout per_shard) its scored records, in input
+    order, in `output_format`."""
+    start = time.perf_counter()
+    meter = Meter()
+    with meter.split("read"):
+        num_accepted = sum(len(ids) for ids in accepted_doc_ids(tokenized_shard))
+        input_schema = output.parquet_input_schema(corpus_paths) if part_out and output_format == "parquet" else None
+    records = accepted_records(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards),
+                               (int(i) for ids in accepted_doc_ids(tokenized_shard) for i in ids))
     bar = tqdm(total=num_accepted, desc=f"score shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
-    with parquet_writer(out, SCORES_SCHEMA) as writer:
-        chunks = split.iterate("read", chunked(records, chunk_docs))
-        tokenized = split.iterate("next chunk", in_order(chunks, tokenize, workers if pool is not None else 0))
-        for chunk, (windows, truncated, seconds) in tokenized:
-            split.seconds["tokenize"] += seconds
-            with split("model"):  # ends with the chunk's one host sync: the GPU time is in it
-                values = scorer.score_windows(windows, len(chunk), max_tokens)
-            with split("write"):
-                writer.write_table(pa.table({"doc_id": [r.doc_id for r in chunk], "score": values,
-                                             "truncated": truncated}, schema=SCORES_SCHEMA))
-            counts["scored"] += len(chunk)
-            counts["truncated"] += sum(truncated)
-            counts["tokens"] += sum(len(w.ids) for w in windows)
-            flops += scorer.forward_flops(len(w.ids) for w in windows)
+    with contextlib.ExitStack() as stack:
+        scorer, pool, workers = stack.enter_context(loaded_scorer(scorer_dir, device, dtype, trust_remote_code,
+                                                                  prefetch, tokenizer_workers))
+        writer = stack.enter_context(parquet_writer(out, SCORES_SCHEMA))
+        part = stack.enter_context(ScoredWriter(part_out, output_format, [score_field, *extra_fields], input_schema)
+                                   ) if part_out else None
+        for chunk, result in scored_chunks(scorer, pool, workers, records, meter, chunk_docs=chunk_docs,
+                                           max_tokens=max_tokens, max_windows_per_doc=max_windows_per_doc):
+            with meter.split("write"):
+                writer.write_table(pa.table({"doc_id": [r.doc_id for r in chunk], "score": result.scores,
+                                             "truncated": result.truncated, "n_tokens": result.n_tokens,
+                                             "n_windows": result.n_windows}, schema=SCORES_SCHEMA))
+                if part is not None:
+                    part.write(chunk, result.columns(score_field, extra_fields))
             bar.update(len(chunk))
-            rate.add(scorer.tokens_scored - rate.tokens)
-        if counts["scored"] != num_accepted:
+            rate.add(meter.tokens - rate.tokens)
+        if meter.documents != num_accepted:
             raise RuntimeError(f"shard {shard}: tokenization accepted {num_accepted} documents but "
-                               f"{counts['scored']} were found to score; was the corpus changed?")
+                               f"{meter.documents} were found to score; was the corpus changed?")
+        if stats_out:
+            write_json(stats_out, {"shard": shard, **meter.counts(), "by_source": meter.by_source})
     bar.close()
-    wall, seconds = time.perf_counter() - start, split.seconds
-    where = f" in {workers} processes beside the model" if pool is not None else ""
-    log.info("shard %d: %d documents, %d tokens in %.3g s (model loaded and output written): %.0f tokens/s end "
-             "to end; read %.3g s, tokenize %.3g s%s (waited for %.3g s), model %.3g s (%.0f tokens/s, "
-             "%.3g TFLOP/s), write %.3g s", shard, counts["scored"], counts["tokens"], wall,
-             counts["tokens"] / wall, seconds["read"], seconds["tokenize"], where,
-             max(0.0, seconds["next chunk"] - seconds["read"] - (0 if pool is not None else seconds["tokenize"])),
-             seconds["model"], counts["tokens"] / max(seconds["model"], 1e-9),
-             flops / max(seconds["model"], 1e-9) / 1e12, seconds["write"])
-    return counts
+    log.info(meter.report(f"shard {shard}", time.perf_counter() - start, workers if pool is not None else None))
+    return meter.counts()
+
+
+def checked_records(records: Iterator[corpus.Record], on_bad_record: str, rejects) -> Iterator[corpus.Record]:
+    """The usable records; a bad one stops the run (error) or is written to `rejects` (skip)."""
+    for record in records:
+        if corpus.check(record, on_bad_record):
+            yield record
+        else:
+            rejects.write(corpus.json_line(record.reject_entry()) + "\n")
+            rejects.rejected += 1
+
+
+class _Rejects:
+    """The rejects file of `lqs score`, created (atomically) only if a record is rejected."""
+
+    def __init__(self, path: str):
+        self.path, self.rejected, self._stack, self._file = path, 0, contextlib.ExitStack(), None
+
+    def write(self, line: str) -> None:
+        if self._file is None:
+            from lqs.io import atomic_open
+
+            self._file = self._stack.enter_context(atomic_open(self.path))
+        self._file.write(line)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
+
+
+def format_of(out: str, format: str | None, inputs: Sequence[str]) -> str:
+    """--format, else the output's extension, else Parquet for Parquet input and JSONL otherwise."""
+    if format:
+        return output.check_format(format)
+    for name, suffix in (("parquet", ".parquet"), ("parquet", ".pq"), ("jsonl.gz", ".gz"), ("jsonl", ".jsonl")):
+        if out.endswith(suffix):
+            return name
+    return output.default_format(inputs)
+
+
+def resolve_scorer(scorer: str, revision: str | None = None) -> str:
+    """A local scorer checkpoint directory, or a hub repo id downloaded (once, to the Hugging Face
+    cache) with huggingface_hub."""
+    from pathlib import Path
+
+    from lqs import models
+
+    if Path(scorer).is_dir():
+        return scorer
+    if Path(scorer).exists() or scorer.count("/") != 1:
+        raise FileNotFoundError(f"--scorer {scorer!r} is neither a scorer checkpoint directory nor a hub repo id")
+    return models.resolve_source({"repo": scorer, "revision": revision}, ignore_patterns=models.FOREIGN_WEIGHTS)
+
+
+def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str = "text", score_field: str = "score",
+                format: str | None = None,
+                on_bad_record: str = "error", rejects: str | None = None, extra_fields: Sequence[str] = (),
+                max_chars: int = 10_000_000, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+                max_tokens: int | None = None, max_windows_per_doc: int | None = None, chunk_docs: int = 4096,
+                tokenizer_workers: int | None = None, trust_remote_code: bool = False, progress: bool = True
+                ) -> dict[str, Any]:
+    """`lqs score`: every record of `inputs` (files, globs, directories, URLs, as corpus.path takes
+    them) scored into `out`, in input order, by the batched path of score_shard. Bad records stop
+    the run (error) or go to `rejects` (skip; default: <out>.rejects.jsonl, written only if any)."""
+    from lqs.config import corpus_files
+
+    start = time.perf_counter()
+    files = corpus_files(list(inputs))
+    format = format_of(out, format, files)
+    if on_bad_record not in ("error", "skip"):
+        raise ValueError(f"--on-bad-record must be error or skip, not {on_bad_record!r}")
+    unknown = [f for f in extra_fields if f not in output.EXTRA_FIELDS]
+    if unknown:
+        raise ValueError(f"unknown extra field {unknown[0]!r}: choose from {', '.join(output.EXTRA_FIELDS)}")
+    rejects = rejects or f"{out}.rejects.jsonl"
+    meter = Meter()
+    input_schema = output.parquet_input_schema(files) if format == "parquet" else None
+    bar = tqdm(desc="score", unit="doc", mininterval=2, disable=not progress)
+    rate = TokenRate(bar)
+    with contextlib.ExitStack() as stack:
+        scorer_, pool, workers = stack.enter_context(loaded_scorer(
+            resolve_scorer(scorer, revision), device, dtype, trust_remote_code, None, tokenizer_workers))
+        rejected = stack.enter_context(_Rejects(rejects))
+        writer = stack.enter_context(ScoredWriter(out, format, [score_field, *extra_fields], input_schema))
+        records = checked_records(corpus.iter_records(files, text_field, max_chars), on_bad_record, rejected)
+        for chunk, result in scored_chunks(scorer_, pool, workers, records, meter, chunk_docs=chunk_docs,
+                                           max_tokens=max_tokens, max_windows_per_doc=max_windows_per_doc):
+            with meter.split("write"):
+                writer.write(chunk, result.columns(score_field, extra_fields))
+            bar.update(len(chunk))
+            rate.add(meter.tokens - rate.tokens)
+    bar.close()
+    log.info(meter.report(f"scored {out}", time.perf_counter() - start, workers if pool is not None else None))
+    summary = {"documents_read": meter.documents + rejected.rejected, "documents_scored": meter.documents,
+               "documents_rejected": rejected.rejected, "documents_truncated": meter.truncated,
+               "tokens": meter.tokens, "output": out, "format": format,
+               "rejects": rejects if rejected.rejected else None}
+    if meter.by_source:
+        summary["mean_score_by_source"] = {k: t / n for k, (t, n) in sorted(meter.by_source.items())}
+    return summary

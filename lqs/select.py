@@ -7,9 +7,13 @@ Ties in score are broken by input order, earlier first, in every selection and o
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -17,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from lqs import corpus
-from lqs.io import atomic_open, parquet_file, write_json, write_table
+from lqs import corpus, output
+from lqs.io import atomic_open, atomic_path, parquet_batches, parquet_file, parquet_writer, write_json, write_table
 
 ORDER_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("tokens", pa.int64())])
 _CHUNK = 1 << 22
@@ -57,7 +61,7 @@ def _scores_arrow(path: str, field: str, n: int) -> np.ndarray | None:
 
 def _scores_python(path: str, field: str) -> np.ndarray:
     scores = []
-    with open(path, "rb") as f:
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             where = f"{path}:{lineno}"
             if not line.strip():
@@ -85,21 +89,32 @@ def read_scored(path: str, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return scores, starts, lengths
 
 
-def document_tokens(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(doc ids ascending, tokens per document = the sum of its windows' lengths)."""
+def _shard_document_tokens(path: str) -> tuple[np.ndarray, np.ndarray]:
     ids, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for path in shard_paths:
-        shard = parquet_file(path)
-        for i in range(shard.num_row_groups):  # one at a time: iter_batches reads far ahead
-            group = shard.read_row_group(i, columns=["doc_id", "input_ids"])
-            doc, length = group.column(0).to_numpy(), pc.list_value_length(group.column(1)).to_numpy()
-            if len(doc):  # sum each run of a document's windows: memory holds documents, not windows
-                runs = np.flatnonzero(np.concatenate(([True], doc[1:] != doc[:-1])))
-                ids.append(doc[runs])
-                lengths.append(np.add.reduceat(length.astype(np.int64), runs))
+    shard = parquet_file(path)
+    for i in range(shard.num_row_groups):  # one at a time: iter_batches reads far ahead
+        group = shard.read_row_group(i, columns=["doc_id", "input_ids"])
+        doc, length = group.column(0).to_numpy(), pc.list_value_length(group.column(1)).to_numpy()
+        if len(doc):  # sum each run of a document's windows: memory holds documents, not windows
+            runs = np.flatnonzero(np.concatenate(([True], doc[1:] != doc[:-1])))
+            ids.append(doc[runs])
+            lengths.append(np.add.reduceat(length.astype(np.int64), runs))
     doc_ids, inverse = np.unique(np.concatenate(ids), return_inverse=True)
     tokens = np.bincount(inverse, weights=np.concatenate(lengths), minlength=len(doc_ids))
     return doc_ids, tokens.astype(np.int64)
+
+
+def document_tokens(shard_paths: Sequence[str], by_shard: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(doc ids, tokens per document = the sum of its windows' lengths): doc ids ascending (input
+    order), or with by_shard, ascending within each shard, shard after shard (a per_shard
+    output's order)."""
+    per_shard = [_shard_document_tokens(p) for p in shard_paths]
+    doc_ids = np.concatenate([ids for ids, _ in per_shard] + [np.zeros(0, np.int64)])
+    tokens = np.concatenate([t for _, t in per_shard] + [np.zeros(0, np.int64)])
+    if not by_shard:  # (a document's windows in two shards count once)
+        doc_ids, inverse = np.unique(doc_ids, return_inverse=True)
+        tokens = np.bincount(inverse, weights=tokens, minlength=len(doc_ids)).astype(np.int64)
+    return doc_ids, tokens
 
 
 def keep_count(ratio: float, n: int) -> int:
@@ -164,23 +179,139 @@ def order(scores: np.ndarray, *, method: str = "folding", folds: int = 3, seed: 
     raise ValueError(f"ordering.method must be folding, ascending, descending, shuffle or input, got {method!r}")
 
 
-def select_order(scored_path: str, shard_paths: Sequence[str], out: str, order_out: str, summary_out: str, *,
-                 selection: dict, ordering: dict, score_field: str) -> dict:
-    scores, starts, lengths = read_scored(scored_path, score_field)
-    doc_ids, tokens = document_tokens(shard_paths)
+SELECT_MEMORY = 1 << 30  # bytes of records held at once when copying from .jsonl.gz or Parquet
+
+
+@dataclass
+class ScoredRecords:
+    """The scored output's records in storage order (files in order, lines or rows in order)."""
+    paths: list[str]
+    format: str
+    scores: np.ndarray
+    bytes_per_record: float
+    starts: np.ndarray | None = None  # jsonl: each line's byte offset in its file
+    lengths: np.ndarray | None = None
+    files: np.ndarray | None = None  # jsonl: each line's file index
+
+
+def _parquet_scores(path: str, field: str) -> np.ndarray:
+    file = parquet_file(path)
+    if field not in file.schema_arrow.names:
+        raise ValueError(f"{path}: no column {field!r} (output.score_field); rerun gather_scores")
+    values = file.read(columns=[field]).column(0).to_numpy(zero_copy_only=False).astype(np.float64)  # null: NaN
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise ValueError(f"{path}: row {int(bad[0]) + 1}: column {field!r} (output.score_field) is not a finite "
+                         "number; rerun gather_scores")
+    return values
+
+
+def read_scored_records(paths: Sequence[str], field: str, format: str) -> ScoredRecords:
+    if format == "jsonl":
+        spans = [read_scored(p, field) for p in paths]
+        lengths = np.concatenate([n for _, _, n in spans] + [np.zeros(0, np.int64)])
+        return ScoredRecords(list(paths), format, np.concatenate([s for s, _, _ in spans] + [np.zeros(0)]),
+                             float(lengths.mean()) if len(lengths) else 1.0,
+                             np.concatenate([a for _, a, _ in spans] + [np.zeros(0, np.int64)]), lengths,
+                             np.concatenate([np.full(len(s), i) for i, (s, _, _) in enumerate(spans)] + [np.zeros(0, int)]))
+    if format == "jsonl.gz":
+        scores = np.concatenate([_scores_python(p, field) for p in paths] + [np.zeros(0)])
+        size = sum(sum(map(len, output.read_lines(p))) for p in paths)
+        return ScoredRecords(list(paths), format, scores, size / max(len(scores), 1))
+    if format == "parquet":
+        scores = np.concatenate([_parquet_scores(p, field) for p in paths] + [np.zeros(0)])
+        size = sum(parquet_file(p).metadata.row_group(i).total_byte_size for p in paths
+                   for i in range(parquet_file(p).num_row_groups))
+        return ScoredRecords(list(paths), format, scores, size / max(len(scores), 1))
+    raise ValueError(f"output.format must be jsonl, jsonl.gz or parquet, not {format!r}")
+
+
+def _windows(positions: np.ndarray, bytes_per_record: float) -> Iterator[np.ndarray]:
+    """Consecutive pieces of the training order, each about SELECT_MEMORY bytes of records."""
+    step = max(1, int(SELECT_MEMORY // max(bytes_per_record, 1.0)))
+    for start in range(0, len(positions), step):
+        yield positions[start:start + step]
+
+
+def write_selected(records: ScoredRecords, positions: np.ndarray, out: str) -> None:
+    """The records at `positions` (storage order indices), in that order, into `out` in the
+    records' format. JSONL: each line copied by its offset. jsonl.gz and Parquet cannot be read at
+    an offset: each piece of the order (SELECT_MEMORY bytes) is gathered in one pass over the files."""
+    if records.format == "jsonl":
+        fds = [os.open(p, os.O_RDONLY) for p in records.paths]
+        try:
+            with atomic_open(out, "wb") as dst:
+                for f, start, length in zip(records.files[positions].tolist(), records.starts[positions].tolist(),
+                                            records.lengths[positions].tolist()):
+                    line = os.pread(fds[f], length, start)
+                    dst.write(line if line.endswith(b"\n") else line + b"\n")  # a last line without newline
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    n = len(records.scores)
+    with contextlib.ExitStack() as stack:
+        if records.format == "jsonl.gz":
+            tmp = stack.enter_context(atomic_path(out))
+            dst = stack.enter_context(gzip.GzipFile(filename="", mode="wb", compresslevel=6, mtime=0,
+                                                    fileobj=stack.enter_context(open(tmp, "wb"))))
+        else:
+            schema = parquet_file(records.paths[0]).schema_arrow
+            dst = stack.enter_context(parquet_writer(out, schema))
+        for window in _windows(positions, records.bytes_per_record):
+            slot = np.full(n, -1, np.int64)
+            slot[window] = np.arange(len(window))
+            if records.format == "jsonl.gz":
+                lines: list[bytes] = [b""] * len(window)
+                lines_seen = itertools.chain.from_iterable(output.read_lines(p) for p in records.paths)
+                for i, line in zip(np.flatnonzero(slot >= 0).tolist(), _pick(lines_seen, np.flatnonzero(slot >= 0))):
+                    lines[slot[i]] = line if line.endswith(b"\n") else line + b"\n"
+                dst.write(b"".join(lines))
+            else:
+                pieces, slots, offset = [], [], 0
+                for path in records.paths:
+                    for batch in parquet_batches(path):
+                        taken = np.flatnonzero(slot[offset:offset + batch.num_rows] >= 0)
+                        if len(taken):
+                            pieces.append(pa.Table.from_batches([batch.take(pa.array(taken))]))
+                            slots.append(slot[offset + taken])
+                        offset += batch.num_rows
+                table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
+                dst.write_table(table.take(pa.array(np.argsort(np.concatenate(slots)))) if pieces else table)
+
+
+def _pick(items: Iterator[bytes], wanted: np.ndarray) -> Iterator[bytes]:
+    """The items at the ascending indices `wanted`."""
+    position = 0
+    for index in wanted.tolist():
+        for _ in range(index - position):
+            next(items)
+        position = index + 1
+        yield next(items)
+
+
+def select_order(scored: str | Sequence[str], shard_paths: Sequence[str], out: str, order_out: str,
+                 summary_out: str, *, selection: dict, ordering: dict, score_field: str,
+                 output_format: str = "jsonl", layout: str = "single") -> dict:
+    """`scored`: the scored output's file, or (layout per_shard) its parts in shard order."""
+    paths = [scored] if isinstance(scored, str) else list(scored)
+    records = read_scored_records(paths, score_field, output_format)
+    scores = records.scores
+    doc_ids, tokens = document_tokens(shard_paths, by_shard=layout == "per_shard")
+    where = paths[0] if len(paths) == 1 else f"the {len(paths)} parts of {os.path.dirname(paths[0]) or '.'}"
     if len(scores) != len(doc_ids):
-        raise RuntimeError(f"{scored_path} has {len(scores)} lines but the tokenized corpus has "
+        unit = "lines" if output_format != "parquet" else "rows"
+        raise RuntimeError(f"{where} has {len(scores)} {unit} but the tokenized corpus has "
                            f"{len(doc_ids)} documents; rerun gather_scores")
     if len(scores) == 0:
-        raise ValueError(f"{scored_path} has no documents (every one was rejected?): nothing to select")
-    chosen, cutoff = select(scores, **selection)
-    chosen = chosen[order(scores[chosen], **ordering)]
+        raise ValueError(f"{where} has no documents (every one was rejected?): nothing to select")
+    # Selection and ordering see the documents in input order whatever the layout (a per_shard
+    # output stores them shard after shard): ties and Gumbel noise fall the same way.
+    by_doc = np.argsort(doc_ids, kind="stable")
+    chosen, cutoff = select(scores[by_doc], **selection)
+    chosen = by_doc[chosen[order(scores[by_doc][chosen], **ordering)]]  # storage positions, training order
 
-    with open(scored_path, "rb", buffering=0) as src, atomic_open(out, "wb") as dst:
-        fd = src.fileno()
-        for start, length in zip(starts[chosen].tolist(), lengths[chosen].tolist()):
-            line = os.pread(fd, length, start)
-            dst.write(line if line.endswith(b"\n") else line + b"\n")  # a last line without newline
+    write_selected(records, chosen, out)
     write_table(order_out, pa.table([doc_ids[chosen], scores[chosen], tokens[chosen]], schema=ORDER_SCHEMA))
 
     summary = {

@@ -8,6 +8,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from snakemake.utils import validate
 
 from lqs import config as lqs_config
+from lqs import output as lqs_output
 
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
@@ -29,18 +30,19 @@ def config_errors():
 
 def corpus_and_file_errors():
     """The corpus files, and the errors of the files the run reads (a score field the records
-    already have) and writes (an unwritable location)."""
+    already have) and writes (an unwritable location). Fills in the output's format and paths."""
     try:
         files = lqs_config.corpus_files(config["corpus"]["path"])
     except lqs_config.ConfigError as e:
         return [], [str(e)]
+    errors = lqs_config.resolve_outputs(config, files)
     outputs = {
         "output.path": config["output"]["path"],
         "output.rejects_path": config["output"]["rejects_path"],
         "selection.path": config["selection"]["path"],
         "results": f"{RESULTS}/summary.json",
     }
-    return files, lqs_config.file_errors(config, files, outputs)
+    return files, errors + lqs_config.file_errors(config, files, outputs)
 
 
 errors = config_errors()
@@ -64,6 +66,15 @@ PER_FILE = config["corpus"]["num_shards"] == "per_file"
 NUM_SHARDS = len(CORPUS_FILES) if PER_FILE else config["corpus"]["num_shards"]
 SHARDS = list(range(NUM_SHARDS))
 
+OUTPUT = config["output"]  # format and path filled in by lqs_config.resolve_outputs
+PER_SHARD_OUTPUT = OUTPUT["layout"] == "per_shard"
+# The scored output's files: one, or (per_shard) one part per score_shard job in output.path.
+SCORED_FILES = (
+    [f"{OUTPUT['path']}/{lqs_output.part_name(shard, OUTPUT['format'])}" for shard in SHARDS]
+    if PER_SHARD_OUTPUT
+    else [OUTPUT["path"]]
+)
+
 
 def shard_files(wildcards):
     """A shard's input files: its own file (per_file sharding) or every file (line modulo)."""
@@ -79,6 +90,12 @@ def target_source_file(wildcards):
 ANNOTATION = config["annotation"]
 ANNOTATED_STEPS = [t for t in range(ANNOTATION["steps"]) if t % ANNOTATION["interval"] == 0]
 PROXY_PARTS = list(range(config["proxy"]["num_parts"]))
+
+
+def scored_record_settings():
+    """What the scored records' files depend on, beyond the scores."""
+    return dict(output_format=OUTPUT["format"], score_field=OUTPUT["score_field"],
+                extra_fields=OUTPUT["extra_fields"])
 
 
 def corpus_settings():

@@ -4,7 +4,7 @@ report: "../report/workflow.rst"
 rule plots:
     input:
         summary=f"{RESULTS}/summary.json",
-        scored=config["output"]["path"],
+        scored=SCORED_FILES,
         trajectory_log=f"{RESULTS}/annotation/trajectory/log.parquet",
         labels=f"{RESULTS}/annotation/labels.parquet",
         scorer=f"{RESULTS}/scorer",

@@ -42,7 +42,12 @@ rule score_shard:
         tokenized=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         scorer=f"{RESULTS}/scorer",
     output:
-        f"{RESULTS}/scores/shard-{{shard}}.parquet",
+        scores=f"{RESULTS}/scores/shard-{{shard}}.parquet",
+        stats=f"{RESULTS}/scores/shard-{{shard}}.json",
+        # output.layout per_shard: the shard's scored records, kept until the rerun succeeds (update())
+        part=[update(f"{OUTPUT['path']}/part-{{shard}}{lqs_output.FORMATS[OUTPUT['format']]}")]
+        if PER_SHARD_OUTPUT
+        else [],
     params:
         settings=lambda wildcards: as_settings(
             **corpus_settings(),
@@ -50,7 +55,9 @@ rule score_shard:
             **config["inference"],
             device=config["device"],
             trust_remote_code=TRUST_REMOTE_CODE,
+            **(scored_record_settings() if PER_SHARD_OUTPUT else {}),
         ),
+        part=lambda wildcards, output: f"--part-out {shlex.quote(output.part[0])}" if PER_SHARD_OUTPUT else "",
     log:
         f"{RESULTS}/logs/score_shard/{{shard}}.log",
     benchmark:
@@ -63,14 +70,17 @@ rule score_shard:
         "../envs/lqs.yaml"
     shell:
         "lqs score-shard {input.corpus} --tokenized-shard {input.tokenized} --scorer-dir {input.scorer}"
-        " --out {output} --settings {params.settings:q} > {log} 2>&1"
+        " --out {output.scores} --stats-out {output.stats} {params.part} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule gather_scores:
     input:
-        corpus=CORPUS_FILES,
+        # layout per_shard: the parts are written; the corpus is not read again
+        corpus=[] if PER_SHARD_OUTPUT else CORPUS_FILES,
         scores=expand(f"{RESULTS}/scores/shard-{{shard}}.parquet", shard=SHARDS),
+        stats=expand(f"{RESULTS}/scores/shard-{{shard}}.json", shard=SHARDS),
         rejects=expand(f"{RESULTS}/corpus/rejects-{{shard}}.jsonl", shard=SHARDS),
+        parts=SCORED_FILES if PER_SHARD_OUTPUT else [],
         # With a pretrained scorer (scorer.checkpoint) there is no proxy, annotation or training metrics.
         metrics=[] if SCORER_CHECKPOINT else f"{RESULTS}/scorer",
         annotation=[] if SCORER_CHECKPOINT else f"{RESULTS}/annotation/labels.json",
@@ -78,11 +88,12 @@ rule gather_scores:
     output:
         # update(): Snakemake keeps the previous results until this job succeeds (it backs them
         # up and restores them if the job fails) instead of deleting them before it starts.
-        scored=update(config["output"]["path"]),
-        rejects=update(config["output"]["rejects_path"]),
+        scored=[] if PER_SHARD_OUTPUT else [update(OUTPUT["path"])],
+        rejects=update(OUTPUT["rejects_path"]),
         summary=update(f"{RESULTS}/summary.json"),
     params:
-        settings=as_settings(**corpus_settings(), score_field=config["output"]["score_field"]),
+        settings=as_settings(**corpus_settings(), **scored_record_settings(), layout=OUTPUT["layout"]),
+        out=OUTPUT["path"],
         benchmarks=f"{RESULTS}/benchmarks",
     log:
         f"{RESULTS}/logs/gather_scores.log",
@@ -92,8 +103,8 @@ rule gather_scores:
         "../envs/lqs.yaml"
     shell:
         "lqs gather {input.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
-        " --out {output.scored} --rejects-out {output.rejects} --summary-out {output.summary}"
-        " --benchmarks-dir {params.benchmarks}"
+        " --stats-paths {input.stats} --part-paths {input.parts} --out {params.out:q}"
+        " --rejects-out {output.rejects} --summary-out {output.summary} --benchmarks-dir {params.benchmarks}"
         + (
             ""
             if SCORER_CHECKPOINT

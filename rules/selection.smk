@@ -1,6 +1,6 @@
 rule select_order:
     input:
-        scored=config["output"]["path"],
+        scored=SCORED_FILES,
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
     output:
         # update(): kept until the rerun succeeds, restored if it fails (as gather_scores')
@@ -12,7 +12,9 @@ rule select_order:
         settings=as_settings(
             selection={k: v for k, v in config["selection"].items() if k != "path"},
             ordering=config["ordering"],
-            score_field=config["output"]["score_field"],
+            score_field=OUTPUT["score_field"],
+            output_format=OUTPUT["format"],
+            layout=OUTPUT["layout"],
         ),
     log:
         f"{RESULTS}/logs/select_order.log",
@@ -21,5 +23,5 @@ rule select_order:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs select-order {input.scored} {input.shards} --out {output.selected} --order-out {output.order}"
+        "lqs select-order --scored {input.scored} --shard-paths {input.shards} --out {output.selected} --order-out {output.order}"
         " --summary-out {output.summary} --settings {params.settings:q} > {log} 2>&1"

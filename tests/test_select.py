@@ -351,8 +351,8 @@ def test_cli_runs_the_stage_and_reports_errors_without_traceback(tmp_path):
 
     def cli(selection):
         settings = json.dumps(dict(selection=SELECTION | selection, ordering=ORDERING, score_field="score"))
-        return subprocess.run([sys.executable, "-m", "lqs", "select-order", str(tmp_path / "scored.jsonl"),
-                               *inputs["shards"], "--out", str(out), "--order-out", str(tmp_path / "o.parquet"),
+        return subprocess.run([sys.executable, "-m", "lqs", "select-order", "--scored", str(tmp_path / "scored.jsonl"),
+                               "--shard-paths", *inputs["shards"], "--out", str(out), "--order-out", str(tmp_path / "o.parquet"),
                                "--summary-out", str(tmp_path / "s.json"), "--settings", settings],
                               capture_output=True, text=True)
 
