@@ -1,0 +1,351 @@
+"""Output formats and layouts (output.format, output.layout, output.extra_fields), selection from
+each of them, and `lqs score`: checked against the input records and the JSONL run's output."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import GOOD, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+from test_workflow import copy_workflow, edit_config, parse_plan, plan, rule_counts, set_key
+
+from lqs import corpus, output
+from lqs import select as sel
+from lqs.scorer import load, scoring_windows
+
+FIELDS = ["score", "n_tokens", "n_windows", "truncated"]
+
+
+def records_of(*paths, text_field="text"):
+    return list(corpus.iter_records([str(p) for p in paths], text_field, 10**6))
+
+
+def values_for(records):
+    return {"score": [0.25 * i - 1 for i in range(len(records))], "n_tokens": [10 + i for i in range(len(records))],
+            "n_windows": [1 + i % 3 for i in range(len(records))], "truncated": [i % 2 == 0 for i in range(len(records))]}
+
+
+def write(path, records, format, columns, schema=None, chunk=3):
+    with output.ScoredWriter(path, format, list(columns), schema) as writer:
+        for start in range(0, len(records), chunk):
+            writer.write(records[start:start + chunk], {k: v[start:start + chunk] for k, v in columns.items()})
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# the writer
+
+
+def test_jsonl_keeps_each_line_and_gz_holds_the_same_bytes(tmp_path):
+    lines = [b'{"text": "a b", "id": 1}\r\n', b'{ "text" : "c",  "n": 12345678901234567890 }  \n',
+             '{"text": "caf\u00e9 \\ud83d\\ude00", "x": [1, {"y": null}]}\n'.encode(), b'{"text": "last"}']
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(lines))
+    records = records_of(src)
+    columns = values_for(records)
+    plain = write(tmp_path / "out.jsonl", records, "jsonl", columns).read_bytes()
+    packed = write(tmp_path / "out.jsonl.gz", records, "jsonl.gz", columns).read_bytes()
+    assert gzip.decompress(packed) == plain
+    assert write(tmp_path / "again.jsonl.gz", records, "jsonl.gz", columns).read_bytes() == packed  # reproducible
+    out_lines = plain.splitlines(keepends=True)
+    assert len(out_lines) == len(lines)
+    for i, (before, after) in enumerate(zip(lines, out_lines)):
+        body = before.rstrip(b"\r\n")
+        cut = body.rindex(b"}")
+        assert after.startswith(body[:cut]) and after.rstrip(b"\r\n").endswith(body[cut:])
+        assert after.endswith(b"\r\n" if before.endswith(b"\r\n") else b"\n")
+        assert json.loads(after) == json.loads(before) | {k: v[i] for k, v in columns.items()}
+
+
+def rich_table(n: int) -> pa.Table:
+    return pa.table({
+        "text": [f"document {i} " + GOOD[i % len(GOOD)] for i in range(n)],
+        "when": pa.array([datetime.datetime(2024, 1, 1 + i, tzinfo=datetime.timezone.utc) for i in range(n)],
+                         pa.timestamp("ms", tz="UTC")),
+        "price": pa.array([decimal.Decimal(f"{i}.50") for i in range(n)], pa.decimal128(10, 2)),
+        "tags": pa.array([[f"t{i}"] * (i % 3) for i in range(n)], pa.list_(pa.string())),
+        "meta": pa.array([{"a": i, "b": [i]} for i in range(n)]),
+        "attrs": pa.array([[("k", i)] for i in range(n)], pa.map_(pa.string(), pa.int32())),
+        "blob": pa.array([bytes([i]) for i in range(n)], pa.binary()),
+        "big": pa.array([2**62 + i for i in range(n)], pa.int64()),
+    })
+
+
+def test_parquet_output_keeps_the_input_columns_and_types(tmp_path):
+    table = rich_table(7)
+    pq.write_table(table.slice(0, 4), tmp_path / "a.parquet")
+    pq.write_table(table.slice(4), tmp_path / "b.parquet")
+    paths = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    records = records_of(*paths)
+    schema = output.parquet_input_schema(paths)
+    columns = values_for(records)
+    out = pq.read_table(write(tmp_path / "out.parquet", records, "parquet", columns, schema))
+    assert out.schema.names == table.schema.names + FIELDS
+    assert [out.schema.field(n).type for n in table.schema.names] == list(table.schema.types)
+    assert out.select(table.schema.names).equals(table)
+    assert out.schema.field("score").type == pa.float64() and out.schema.field("truncated").type == pa.bool_()
+    assert out.column("n_tokens").to_pylist() == columns["n_tokens"]
+
+
+def test_parquet_input_schemas_are_unified_or_refused(tmp_path):
+    pq.write_table(pa.table({"text": ["a"], "x": [1]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"text": ["b"], "y": [0.5]}), tmp_path / "b.parquet")
+    unified = output.parquet_input_schema([str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")])
+    assert unified.names == ["text", "x", "y"]
+    pq.write_table(pa.table({"text": ["c"], "x": ["not an int"]}), tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match="columns of different types.*output.format jsonl"):
+        output.parquet_input_schema([str(tmp_path / "a.parquet"), str(tmp_path / "c.parquet")])
+    assert output.parquet_input_schema([str(tmp_path / "a.parquet"), "x.jsonl"]) is None
+
+
+def test_parquet_from_jsonl_infers_the_columns_and_names_a_record_that_does_not_fit(tmp_path):
+    good = [{"text": f"t{i}", "n": i, "tags": ["a"]} for i in range(4)]
+    path = write_jsonl(tmp_path / "in.jsonl", good + [{"text": "x", "n": 5, "tags": [], "new": 1}])
+    records = records_of(path)
+    out = pq.read_table(write(tmp_path / "ok.parquet", records[:4], "parquet", {"score": [0.0] * 4}, chunk=2))
+    assert out.to_pylist() == [r | {"score": 0.0} for r in good]
+    with pytest.raises(ValueError, match=r"in\.jsonl:5: field 'new' is not one of .*output\.format jsonl"):
+        write(tmp_path / "bad.parquet", records, "parquet", {"score": [0.0] * 5}, chunk=4)
+    assert not (tmp_path / "bad.parquet").exists()  # nothing that looks finished
+    path = write_jsonl(tmp_path / "types.jsonl", good + [{"text": "x", "n": "five", "tags": []}])
+    with pytest.raises(ValueError, match=r"types\.jsonl:5: the record does not fit"):
+        write(tmp_path / "bad.parquet", records_of(path), "parquet", {"score": [0.0] * 5}, chunk=4)
+
+
+def test_a_field_the_records_have_is_refused(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": "a", "n_tokens": 3}])
+    with pytest.raises(ValueError, match=r"in\.jsonl:1: .* already has a field 'n_tokens'.*output\.extra_fields"):
+        write(tmp_path / "o.jsonl", records_of(path), "jsonl", {"score": [1.0], "n_tokens": [2]})
+    pq.write_table(pa.table({"text": ["a"], "score": [1.0]}), tmp_path / "in.parquet")
+    schema = output.parquet_input_schema([str(tmp_path / "in.parquet")])
+    with pytest.raises(ValueError, match="already has a column 'score'; choose another output.score_field"):
+        write(tmp_path / "o.parquet", records_of(tmp_path / "in.parquet"), "parquet", {"score": [1.0]}, schema)
+
+
+# ----------------------------------------------------------------------------------------------
+# selection from every format, in bounded memory
+
+
+@pytest.mark.parametrize("format", ["jsonl.gz", "parquet"])
+def test_selection_from_gz_and_parquet_equals_jsonl_in_many_passes(tmp_path, monkeypatch, format):
+    rng = np.random.default_rng(0)
+    docs = [{"text": f"doc {i}", "id": i, "score": float(rng.normal())} for i in range(50)]
+    docs[7]["score"] = docs[3]["score"]  # a tie, broken by input order
+    shard = tmp_path / "shard-0.parquet"
+    from lqs.tokenize import SHARD_SCHEMA
+
+    pq.write_table(pa.Table.from_pylist([{"doc_id": i, "window": 0, "input_ids": [1] * (1 + i % 4)}
+                                         for i in range(50)], SHARD_SCHEMA), shard)
+    write_jsonl(tmp_path / "scored.jsonl", docs)
+    if format == "jsonl.gz":
+        (tmp_path / "scored.jsonl.gz").write_bytes(gzip.compress((tmp_path / "scored.jsonl").read_bytes()))
+    else:
+        pq.write_table(pa.Table.from_pylist(docs), tmp_path / "scored.parquet", row_group_size=8)
+    settings = dict(selection=dict(method="top", ratio=0.6, threshold=None, temperature=1.0, seed=0),
+                    ordering=dict(method="folding", folds=3, seed=0), score_field="score")
+
+    def run(name, fmt):
+        return sel.select_order(str(tmp_path / f"scored.{fmt}"), [str(shard)], str(tmp_path / f"{name}.{fmt}"),
+                                str(tmp_path / f"{name}.order.parquet"), str(tmp_path / f"{name}.json"),
+                                output_format=fmt, **settings)
+
+    run("reference", "jsonl")
+    monkeypatch.setattr(sel, "SELECT_MEMORY", 5 * 40)  # about 5 records per pass: 6 passes
+    summary = run("selected", format)
+    expected = [json.loads(line) for line in (tmp_path / "reference.jsonl").read_bytes().splitlines()]
+    if format == "parquet":
+        got = pq.read_table(tmp_path / "selected.parquet")
+        assert got.schema == pq.read_schema(tmp_path / "scored.parquet")
+        got = got.to_pylist()
+    else:
+        got = [json.loads(line) for line in gzip.decompress((tmp_path / "selected.jsonl.gz").read_bytes()).splitlines()]
+    assert got == expected and summary["documents_selected"] == 30
+    assert pq.read_table(tmp_path / "selected.order.parquet").equals(pq.read_table(tmp_path / "reference.order.parquet"))
+
+
+# ----------------------------------------------------------------------------------------------
+# the workflow
+
+
+def planned(workdir: Path) -> dict[str, int]:
+    """Jobs per rule that `snakemake -n` plans (test_workflow's plan() refuses the new output
+    files' "Missing output files" reason, which is the point here)."""
+    return rule_counts(parse_plan(snakemake(workdir, "-n").stdout)[0])
+
+
+@pytest.fixture(scope="module")
+def per_shard_parquet(tmp_path_factory) -> Path:
+    """The tiny workflow on a corpus of two Parquet files, output.layout per_shard, extra fields."""
+    workdir = tmp_path_factory.mktemp("per_shard")
+    docs = tiny_corpus()
+    (workdir / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(docs[:70]), workdir / "data" / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(docs[70:]), workdir / "data" / "b.parquet")
+    write_jsonl(workdir / "data" / "target.jsonl",
+                [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
+    config = tiny_config("data/*.parquet", "data/target.jsonl")
+    config["output"] = {"layout": "per_shard", "extra_fields": ["n_tokens", "n_windows", "truncated"]}
+    make_workflow(workdir, config)
+    snakemake(workdir)
+    return workdir
+
+
+def test_per_shard_parts_hold_each_shard_in_input_order(per_shard_parquet):
+    wd = per_shard_parquet
+    docs = tiny_corpus()
+    input_schema = pq.read_schema(wd / "data" / "a.parquet")
+    for shard in (0, 1):
+        part = pq.read_table(wd / "scored" / f"part-{shard}.parquet")
+        assert part.schema.names == input_schema.names + FIELDS
+        assert part.select(input_schema.names).to_pylist() == docs[shard::2]  # doc_id % 2 == shard, in order
+        scores = pq.read_table(wd / "results" / "scores" / f"shard-{shard}.parquet")
+        for name in FIELDS:
+            assert part.column(name).to_pylist() == scores.column(name).to_pylist()
+    summary = json.loads((wd / "results" / "summary.json").read_text())
+    assert (summary["documents_read"], summary["documents_scored"], summary["documents_rejected"]) == (120, 120, 0)
+    assert summary["layout"] == "per_shard" and summary["format"] == "parquet"
+    assert set(summary["mean_score_by_source"]) == {"good", "noise", "repeat"}
+    assert pq.read_table(wd / "selected.parquet").num_rows == 120  # selection.ratio 1: every document
+    assert not (wd / "scored.jsonl").exists() and not (wd / "scored.parquet").exists()
+
+
+def test_per_shard_extra_fields_are_what_was_scored(per_shard_parquet):
+    wd = per_shard_parquet
+    scorer = load(wd / "results" / "scorer", device="cpu")
+    part = pq.read_table(wd / "scored" / "part-1.parquet").to_pylist()
+    windows, truncated = scoring_windows(scorer.tokenizer, [r["text"] for r in part], scorer.max_length)
+    for i, row in enumerate(part):
+        mine = [w for w in windows if w.doc == i]
+        assert (row["n_tokens"], row["n_windows"], row["truncated"]) == (sum(len(w.ids) for w in mine), len(mine), False)
+    assert any(r["n_windows"] > 1 for r in part)
+
+
+def test_per_shard_gather_never_reads_the_corpus_and_removes_stale_parts(per_shard_parquet, tmp_path):
+    wd = copy_workflow(per_shard_parquet, tmp_path)
+    corpus_file = wd / "data" / "b.parquet"
+    stat = corpus_file.stat()
+    corpus_file.write_bytes(b"PAR1 not a parquet file")  # a gather that read it would fail
+    os.utime(corpus_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (wd / "scored" / "part-7.parquet").write_bytes(b"an earlier run's part")
+    jobs = plan(wd, "-f", "results/summary.json")
+    assert rule_counts(jobs) == {"gather_scores": 1}
+    snakemake(wd, "-f", "results/summary.json")
+    summary = json.loads((wd / "results" / "summary.json").read_text())
+    assert summary["documents_read"] == 120
+    assert summary["removed_stale_parts"] == ["scored/part-7.parquet"]
+    assert sorted(p.name for p in (wd / "scored").iterdir()) == ["part-0.parquet", "part-1.parquet"]
+
+
+def test_single_layout_equals_the_parts_and_selects_the_same(per_shard_parquet, tmp_path):
+    wd = copy_workflow(per_shard_parquet, tmp_path)
+    edit_config(wd, set_key("output", "layout", "single"))
+    assert planned(wd) == {"score_shard": 2, "gather_scores": 1, "select_order": 1, "all": 1}
+    snakemake(wd)
+    single = pq.read_table(wd / "scored.parquet")
+    parts = pa.concat_tables(pq.read_table(per_shard_parquet / "scored" / f"part-{s}.parquet") for s in (0, 1))
+    assert single.schema == parts.schema
+    assert single.equals(parts.sort_by("extra"))  # extra.n is the input index
+    assert single.column("id").to_pylist() == [d["id"] for d in tiny_corpus()]
+    for name in ("order.parquet", "summary.json"):
+        a, b = (p / "results" / "selection" / name for p in (wd, per_shard_parquet))
+        assert (pq.read_table(a).equals(pq.read_table(b)) if name.endswith("parquet")
+                else json.loads(a.read_text()) == json.loads(b.read_text()))
+    assert pq.read_table(wd / "selected.parquet").equals(pq.read_table(per_shard_parquet / "selected.parquet"))
+
+
+def test_jsonl_gz_output_is_the_jsonl_output_compressed(completed_workflow, tmp_path):
+    wd = copy_workflow(completed_workflow, tmp_path)
+    edit_config(wd, set_key("output", "format", "jsonl.gz"))
+    assert planned(wd) == {"gather_scores": 1, "select_order": 1, "all": 1}  # the scores stand
+    snakemake(wd)
+    assert gzip.decompress((wd / "scored.jsonl.gz").read_bytes()) == (completed_workflow / "scored.jsonl").read_bytes()
+    assert (gzip.decompress((wd / "selected.jsonl.gz").read_bytes())
+            == (completed_workflow / "selected.jsonl").read_bytes())
+
+
+@pytest.mark.parametrize("layout, existing, message", [
+    ("per_shard", "file", "is a file, but output.layout per_shard writes a directory"),
+    ("single", "dir", "is a directory; output.layout single writes one file"),
+])
+def test_an_output_path_of_the_wrong_kind_fails_at_dag_build(tiny_workflow, layout, existing, message):
+    (tiny_workflow / "out").mkdir() if existing == "dir" else (tiny_workflow / "out").write_text("x")
+    edit_config(tiny_workflow, lambda c: c.setdefault("output", {}).update(path="out", layout=layout))
+    result = snakemake(tiny_workflow, "-n", check=False)
+    assert result.returncode != 0 and f"output.path: 'out' {message}" in result.stdout + result.stderr
+
+
+def test_per_shard_plan_lists_every_part(tiny_workflow):
+    edit_config(tiny_workflow, lambda c: c.setdefault("output", {}).update(layout="per_shard", format="jsonl.gz"))
+    result = snakemake(tiny_workflow, "-n", "-p")
+    assert "scored/part-0.jsonl.gz" in result.stdout and "scored/part-1.jsonl.gz" in result.stdout
+    assert "selected.jsonl.gz" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# lqs score
+
+
+def lqs_score(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lqs", "score", *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_lqs_score_gives_the_workflow_scores_without_the_workflow(completed_workflow, tmp_path):
+    wd = completed_workflow
+    done = lqs_score(wd / "data" / "corpus.jsonl", "--scorer", wd / "results" / "scorer", "--out", tmp_path / "s.jsonl")
+    assert done.returncode == 0, done.stderr
+    mine = (tmp_path / "s.jsonl").read_bytes().splitlines()
+    theirs = (wd / "scored.jsonl").read_bytes().splitlines()
+    assert len(mine) == len(theirs) == 120
+    for a, b in zip(mine, theirs):
+        assert a[:a.rindex(b', "score"')] == b[:b.rindex(b', "score"')]  # the input line, byte for byte
+        assert json.loads(a)["score"] == pytest.approx(json.loads(b)["score"], abs=1e-6)  # other batch shapes
+    assert "documents" in done.stderr and "tokens/s" in done.stderr
+
+
+def test_lqs_score_formats_rejects_and_truncation(completed_workflow, tmp_path):
+    wd = completed_workflow
+    scorer = wd / "results" / "scorer"
+    lines = [json.dumps(d) for d in tiny_corpus(12)]
+    lines[3] = '{"text": "   "}'
+    lines[7] = "not json"
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+
+    failed = lqs_score(src, "--scorer", scorer, "--out", tmp_path / "e.jsonl")
+    assert failed.returncode == 1 and f"{src}:4: empty text" in failed.stderr and "Traceback" not in failed.stderr
+    assert not (tmp_path / "e.jsonl").exists()
+
+    done = lqs_score(src, "--scorer", scorer, "--out", tmp_path / "s.jsonl.gz", "--on-bad-record", "skip",
+                     "--extra-fields", "n_windows,truncated", "--max-windows-per-doc", "1")
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in gzip.decompress((tmp_path / "s.jsonl.gz").read_bytes()).splitlines()]
+    assert [r["id"] for r in out] == [json.loads(lines[i])["id"] for i in range(12) if i not in (3, 7)]
+    assert all(r["n_windows"] == 1 for r in out) and any(r["truncated"] for r in out)
+    rejects = [json.loads(line) for line in (tmp_path / "s.jsonl.gz.rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"].split(" (")[0]) for r in rejects] == [(4, "empty text"), (8, "invalid JSON")]
+
+    pq.write_table(pa.Table.from_pylist(tiny_corpus(12)), tmp_path / "in.parquet")
+    done = lqs_score(tmp_path / "in.parquet", "--scorer", scorer, "--out", tmp_path / "p", "--extra-fields", "n_tokens")
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(tmp_path / "p")  # Parquet input: Parquet output by default
+    assert table.schema.names == ["id", "text", "source", "extra", "score", "n_tokens"]
+    assert not (tmp_path / "p.rejects.jsonl").exists()  # nothing rejected: no rejects file
+
+
+def test_lqs_score_names_a_missing_scorer(tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}])
+    failed = lqs_score(tmp_path / "in.jsonl", "--scorer", tmp_path / "nope" / "x" / "y", "--out", tmp_path / "o.jsonl")
+    assert failed.returncode == 1 and "neither a scorer checkpoint directory nor a hub repo id" in failed.stderr
+    shutil.rmtree(tmp_path / "nope", ignore_errors=True)
