@@ -61,7 +61,7 @@ STAGES = {
                      ("--stats-out", None), ("--part-out", None)],
                     "score the documents of one corpus shard"),
     "gather": ("lqs.gather", "gather_scores",
-               [("corpus_paths", "*"), ("--score-paths", "+"), ("--reject-paths", "+"), ("--stats-paths", "+"),
+               [("corpus_paths", "*"), ("--score-paths", "+"), ("--reject-paths", "+"), ("--stats-paths", "*"),
                 ("--part-paths", "*"), ("--out", None), ("--rejects-out", None), ("--summary-out", None),
                 ("--benchmarks-dir", None),
                 ("--scorer-metrics", None), ("--annotation-info", None), ("--proxy-model", None)],

@@ -59,7 +59,8 @@ def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip",
         ids = sorted(set(pq.read_table(windows)["doc_id"].to_pylist()))
         scores = tmp_path / f"scores-{shard}.parquet"
         pq.write_table(pa.table({"doc_id": pa.array(ids, pa.int64()), "score": [_score(i) for i in ids],
-                                 "truncated": [False] * len(ids)}), scores)
+                                 "truncated": [False] * len(ids), "n_tokens": [8] * len(ids),
+                                 "n_windows": [1] * len(ids)}), scores)
         score_paths.append(str(scores))
         reject_paths.append(str(rejects))
     out, rejects_out, summary_out = (tmp_path / n for n in ("scored.jsonl", "rejects.jsonl", "summary.json"))
@@ -401,7 +402,7 @@ def _gather_argv(tmp_path: Path, out: Path) -> list[str]:
     path = write_jsonl(tmp_path / "c.jsonl", GOOD)
     scores = tmp_path / "s.parquet"
     pq.write_table(pa.table({"doc_id": pa.array([0, 1, 2], pa.int64()), "score": [0.0, 0.5, 1.0],
-                             "truncated": [False] * 3}), scores)
+                             "truncated": [False] * 3, "n_tokens": [4] * 3, "n_windows": [1] * 3}), scores)
     (tmp_path / "r.jsonl").write_text("")
     return ["gather", str(path), "--score-paths", str(scores), "--reject-paths", str(tmp_path / "r.jsonl"),
             "--out", str(out), "--rejects-out", str(tmp_path / "rejects.jsonl"), "--summary-out",

@@ -105,7 +105,8 @@ def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
     corpus_path.write_text("".join(f'{{"id": {i}, "text": "document {i}", "n": 1.50}}\n' for i in range(n)))
     for shard in (0, 1):
         ids = np.arange(shard, n, 2)
-        pd.DataFrame({"doc_id": ids, "score": ids / n, "truncated": False}).to_parquet(tmp_path / f"s{shard}.parquet")
+        pd.DataFrame({"doc_id": ids, "score": ids / n, "truncated": False, "n_tokens": 3,
+                      "n_windows": 1}).to_parquet(tmp_path / f"s{shard}.parquet")
         (tmp_path / f"r{shard}.jsonl").write_text("")
     settings = json.dumps({"num_shards": 2, "text_field": "text", "max_chars": 1000, "score_field": "score"})
 

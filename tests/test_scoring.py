@@ -281,24 +281,26 @@ def _corpus_lines() -> list[str]:
 def _run_pipeline(tmp_path: Path, corpus_paths: list[str], tok_dir: str, scorer_dir: str, num_shards,
                   max_windows_per_doc=None, score_field="score") -> tuple[dict, dict[str, Path]]:
     shards = range(len(corpus_paths)) if num_shards == "per_file" else range(num_shards)
-    score_paths, reject_paths = [], []
+    score_paths, reject_paths, stats_paths = [], [], []
     for shard in shards:
         inputs = [corpus_paths[shard]] if num_shards == "per_file" else corpus_paths
         tokenized, rejects = tmp_path / f"tok-{shard}.parquet", tmp_path / f"rejects-{shard}.jsonl"
-        scores = tmp_path / f"scores-{shard}.parquet"
+        scores, stats = tmp_path / f"scores-{shard}.parquet", tmp_path / f"scores-{shard}.json"
         tokenize_shard(inputs, tok_dir, shard, str(tokenized), str(rejects), num_shards=num_shards,
                        text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
         counts = score_shard(inputs, str(tokenized), scorer_dir, str(scores), shard=shard, num_shards=num_shards,
                              text_field="text", max_chars=MAX_CHARS, max_tokens=40,
-                             max_windows_per_doc=max_windows_per_doc, chunk_docs=3, device="cpu")
+                             max_windows_per_doc=max_windows_per_doc, chunk_docs=3, device="cpu",
+                             stats_out=str(stats))
         assert counts["scored"] == pq.read_table(scores).num_rows
         score_paths.append(str(scores))
+        stats_paths.append(str(stats))
         reject_paths.append(str(rejects))
     out = {"out": tmp_path / "scored.jsonl", "rejects": tmp_path / "rejects.jsonl",
            "summary": tmp_path / "summary.json"}
     summary = gather_scores(corpus_paths, score_paths, reject_paths, str(out["out"]), str(out["rejects"]),
                             str(out["summary"]), num_shards=num_shards, text_field="text", max_chars=MAX_CHARS,
-                            score_field=score_field)
+                            score_field=score_field, stats_paths=stats_paths)
     return summary, out
 
 
@@ -333,8 +335,12 @@ def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_sha
         schema = pq.read_schema(p)
         assert schema.equals(SCORES_SCHEMA)
         assert [(f.name, f.type) for f in schema] == [
-            ("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_())]
+            ("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_()),
+            ("n_tokens", pa.int64()), ("n_windows", pa.int64())]
     assert sorted(r["doc_id"] for r in shard_rows) == good
+    for row in shard_rows:  # what the score was computed on: the document's windows
+        windows = scorer.windows([json.loads(lines[row["doc_id"]])["text"]])[0]
+        assert (row["n_tokens"], row["n_windows"]) == (sum(len(w.ids) for w in windows), len(windows))
     assert {r["doc_id"]: r["score"] for r in shard_rows} == expected_scores
     assert not any(r["truncated"] for r in shard_rows)
 
