@@ -3,6 +3,10 @@
 File arguments name inputs and outputs; `--settings` carries the stage's configuration as a
 JSON object (the Snakemake rule's params), passed to the stage function as keyword arguments.
 Heavy imports happen inside each stage so that the CPU-only stages start fast.
+
+Every stage ends with one machine-readable log line (lqs.runtime.stats_message): its own
+seconds, from the call of the stage function (after the imports: the stage's module, and
+transformers for the stages that use it), and the counters it returns, for lqs.report.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ import argparse
 import importlib
 import json
 import logging
+import numbers
+import os
 import sys
 import time
 
 from lqs.distributed import relaunch_under_torchrun
-from lqs.runtime import setup_logging
+from lqs.runtime import setup_logging, stats_message
 
 log = logging.getLogger("lqs")
 
@@ -82,7 +88,7 @@ STAGES = {
                           ("--summary-out", None), ("--curves-out", None), ("--plot-out", None)],
                          "the efficacy experiment's table and figure"),
     "plots": ("lqs.report", "make_plots",
-              [("out_dir", None), ("--summary", None), ("--benchmarks-dir", None), ("--scored", "+"),
+              [("out_dir", None), ("--benchmarks-dir", None), ("--logs-dir", None), ("--scored", "+"),
                ("--trajectory-log", None), ("--labels", None), ("--scorer-metrics", None)],
               "figures of a finished run for snakemake --report"),
 }
@@ -147,7 +153,36 @@ COMMANDS = {"score": ("lqs.score", "score_files")}  # user commands with their o
 
 
 DISTRIBUTED = {"train-scorer", "grad-stats", "efficacy-train"}
-_OPTIONAL = {"--stats-out", "--part-out", "--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics", "--annotation-info", "--proxy-model", "--info-out", "--eval-out", "--proxy-dir"}
+# What each stage counts, for its stats line: {unit: the key of the dict the stage function
+# returns, or None where it returns that one count}. The first unit is the stage's throughput.
+# A stage not listed (fetches, tokenizer training, plots) reports its seconds only.
+COUNTERS: dict[str, dict[str, str | None]] = {
+    "tokenize-shard": {"documents": "documents", "tokens": "tokens", "windows": "windows"},
+    "prepare-target": {"samples": None},
+    "sample-proxy": {"samples": None},
+    "pretrain-proxy": {"steps": "steps", "samples": "samples", "tokens": "tokens"},
+    "trajectory": {"steps": "steps", "samples": "samples"},
+    "grad-stats": {"samples": "samples", "tokens": "tokens"},
+    "labels": {"samples": "samples"},
+    "train-scorer": {"samples": "samples_trained"},
+    "score-shard": {"documents": "scored", "tokens": "tokens"},
+    "score": {"documents": "documents_scored", "tokens": "tokens"},
+    "gather": {"documents": "documents_read"},
+    "select-order": {"documents": "documents_scored", "tokens": "tokens_scored"},
+    "efficacy-heldout": {"documents": None},
+    "efficacy-train": {"tokens": "tokens", "steps": "steps"},
+}
+# The libraries a stage's function imports when called (transformers' tokenizers, with torch, and
+# its model code: 3-4 s on a CPU): imported before the stage's clock starts, like its module.
+_TOKENIZERS, _MODELS = "transformers.models.auto.tokenization_auto", "transformers.modeling_utils"
+PRELOAD = {
+    **dict.fromkeys(["train-tokenizer", "fetch-tokenizer", "tokenize-shard", "prepare-target", "sample-proxy"],
+                    (_TOKENIZERS,)),
+    **dict.fromkeys(["fetch-model", "fetch-scorer", "pretrain-proxy", "trajectory", "grad-stats", "train-scorer",
+                     "score-shard", "score", "efficacy-train"], (_TOKENIZERS, _MODELS)),
+}
+_OPTIONAL = {"--stats-out", "--part-out", "--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics",
+             "--annotation-info", "--proxy-model", "--info-out", "--eval-out", "--proxy-dir", "--logs-dir"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,9 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = args.pop("settings", {})
     module, function = STAGES[stage][:2] if stage in STAGES else COMMANDS[stage]
     kwargs = {k: v for k, v in args.items() if v is not None} | settings
-    start = time.perf_counter()
     try:
-        result = getattr(importlib.import_module(module), function)(**kwargs)
+        run = getattr(importlib.import_module(module), function)
+        for library in PRELOAD.get(stage, ()):
+            importlib.import_module(library)
+        start = time.perf_counter()
+        result = run(**kwargs)
     except (ValueError, RuntimeError) as e:
         log.error("%s failed: %s", stage, e)
         sys.exit(1)
@@ -173,5 +211,17 @@ def main(argv: list[str] | None = None) -> None:
         where = f" (outputs: {', '.join(outputs)})" if e.errno and e.filename is None and outputs else ""
         log.error("%s failed: %s%s", stage, e, where)
         sys.exit(1)
-    log.info("%s done in %.1f s%s", stage, time.perf_counter() - start,
-             f": {result}" if isinstance(result, (dict, int)) else "")
+    seconds = time.perf_counter() - start
+    log.info("%s done in %.1f s%s", stage, seconds, f": {result}" if isinstance(result, (dict, int)) else "")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line per job
+        log.info(stats_message(stage, seconds, counters(stage, result)))
+
+
+def counters(stage: str, result) -> dict[str, int]:
+    """The stage's counters (COUNTERS) from what its function returned."""
+    counts = {}
+    for unit, key in COUNTERS.get(stage, {}).items():
+        value = result if key is None else result.get(key) if isinstance(result, dict) else None
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            counts[unit] = int(value)
+    return counts

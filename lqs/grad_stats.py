@@ -294,9 +294,10 @@ def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Pa
 
 def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, step: int, part: int,
                num_parts: int, stats_dtype: str = "fp32", micro_batch: int = 8, method: str = "auto",
-               tf32: bool = False, device: str = "auto", trust_remote_code: bool = False) -> None:
+               tf32: bool = False, device: str = "auto", trust_remote_code: bool = False) -> dict[str, int]:
     """Writes the stats of one part of the proxy set at one step; under torchrun each rank
-    computes every world-th sample of the part and rank 0 writes them all.
+    computes every world-th sample of the part and rank 0 writes them all. Returns the part's
+    samples and their tokens.
     tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)."""
     ctx = distributed.setup(device)
     set_tf32(tf32)
@@ -306,7 +307,8 @@ def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, s
     model = load_proxy(proxy_dir, ctx.device, trust_remote_code)
     theta, lam = load_step(step_path, ctx.device)
     set_params(model, theta)
-    mine = table["input_ids"].to_pylist()[ctx.rank::ctx.world]
+    ids = table["input_ids"].to_pylist()
+    mine = ids[ctx.rank::ctx.world]
     norms, dots = np.zeros(len(rows)), np.zeros(len(rows))
     for rank, (n, d) in enumerate(distributed.all_gather(ctx, per_sample_stats(
             model, mine, lam, stats_dtype, ctx.device, micro_batch, method, progress=ctx.main))):
@@ -322,3 +324,4 @@ def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, s
             "sample_id": sample_ids, "step": np.full(len(rows), step, np.int32), "grad_norm": norms,
             "dot": dots, "lambda_norm": np.full(len(rows), lam_norm)}, schema=STATS_SCHEMA))
     distributed.teardown(ctx)
+    return {"samples": len(rows), "tokens": sum(map(len, ids))}

@@ -74,9 +74,9 @@ def split(num: int, valid_size: float, seed: int) -> np.ndarray:
 
 
 def lqs_labels(stats_paths: Sequence[str], out: str, info_out: str | None = None, *, lr: float, steps: int,
-               interval: int, score: str, normalize_method: str, valid_size: float, seed: int) -> None:
+               interval: int, score: str, normalize_method: str, valid_size: float, seed: int) -> dict[str, int]:
     """Writes labels.parquet (sample_id, raw γ, normalised score, split) and, to `info_out`,
-    the annotation settings the labels were made with."""
+    the annotation settings the labels were made with. Returns the samples labelled."""
     sample_ids, annotated, arrays = read_stats(stats_paths)
     raw = raw_scores(arrays["grad_norm"], arrays["dot"], arrays["lambda_norm"], lr, score)
     write_table(out, pa.table({
@@ -87,3 +87,4 @@ def lqs_labels(stats_paths: Sequence[str], out: str, info_out: str | None = None
         write_json(info_out, {"lr": lr, "steps": steps, "interval": interval, "score": score,
                               "normalize": normalize_method, "annotated_steps": annotated,
                               "proxy_samples": len(raw)})
+    return {"samples": len(raw)}

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def pretrain_proxy(tokenizer_dir: str, shard_paths: Sequence[str], out_dir: str, *, arch: dict[str, Any],
-                   steps: int, batch_size: int, lr: float, seed: int, device: str = "auto") -> list[float]:
+                   steps: int, batch_size: int, lr: float, seed: int, device: str = "auto") -> dict[str, int]:
+    """Pretrains the proxy from its architecture; returns the steps, samples and tokens trained on."""
     device = resolve_device(device)
     tokenizer = load_tokenizer(tokenizer_dir)
     model = build_model(arch, tokenizer, causal_lm=True, seed=seed).to(device).eval()  # eval: dropout off
@@ -29,7 +30,6 @@ def pretrain_proxy(tokenizer_dir: str, shard_paths: Sequence[str], out_dir: str,
                            what="pretraining samples")["input_ids"].to_pylist()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, steps // 10)))
-    losses = []
     for step in tqdm(range(steps), desc="pretrain proxy", unit="step", mininterval=5):
         ids, mask = collate(windows[step * batch_size:(step + 1) * batch_size], device=device)
         loss = sample_losses(model, ids, mask).mean()
@@ -40,10 +40,9 @@ def pretrain_proxy(tokenizer_dir: str, shard_paths: Sequence[str], out_dir: str,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
         if step % max(1, steps // 10) == 0:
             log.info("step %d: loss %.4f", step, loss.item())
     with atomic_dir(out_dir) as tmp:
         model.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    return losses
+    return {"steps": steps, "samples": len(windows), "tokens": sum(map(len, windows))}

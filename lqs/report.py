@@ -1,10 +1,11 @@
 """Rule `plots`: figures of a finished run for `snakemake --report`.
 
-trajectory.png  train and target loss, ‖λ_t‖ per SGD step
+trajectory.png  train and target loss, ‖λ_t‖ per SGD step, the annotated steps marked
 labels.png      distribution of the raw and normalised labels
-scorer.png      scorer training loss and validation Spearman per epoch
+scorer.png      scorer training loss and validation Spearman per epoch, the kept epoch marked
 scores.png      corpus score histogram, overall and per source
-stages.png      wall time and throughput per stage, from the benchmark files
+stages.png      time and throughput per stage, from each stage's stats line in its log
+                (lqs.cli), beside its jobs' wall time from the benchmark files
 
 and, for the efficacy target, curves.png: each arm's target and corpus loss against the tokens
 trained on (lqs.efficacy calls plot_efficacy).
@@ -12,23 +13,33 @@ trained on (lqs.efficacy calls plot_efficacy).
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from collections import defaultdict
-from pathlib import Path
-
+from dataclasses import dataclass, field
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from lqs.gather import stage_seconds  # noqa: E402
 from lqs.io import atomic_path, parquet_batches, read_parquet  # noqa: E402
 from lqs.output import read_lines  # noqa: E402
+from lqs.runtime import STATS_PREFIX  # noqa: E402
+
+# Rules in pipeline order (DESIGN.md §2); others follow, by name.
+STAGE_ORDER = ("demo_data", "train_tokenizer", "fetch_tokenizer", "fetch_proxy", "fetch_scorer_base", "fetch_scorer",
+               "fetch_target", "pretrain_proxy", "tokenize_shard", "prepare_target", "sample_proxy", "trajectory",
+               "grad_stats", "lqs_labels", "train_scorer", "score_shard", "gather_scores", "select_order",
+               "fetch_eval_source", "prepare_eval_source", "efficacy_corpus_eval", "efficacy_train", "efficacy")
+_STATS_LINE = re.compile(re.escape(STATS_PREFIX) + r"(\{.*\})\s*$")
 
 
 def _save(fig, path: Path) -> None:
@@ -38,15 +49,24 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_trajectory(log_path: str, out: Path) -> None:
+def plot_trajectory(log_path: str, out: Path, annotated_steps: list[int] = ()) -> None:
+    """annotated_steps: the steps t whose per-sample statistics make the labels, marked."""
     log = read_parquet(log_path).to_pandas()
     fig, (loss_ax, lam_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax in (loss_ax, lam_ax):
+        for i, t in enumerate(annotated_steps):
+            ax.axvline(t, color="tab:gray", linestyle=":", linewidth=1,
+                       label="annotated step t" if i == 0 else None)
     loss_ax.plot(log["step"], log["train_loss"], marker=".", label="train batch loss L_t(θ_t)")
     loss_ax.plot(log["step"], log["target_loss"], marker=".", label="target loss J(θ_t)")
     loss_ax.set(xlabel="SGD step t", ylabel="loss", title="Proxy LM trajectory")
     loss_ax.legend()
-    lam_ax.plot(log["step"], log["lambda_norm"], marker=".", color="tab:green")
+    lam_ax.plot(log["step"], log["lambda_norm"], marker=".", color="tab:green", label="‖λ_t‖")
     lam_ax.set(xlabel="step t", ylabel="‖λ_t‖", title="Costate norm")
+    if len(annotated_steps):
+        lam_ax.legend()
+    for ax in (loss_ax, lam_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save(fig, out)
 
 
@@ -63,14 +83,26 @@ def plot_labels(labels_path: str, out: Path) -> None:
 
 
 def plot_scorer(metrics_path: str, out: Path) -> None:
-    history = pd.DataFrame(json.loads(Path(metrics_path).read_text())["history"])
+    metrics = json.loads(Path(metrics_path).read_text())
+    history = pd.DataFrame(metrics["history"])
+    kept = metrics.get("best_epoch")  # the epoch whose weights the checkpoint has
     fig, (loss_ax, rho_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     loss_ax.plot(history["epoch"], history["train_loss"], marker="o", label="train MSE")
     loss_ax.plot(history["epoch"], history["valid_mse"], marker="o", label="validation MSE")
     loss_ax.set(xlabel="epoch", ylabel="MSE", title="Scorer training")
-    loss_ax.legend()
-    rho_ax.plot(history["epoch"], history["valid_spearman"], marker="o", color="tab:purple")
+    rho_ax.plot(history["epoch"], history["valid_spearman"], marker="o", color="tab:purple",
+                label="validation Spearman")
     rho_ax.set(xlabel="epoch", ylabel="Spearman ρ", title="Validation Spearman")
+    if kept is not None:
+        for ax in (loss_ax, rho_ax):
+            ax.axvline(kept, color="tab:red", linestyle="--", linewidth=1,
+                       label=f"kept: epoch {kept} (best validation Spearman)")
+        rho_ax.plot([kept], history.loc[history["epoch"] == kept, "valid_spearman"], marker="*",
+                    markersize=14, color="tab:red", linestyle="none")
+        rho_ax.legend(fontsize=8)
+    loss_ax.legend(fontsize=8)
+    for ax in (loss_ax, rho_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save(fig, out)
 
 
@@ -109,23 +141,106 @@ def plot_scores(scored_paths: Sequence[str], score_field: str, out: Path, bins: 
     _save(fig, out)
 
 
-def plot_stages(benchmarks_dir: str, summary_path: str, out: Path) -> None:
-    seconds = stage_seconds(benchmarks_dir)
-    summary = json.loads(Path(summary_path).read_text())
-    counts = {"tokenize_shard": summary.get("documents_read"), "score_shard": summary.get("documents_scored"),
-              "gather_scores": summary.get("documents_read")}
-    annotation = summary.get("annotation") or {}
-    if annotation:
-        counts["grad_stats"] = annotation.get("proxy_samples", 0) * len(annotation.get("annotated_steps", []))
-    fig, (time_ax, rate_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    names = list(seconds)
-    time_ax.barh(names, [seconds[n] for n in names], color="tab:blue")
-    time_ax.set(xlabel="wall seconds (all jobs of the rule)", title="Wall time per stage")
-    rated = [n for n in names if counts.get(n) and seconds[n] > 0]
-    rate_ax.barh(rated, [counts[n] / seconds[n] for n in rated], color="tab:orange")
-    rate_ax.set(xlabel="documents/s (grad_stats: samples × steps / s)",
-                title="Throughput per stage")
+@dataclass
+class StageStats:
+    """One rule's stats lines, summed over its jobs: its own seconds (from the stage function's
+    call, lqs.cli) and its counters; `unit` is the counter its throughput is given in."""
+
+    jobs: int = 0
+    seconds: float = 0.0
+    unit: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def throughput(self) -> dict[str, float]:
+        """Each counter per second of the stage's own time (per process: the jobs' seconds add up)."""
+        return {k: v / self.seconds for k, v in self.counts.items()} if self.seconds > 0 else {}
+
+
+def in_pipeline_order(names) -> list[str]:
+    known = {name: i for i, name in enumerate(STAGE_ORDER)}
+    return sorted(names, key=lambda n: (known.get(n, len(known)), n))
+
+
+def read_stage_stats(logs_dir: str | Path | None) -> dict[str, StageStats]:
+    """The stats lines of <logs_dir>/<rule>.log and <logs_dir>/<rule>/<job>.log, per rule, in
+    pipeline order. Logs without one (a job that failed, a run older than the stats lines, the
+    plots' own) are left out."""
+    stats: dict[str, StageStats] = {}
+    root = Path(logs_dir) if logs_dir else None
+    for path in sorted(root.rglob("*.log")) if root and root.is_dir() else []:
+        rule = path.stem if path.parent == root else path.relative_to(root).parts[0]
+        if rule == "plots":
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                match = _STATS_LINE.search(line)
+                if not match:
+                    continue
+                try:
+                    entry = json.loads(match.group(1))
+                    seconds = float(entry["seconds"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short: the job was killed while writing it
+                rule_stats = stats.setdefault(rule, StageStats(unit=entry.get("unit")))
+                rule_stats.jobs += 1
+                rule_stats.seconds += seconds
+                for unit, count in (entry.get("counts") or {}).items():
+                    rule_stats.counts[unit] = rule_stats.counts.get(unit, 0) + count
+    return {name: stats[name] for name in in_pipeline_order(stats)}
+
+
+def benchmark_seconds(benchmarks_dir: str | Path | None) -> dict[str, float]:
+    """Wall seconds per rule, summed over its jobs, from Snakemake's benchmark files
+    <benchmarks_dir>/<rule>/<job>.tsv: the whole job, process start and imports included."""
+    seconds: dict[str, float] = defaultdict(float)
+    for path in sorted(Path(benchmarks_dir).glob("*/*.tsv")) if benchmarks_dir else []:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                seconds[path.parent.name] += float(row["s"])
+    return dict(seconds)
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def plot_stages(logs_dir: str | None, benchmarks_dir: str | None, out: Path) -> dict[str, StageStats]:
+    """Left: each stage's own seconds over the wall seconds of its jobs (process start and imports
+    included); right: its throughput in its own unit, the other counters' rates written beside.
+    Returns the stats plotted."""
+    stats = read_stage_stats(logs_dir)
+    wall = benchmark_seconds(benchmarks_dir)
+    names = in_pipeline_order(set(stats) | set(wall))
+    rows = np.arange(len(names))
+    fig, (time_ax, rate_ax) = plt.subplots(1, 2, figsize=(12, 1.5 + 0.32 * max(len(names), 4)))
+    time_ax.barh(rows, [wall.get(n, 0.0) for n in names], color="tab:blue", alpha=0.3,
+                 label="jobs' wall time (benchmark files)")
+    time_ax.barh(rows, [stats[n].seconds if n in stats else 0.0 for n in names], height=0.45, color="tab:blue",
+                 label="stage's own time (stats line)")
+    time_ax.set_yticks(rows, names)
+    time_ax.set(xlabel="seconds, summed over the rule's jobs", title="Time per stage")
+    time_ax.legend(fontsize=8)
+
+    rates = {n: stats[n].throughput() for n in names if n in stats}
+    rated = [n for n in names if n in stats and rates[n].get(stats[n].unit)]
+    rate_ax.set_yticks(rows, [f"{n} ({stats[n].unit}/s)" if n in rated else n for n in names])
+    if rated:
+        values = [rates[n][stats[n].unit] for n in rated]
+        rate_ax.barh([names.index(n) for n in rated], values, color="tab:orange")
+        rate_ax.set_xscale("log")
+        rate_ax.set_xlim(min(values) / 3, max(values) * 3e3)  # room for the text
+        for n, value in zip(rated, values):
+            unit_first = sorted(rates[n].items(), key=lambda kv: kv[0] != stats[n].unit)
+            rate_ax.annotate(", ".join(f"{_rate(v)} {k}/s" for k, v in unit_first), (value, names.index(n)),
+                             xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    else:
+        rate_ax.text(0.5, 0.5, "no stage stats in the logs\n(a run from before they were logged)",
+                     ha="center", va="center", transform=rate_ax.transAxes)
+    rate_ax.set(xlabel="per second of the stage's own time (per job)", title="Throughput per stage")
+    for ax in (time_ax, rate_ax):
+        ax.set_ylim(max(len(names), 1) - 0.5, -0.5)  # the pipeline's first stage on top
     _save(fig, out)
+    return stats
 
 
 def plot_efficacy(curves: pd.DataFrame, summary: dict, out: Path) -> None:
@@ -148,16 +263,17 @@ def plot_efficacy(curves: pd.DataFrame, summary: dict, out: Path) -> None:
     _save(fig, out)
 
 
-def make_plots(out_dir: str, *, summary: str, benchmarks_dir: str, scored: Sequence[str], score_field: str,
+def make_plots(out_dir: str, *, benchmarks_dir: str, scored: Sequence[str], score_field: str,
                trajectory_log: str | None = None, labels: str | None = None,
-               scorer_metrics: str | None = None) -> None:
+               scorer_metrics: str | None = None, logs_dir: str | None = None,
+               annotated_steps: list[int] = ()) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if trajectory_log:
-        plot_trajectory(trajectory_log, out / "trajectory.png")
+        plot_trajectory(trajectory_log, out / "trajectory.png", annotated_steps)
     if labels:
         plot_labels(labels, out / "labels.png")
     if scorer_metrics:
         plot_scorer(scorer_metrics, out / "scorer.png")
     plot_scores(scored, score_field, out / "scores.png")
-    plot_stages(benchmarks_dir, summary, out / "stages.png")
+    plot_stages(logs_dir, benchmarks_dir, out / "stages.png")

@@ -119,7 +119,8 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
     model.load_state_dict(best.pop("state"))
     summary = {"best_epoch": best["epoch"], "valid_spearman": best["valid_spearman"],
                "valid_mse": best["valid_mse"], "history": history, "processes": ctx.world,
-               "train_samples": len(windows["train"]), "valid_samples": len(windows["valid"])}
+               "train_samples": len(windows["train"]), "valid_samples": len(windows["valid"]),
+               "samples_trained": epochs * len(windows["train"])}
     if ctx.main:
         with atomic_dir(out_dir) as tmp:
             save_scorer(model.cpu(), tokenizer, tmp, {"max_length": max_length, "pooling": "mean",

@@ -228,9 +228,10 @@ def run_trajectory(
     tf32: bool = False,
     device: str = "auto",
     trust_remote_code: bool = False,
-) -> None:
+) -> dict[str, int]:
     """Draws the training batches from the corpus, solves the trajectory and costate, and writes
-    step-{t}.safetensors for t in S, log.parquet and batches.parquet under `out_dir`.
+    step-{t}.safetensors for t in S, log.parquet and batches.parquet under `out_dir`. Returns
+    the SGD steps and the training samples in their batches.
     tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)."""
     device = resolve_device(device)
     set_tf32(tf32)
@@ -263,6 +264,7 @@ def run_trajectory(
         "step": pa.array([t for t in range(steps) for _ in range(batch_size)], pa.int32()),
         "position": pa.array(positions, pa.int32()),
         "doc_id": draws["doc_id"], "window": draws["window"], "input_ids": draws["input_ids"]}))
+    return {"steps": steps, "samples": steps * batch_size}
 
 
 def load_step(path: str | Path, device="cpu") -> tuple[Params, Params]:

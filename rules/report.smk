@@ -3,7 +3,7 @@ report: "../report/workflow.rst"
 
 rule plots:
     input:
-        summary=f"{RESULTS}/summary.json",
+        summary=f"{RESULTS}/summary.json",  # not read: the plots come after the run's stages
         scored=SCORED_FILES,
         trajectory_log=f"{RESULTS}/annotation/trajectory/log.parquet",
         labels=f"{RESULTS}/annotation/labels.parquet",
@@ -15,14 +15,15 @@ rule plots:
         scores=report(f"{RESULTS}/plots/scores.png", caption="../report/scores.rst", category="Corpus scores"),
         stages=report(f"{RESULTS}/plots/stages.png", caption="../report/stages.rst", category="Cost"),
     params:
-        settings=as_settings(score_field=config["output"]["score_field"]),
+        settings=as_settings(score_field=config["output"]["score_field"], annotated_steps=ANNOTATED_STEPS),
         benchmarks=f"{RESULTS}/benchmarks",
+        logs=f"{RESULTS}/logs",
         out_dir=lambda wildcards, output: os.path.dirname(output.scores),
     log:
         f"{RESULTS}/logs/plots.log",
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs plots {params.out_dir} --summary {input.summary} --benchmarks-dir {params.benchmarks}"
+        "lqs plots {params.out_dir} --benchmarks-dir {params.benchmarks} --logs-dir {params.logs}"
         " --scored {input.scored} --trajectory-log {input.trajectory_log} --labels {input.labels}"
         " --scorer-metrics {input.scorer}/metrics.json --settings {params.settings:q} > {log} 2>&1"

@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import load_file
 
+from lqs.runtime import STATS_PREFIX
 
-def _lqs(*args: str, cwd) -> None:
+
+def _lqs(*args: str, cwd) -> str:
     run = subprocess.run([sys.executable, "-m", "lqs", *args], cwd=cwd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-4000:]
+    return run.stderr
 
 
 def test_scorer_training_with_two_processes_matches_one(completed_workflow, tmp_path):
@@ -52,10 +55,11 @@ def test_grad_stats_with_two_processes_matches_one(completed_workflow, tmp_path)
     results = completed_workflow / "results"
     for nproc in (1, 2):
         settings = json.dumps({"step": 0, "part": 0, "num_parts": 1, "micro_batch": 1, "device": "cpu"})
-        _lqs("grad-stats", str(results / "proxy/samples.parquet"),
-             str(results / "annotation/trajectory/step-0.safetensors"), str(results / "models/proxy"),
-             "--out", str(tmp_path / f"stats-{nproc}.parquet"), "--settings", settings, "--nproc", str(nproc),
-             cwd=tmp_path)
+        log = _lqs("grad-stats", str(results / "proxy/samples.parquet"),
+                   str(results / "annotation/trajectory/step-0.safetensors"), str(results / "models/proxy"),
+                   "--out", str(tmp_path / f"stats-{nproc}.parquet"), "--settings", settings, "--nproc", str(nproc),
+                   cwd=tmp_path)
+        assert log.count(STATS_PREFIX) == 1, log  # one stats line per job, from rank 0 only
     one, two = (pd.read_parquet(tmp_path / f"stats-{n}.parquet") for n in (1, 2))
     assert len(one) == len(pd.read_parquet(results / "proxy/samples.parquet"))
     pd.testing.assert_frame_equal(one, two, rtol=1e-12)  # micro-batch 1: each sample alone, bit-stable
