@@ -107,9 +107,14 @@ def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, a
     """XGLM self-attention through F.scaled_dot_product_attention: the same maths as its eager
     bmm-softmax-bmm without materialising the B×H×S×S weights (fused kernels). A mask that is
     only causal (no padding: XGLMModel called without attention_mask) runs as is_causal; a
-    padding mask comes in SDPA's boolean format (True: attend), or as eager's additive floats."""
-    if key_value_states is not None or cache is not None:
-        return type(self).forward(self, hidden_states, key_value_states, cache, attention_mask, **kwargs)
+    padding mask comes in SDPA's boolean format (True: attend), or as eager's additive floats.
+    No KV cache (`cache`; `past_key_values` before transformers 5.24), no cross-attention: the
+    stock eager forward cannot take their place, as it would misread SDPA's masks (None: no
+    mask at all)."""
+    if key_value_states is not None or cache is not None or kwargs.get("past_key_values") is not None:
+        raise NotImplementedError("lqs.scorer.load_backbone's XGLM attention has no KV cache and no "
+                                  "cross-attention (use_cache must stay off): load the model with "
+                                  "transformers itself to generate")
     batch, seq, _ = hidden_states.shape
     q, k, v = (proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
                for proj in (self.q_proj, self.k_proj, self.v_proj))
