@@ -16,6 +16,7 @@ import gzip
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,12 @@ def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
         elif error.validator == "additionalProperties":
             errors.append(f"{where}: {error.message}")
         elif error.validator == "required":
-            errors.append(f"{where}: {error.message}")
+            missing = key_path([*error.absolute_path, *re.findall(r"^'(.+)' is a required property$", error.message)])
+            if error.schema_path[0] == "then":  # the schema's only if/then: no scorer.checkpoint
+                errors.append(f"{missing}: required unless scorer.checkpoint is set (a pretrained scorer"
+                              " needs no proxy and no scorer base)")
+            else:
+                errors.append(f"{missing}: required")
         else:
             value = json.dumps(error.instance, default=str)
             if len(value) > 60:
@@ -162,14 +168,15 @@ def consistency_errors(config: Mapping) -> list[str]:
     schema already checked each value, the device's form included)."""
     errors = []
     annotation, proxy, scorer = config["annotation"], config["proxy"], config["scorer"]
-    if annotation["interval"] > annotation["steps"]:
+    # With a pretrained scorer (scorer.checkpoint) there is no annotation and no scorer training.
+    if scorer["checkpoint"] is None and annotation["interval"] > annotation["steps"]:
         errors.append(f"annotation.interval ({annotation['interval']}) is larger than annotation.steps "
                       f"({annotation['steps']}): only step 0 would be annotated; lower the interval")
-    if proxy["num_parts"] > proxy["size"]:
+    if scorer["checkpoint"] is None and proxy["num_parts"] > proxy["size"]:
         errors.append(f"proxy.num_parts ({proxy['num_parts']}) is larger than proxy.size ({proxy['size']}):"
                       " a part would hold no sample")
     valid = scorer["valid_size"]
-    if valid >= 1 and valid >= proxy["size"]:
+    if scorer["checkpoint"] is None and valid >= 1 and valid >= proxy["size"]:
         errors.append(f"scorer.valid_size ({valid}) must be smaller than proxy.size ({proxy['size']}):"
                       " nothing would be left to train the scorer on")
     selection = config.get("selection", {})

@@ -58,24 +58,34 @@ def is_parquet(path: str | Path) -> bool:
     return str(path).endswith((".parquet", ".pq"))
 
 
+MAX_CHARS = 10_000_000  # the default of corpus.max_chars (config/schema.yaml)
+
+
+def text_error(text: Any, max_chars: int = MAX_CHARS, name: str = "text") -> str | None:
+    """Why `text` cannot be tokenized and scored (`name` says what it is in the message), or
+    None: the one check of a document's text, for corpus records and for lqs.scorer's API."""
+    if not isinstance(text, str):
+        return f"{name} is not a string (got {type(text).__name__})"
+    if not text.strip():
+        return "empty text"
+    if len(text) > max_chars:
+        return f"text longer than corpus.max_chars ({len(text)} > {max_chars} characters)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON can escape one ("\ud800"); no tokenizer takes it
+        return (f"{name} holds a lone UTF-16 surrogate (\\u{ord(text[e.start]):04x} "
+                f"at character {e.start}), which is not Unicode text")
+    return None
+
+
 def _check_text(fields: Any, text_field: str, max_chars: int) -> tuple[str | None, str | None]:
     if not isinstance(fields, dict):
         return None, f"not a JSON object (got {type(fields).__name__})"
     if text_field not in fields:
         return None, f"missing text field {text_field!r}"
     text = fields[text_field]
-    if not isinstance(text, str):
-        return None, f"text field {text_field!r} is not a string (got {type(text).__name__})"
-    if not text.strip():
-        return None, "empty text"
-    if len(text) > max_chars:
-        return None, f"text longer than corpus.max_chars ({len(text)} > {max_chars} characters)"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # JSON can escape one ("\ud800"); no tokenizer takes it
-        return None, (f"text field {text_field!r} holds a lone UTF-16 surrogate (\\u{ord(text[e.start]):04x} "
-                      f"at character {e.start}), which is not Unicode text")
-    return text, None
+    error = text_error(text, max_chars, f"text field {text_field!r}")
+    return (None, error) if error else (text, None)
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:

@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from lqs.corpus import MAX_CHARS, text_error
 from lqs.proxy import collate
 from lqs.runtime import resolve_device
 from lqs.tokenize import load_tokenizer, tokenize_windows
@@ -106,9 +107,14 @@ def _xglm_sdpa_forward(self, hidden_states, key_value_states=None, cache=None, a
     """XGLM self-attention through F.scaled_dot_product_attention: the same maths as its eager
     bmm-softmax-bmm without materialising the B×H×S×S weights (fused kernels). A mask that is
     only causal (no padding: XGLMModel called without attention_mask) runs as is_causal; a
-    padding mask comes in SDPA's boolean format (True: attend), or as eager's additive floats."""
-    if key_value_states is not None or cache is not None:
-        return type(self).forward(self, hidden_states, key_value_states, cache, attention_mask, **kwargs)
+    padding mask comes in SDPA's boolean format (True: attend), or as eager's additive floats.
+    No KV cache (`cache`; `past_key_values` before transformers 5.24), no cross-attention: the
+    stock eager forward cannot take their place, as it would misread SDPA's masks (None: no
+    mask at all)."""
+    if key_value_states is not None or cache is not None or kwargs.get("past_key_values") is not None:
+        raise NotImplementedError("lqs.scorer.load_backbone's XGLM attention has no KV cache and no "
+                                  "cross-attention (use_cache must stay off): load the model with "
+                                  "transformers itself to generate")
     batch, seq, _ = hidden_states.shape
     q, k, v = (proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
                for proj in (self.q_proj, self.k_proj, self.v_proj))
@@ -256,6 +262,25 @@ def token_budget_batches(windows: Sequence[Window], max_tokens: int) -> Iterator
         yield batch
 
 
+def check_texts(texts: Iterable[str], max_chars: int = MAX_CHARS) -> list[str]:
+    """`texts` as a list, if the workflow would score every one of them (corpus.text_error: a
+    string, not empty or whitespace-only, at most max_chars characters, valid Unicode); else
+    ValueError naming each text it would reject by index, and why. TypeError for a bare string
+    (which would be scored character by character) or what is not an ordered collection."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"texts must be a list of strings, not a single {type(texts).__name__}: "
+                        "pass [text] to score one text")
+    if isinstance(texts, (Mapping, Set)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a list of strings, not {type(texts).__name__}")
+    texts = list(texts)
+    problems = [f"text {i}: {error}" for i, text in enumerate(texts) if (error := text_error(text, max_chars))]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(f"{len(problems)} of {len(texts)} texts cannot be scored (the workflow rejects "
+                         f"such records): {shown}")
+    return texts
+
+
 class Scorer:
     """A loaded scorer checkpoint; `score` is the batched, length-bucketed inference path.
     dtype bf16: the backbone's weights are cast to bf16 and it runs without autocast (measured
@@ -306,16 +331,19 @@ class Scorer:
         return 2.0 * weights * sum(lengths) + 2.0 * layers * width * sum(n * (n + 1) for n in lengths)
 
     def score(self, texts: Sequence[str], max_tokens: int | None = None, max_windows_per_doc: int | None = None,
-              progress: bool = False) -> list[float]:
-        """One score per text: the token-weighted mean of its windows' outputs."""
-        return self.score_with_truncation(texts, max_tokens, max_windows_per_doc, progress)[0]
+              progress: bool = False, max_chars: int = MAX_CHARS) -> list[float]:
+        """One score per text: the token-weighted mean of its windows' outputs. The texts are
+        checked as the workflow checks corpus records (check_texts): a text it would reject
+        raises, naming its index, and the others get the scores scored.jsonl would hold."""
+        return self.score_with_truncation(texts, max_tokens, max_windows_per_doc, progress, max_chars=max_chars)[0]
 
     def score_with_truncation(self, texts: Sequence[str], max_tokens: int | None = None,
                               max_windows_per_doc: int | None = None, progress: bool = False,
-                              chunk_docs: int = 1024) -> tuple[list[float], list[bool]]:
+                              chunk_docs: int = 1024, max_chars: int = MAX_CHARS) -> tuple[list[float], list[bool]]:
         """Scores, and for each text whether its windows were capped at max_windows_per_doc.
         On a GPU the texts go in chunks, the next one tokenized in a background thread while
         the current one is scored (score_shard tokenizes in processes instead)."""
+        texts = check_texts(texts, max_chars)
         tokenize = lambda start: self.windows(texts[start:start + chunk_docs], max_windows_per_doc, start)
         chunks = iter(range(0, len(texts), chunk_docs))
         scores, truncated = [], []

@@ -126,3 +126,17 @@ def efficacy_target_eval(wildcards):
         " annotation's J) and efficacy.eval_source is not set; set target.eval_fraction > 0 or give"
         " efficacy.eval_source"
     )
+
+
+def efficacy_proxy(wildcards):
+    """efficacy.model null: the proxy's architecture (its config.json), initialised anew. An input
+    function, so that without a proxy (scorer.checkpoint) only this target stops, at DAG build."""
+    if config["efficacy"]["model"] is not None:
+        return []
+    if SCORER_CHECKPOINT:
+        raise WorkflowError(
+            "efficacy: efficacy.model is null, which means the proxy's architecture, but with"
+            " scorer.checkpoint there is no proxy; set efficacy.model to a transformers config"
+            " (with model_type), e.g. {model_type: mistral, hidden_size: 512, ...}"
+        )
+    return [f"{MODELS}/proxy"]

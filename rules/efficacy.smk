@@ -78,8 +78,7 @@ rule efficacy_train:
         target_eval=efficacy_target_eval,
         corpus_eval=f"{EVAL_DIR}/corpus.parquet",
         tokenizer=f"{MODELS}/tokenizer",
-        # efficacy.model null: the proxy's architecture (its config.json), initialised anew.
-        proxy=[f"{MODELS}/proxy"] if EFFICACY["model"] is None else [],
+        proxy=efficacy_proxy,
     output:
         f"{RESULTS}/efficacy/runs/{{arm}}-{{seed}}.parquet",
     wildcard_constraints:

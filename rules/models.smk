@@ -1,13 +1,18 @@
-PROXY = config["models"]["proxy"]
-SCORER_BASE = config["models"]["scorer"]
+SCORER_CHECKPOINT = config["scorer"]["checkpoint"]
 TRUST_REMOTE_CODE = config["models"]["trust_remote_code"]
+# With a pretrained scorer (scorer.checkpoint) nothing reads models.proxy, models.scorer or
+# models.tokenizer (the schema requires them only without one): the demo's, which every run
+# inherits from config/config.yaml, are ignored.
+PROXY = None if SCORER_CHECKPOINT else config["models"]["proxy"]
+SCORER_BASE = None if SCORER_CHECKPOINT else config["models"]["scorer"]
 # The proxy tokenizer's own repo or path, or (by default: `tokenizer: {}`) the proxy's.
 TOKENIZER_SOURCE = (
-    config["models"]["tokenizer"]
+    None
+    if SCORER_CHECKPOINT
+    else config["models"]["tokenizer"]
     if {"repo", "path"} & set(config["models"]["tokenizer"])
     else PROXY
 )
-SCORER_CHECKPOINT = config["scorer"]["checkpoint"]
 TARGET_SOURCE = config["target"]["source"]
 # The target set comes from the hub unless it is a local file or directory (or built by the demo).
 TARGET_FROM_HUB = not (os.path.exists(TARGET_SOURCE) or TARGET_SOURCE.startswith(f"{RESULTS}/"))
@@ -29,11 +34,9 @@ FETCH_PRIORITY = 100
 
 if SCORER_CHECKPOINT:
 
-    # A pretrained scorer: no proxy, no annotation, no scorer training. The checkpoint provides
-    # results/scorer (which train_scorer would otherwise write) and its own tokenizer is the
-    # one the corpus is tokenized with.
-    ruleorder: fetch_scorer > train_scorer
-
+    # A pretrained scorer: no proxy, no annotation, no scorer training (train_scorer is not
+    # defined). The checkpoint provides results/scorer and its own tokenizer is the one the
+    # corpus is tokenized with.
     rule fetch_scorer:
         input:
             [CHECKPOINT_SOURCE["path"]] if "path" in CHECKPOINT_SOURCE else [],
@@ -113,7 +116,7 @@ else:
             "lqs fetch-tokenizer --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
 
 
-if "arch" in PROXY:
+if PROXY is not None and "arch" in PROXY:
 
     rule pretrain_proxy:
         input:
@@ -135,7 +138,7 @@ if "arch" in PROXY:
             "lqs pretrain-proxy {input.tokenizer} {input.shards} --out-dir {output}"
             " --settings {params.settings:q} > {log} 2>&1"
 
-else:
+elif PROXY is not None:
 
     rule fetch_proxy:
         input:
@@ -158,31 +161,33 @@ else:
             " --settings {params.settings:q} > {log} 2>&1"
 
 
-rule fetch_scorer_base:
-    input:
-        # An architecture-config scorer shares the demo's trained tokenizer; a fetched one has its own.
-        tokenizer=[f"{MODELS}/tokenizer"] if "arch" in SCORER_BASE else [],
-        local=[SCORER_BASE["path"]] if "path" in SCORER_BASE else [],
-    output:
-        directory(f"{MODELS}/scorer_base"),
-    params:
-        settings=as_settings(
-            source=SCORER_BASE,
-            causal_lm=False,
-            seed=config["scorer"]["seed"],
-            trust_remote_code=TRUST_REMOTE_CODE,
-        ),
-        tokenizer=lambda wildcards, input: f"--tokenizer-dir {input.tokenizer}" if input.tokenizer else "",
-    log:
-        f"{RESULTS}/logs/fetch_scorer_base.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/fetch_scorer_base/all.tsv"
-    priority: FETCH_PRIORITY
-    localrule: True
-    conda:
-        "../envs/lqs.yaml"
-    shell:
-        "lqs fetch-model {params.tokenizer} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+if SCORER_BASE is not None:
+
+    rule fetch_scorer_base:
+        input:
+            # An architecture-config scorer shares the demo's trained tokenizer; a fetched one has its own.
+            tokenizer=[f"{MODELS}/tokenizer"] if "arch" in SCORER_BASE else [],
+            local=[SCORER_BASE["path"]] if "path" in SCORER_BASE else [],
+        output:
+            directory(f"{MODELS}/scorer_base"),
+        params:
+            settings=as_settings(
+                source=SCORER_BASE,
+                causal_lm=False,
+                seed=config["scorer"]["seed"],
+                trust_remote_code=TRUST_REMOTE_CODE,
+            ),
+            tokenizer=lambda wildcards, input: f"--tokenizer-dir {input.tokenizer}" if input.tokenizer else "",
+        log:
+            f"{RESULTS}/logs/fetch_scorer_base.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/fetch_scorer_base/all.tsv"
+        priority: FETCH_PRIORITY
+        localrule: True
+        conda:
+            "../envs/lqs.yaml"
+        shell:
+            "lqs fetch-model {params.tokenizer} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
 
 
 if TARGET_FROM_HUB:

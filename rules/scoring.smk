@@ -1,39 +1,42 @@
 SCORER = config["scorer"]
 
 
-rule train_scorer:
-    input:
-        samples=f"{RESULTS}/proxy/samples.parquet",
-        labels=f"{RESULTS}/annotation/labels.parquet",
-        base=f"{MODELS}/scorer_base",
-    output:
-        directory(f"{RESULTS}/scorer"),
-    params:
-        settings=as_settings(
-            lr=SCORER["lr"],
-            epochs=SCORER["epochs"],
-            batch_size=SCORER["batch_size"],
-            warmup_steps=SCORER["warmup_steps"],
-            weight_decay=SCORER["weight_decay"],
-            clip=SCORER["clip"],
-            max_length=SCORER["max_length"],
-            seed=SCORER["seed"],
-            device=config["device"],
-            trust_remote_code=TRUST_REMOTE_CODE,
-        ),
-    log:
-        f"{RESULTS}/logs/train_scorer.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_scorer/all.tsv"
-    resources:
-        gpu=1,
-        mem_mb=lambda wildcards, attempt: int(attempt * (8000 + 2 * SCORER["batch_size"] * SCORER["max_length"])),
-        runtime=gpu_runtime(240),
-    conda:
-        "../envs/lqs.yaml"
-    shell:
-        "lqs train-scorer {input.samples} {input.labels} {input.base} --out-dir {output}"
-        " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
+# With scorer.checkpoint, rule fetch_scorer (rules/models.smk) writes results/scorer instead.
+if not SCORER_CHECKPOINT:
+
+    rule train_scorer:
+        input:
+            samples=f"{RESULTS}/proxy/samples.parquet",
+            labels=f"{RESULTS}/annotation/labels.parquet",
+            base=f"{MODELS}/scorer_base",
+        output:
+            directory(f"{RESULTS}/scorer"),
+        params:
+            settings=as_settings(
+                lr=SCORER["lr"],
+                epochs=SCORER["epochs"],
+                batch_size=SCORER["batch_size"],
+                warmup_steps=SCORER["warmup_steps"],
+                weight_decay=SCORER["weight_decay"],
+                clip=SCORER["clip"],
+                max_length=SCORER["max_length"],
+                seed=SCORER["seed"],
+                device=config["device"],
+                trust_remote_code=TRUST_REMOTE_CODE,
+            ),
+        log:
+            f"{RESULTS}/logs/train_scorer.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train_scorer/all.tsv"
+        resources:
+            gpu=1,
+            mem_mb=lambda wildcards, attempt: int(attempt * (8000 + 2 * SCORER["batch_size"] * SCORER["max_length"])),
+            runtime=gpu_runtime(240),
+        conda:
+            "../envs/lqs.yaml"
+        shell:
+            "lqs train-scorer {input.samples} {input.labels} {input.base} --out-dir {output}"
+            " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule score_shard:

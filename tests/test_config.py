@@ -121,6 +121,33 @@ def test_schema_errors_are_one_line_per_problem_naming_the_key():
     ]
 
 
+def test_a_scorer_checkpoint_needs_no_models():
+    """models.proxy and models.scorer are required unless scorer.checkpoint is set."""
+    config = {"corpus": {"path": "x.jsonl"}, "scorer": {"checkpoint": "org/lqs-scorer"},
+              "annotation": {"steps": 4, "interval": 5}, "proxy": {"size": 4, "num_parts": 8}}
+    assert lqs_config.schema_errors(config, SCHEMA) == []
+    config = with_defaults(config)
+    assert config["models"]["trust_remote_code"] is False  # what the checkpoint's rules read
+    assert "proxy" not in config["models"] and "scorer" not in config["models"]
+    # the annotation and the proxy set are not run: their settings do not contradict anything
+    assert lqs_config.consistency_errors(config) == []
+
+    required = "required unless scorer.checkpoint is set (a pretrained scorer needs no proxy and no scorer base)"
+    assert lqs_config.schema_errors({"corpus": {"path": "x.jsonl"}}, SCHEMA) == [f"models: {required}"]
+    assert lqs_config.schema_errors({"corpus": {"path": "x.jsonl"}, "scorer": {"checkpoint": None},
+                                     "models": {"proxy": {"repo": "org/proxy"}}}, SCHEMA) == [f"models.scorer: {required}"]
+    assert lqs_config.schema_errors({"scorer": {"checkpoint": "org/lqs-scorer"}}, SCHEMA) == ["corpus: required"]
+    config = valid_config(scorer={"checkpoint": None}, annotation={"steps": 4, "interval": 5})
+    assert lqs_config.consistency_errors(config)[0].startswith("annotation.interval (5) is larger")
+
+
+def test_schema_default_max_chars_is_the_apis():
+    """lqs.scorer's API checks texts with corpus.MAX_CHARS: the workflow's default."""
+    from lqs.corpus import MAX_CHARS
+
+    assert SCHEMA["properties"]["corpus"]["properties"]["max_chars"]["default"] == MAX_CHARS
+
+
 def valid_config(**sections) -> dict:
     config = tiny_config("data/corpus.jsonl", "data/target.jsonl")
     for section, values in sections.items():

@@ -236,8 +236,57 @@ def test_bf16_scores_agree_with_fp32(scorer_dirs, scorers, kind, monkeypatch):
 def test_score_edge_cases(scorers):
     scorer = scorers["xglm"]
     assert scorer.score([]) == []
-    with pytest.raises(ValueError, match="text 1 has no tokens"):
+    with pytest.raises(ValueError, match="text 1: empty text"):
         scorer.score(["fine", ""])
+    with pytest.raises(ValueError, match="text 3 has no tokens"):  # windows() takes what it is given
+        scorer.windows(["fine", ""], first=2)
+    texts = _texts(5, seed=8)
+    expected = scorer.score(texts)
+    assert scorer.score(iter(texts)) == expected  # any iterable in order: a generator, a tuple
+    assert scorer.score(tuple(texts)) == expected
+
+
+@pytest.mark.parametrize("texts, message", [
+    ("a whole document", "not a single str: pass [text] to score one text"),
+    (b"bytes", "not a single bytes"),
+    ({"a text": 1}, "not dict"),
+    ({"a text"}, "not set"),
+    (7, "not int"),
+])
+def test_score_refuses_what_is_not_a_list_of_texts(scorers, texts, message):
+    """A bare string would otherwise be scored character by character; a set has no order."""
+    with pytest.raises(TypeError, match=re.escape(message)):
+        scorers["xglm"].score(texts)
+
+
+def test_score_refuses_exactly_what_the_workflow_rejects(scorers, tok_dir, tmp_path):
+    """The texts as a corpus through tokenize_shard (on_bad_record: skip): the API names, by
+    index and with the same reason, exactly the records the workflow rejects."""
+    good = _texts(4, seed=9)
+    texts = [good[0], "", " \n\t ", 3, None, good[1], "caf\ud800e", "x" * (MAX_CHARS + 1), good[2], ["a"]]
+    path = write_jsonl(tmp_path / "corpus.jsonl", [{"text": t} for t in texts])
+    tokenize_shard([str(path)], tok_dir, 0, str(tmp_path / "tok.parquet"), str(tmp_path / "rejects.jsonl"),
+                   num_shards=1, text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS)
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [r["doc_id"] for r in rejects] == [1, 2, 3, 4, 6, 7, 9]
+
+    with pytest.raises(ValueError) as raised:
+        scorers["xglm"].score(texts, max_chars=MAX_CHARS)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("7 of 10 texts cannot be scored (the workflow rejects such records): text 1: ")
+    named = re.findall(r"text (\d+): ([^;]+)", message)
+    assert [int(i) for i, _ in named] == [1, 2, 3, 4, 6]  # the first five, then a count
+    assert message.endswith("; and 2 more")
+    for (_, reason), reject in zip(named, rejects):  # the workflow's reason, with "text" for "text field 'text'"
+        assert reason == reject["reason"].replace("text field 'text'", "text")
+    assert "empty text" in message and "is not a string (got int)" in message and "lone UTF-16 surrogate" in message
+    # what is left is scored
+    kept = [t for i, t in enumerate(texts) if i not in {r["doc_id"] for r in rejects}]
+    assert kept == [good[0], good[1], good[2]]
+    assert len(scorers["xglm"].score(kept, max_chars=MAX_CHARS)) == 3
+    with pytest.raises(ValueError, match=r"1 of 1 texts .*text 0: text longer than corpus.max_chars \(11 > 10 "):
+        scorers["xglm"].score(["x" * 11], max_chars=10)
 
 
 def test_token_budget_batches():

@@ -10,6 +10,10 @@ Checked per SLURM job, from `scontrol show job` (what SLURM allocated) and from 
 `lqs` saw of its environment (a wrapper first on PATH records it): every GPU rule ran in `a100`
 with a GPU allocated and CUDA_VISIBLE_DEVICES set, every other rule in `cpu` without a GPU; and
 scored.jsonl is byte for byte the local run's (`completed_workflow`, plain `snakemake --cores 2`).
+
+Where the machine cannot run that cluster (SLURM not installed, not root, or a SLURM already
+configured or running here, which the test must not disturb) the test skips, giving the reason;
+with LQS_REQUIRE_SLURM=1, which .ci/run sets, it fails with the reason instead.
 """
 
 from __future__ import annotations
@@ -36,19 +40,118 @@ TEST_MEM_MB = 1000  # every job's memory request in the test (the node has CPUs=
 RUN_TIMEOUT_S = 600
 
 
-def require_slurm() -> None:
-    """Fails (never skips) where SLURM or root is missing: .ci/run installs SLURM."""
+# Where scripts/slurm-local-cluster.sh writes slurm.conf and gres.conf, each starting with its
+# marker line; it refuses to replace (or stop) a configuration without it.
+CONF_DIR = Path("/etc/slurm")
+MARKER = re.search(r'^MARKER="(.+)"$', CLUSTER_SCRIPT.read_text(), re.MULTILINE).group(1)
+SLURM_DAEMONS = ("slurmctld", "slurmd", "slurmdbd")
+
+
+def running_slurm_daemons() -> list[str]:
+    """The SLURM daemons running on this machine, by process name."""
+    names = set()
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            names.add(comm.read_text().strip())
+        except OSError:  # the process ended
+            continue
+    return sorted(names & set(SLURM_DAEMONS))
+
+
+def foreign_slurm(conf_dir: Path = CONF_DIR, environ=os.environ, daemons=running_slurm_daemons) -> str | None:
+    """A SLURM on this machine that the test's own cluster would disturb, or None: a
+    configuration the cluster script did not write (the SLURM commands would read it, and the
+    script refuses to replace it), or SLURM daemons running without the script's configuration
+    (a cluster configured elsewhere, or configless). The script's own running cluster is reused."""
+    conf = conf_dir / "slurm.conf"
+    if environ.get("SLURM_CONF") and Path(environ["SLURM_CONF"]) != conf:
+        return f"SLURM_CONF={environ['SLURM_CONF']} names another cluster's configuration"
+    for path in (conf, conf_dir / "gres.conf"):
+        if path.exists() and not path.read_text(errors="replace").startswith(MARKER):
+            return f"{path} exists and was not written by {CLUSTER_SCRIPT.name}"
+    if not conf.exists() and (running := daemons()):
+        return f"{', '.join(running)} running, not started by {CLUSTER_SCRIPT.name} (no {conf} of its own)"
+    return None
+
+
+def slurm_unavailable(conf_dir: Path = CONF_DIR, environ=os.environ, daemons=running_slurm_daemons) -> str | None:
+    """Why this machine cannot run the test's own one-node cluster, or None."""
     missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
     if missing:
-        pytest.fail(
-            f"SLURM is not installed (missing {', '.join(missing)}): the SLURM profile test needs "
-            "Debian's packages, as .ci/run installs them: "
-            "apt-get install -y --no-install-recommends slurm-wlm munge",
-            pytrace=False,
-        )
+        return (f"SLURM is not installed (missing {', '.join(missing)}): the SLURM profile test needs "
+                "Debian's packages, as .ci/run installs them: "
+                "apt-get install -y --no-install-recommends slurm-wlm munge")
     if os.geteuid() != 0:
-        pytest.fail("the SLURM profile test starts munged, slurmctld and slurmd: run it as root",
-                    pytrace=False)
+        return "the SLURM profile test starts munged, slurmctld and slurmd: run it as root"
+    if foreign := foreign_slurm(conf_dir, environ, daemons):
+        return (f"a SLURM is already configured on this machine ({foreign}); the test starts a one-node "
+                "cluster of its own and must not disturb that one")
+    return None
+
+
+def require_slurm(environ=os.environ, **where) -> None:
+    """Skips with the reason where this machine cannot run the test's own cluster; fails with it
+    instead under LQS_REQUIRE_SLURM=1, which .ci/run sets (and installs SLURM)."""
+    reason = slurm_unavailable(environ=environ, **where)
+    if reason is None:
+        return
+    if environ.get("LQS_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{reason} (LQS_REQUIRE_SLURM=1: a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+SLURM_MACHINES = {  # what unit tests of require_slurm stage: (missing tool, euid, conf, daemons, SLURM_CONF)
+    "not installed": ("sbatch", 0, None, [], None),
+    "not root": (None, 1000, None, [], None),
+    "foreign slurm.conf": (None, 0, "ClusterName=site\n", [], None),
+    "daemons configured elsewhere": (None, 0, None, ["slurmctld", "slurmd"], None),
+    "SLURM_CONF elsewhere": (None, 0, None, [], "/opt/slurm/etc/slurm.conf"),
+}
+SLURM_REASONS = {
+    "not installed": "SLURM is not installed (missing sbatch)",
+    "not root": "run it as root",
+    "foreign slurm.conf": "slurm.conf exists and was not written by slurm-local-cluster.sh",
+    "daemons configured elsewhere": "slurmctld, slurmd running, not started by slurm-local-cluster.sh",
+    "SLURM_CONF elsewhere": "SLURM_CONF=/opt/slurm/etc/slurm.conf names another cluster's configuration",
+}
+
+
+def _stage(monkeypatch, tmp_path: Path, machine: tuple, required: bool) -> dict:
+    missing, euid, conf, daemons, slurm_conf = machine
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == missing else f"/usr/bin/{tool}")
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    if conf is not None:
+        (tmp_path / "slurm.conf").write_text(conf)
+    environ = {"PATH": "/usr/bin"}
+    if slurm_conf:
+        environ["SLURM_CONF"] = slurm_conf
+    if required:
+        environ["LQS_REQUIRE_SLURM"] = "1"
+    return dict(environ=environ, conf_dir=tmp_path, daemons=lambda: daemons)
+
+
+@pytest.mark.parametrize("required", [False, True], ids=["skips", "LQS_REQUIRE_SLURM=1 fails"])
+@pytest.mark.parametrize("machine", list(SLURM_MACHINES))
+def test_require_slurm_skips_with_the_reason_or_fails_when_required(monkeypatch, tmp_path, machine, required):
+    kwargs = _stage(monkeypatch, tmp_path, SLURM_MACHINES[machine], required)
+    with pytest.raises(pytest.fail.Exception if required else pytest.skip.Exception) as raised:
+        require_slurm(**kwargs)
+    assert SLURM_REASONS[machine] in str(raised.value), raised.value
+    assert ("LQS_REQUIRE_SLURM=1" in str(raised.value)) == required
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_require_slurm_runs_where_the_cluster_is_its_own(monkeypatch, tmp_path, required):
+    """Nothing configured yet, or the script's own cluster already up: the test runs."""
+    kwargs = _stage(monkeypatch, tmp_path, (None, 0, None, [], None), required)
+    require_slurm(**kwargs)
+    (tmp_path / "slurm.conf").write_text(f"{MARKER}: a one-node test cluster; 'stop' removes it.\n")
+    (tmp_path / "gres.conf").write_text(f"{MARKER}: two stand-in A100s.\n")
+    require_slurm(**dict(kwargs, daemons=lambda: ["slurmctld", "slurmd"]))
+    require_slurm(**dict(kwargs, environ={**kwargs["environ"], "SLURM_CONF": str(tmp_path / "slurm.conf")}))
+    (tmp_path / "gres.conf").write_text("NodeName=x Name=gpu File=/dev/nvidia0\n")  # a foreign gres.conf
+    with pytest.raises(pytest.fail.Exception if required else pytest.skip.Exception, match="gres.conf exists"):
+        require_slurm(**kwargs)
 
 
 def cluster(command: str) -> subprocess.CompletedProcess:
@@ -133,7 +236,7 @@ def local_jobs(workdir: Path) -> collections.Counter:
 
 @pytest.mark.timeout(900)
 def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
-    require_slurm()  # here, so that a missing SLURM fails the test itself
+    require_slurm()  # here, so that the test itself skips (or, required, fails) with the reason
     request.getfixturevalue("slurm_cluster")
     workdir = tmp_path / "wf"
     corpus = write_jsonl(workdir / "data" / "corpus.jsonl", tiny_corpus())

@@ -192,6 +192,20 @@ def test_summary(completed_workflow):
     assert all(isinstance(v, (int, float)) and v >= 0 for v in stage_seconds.values())
 
 
+def test_scorer_api_gives_the_workflows_scores(completed_workflow):
+    """lqs.scorer's Python API on the workflow's scorer and corpus: the scores of scored.jsonl."""
+    import lqs.scorer
+
+    scorer = lqs.scorer.load(completed_workflow / "results" / "scorer", device="cpu")
+    scored = read_jsonl(completed_workflow / "scored.jsonl")
+    texts = [d["text"] for d in tiny_corpus()]
+    got = scorer.score(texts)
+    assert len(set(got)) > 80  # different documents, different scores: the comparison means something
+    expected = [r["score"] for r in scored]
+    # the workflow batches per shard, the API all texts at once: rounding differs (measured 7e-9)
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
 def _is_int_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) and pa.types.is_integer(t.value_type)
 
@@ -370,6 +384,95 @@ def test_bad_records_error_names_file_and_line(tiny_workflow):
         assert f"data/corpus.jsonl:{shard_first}" in log, log
         assert bad[shard_first] in log, log
         assert not (tiny_workflow / shards[shard]).exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. a pretrained scorer (scorer.checkpoint): no proxy, no annotation, no scorer training
+
+
+CHECKPOINT_PLAN = {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": NUM_SHARDS,
+                   "score_shard": NUM_SHARDS, "gather_scores": 1, "select_order": 1, "all": 1}
+UNUSED_WITH_CHECKPOINT = {"train_tokenizer", "fetch_proxy", "pretrain_proxy", "fetch_scorer_base", "train_scorer"}
+
+
+def planned(workdir: Path, *args: str) -> dict[str, int]:
+    """The jobs per rule that `snakemake -n` plans for a workflow not yet run."""
+    result = snakemake(workdir, "-n", *args)
+    jobs, stats = parse_plan(result.stdout + "\n" + result.stderr)
+    assert collections.Counter(j["rule"] for j in jobs) == stats
+    return dict(stats)
+
+
+@pytest.fixture(scope="module")
+def scorer_checkpoint(tmp_path_factory) -> Path:
+    """A tiny scorer checkpoint as train_scorer writes it: an XGLM backbone and its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, XGLMConfig, XGLMModel
+
+    from lqs.models import train_tokenizer
+    from lqs.scorer import ScorerModel, save_scorer
+
+    root = tmp_path_factory.mktemp("checkpoint")
+    corpus = write_jsonl(root / "corpus.jsonl", tiny_corpus(60))
+    train_tokenizer([str(corpus)], str(root / "tokenizer"), text_field="text", vocab_size=300, max_chars=10**6)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    torch.manual_seed(5)
+    backbone = XGLMModel(XGLMConfig(vocab_size=len(tokenizer), d_model=32, ffn_dim=64, num_layers=1,
+                                    attention_heads=2, max_position_embeddings=64,
+                                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                    eos_token_id=tokenizer.eos_token_id))
+    save_scorer(ScorerModel(backbone).eval(), tokenizer, root / "scorer", {"max_length": 32})
+    return root / "scorer"
+
+
+def test_scorer_checkpoint_needs_no_models_section(tmp_path, scorer_checkpoint):
+    """A config of only a corpus and a checkpoint (no models, no target) plans the scoring; the
+    efficacy target, which needs an architecture, says so at DAG build."""
+    write_jsonl(tmp_path / "data" / "corpus.jsonl", tiny_corpus(24))
+    make_workflow(tmp_path, {"corpus": {"path": "data/corpus.jsonl", "num_shards": NUM_SHARDS},
+                             "scorer": {"checkpoint": str(scorer_checkpoint)}})
+    assert planned(tmp_path) == CHECKPOINT_PLAN
+    listed = set(snakemake(tmp_path, "--list-rules").stdout.split())
+    assert not listed & UNUSED_WITH_CHECKPOINT, listed
+
+    result = snakemake(tmp_path, "-n", "efficacy", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in output, output
+    assert "efficacy.model is null, which means the proxy's architecture, but with scorer.checkpoint " \
+           "there is no proxy; set efficacy.model" in output, output
+    arch = {"model_type": "mistral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1}
+    edit_config(tmp_path, set_key("efficacy", "model", arch))
+    assert planned(tmp_path, "efficacy")["efficacy_train"] == 9  # 3 arms x 3 seeds
+
+    # without the checkpoint, the models are required: one line naming the key
+    edit_config(tmp_path, set_key("scorer", "checkpoint", None))
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert "invalid configuration:\n  models: required unless scorer.checkpoint is set" in result.stdout + result.stderr
+
+
+def test_scorer_checkpoint_override_ignores_the_demo_models(tmp_path, scorer_checkpoint):
+    """The Snakefile always loads the demo config (with its models); an override that gives only
+    corpus.path and scorer.checkpoint runs the checkpoint's scoring and nothing of the demo's."""
+    import lqs.scorer
+
+    make_workflow(tmp_path, yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    corpus = tiny_corpus(24)
+    write_jsonl(tmp_path / "data" / "mine.jsonl", corpus)
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(
+        {"corpus": {"path": "data/mine.jsonl"}, "scorer": {"checkpoint": str(scorer_checkpoint)}}))
+    listed = set(snakemake(tmp_path, "--configfile", "mine.yaml", "--list-rules").stdout.split())
+    assert not listed & UNUSED_WITH_CHECKPOINT, listed
+    result = snakemake(tmp_path, "--configfile", "mine.yaml")
+    _, stats = parse_plan(result.stdout + "\n" + result.stderr)
+    assert stats == CHECKPOINT_PLAN  # the demo's num_shards is 2, as NUM_SHARDS
+    assert not (tmp_path / "results" / "models" / "proxy").exists()
+    assert not (tmp_path / "results" / "annotation").exists()
+    scored = read_jsonl(tmp_path / "scored.jsonl")
+    assert [r["id"] for r in scored] == [d["id"] for d in corpus]
+    expected = lqs.scorer.load(scorer_checkpoint, device="cpu").score([d["text"] for d in corpus])
+    assert [r["score"] for r in scored] == pytest.approx(expected, rel=1e-6, abs=1e-7)
 
 
 # ----------------------------------------------------------------------------------------------
