@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lqs import corpus
+from lqs import corpus, sources
 from lqs.io import atomic_open, parquet_batches, read_json, write_json
 
 
@@ -93,7 +93,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
     summary = {
         "documents_read": read, "documents_scored": scored, "documents_rejected": len(rejected),
         "documents_truncated": truncated, "output": str(out), "rejects": str(rejects_out),
-        "empty_files": [str(p) for p in map(Path, corpus_paths) if str(p) not in with_records],
+        "empty_files": [p for p in map(sources.source_name, corpus_paths) if p not in with_records],
         "stage_seconds": stage_seconds(benchmarks_dir), "proxy_model": proxy_model,
     }
     if by_source:
