@@ -38,12 +38,14 @@ rule train_scorer:
 
 rule score_shard:
     input:
-        corpus=shard_files,
+        corpus=corpus_inputs,
         tokenized=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         scorer=f"{RESULTS}/scorer",
     output:
         f"{RESULTS}/scores/shard-{{shard}}.parquet",
     params:
+        corpus=corpus_arguments,
+        corpus_versions=corpus_versions,
         settings=lambda wildcards: as_settings(
             **corpus_settings(),
             shard=int(wildcards.shard),
@@ -62,13 +64,13 @@ rule score_shard:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs score-shard {input.corpus} --tokenized-shard {input.tokenized} --scorer-dir {input.scorer}"
+        "lqs score-shard {params.corpus} --tokenized-shard {input.tokenized} --scorer-dir {input.scorer}"
         " --out {output} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule gather_scores:
     input:
-        corpus=CORPUS_FILES,
+        corpus=corpus_inputs,
         scores=expand(f"{RESULTS}/scores/shard-{{shard}}.parquet", shard=SHARDS),
         rejects=expand(f"{RESULTS}/corpus/rejects-{{shard}}.jsonl", shard=SHARDS),
         # With a pretrained scorer (scorer.checkpoint) there is no proxy, annotation or training metrics.
@@ -82,6 +84,8 @@ rule gather_scores:
         rejects=update(config["output"]["rejects_path"]),
         summary=update(f"{RESULTS}/summary.json"),
     params:
+        corpus=corpus_arguments,
+        corpus_versions=corpus_versions,
         settings=as_settings(**corpus_settings(), score_field=config["output"]["score_field"]),
         benchmarks=f"{RESULTS}/benchmarks",
     log:
@@ -91,7 +95,7 @@ rule gather_scores:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs gather {input.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
+        "lqs gather {params.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
         " --out {output.scored} --rejects-out {output.rejects} --summary-out {output.summary}"
         " --benchmarks-dir {params.benchmarks}"
         + (
