@@ -11,7 +11,6 @@ null, list or mapping.
 from __future__ import annotations
 
 import copy
-import glob
 import gzip
 import json
 import logging
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lqs import sources
 
 log = logging.getLogger(__name__)
 
@@ -189,24 +190,20 @@ def consistency_errors(config: Mapping) -> list[str]:
 # files
 
 
+def corpus_sources(patterns: str | Sequence[str], pins: Mapping[str, str] | None = None) -> sources.Corpus:
+    """The corpus files of corpus.path (lqs.sources: local paths, globs, directories, hf:// and
+    other fsspec URLs), hub data sets pinned to a commit; an entry that names no file, a hub repo
+    that cannot be read or a missing fsspec package is a ConfigError naming it."""
+    try:
+        return sources.resolve(patterns, pins)
+    except sources.SourceError as e:
+        raise ConfigError(str(e)) from None
+
+
 def corpus_files(patterns: str | Sequence[str]) -> list[str]:
-    """The corpus files in the given order, each glob's matches sorted. A file reached twice (a
-    path and a glob, two overlapping globs) is read once, at its first place: scoring it twice
-    would duplicate its documents in every output."""
-    files, seen = [], {}
-    for pattern in [patterns] if isinstance(patterns, str) else patterns:
-        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matched:
-            raise ConfigError(f"corpus.path: {pattern!r} matches no file")
-        for path in matched:
-            real = os.path.realpath(path)
-            if real in seen:
-                log.warning("corpus.path: %s is listed more than once (also as %s); it is read once",
-                            path, seen[real])
-                continue
-            seen[real] = path
-            files.append(path)
-    return files
+    """The corpus files in the given order, each glob's or directory's files sorted, a file
+    reached twice read once (sources.resolve)."""
+    return [file.path for file in corpus_sources(patterns).files]
 
 
 def resolve_outputs(config: dict, files: Sequence[str]) -> list[str]:
@@ -231,15 +228,17 @@ def resolve_outputs(config: dict, files: Sequence[str]) -> list[str]:
 
 
 def first_record_fields(path: str) -> set[str]:
-    """The field names of a corpus file's first record (JSONL, .gz, Parquet), read cheaply;
-    empty when there is none or it cannot be parsed (the tokenize stage reports those)."""
+    """The field names of a corpus file's first record (JSONL, .gz, Parquet; local or a URL),
+    read cheaply; empty when there is none or it cannot be parsed (the tokenize stage reports those)."""
     try:
         if path.endswith((".parquet", ".pq")):
             import pyarrow.parquet as pq
 
-            return set(pq.read_schema(path).names)
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
+            if not sources.is_url(path):
+                return set(pq.read_schema(path).names)
+            with sources.open_binary(path, seekable=True) as f:
+                return set(pq.read_schema(f).names)
+        with sources.open_binary(path) as raw, (gzip.open(raw, "rb") if path.endswith(".gz") else raw) as f:
             for line in f:
                 line = line.decode("utf-8-sig")  # a BOM opens the file's first line only
                 if line.strip():
@@ -247,6 +246,9 @@ def first_record_fields(path: str) -> set[str]:
                     return set(record) if isinstance(record, dict) else set()
     except (OSError, ValueError, EOFError, RecursionError):
         pass
+    except Exception:  # a remote filesystem's own errors (network, credentials): the jobs report them
+        if not sources.is_url(path):
+            raise
     return set()
 
 
@@ -271,7 +273,7 @@ def file_errors(config: Mapping, files: Sequence[str], outputs: Mapping[str, str
     added = {config["output"]["score_field"]: "output.score_field"}
     added |= {f: "output.extra_fields" for f in config["output"].get("extra_fields", [])}
     for path in files:
-        if os.path.exists(path):
+        if sources.is_url(path) or os.path.exists(path):  # a URL was just listed
             for field in sorted(added.keys() & first_record_fields(path)):
                 errors.append(f"{added[field]}: the corpus records already have a field {field!r}"
                               f" ({path}, first record); choose another name")

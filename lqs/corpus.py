@@ -25,6 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lqs import sources
+
 log = logging.getLogger(__name__)
 
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some editors write at the start of a file
@@ -88,12 +90,11 @@ def _check_text(fields: Any, text_field: str, max_chars: int) -> tuple[str | Non
     return (None, error) if error else (text, None)
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
+def _jsonl_lines(path: str) -> Iterator[tuple[int, bytes | None, str | None]]:
     """(line number, raw bytes with the line end, error) for each non-blank line; a BOM at the
     start of the file is dropped; a truncated gzip ends in an error."""
-    opener = gzip.open if path.suffix == ".gz" else open
     lineno = 0
-    with opener(path, "rb") as f:
+    with sources.open_binary(path) as raw, (gzip.open(raw, "rb") if path.endswith(".gz") else raw) as f:
         try:
             for lineno, line in enumerate(f, start=1):
                 if lineno == 1 and line.startswith(BOM):
@@ -169,9 +170,7 @@ def iter_records(
     if per_file and shard is not None and len(paths) != 1:
         raise ValueError("with num_shards: per_file, a shard reads exactly its one file")
     doc_id, empty = 0, []
-    for file_index, path in enumerate(map(Path, paths), start=shard if per_file and shard else 0):
-        if not path.exists():
-            raise FileNotFoundError(f"corpus file not found: {path}")
+    for file_index, path in enumerate(map(sources.source_name, paths), start=shard if per_file and shard else 0):
         if per_file:
             doc_id = file_index << FILE_BITS
         records = 0
@@ -181,11 +180,11 @@ def iter_records(
                 eol = ""
                 if isinstance(raw, bytes):
                     raw, eol, fields, text, error = _parse_line(raw, text_field, max_chars)
-                yield Record(doc_id, str(path), line, fields, raw, text, error, eol)
+                yield Record(doc_id, path, line, fields, raw, text, error, eol)
             doc_id += 1
         if records == 0:
             log.warning("%s: empty corpus file (no records); it contributes no documents", path)
-            empty.append(str(path))
+            empty.append(path)
     # a per-file shard sees only its own file: whether all are empty is for the whole corpus to say
     if paths and len(empty) == len(paths) and not (per_file and shard is not None):
         raise ValueError(f"every corpus file is empty (no records): {', '.join(empty)}")
@@ -202,27 +201,37 @@ def _decoded_row(batch: pa.RecordBatch) -> dict[str, Any] | str:
     return row
 
 
-def _file_records(path: Path, text_field: str, max_chars: int):
-    """Unparsed JSONL lines (parsed lazily by the caller) or parsed Parquet rows."""
-    if is_parquet(path):
-        row = 0
-        try:
-            for batch in pq.ParquetFile(path).iter_batches():
-                try:
-                    rows = batch.to_pylist()
-                except UnicodeDecodeError:  # a string column holds invalid UTF-8: find its rows
-                    rows = [_decoded_row(batch.slice(i, 1)) for i in range(batch.num_rows)]
-                for fields in rows:
-                    row += 1
-                    if isinstance(fields, str):  # why the row could not be read
-                        yield row, None, None, None, fields
-                    else:
-                        yield row, None, fields, *_check_text(fields, text_field, max_chars)
-        except pa.ArrowException as e:
-            yield row + 1, None, None, None, f"corrupt or truncated Parquet file ({e})"
-    else:
+def _file_records(path: str, text_field: str, max_chars: int):
+    """Unparsed JSONL lines (parsed lazily by the caller) or parsed Parquet rows. A missing file
+    is a FileNotFoundError naming it as given (a URL stays a URL)."""
+    if not is_parquet(path):
         for line, raw, error in _jsonl_lines(path):
             yield line, raw, None, None, error
+    elif sources.is_url(path):
+        with sources.open_binary(path, seekable=True) as f:
+            yield from _parquet_rows(f, text_field, max_chars)
+    elif not Path(path).exists():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    else:
+        yield from _parquet_rows(path, text_field, max_chars)  # pyarrow reads a local path itself
+
+
+def _parquet_rows(source, text_field: str, max_chars: int):
+    row = 0
+    try:
+        for batch in pq.ParquetFile(source).iter_batches():
+            try:
+                rows = batch.to_pylist()
+            except UnicodeDecodeError:  # a string column holds invalid UTF-8: find its rows
+                rows = [_decoded_row(batch.slice(i, 1)) for i in range(batch.num_rows)]
+            for fields in rows:
+                row += 1
+                if isinstance(fields, str):  # why the row could not be read
+                    yield row, None, None, None, fields
+                else:
+                    yield row, None, fields, *_check_text(fields, text_field, max_chars)
+    except pa.ArrowException as e:
+        yield row + 1, None, None, None, f"corrupt or truncated Parquet file ({e})"
 
 
 PARQUET_TO_JSON = """\

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lqs import corpus, output
+from lqs import corpus, output, sources
 from lqs.io import atomic_open, parquet_batches, read_json, write_json
 
 
@@ -119,7 +119,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
             text_field=text_field, max_chars=max_chars, score_field=score_field, extra_fields=extra_fields)
         if scored + len(rejected) != read:
             raise RuntimeError(f"read {read} documents but scored {scored} and rejected {len(rejected)}")
-        summary["empty_files"] = [str(p) for p in corpus_paths if str(p) not in with_records]
+        summary["empty_files"] = [p for p in map(sources.source_name, corpus_paths) if p not in with_records]
     elif layout == "per_shard":
         missing = [p for p in part_paths if not Path(p).is_file()]
         if missing:

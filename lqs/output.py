@@ -20,7 +20,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lqs import corpus
+from lqs import corpus, sources
 from lqs.io import atomic_path
 
 FORMATS = {"jsonl": ".jsonl", "jsonl.gz": ".jsonl.gz", "parquet": ".parquet"}
@@ -69,7 +69,10 @@ def parquet_input_schema(paths: Sequence[str]) -> pa.Schema | None:
     dropped, as pandas' and datasets' describe the input's columns, not the output's."""
     if not paths or not all(corpus.is_parquet(p) for p in paths):
         return None
-    schemas = [pq.read_schema(path) for path in paths]
+    schemas = []
+    for path in paths:
+        with sources.open_binary(path, seekable=True) as f:
+            schemas.append(pq.read_schema(f))
     try:
         return pa.unify_schemas(schemas).remove_metadata()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:

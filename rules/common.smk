@@ -5,10 +5,12 @@ import sys
 
 import yaml
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from lqs import config as lqs_config
 from lqs import output as lqs_output
+from lqs import sources as lqs_sources
 
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
@@ -29,12 +31,25 @@ def config_errors():
 
 
 def corpus_and_file_errors():
-    """The corpus files, and the errors of the files the run reads (a score field the records
-    already have) and writes (an unwritable location). Fills in the output's format and paths."""
+    """The corpus (lqs.sources), and the errors of the files the run reads (a score field the
+    records already have) and writes (an unwritable location). Hub data sets are pinned to a
+    commit here; a job that parses the workflow again (SLURM) reuses the main process's pins,
+    which it inherits as an environment variable, so every job reads the same commit. Fills in the
+    output's format and paths."""
+    inherited = None
+    if workflow.remote_exec or workflow.subprocess_exec:
+        inherited = json.loads(os.environ.get(lqs_sources.PINS_ENV, "{}"))
     try:
-        files = lqs_config.corpus_files(config["corpus"]["path"])
+        corpus = lqs_config.corpus_sources(config["corpus"]["path"], inherited)
     except lqs_config.ConfigError as e:
-        return [], [str(e)]
+        return None, [str(e)]
+    if not inherited:
+        for pinned, commit in corpus.pins.items():
+            repo, revision = pinned.split("@", 1)
+            logger.info(f"corpus.path: Hugging Face data set {repo} ({revision or 'main'}) is pinned to commit"
+                        f" {commit} for this run")
+    os.environ[lqs_sources.PINS_ENV] = json.dumps(corpus.pins)
+    files = [f.path for f in corpus.files]
     errors = lqs_config.resolve_outputs(config, files)
     outputs = {
         "output.path": config["output"]["path"],
@@ -42,12 +57,12 @@ def corpus_and_file_errors():
         "selection.path": config["selection"]["path"],
         "results": f"{RESULTS}/summary.json",
     }
-    return files, errors + lqs_config.file_errors(config, files, outputs)
+    return corpus, errors + lqs_config.file_errors(config, files, outputs)
 
 
 errors = config_errors()
 if not errors:
-    CORPUS_FILES, errors = corpus_and_file_errors()
+    CORPUS, errors = corpus_and_file_errors()
 if errors:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(errors))
 
@@ -62,6 +77,7 @@ def as_settings(**kwargs):
 # activated (SLURM jobs run that interpreter too); with --sdm conda, the rule's environment's own.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f'set -euo pipefail; export PATH="$PATH":{shlex.quote(os.path.dirname(sys.executable))}; ')
+CORPUS_FILES = [f.path for f in CORPUS.files]
 PER_FILE = config["corpus"]["num_shards"] == "per_file"
 NUM_SHARDS = len(CORPUS_FILES) if PER_FILE else config["corpus"]["num_shards"]
 SHARDS = list(range(NUM_SHARDS))
@@ -76,9 +92,30 @@ SCORED_FILES = (
 )
 
 
-def shard_files(wildcards):
-    """A shard's input files: its own file (per_file sharding) or every file (line modulo)."""
-    return [CORPUS_FILES[int(wildcards.shard)]] if PER_FILE else CORPUS_FILES
+def job_corpus(wildcards):
+    """The corpus files a job reads: a shard's own file (per_file sharding), else all of them."""
+    if PER_FILE and "shard" in wildcards.keys():
+        return [CORPUS.files[int(wildcards.shard)]]
+    return CORPUS.files
+
+
+# A job's corpus files reach it in two ways. Local ones are inputs (an edit reruns the job); a URL
+# cannot be a Snakemake input, so the command gets every file, in order, from params, and params
+# also hold the version of each URL that no commit pins: a changed file list, hub commit or remote
+# object reruns the job (Snakemake's params trigger).
+def corpus_inputs(wildcards):
+    """The job's local corpus files, as its input."""
+    return [f.path for f in job_corpus(wildcards) if f.local]
+
+
+def corpus_arguments(wildcards):
+    """The job's corpus files, local paths and URLs, in order, quoted for the shell command."""
+    return " ".join(shlex.quote(f.path) for f in job_corpus(wildcards))
+
+
+def corpus_versions(wildcards):
+    """URL -> version of the job's remote files that no commit pins ({} for local files)."""
+    return json.dumps({f.path: f.version for f in job_corpus(wildcards) if f.version}, sort_keys=True)
 
 
 def target_source_file(wildcards):

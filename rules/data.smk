@@ -16,12 +16,14 @@ rule demo_data:
 
 rule tokenize_shard:
     input:
-        corpus=shard_files,
+        corpus=corpus_inputs,
         tokenizer=f"{MODELS}/tokenizer",
     output:
         shard=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         rejects=f"{RESULTS}/corpus/rejects-{{shard}}.jsonl",
     params:
+        corpus=corpus_arguments,
+        corpus_versions=corpus_versions,
         settings=as_settings(
             **corpus_settings(),
             max_length=config["corpus"]["max_length"],
@@ -34,7 +36,7 @@ rule tokenize_shard:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs tokenize-shard {input.corpus} --tokenizer-dir {input.tokenizer} --shard {wildcards.shard}"
+        "lqs tokenize-shard {params.corpus} --tokenizer-dir {input.tokenizer} --shard {wildcards.shard}"
         " --out {output.shard} --rejects {output.rejects} --settings {params.settings:q} > {log} 2>&1"
 
 

@@ -77,10 +77,12 @@ elif "arch" in PROXY and "path" not in config["models"]["tokenizer"] and "repo" 
 
     rule train_tokenizer:
         input:
-            CORPUS_FILES,
+            corpus=corpus_inputs,
         output:
             directory(f"{MODELS}/tokenizer"),
         params:
+            corpus=corpus_arguments,
+            corpus_versions=corpus_versions,
             settings=as_settings(
                 text_field=config["corpus"]["text_field"],
                 max_chars=config["corpus"]["max_chars"],
@@ -93,7 +95,7 @@ elif "arch" in PROXY and "path" not in config["models"]["tokenizer"] and "repo" 
         conda:
             "../envs/lqs.yaml"
         shell:
-            "lqs train-tokenizer {input} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+            "lqs train-tokenizer {params.corpus} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
 
 else:
 

@@ -41,7 +41,7 @@ if not SCORER_CHECKPOINT:
 
 rule score_shard:
     input:
-        corpus=shard_files,
+        corpus=corpus_inputs,
         tokenized=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         scorer=f"{RESULTS}/scorer",
     output:
@@ -52,6 +52,8 @@ rule score_shard:
         if PER_SHARD_OUTPUT
         else [],
     params:
+        corpus=corpus_arguments,
+        corpus_versions=corpus_versions,
         settings=lambda wildcards: as_settings(
             **corpus_settings(),
             shard=int(wildcards.shard),
@@ -72,14 +74,14 @@ rule score_shard:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs score-shard {input.corpus} --tokenized-shard {input.tokenized} --scorer-dir {input.scorer}"
+        "lqs score-shard {params.corpus} --tokenized-shard {input.tokenized} --scorer-dir {input.scorer}"
         " --out {output.scores} --stats-out {output.stats} {params.part} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule gather_scores:
     input:
         # layout per_shard: the parts are written; the corpus is not read again
-        corpus=[] if PER_SHARD_OUTPUT else CORPUS_FILES,
+        corpus=[] if PER_SHARD_OUTPUT else corpus_inputs,
         scores=expand(f"{RESULTS}/scores/shard-{{shard}}.parquet", shard=SHARDS),
         stats=expand(f"{RESULTS}/scores/shard-{{shard}}.json", shard=SHARDS),
         rejects=expand(f"{RESULTS}/corpus/rejects-{{shard}}.jsonl", shard=SHARDS),
@@ -95,6 +97,8 @@ rule gather_scores:
         rejects=update(OUTPUT["rejects_path"]),
         summary=update(f"{RESULTS}/summary.json"),
     params:
+        corpus="" if PER_SHARD_OUTPUT else corpus_arguments,
+        corpus_versions="" if PER_SHARD_OUTPUT else corpus_versions,
         settings=as_settings(**corpus_settings(), **scored_record_settings(), layout=OUTPUT["layout"]),
         out=OUTPUT["path"],
         benchmarks=f"{RESULTS}/benchmarks",
@@ -105,7 +109,7 @@ rule gather_scores:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs gather {input.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
+        "lqs gather {params.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
         " --stats-paths {input.stats} --part-paths {input.parts} --out {params.out:q}"
         " --rejects-out {output.rejects} --summary-out {output.summary} --benchmarks-dir {params.benchmarks}"
         + (

@@ -191,7 +191,8 @@ import os, re
 
 def install():
     """Makes huggingface_hub's HTTP client answer from a fake Hub. Repos in LQS_MOCK_GATED are
-    gated, in LQS_MOCK_MISSING do not exist; revisions in LQS_MOCK_BAD_REVISIONS do not exist.
+    gated, in LQS_MOCK_MISSING do not exist; revisions in LQS_MOCK_BAD_REVISIONS do not exist;
+    data set repos in LQS_MOCK_REMOTE (see serve_dataset) can be listed and read.
     Every request is appended to LQS_MOCK_LOG, with whether it carried HF_TOKEN (never the token)."""
     import huggingface_hub
     try:
@@ -202,6 +203,74 @@ def install():
     def names(var):
         return set(filter(None, os.environ.get(var, "").split(",")))
 
+    def serve_dataset(request, path):
+        """The Hub's data set endpoints that HfFileSystem uses (repo info, tree, paths-info,
+        resolve with HTTP ranges), for the repos in LQS_MOCK_REMOTE, a directory laid out as the
+        hub cache (refs/<ref>, snapshots/<commit>/): a remote Hub holding those commits. None for
+        anything else."""
+        import hashlib
+        import urllib.parse
+
+        match = re.fullmatch(r"(/api)?/datasets/([^/]+/[^/]+)(?:/(revision|tree|paths-info|resolve)/([^/]+)(/.*)?)?",
+                             path)
+        remote = os.environ.get("LQS_MOCK_REMOTE")
+        if not remote or match is None:
+            return None
+        api, repo, what, revision, rest = match.groups()
+        storage = os.path.join(remote, "datasets--" + repo.replace("/", "--"))
+        if not os.path.isdir(storage) or repo in names("LQS_MOCK_GATED") | names("LQS_MOCK_MISSING") \
+                or (api is None) != (what == "resolve"):
+            return None
+        revision = revision or "main"
+        ref = os.path.join(storage, "refs", revision)
+        commit = open(ref).read().strip() if os.path.isfile(ref) else revision
+        snapshot = os.path.join(storage, "snapshots", commit)
+        if not os.path.isdir(snapshot):
+            return httpx.Response(404, request=request, headers={
+                "X-Error-Code": "RevisionNotFound", "X-Error-Message": f"Invalid rev id: {revision}"})
+        if what in (None, "revision"):
+            return httpx.Response(200, request=request, json={"id": repo, "sha": commit, "private": False})
+
+        def entry(rel):
+            full = os.path.join(snapshot, rel)
+            if os.path.isdir(full):
+                return {"type": "directory", "oid": hashlib.sha1(rel.encode()).hexdigest(), "path": rel}
+            data = open(full, "rb").read()
+            return {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": rel}
+
+        def not_found(rel):
+            return httpx.Response(404, request=request, headers={
+                "X-Error-Code": "EntryNotFound", "X-Error-Message": f"{rel} does not exist on {revision}"})
+
+        rel = (rest or "/")[1:].rstrip("/")
+        if what == "tree":
+            top = os.path.join(snapshot, rel)
+            if not os.path.isdir(top):
+                return not_found(rel)
+            recursive = request.url.params.get("recursive", "False").lower() == "true"
+            names_ = []
+            for here, dirs, files in os.walk(top):
+                dirs.sort()
+                names_ += [os.path.relpath(os.path.join(here, n), snapshot) for n in dirs + sorted(files)]
+                if not recursive:
+                    break
+            return httpx.Response(200, request=request, json=[entry(n) for n in names_])
+        if what == "paths-info":
+            asked = urllib.parse.parse_qs(request.content.decode()).get("paths", [])
+            return httpx.Response(200, request=request, json=[
+                entry(p) for p in asked if os.path.exists(os.path.join(snapshot, p))])
+        full = os.path.join(snapshot, rel)  # resolve: the file, or the part a Range header asks for
+        if not os.path.isfile(full):
+            return not_found(rel)
+        data = open(full, "rb").read()
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
+        if ranged is None:
+            return httpx.Response(200, request=request, content=data)
+        start, end = int(ranged[1]), int(ranged[2]) + 1 if ranged[2] else len(data)
+        if start >= len(data):
+            return httpx.Response(416, request=request)
+        return httpx.Response(206, request=request, content=data[start:end])
+
     def handler(request):
         auth = request.headers.get("authorization")
         token = os.environ.get("HF_TOKEN")
@@ -209,6 +278,9 @@ def install():
         path = request.url.path
         with open(os.environ["LQS_MOCK_LOG"], "a") as f:
             f.write(f"{request.method} {path} auth={carried}\n")
+        served = serve_dataset(request, path)
+        if served is not None:
+            return served
         match = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/(auth-check|revision/(.+))", path)
         if match is None:
             raise httpx.ConnectError("no network in this test", request=request)
@@ -612,7 +684,8 @@ def test_gated_proxy_fails_in_fetch_before_any_gpu_job(hub, tmp_path):
     site.mkdir()
     (site / "sitecustomize.py").write_text(HUB_MOCK)
     log = tmp_path / "requests.log"
-    env = hub.env(offline=False, PYTHONPATH=str(site), LQS_MOCK_LOG=str(log), LQS_MOCK_GATED="org/gated")
+    env = hub.env(offline=False, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),  # this checkout's lqs
+                  LQS_MOCK_LOG=str(log), LQS_MOCK_GATED="org/gated")
     result = run_snakemake(workdir, env)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
