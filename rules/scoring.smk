@@ -100,7 +100,8 @@ rule gather_scores:
         corpus="" if PER_SHARD_OUTPUT else corpus_arguments,
         corpus_versions="" if PER_SHARD_OUTPUT else corpus_versions,
         settings=as_settings(**corpus_settings(), **scored_record_settings(), layout=OUTPUT["layout"]),
-        out=OUTPUT["path"],
+        # the scored file, or the directory of the parts (per_shard)
+        out=lambda wildcards, input, output: os.path.dirname(input.parts[0]) if PER_SHARD_OUTPUT else output.scored[0],
         benchmarks=f"{RESULTS}/benchmarks",
     log:
         f"{RESULTS}/logs/gather_scores.log",

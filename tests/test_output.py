@@ -185,8 +185,9 @@ def planned(workdir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def per_shard_parquet(tmp_path_factory) -> Path:
-    """The tiny workflow on a corpus of two Parquet files, output.layout per_shard, extra fields."""
+def per_shard_parquet(tmp_path_factory, completed_workflow) -> Path:
+    """The tiny workflow on a corpus of two Parquet files, output.layout per_shard, extra fields,
+    scored by the completed run's scorer (scorer.checkpoint: no annotation, a third of the time)."""
     workdir = tmp_path_factory.mktemp("per_shard")
     docs = tiny_corpus()
     (workdir / "data").mkdir()
@@ -196,6 +197,7 @@ def per_shard_parquet(tmp_path_factory) -> Path:
                 [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
     config = tiny_config("data/*.parquet", "data/target.jsonl")
     config["output"] = {"layout": "per_shard", "extra_fields": ["n_tokens", "n_windows", "truncated"]}
+    config["scorer"]["checkpoint"] = str(completed_workflow / "results" / "scorer")
     make_workflow(workdir, config)
     snakemake(workdir)
     return workdir
