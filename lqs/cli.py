@@ -125,10 +125,11 @@ def add_score_command(sub) -> None:
                        description="Score every record of the inputs with a scorer checkpoint, in input order, "
                        "by the workflow's batched path; a progress bar shows documents/s and tokens/s.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="JSONL (plain or .gz) or Parquet files, globs, directories or URLs, as corpus.path takes them")
+                   help="JSONL (plain or .gz) or Parquet files, globs, directories or URLs, as corpus.path takes them;"
+                   " - for JSONL on standard input")
     p.add_argument("--scorer", required=True, help="a scorer checkpoint directory (results/scorer) or a hub repo id")
     p.add_argument("--revision", help="pinned branch, tag or commit of a hub scorer")
-    p.add_argument("--out", required=True, help="the scored output file")
+    p.add_argument("--out", required=True, help="the scored output file; - for standard output (JSONL, or jsonl.gz)")
     p.add_argument("--format", choices=list(FORMATS),
                    help="default: by the --out extension, else parquet for Parquet input and jsonl otherwise")
     p.add_argument("--text-field", default="text")

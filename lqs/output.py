@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -82,7 +83,7 @@ def parquet_input_schema(paths: Sequence[str]) -> pa.Schema | None:
 
 class ScoredWriter:
     """Writes scored records, a chunk at a time, into one file that appears (atomically) when the
-    writer is closed without an error. `fields` are the new members in order: the score field, then
+    writer is closed without an error (or to standard output, path "-"). `fields` are the new members in order: the score field, then
     the extra fields; `input_schema` is the corpus's Parquet schema (see parquet_input_schema)."""
 
     def __init__(self, path: str | Path, format: str, fields: Sequence[str],
@@ -91,12 +92,19 @@ class ScoredWriter:
         self.input_schema = input_schema
         self.rows = 0
         self._stack = contextlib.ExitStack()
-        self._tmp = self._stack.enter_context(atomic_path(self.path))
         self._file: IO[bytes] | None = None
         self._parquet: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
-        if self.format != "parquet":
-            self._file = self._stack.enter_context(open(self._tmp, "wb"))
+        if str(path) == "-":  # standard output (lqs score --out -): a stream, so JSONL only
+            if self.format == "parquet":
+                raise ValueError("a Parquet output cannot be streamed to standard output: give a file, or "
+                                 "--format jsonl or jsonl.gz")
+            self._file = sys.stdout.buffer
+        else:
+            self._tmp = self._stack.enter_context(atomic_path(self.path))
+            if self.format != "parquet":
+                self._file = self._stack.enter_context(open(self._tmp, "wb"))
+        if self._file is not None:
             if self.format == "jsonl.gz":  # mtime 0, no file name: the same documents give the same bytes
                 self._file = self._stack.enter_context(
                     gzip.GzipFile(filename="", mode="wb", fileobj=self._file, compresslevel=6, mtime=0))
@@ -121,6 +129,8 @@ class ScoredWriter:
                                      for r, v in zip(records, values)).encode("utf-8"))
         elif records:
             self._write_parquet(records, columns)
+        if self._file is not None and str(self.path) == "-":
+            self._file.flush()  # the next program in the pipe gets each chunk as it is scored
         self.rows += len(records)
 
     def _open_parquet(self, input_schema: pa.Schema) -> None:

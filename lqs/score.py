@@ -317,15 +317,20 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
                 tokenizer_workers: int | None = None, trust_remote_code: bool = False, progress: bool = True
                 ) -> dict[str, Any]:
     """`lqs score`: every record of `inputs` (files, globs, directories, URLs, as corpus.path takes
-    them) scored into `out`, in input order, by the batched path of score_shard. Bad records stop
-    the run (error) or go to `rejects` (skip; default: <out>.rejects.jsonl, written only if any)."""
+    them, or "-": JSONL on standard input) scored into `out` (or "-": standard output, JSONL), in
+    input order, by the batched path of score_shard. Bad records stop the run (error) or go to
+    `rejects` (skip; default: <out>.rejects.jsonl, written only if any)."""
     from lqs.config import corpus_files
 
     start = time.perf_counter()
-    files = corpus_files(list(inputs))
+    if "-" in inputs and len(inputs) > 1:
+        raise ValueError("standard input (-) is read alone: give either - or files")
+    files = ["-"] if list(inputs) == ["-"] else corpus_files(list(inputs))
     format = format_of(out, format, files)
     if on_bad_record not in ("error", "skip"):
         raise ValueError(f"--on-bad-record must be error or skip, not {on_bad_record!r}")
+    if out == "-" and on_bad_record == "skip" and not rejects:
+        raise ValueError("--out - with --on-bad-record skip needs --rejects PATH for the rejected records")
     unknown = [f for f in extra_fields if f not in output.EXTRA_FIELDS]
     if unknown:
         raise ValueError(f"unknown extra field {unknown[0]!r}: choose from {', '.join(output.EXTRA_FIELDS)}")

@@ -259,6 +259,8 @@ def open_binary(path: str, *, seekable: bool = False) -> IO[bytes]:
     that lines are read in C (fsspec's own readline copies a whole block per line). `seekable`:
     Parquet's footer first; otherwise a Hub file is streamed in one request. A missing file is a
     FileNotFoundError naming the path as given."""
+    if path == "-":  # standard input (lqs score -), through its own descriptor: closing it keeps stdin
+        return os.fdopen(os.dup(0), "rb", buffering=1 << 20)
     if not is_url(path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"corpus file not found: {path}")

@@ -351,3 +351,18 @@ def test_lqs_score_names_a_missing_scorer(tmp_path):
     failed = lqs_score(tmp_path / "in.jsonl", "--scorer", tmp_path / "nope" / "x" / "y", "--out", tmp_path / "o.jsonl")
     assert failed.returncode == 1 and "neither a scorer checkpoint directory nor a hub repo id" in failed.stderr
     shutil.rmtree(tmp_path / "nope", ignore_errors=True)
+
+
+def test_lqs_score_streams_stdin_to_stdout(completed_workflow, tmp_path):
+    scorer = completed_workflow / "results" / "scorer"
+    src = write_jsonl(tmp_path / "in.jsonl", tiny_corpus(20))
+    assert lqs_score(src, "--scorer", scorer, "--out", tmp_path / "file.jsonl").returncode == 0
+    for format, decode in (("jsonl", lambda b: b), ("jsonl.gz", gzip.decompress)):
+        piped = subprocess.run([sys.executable, "-m", "lqs", "score", "-", "--scorer", str(scorer), "--out", "-",
+                                "--format", format, "--no-progress"], input=src.read_bytes(), capture_output=True)
+        assert piped.returncode == 0, piped.stderr
+        assert decode(piped.stdout) == (tmp_path / "file.jsonl").read_bytes()  # logs went to stderr
+    refused = lqs_score("-", src, "--scorer", scorer, "--out", tmp_path / "o.jsonl")
+    assert refused.returncode == 1 and "standard input (-) is read alone" in refused.stderr
+    refused = lqs_score(src, "--scorer", scorer, "--out", "-", "--format", "parquet")
+    assert refused.returncode == 1 and "cannot be streamed to standard output" in refused.stderr
