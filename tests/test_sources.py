@@ -21,6 +21,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
 from test_hub import FAKE_TOKEN, HUB_MOCK, add_to_hub_cache
 
@@ -397,12 +398,17 @@ def test_hub_errors_fail_the_dry_run_before_any_job(tmp_path, path, words):
 
 
 def test_hub_corpus_run_scores_as_the_local_run_and_a_new_commit_reruns(completed_workflow, tmp_path):
-    """The tiny workflow on hf://, its corpus the completed local run's file: the same scored.jsonl.
-    Every job read the pinned commit. When main moves, planning again reruns the corpus stages."""
+    """The tiny workflow on hf://, its corpus the completed local run's file, scored with that run's
+    scorer (scorer.checkpoint: no annotation to repeat): the same scored.jsonl. Every job read the
+    pinned commit. When main moves, planning again reruns the corpus stages."""
     hub = FakeHub(tmp_path)
     local_corpus = (completed_workflow / "data" / "corpus.jsonl").read_bytes()
     commit = publish(hub.remote, {"data/corpus.jsonl": local_corpus}, repo="test-org/same-corpus")
     workdir = workflow(tmp_path / "wf", "hf://datasets/test-org/same-corpus/data/corpus.jsonl")
+    config_path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["scorer"]["checkpoint"] = str(completed_workflow / "results" / "scorer")
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = hub.env(tmp_path)
     result = run_snakemake(workdir, env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -410,7 +416,7 @@ def test_hub_corpus_run_scores_as_the_local_run_and_a_new_commit_reruns(complete
     summary = json.loads((workdir / "results" / "summary.json").read_text())
     assert summary["documents_read"] == len(tiny_corpus()) and summary["empty_files"] == []
     reads = [r for r in hub.requests() if "/resolve/" in r]
-    # train_tokenizer, 2 x tokenize_shard, 2 x score_shard, gather; the DAG build's score-field check
+    # 2 x tokenize_shard, 2 x score_shard, gather; the DAG build's score-field check
     assert len(reads) >= 6 and all(r.endswith(f"/resolve/{commit}/data/corpus.jsonl") for r in reads)
 
     nothing = run_snakemake(workdir, env, "-n")
@@ -420,7 +426,7 @@ def test_hub_corpus_run_scores_as_the_local_run_and_a_new_commit_reruns(complete
     plan = run_snakemake(workdir, env, "-n")
     output = plan.stdout + plan.stderr
     assert plan.returncode == 0, output
-    for rule in ("train_tokenizer", "tokenize_shard", "gather_scores"):
+    for rule in ("tokenize_shard", "score_shard", "gather_scores"):
         assert f"rule {rule}:" in plan.stdout, output
     assert "Params have changed" in output and "Set of input files has changed" not in output
 
