@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_score_command(sub) -> None:
     """`lqs score`: for users with a scorer checkpoint and no workflow; ordinary flags, no --settings."""
+    from lqs.corpus import MAX_CHARS
     from lqs.output import EXTRA_FIELDS, FORMATS
 
     p = sub.add_parser("score", help="score files with a scorer checkpoint (no workflow needed)",
@@ -139,7 +140,7 @@ def add_score_command(sub) -> None:
     p.add_argument("--on-bad-record", choices=["error", "skip"], default="error",
                    help="error: stop naming file and line; skip: write the record and reason to --rejects")
     p.add_argument("--rejects", help="rejects file for --on-bad-record skip (default: <out>.rejects.jsonl)")
-    p.add_argument("--max-chars", type=int, default=10_000_000, help="longer documents are bad records")
+    p.add_argument("--max-chars", type=int, default=MAX_CHARS, help="longer documents are bad records")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 on a GPU, fp32 on a CPU")

@@ -11,7 +11,6 @@ null, list or mapping.
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from lqs import sources
+from lqs import corpus, sources
 
 log = logging.getLogger(__name__)
 
@@ -231,19 +230,14 @@ def first_record_fields(path: str) -> set[str]:
     """The field names of a corpus file's first record (JSONL, .gz, Parquet; local or a URL),
     read cheaply; empty when there is none or it cannot be parsed (the tokenize stage reports those)."""
     try:
-        if path.endswith((".parquet", ".pq")):
+        if corpus.is_parquet(path):
             import pyarrow.parquet as pq
 
-            if not sources.is_url(path):
-                return set(pq.read_schema(path).names)
             with sources.open_binary(path, seekable=True) as f:
                 return set(pq.read_schema(f).names)
-        with sources.open_binary(path) as raw, (gzip.open(raw, "rb") if path.endswith(".gz") else raw) as f:
-            for line in f:
-                line = line.decode("utf-8-sig")  # a BOM opens the file's first line only
-                if line.strip():
-                    record = json.loads(line)
-                    return set(record) if isinstance(record, dict) else set()
+        for _, raw, _ in corpus._jsonl_lines(path):  # the reader's lines: gzip, BOM and blank lines as it sees them
+            record = corpus.loads(raw) if raw is not None else None
+            return set(record) if isinstance(record, dict) else set()
     except (OSError, ValueError, EOFError, RecursionError):
         pass
     except Exception:  # a remote filesystem's own errors (network, credentials): the jobs report them

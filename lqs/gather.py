@@ -9,14 +9,13 @@ per_shard: the score jobs wrote the parts; this job only counts, and never reads
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lqs import corpus, output, sources
-from lqs.io import atomic_open, parquet_batches, read_json, write_json
+from lqs.io import atomic_open, benchmark_seconds, parquet_batches, read_json, write_json
 
 
 SCORE_COLUMNS = ["doc_id", "score", "truncated", "n_tokens", "n_windows"]
@@ -29,16 +28,9 @@ def _scores(path: str) -> Iterator[tuple]:
 
 
 def stage_seconds(benchmarks_dir: str | None) -> dict[str, float]:
-    """Wall seconds per rule, summed over its jobs, from the Snakemake benchmark files
-    <benchmarks_dir>/<rule>/<job>.tsv of the jobs that ran before this one."""
-    seconds: dict[str, float] = defaultdict(float)
-    for path in sorted(Path(benchmarks_dir).glob("*/*.tsv")) if benchmarks_dir else []:
-        if path.parent.name == "gather_scores":  # this job's own, from an earlier run
-            continue
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                seconds[Path(path).parent.name] += float(row["s"])
-    return {k: round(v, 3) for k, v in sorted(seconds.items())}
+    """Wall seconds per rule of the jobs that ran before this one (io.benchmark_seconds, less
+    this job's own from an earlier run)."""
+    return {k: round(v, 3) for k, v in sorted(benchmark_seconds(benchmarks_dir).items()) if k != "gather_scores"}
 
 
 def _merged_by_source(stats_paths: Sequence[str]) -> dict[str, float]:
@@ -58,9 +50,9 @@ def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, nu
     read = scored = truncated = 0
     with_records = set()
     input_schema = output.parquet_input_schema(corpus_paths) if output_format == "parquet" else None
-    fields = [score_field, *extra_fields]
-    with output.ScoredWriter(out, output_format, fields, input_schema) as writer:
-        chunk, columns = [], {f: [] for f in fields}
+    names = ["score", *extra_fields]  # the score files' columns, written as score_field and extra_fields
+    with output.ScoredWriter(out, output_format, [score_field, *extra_fields], input_schema) as writer:
+        chunk, columns = [], {name: [] for name in names}
         for record in corpus.iter_records(corpus_paths, text_field, max_chars, num_shards=num_shards):
             read += 1
             with_records.add(record.path)
@@ -73,14 +65,14 @@ def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, nu
                                    f"rejected (shard {shard} has {doc_id} next); rerun its shard")
             values = dict(score=score, truncated=bool(was_truncated), n_tokens=n_tokens, n_windows=n_windows)
             chunk.append(record)
-            for f, name in zip(fields, ["score", *extra_fields]):
-                columns[f].append(values[name])
+            for name in names:
+                columns[name].append(values[name])
             if len(chunk) == 4096:
-                writer.write(chunk, columns)
-                chunk, columns = [], {f: [] for f in fields}
+                writer.write(chunk, dict(zip(writer.fields, columns.values())))
+                chunk, columns = [], {name: [] for name in names}
             scored += 1
             truncated += bool(was_truncated)
-        writer.write(chunk, columns)
+        writer.write(chunk, dict(zip(writer.fields, columns.values())))
     if any(next(s, None) is not None for s in shard_scores):
         raise RuntimeError("score shards hold documents the corpus does not have; rerun scoring")
     return read, scored, truncated, with_records
@@ -124,11 +116,8 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
         missing = [p for p in part_paths if not Path(p).is_file()]
         if missing:
             raise RuntimeError(f"the score jobs' part files are missing: {', '.join(missing)}; rerun their shards")
-        scored = truncated = 0
-        for path in score_paths:
-            for batch in parquet_batches(path, columns=["truncated"]):
-                scored += batch.num_rows
-                truncated += sum(batch.column(0).to_pylist())
+        shard_stats = [read_json(p) for p in stats_paths]  # what each score job counted
+        scored, truncated = (sum(s[k] for s in shard_stats) for k in ("scored", "truncated"))
         read = scored + len(rejected)
         summary["parts"] = [str(p) for p in part_paths]
         summary["removed_stale_parts"] = remove_stale_parts(out, part_paths)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -90,6 +92,17 @@ class TokenRate:
         self.tokens += tokens
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
+
+
+def benchmark_seconds(benchmarks_dir: str | os.PathLike | None) -> dict[str, float]:
+    """Wall seconds per rule, summed over its jobs, from Snakemake's benchmark files
+    <benchmarks_dir>/<rule>/<job>.tsv: the whole job, process start and imports included."""
+    seconds: dict[str, float] = defaultdict(float)
+    for path in sorted(Path(benchmarks_dir).glob("*/*.tsv")) if benchmarks_dir else []:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                seconds[path.parent.name] += float(row["s"])
+    return dict(seconds)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -139,13 +139,14 @@ class ScoredWriter:
             raise ValueError(f"the corpus already has a column {clash[0]!r}; choose another "
                              f"{'output.score_field' if clash[0] == self.fields[0] else 'output.extra_fields'}")
         new = [pa.field(self.fields[0], pa.float64())] + [pa.field(f, EXTRA_FIELDS[f]) for f in self.fields[1:]]
+        self.input_schema = input_schema
         self._schema = pa.schema(list(input_schema) + new)
         self._parquet = pq.ParquetWriter(self._tmp, self._schema)
 
     def _write_parquet(self, records: Sequence[corpus.Record], columns: Mapping[str, Sequence[Any]]) -> None:
         if self._parquet is None:
             self._open_parquet(self.input_schema or self._inferred(records))
-        input_schema = pa.schema(list(self._schema)[:len(self._schema) - len(self.fields)])
+        input_schema = self.input_schema
         rows = [r.fields for r in records]
         for r in records:
             unknown = set(r.fields) - set(input_schema.names)

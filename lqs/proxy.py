@@ -30,10 +30,8 @@ def load_proxy(path: str, device: str | torch.device = "cpu", trust_remote_code:
 
     kwargs = dict(dtype=torch.float32, trust_remote_code=trust_remote_code,
                   use_safetensors=True)  # safetensors only: a pickle is refused, not run
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
-    except ValueError:  # an architecture without SDPA in transformers
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
+    # transformers' default attention: SDPA where it has it for the architecture, else eager
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model.to(device).eval()
 
 

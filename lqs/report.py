@@ -13,7 +13,6 @@ trained on (lqs.efficacy calls plot_efficacy).
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections import defaultdict
@@ -30,7 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from lqs.io import atomic_path, parquet_batches, read_parquet  # noqa: E402
+from lqs.io import atomic_path, benchmark_seconds, parquet_batches, read_parquet  # noqa: E402
 from lqs.output import read_lines  # noqa: E402
 from lqs.runtime import STATS_PREFIX  # noqa: E402
 
@@ -187,17 +186,6 @@ def read_stage_stats(logs_dir: str | Path | None) -> dict[str, StageStats]:
                 for unit, count in (entry.get("counts") or {}).items():
                     rule_stats.counts[unit] = rule_stats.counts.get(unit, 0) + count
     return {name: stats[name] for name in in_pipeline_order(stats)}
-
-
-def benchmark_seconds(benchmarks_dir: str | Path | None) -> dict[str, float]:
-    """Wall seconds per rule, summed over its jobs, from Snakemake's benchmark files
-    <benchmarks_dir>/<rule>/<job>.tsv: the whole job, process start and imports included."""
-    seconds: dict[str, float] = defaultdict(float)
-    for path in sorted(Path(benchmarks_dir).glob("*/*.tsv")) if benchmarks_dir else []:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                seconds[path.parent.name] += float(row["s"])
-    return dict(seconds)
 
 
 def _rate(value: float) -> str:

@@ -18,6 +18,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,7 +26,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from lqs import corpus, output
-from lqs.io import TokenRate, parquet_batches, parquet_writer, write_json
+from lqs.io import TokenRate, atomic_open, parquet_batches, parquet_writer, write_json
 from lqs.output import ScoredWriter
 from lqs.runtime import resolve_device
 from lqs.scorer import load, tokenizer_processes, windows_in_worker
@@ -273,8 +274,6 @@ class _Rejects:
 
     def write(self, line: str) -> None:
         if self._file is None:
-            from lqs.io import atomic_open
-
             self._file = self._stack.enter_context(atomic_open(self.path))
         self._file.write(line)
 
@@ -298,8 +297,6 @@ def format_of(out: str, format: str | None, inputs: Sequence[str]) -> str:
 def resolve_scorer(scorer: str, revision: str | None = None) -> str:
     """A local scorer checkpoint directory, or a hub repo id downloaded (once, to the Hugging Face
     cache) with huggingface_hub."""
-    from pathlib import Path
-
     from lqs import models
 
     if Path(scorer).is_dir():
@@ -312,7 +309,7 @@ def resolve_scorer(scorer: str, revision: str | None = None) -> str:
 def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str = "text", score_field: str = "score",
                 format: str | None = None,
                 on_bad_record: str = "error", rejects: str | None = None, extra_fields: Sequence[str] = (),
-                max_chars: int = 10_000_000, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+                max_chars: int = corpus.MAX_CHARS, revision: str | None = None, device: str = "auto", dtype: str = "auto",
                 max_tokens: int | None = None, max_windows_per_doc: int | None = None, chunk_docs: int = 4096,
                 tokenizer_workers: int | None = None, trust_remote_code: bool = False, progress: bool = True
                 ) -> dict[str, Any]:

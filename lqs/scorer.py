@@ -135,10 +135,8 @@ def load_backbone(path: str, trust_remote_code: bool = False, dtype=torch.float3
 
     # use_safetensors: a pickle planted where the weights belong is refused, never unpickled.
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_cache=False, use_safetensors=True)
-    try:  # scaled-dot-product attention where transformers has it for the architecture
-        return AutoModel.from_pretrained(path, attn_implementation="sdpa", **kwargs)
-    except ValueError:
-        model = AutoModel.from_pretrained(path, **kwargs)
+    # transformers' default attention: SDPA where it has it for the architecture, else eager
+    model = AutoModel.from_pretrained(path, **kwargs)
     for module in model.modules():  # XGLM (fairseq-dense) has only eager attention in transformers
         if type(module).__name__ == "XGLMAttention":
             module.forward = types.MethodType(_xglm_sdpa_forward, module)

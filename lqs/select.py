@@ -59,25 +59,28 @@ def _scores_arrow(path: str, field: str, n: int) -> np.ndarray | None:
     return scores
 
 
+def _score_lines(path: str, field: str) -> Iterator[tuple[float, int]]:
+    """(score, line length in bytes) of each line of a scored JSONL file (plain or .gz), parsed
+    exactly; a line that is not a scored document is an error naming file and line."""
+    for lineno, line in enumerate(output.read_lines(path), 1):
+        where = f"{path}:{lineno}"
+        if not line.strip():
+            raise ValueError(f"{where}: an empty line, not a scored document")
+        try:
+            record = corpus.loads(line)  # gather keeps integers of any length
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep
+            raise ValueError(f"{where}: invalid JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: not a JSON object")
+        score = record.get(field)
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise ValueError(f"{where}: field {field!r} (output.score_field) is {score!r}, "
+                             "not a finite number; rerun gather_scores")
+        yield float(score), len(line)
+
+
 def _scores_python(path: str, field: str) -> np.ndarray:
-    scores = []
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                raise ValueError(f"{where}: an empty line, not a scored document")
-            try:
-                record = corpus.loads(line)  # gather keeps integers of any length
-            except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep
-                raise ValueError(f"{where}: invalid JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: not a JSON object")
-            score = record.get(field)
-            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-                raise ValueError(f"{where}: field {field!r} (output.score_field) is {score!r}, "
-                                 "not a finite number; rerun gather_scores")
-            scores.append(float(score))
-    return np.array(scores, np.float64)
+    return np.array([score for score, _ in _score_lines(path, field)], np.float64)
 
 
 def read_scored(path: str, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,13 +218,16 @@ def read_scored_records(paths: Sequence[str], field: str, format: str) -> Scored
                              np.concatenate([a for _, a, _ in spans] + [np.zeros(0, np.int64)]), lengths,
                              np.concatenate([np.full(len(s), i) for i, (s, _, _) in enumerate(spans)] + [np.zeros(0, int)]))
     if format == "jsonl.gz":
-        scores = np.concatenate([_scores_python(p, field) for p in paths] + [np.zeros(0)])
-        size = sum(sum(map(len, output.read_lines(p))) for p in paths)
-        return ScoredRecords(list(paths), format, scores, size / max(len(scores), 1))
+        scores, size = [], 0  # one decompression for the scores and the size
+        for path in paths:
+            for score, length in _score_lines(path, field):
+                scores.append(score)
+                size += length
+        return ScoredRecords(list(paths), format, np.array(scores, np.float64), size / max(len(scores), 1))
     if format == "parquet":
         scores = np.concatenate([_parquet_scores(p, field) for p in paths] + [np.zeros(0)])
-        size = sum(parquet_file(p).metadata.row_group(i).total_byte_size for p in paths
-                   for i in range(parquet_file(p).num_row_groups))
+        size = sum(f.metadata.row_group(i).total_byte_size for f in map(parquet_file, paths)
+                   for i in range(f.num_row_groups))
         return ScoredRecords(list(paths), format, scores, size / max(len(scores), 1))
     raise ValueError(f"output.format must be jsonl, jsonl.gz or parquet, not {format!r}")
 
@@ -264,8 +270,8 @@ def write_selected(records: ScoredRecords, positions: np.ndarray, out: str) -> N
             if records.format == "jsonl.gz":
                 lines: list[bytes] = [b""] * len(window)
                 lines_seen = itertools.chain.from_iterable(output.read_lines(p) for p in records.paths)
-                for i, line in zip(np.flatnonzero(slot >= 0).tolist(), _pick(lines_seen, np.flatnonzero(slot >= 0))):
-                    lines[slot[i]] = line if line.endswith(b"\n") else line + b"\n"
+                for position, line in zip(slot[slot >= 0].tolist(), itertools.compress(lines_seen, slot >= 0)):
+                    lines[position] = line if line.endswith(b"\n") else line + b"\n"
                 dst.write(b"".join(lines))
             else:
                 pieces, slots, offset = [], [], 0
@@ -278,16 +284,6 @@ def write_selected(records: ScoredRecords, positions: np.ndarray, out: str) -> N
                         offset += batch.num_rows
                 table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
                 dst.write_table(table.take(pa.array(np.argsort(np.concatenate(slots)))) if pieces else table)
-
-
-def _pick(items: Iterator[bytes], wanted: np.ndarray) -> Iterator[bytes]:
-    """The items at the ascending indices `wanted`."""
-    position = 0
-    for index in wanted.tolist():
-        for _ in range(index - position):
-            next(items)
-        position = index + 1
-        yield next(items)
 
 
 def select_order(scored: str | Sequence[str], shard_paths: Sequence[str], out: str, order_out: str,

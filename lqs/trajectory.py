@@ -182,8 +182,9 @@ def solve(
     # Backward, one segment at a time, recomputing the segment's θ from its checkpoint.
     for start in sorted(checkpoints, reverse=True):
         stop = min(start + c, T)
-        theta = _to_device(checkpoints.pop(start), device)
-        thetas = [_to_host(theta)]
+        checkpoint = checkpoints.pop(start)  # on the host already, and never changed: kept as is
+        theta = _to_device(checkpoint, device)
+        thetas = [checkpoint]
         for t in range(start, stop - 1):
             theta = sgd_step(theta, t)
             thetas.append(_to_host(theta))

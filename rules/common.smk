@@ -77,9 +77,8 @@ def as_settings(**kwargs):
 # activated (SLURM jobs run that interpreter too); with --sdm conda, the rule's environment's own.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f'set -euo pipefail; export PATH="$PATH":{shlex.quote(os.path.dirname(sys.executable))}; ')
-CORPUS_FILES = [f.path for f in CORPUS.files]
 PER_FILE = config["corpus"]["num_shards"] == "per_file"
-NUM_SHARDS = len(CORPUS_FILES) if PER_FILE else config["corpus"]["num_shards"]
+NUM_SHARDS = len(CORPUS.files) if PER_FILE else config["corpus"]["num_shards"]
 SHARDS = list(range(NUM_SHARDS))
 
 OUTPUT = config["output"]  # format and path filled in by lqs_config.resolve_outputs

@@ -48,7 +48,7 @@ rule score_shard:
         scores=f"{RESULTS}/scores/shard-{{shard}}.parquet",
         stats=f"{RESULTS}/scores/shard-{{shard}}.json",
         # output.layout per_shard: the shard's scored records, kept until the rerun succeeds (update())
-        part=[update(f"{OUTPUT['path']}/part-{{shard}}{lqs_output.FORMATS[OUTPUT['format']]}")]
+        part=[update(f"{OUTPUT['path']}/{lqs_output.part_name('{shard}', OUTPUT['format'])}")]
         if PER_SHARD_OUTPUT
         else [],
     params:
