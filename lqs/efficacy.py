@@ -47,22 +47,22 @@ CURVE_SCHEMA = pa.schema([("arm", pa.string()), ("seed", pa.int64()), ("step", p
 # ---------------------------------------------------------------- data: documents and streams
 
 
-def _first_windows(shard_paths: Sequence[str], doc_ids: np.ndarray | None):
-    """Record batches (doc_id, input_ids) of the window-0 rows (of `doc_ids` only, if given):
-    memory is that of the rows kept, not of the corpus."""
+def _first_windows(shard_paths: Sequence[str], doc_ids: np.ndarray | None, columns: list[str]):
+    """Record batches of the window-0 rows (of `doc_ids` only, if given): memory is that of the
+    rows kept, not of the corpus."""
     wanted = None if doc_ids is None else pa.array(doc_ids, pa.int64())
     for path in shard_paths:
         for batch in parquet_batches(path, ["doc_id", "window", "input_ids"]):
             keep = pc.equal(batch["window"], 0)
             if wanted is not None:
                 keep = pc.and_(keep, pc.is_in(batch["doc_id"], value_set=wanted))
-            yield batch.filter(keep).select(["doc_id", "input_ids"])
+            yield batch.filter(keep).select(columns)
 
 
 def document_lengths(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(doc ids, tokens of each document's window 0) of every tokenized (= scored) document."""
     ids, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for batch in _first_windows(shard_paths, None):
+    for batch in _first_windows(shard_paths, None, ["doc_id", "input_ids"]):
         ids.append(batch["doc_id"].to_numpy())
         lengths.append(pc.list_value_length(batch["input_ids"]).to_numpy().astype(np.int64))
     return np.concatenate(ids), np.concatenate(lengths)
@@ -71,16 +71,12 @@ def document_lengths(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray
 def read_windows(shard_paths: Sequence[str], doc_ids: np.ndarray) -> dict[int, np.ndarray]:
     """Window 0 of each of `doc_ids`, as int32 arrays."""
     out = {}
-    for batch in _first_windows(shard_paths, np.unique(doc_ids)):
-        out.update(zip(batch["doc_id"].to_numpy().tolist(), _arrays(batch["input_ids"])))
+    for batch in _first_windows(shard_paths, np.unique(doc_ids), ["doc_id", "input_ids"]):
+        # A writable copy: torch refuses to wrap Arrow's read-only buffers without a warning.
+        values, offsets = batch["input_ids"].values.to_numpy().copy(), batch["input_ids"].offsets.to_numpy()
+        for i, doc_id in enumerate(batch["doc_id"].to_numpy()):
+            out[int(doc_id)] = values[offsets[i]:offsets[i + 1]]
     return out
-
-
-def _arrays(column: pa.ListArray) -> list[np.ndarray]:
-    """The lists of an Arrow list column as numpy slices of one writable copy (torch refuses to
-    wrap Arrow's read-only buffers without a warning)."""
-    values, offsets = column.values.to_numpy().copy(), column.offsets.to_numpy()
-    return [values[offsets[i]:offsets[i + 1]] for i in range(len(column))]
 
 
 def held_out_corpus(shard_paths: Sequence[str], out: str, *, docs: int, seed: int = 0) -> int:
@@ -208,7 +204,8 @@ def _read_ids(path: str, what: str) -> list[np.ndarray]:
     column = read_parquet(path, ["input_ids"])["input_ids"].combine_chunks()
     if len(column) == 0:
         raise ValueError(f"{path}: the {what} evaluation set is empty")
-    return _arrays(column)
+    values, offsets = column.values.to_numpy().copy(), column.offsets.to_numpy()
+    return [values[offsets[i]:offsets[i + 1]] for i in range(len(column))]
 
 
 def train_arm(shard_paths: Sequence[str], order: str, target_eval: str, corpus_eval: str, tokenizer_dir: str,
@@ -326,9 +323,8 @@ def summarize(run_paths: Sequence[str], target_eval: str, corpus_eval: str, summ
     std(ddof=1) / √seeds (null for one seed)."""
     from lqs.report import plot_efficacy
 
-    runs = [read_parquet(p) for p in run_paths]
-    curves = pd.concat([run.to_pandas() for run in runs], ignore_index=True)
-    info = [json.loads(run.schema.metadata[b"efficacy"]) for run in runs]
+    curves = pd.concat([read_parquet(p).to_pandas() for p in run_paths], ignore_index=True)
+    info = [json.loads(parquet_file(p).schema_arrow.metadata[b"efficacy"]) for p in run_paths]
     curves = curves.sort_values(["arm", "seed", "step"], ignore_index=True)
     missing = {(a, s) for a in ARMS for s in range(seeds)} - set(zip(curves["arm"], curves["seed"]))
     if missing:
