@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_corpus, write_jsonl
+from helpers import tiny_corpus, write_jsonl
 
 from lqs import cli, corpus, io, labels, sample
 from lqs.corpus import BadRecordError

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+from helpers import ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
 
 from lqs import config as lqs_config
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from transformers import AutoConfig
-from conftest import GOOD, snakemake, tiny_corpus, write_jsonl
+from helpers import GOOD, snakemake, tiny_corpus, write_jsonl
 
 from lqs import efficacy, target
 from lqs.models import train_tokenizer

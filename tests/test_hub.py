@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
+from helpers import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
 from safetensors import safe_open
 
 from lqs import models

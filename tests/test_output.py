@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import GOOD, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
-from test_workflow import copy_workflow, edit_config, parse_plan, plan, rule_counts, set_key
+from helpers import GOOD, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+from helpers import copy_workflow, edit_config, parse_plan, plan, rule_counts, set_key
 
 from lqs import corpus, output
 from lqs import select as sel

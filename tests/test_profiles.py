@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
+from helpers import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
 
 
 def _workflow(workdir: Path, corpus: list) -> Path:

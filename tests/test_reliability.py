@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import GOOD, make_workflow, tiny_config, tiny_corpus
+from helpers import GOOD, make_workflow, tiny_config, tiny_corpus
 from transformers import MistralConfig, MistralForCausalLM
 
 from lqs import corpus

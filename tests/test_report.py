@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from conftest import snakemake
+from helpers import snakemake
 
 from lqs import report
 from lqs.cli import counters

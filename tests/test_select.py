@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import snakemake
-from test_workflow import copy_workflow, edit_config, plan, rule_counts, set_key
+from helpers import snakemake
+from helpers import copy_workflow, edit_config, plan, rule_counts, set_key
 
 from lqs import select as sel
 from lqs.tokenize import SHARD_SCHEMA

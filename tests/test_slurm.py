@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
+from helpers import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
 
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-local-cluster.sh"
 PROFILE = ROOT / "profiles" / "slurm"

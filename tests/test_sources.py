@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
+from helpers import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
 from test_hub import FAKE_TOKEN, HUB_MOCK, add_to_hub_cache
 
 from lqs import config as lqs_config

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import GOOD, ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+from helpers import (GOOD, ROOT, copy_workflow, edit_config, make_workflow, parse_plan, plan,
+                     read_jsonl, rule_counts, set_key, snakemake, tiny_config, tiny_corpus, write_jsonl)
 from safetensors import safe_open
 
 # tiny_config: annotation steps 4, interval 2, batch 4; proxy 48 windows in 2 parts; 2 shards.
@@ -31,98 +31,6 @@ NUM_PARTS = 2
 NUM_SHARDS = 2
 MAIN_RULES = {"tokenize_shard", "sample_proxy", "trajectory", "grad_stats", "lqs_labels",
               "train_scorer", "score_shard"}
-# Rerun reasons that a config edit or a corpus edit must never produce on a copied workflow.
-UNEXPECTED_REASONS = ("Code has changed", "Software environment", "Set of input files has changed",
-                      "Missing output files", "Incomplete output files")
-
-
-# ----------------------------------------------------------------------------------------------
-# helpers
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def copy_workflow(src: Path, tmp_path: Path, name: str = "wf") -> Path:
-    dst = tmp_path / name
-    shutil.copytree(src, dst, symlinks=True)
-    assert (dst / ".snakemake" / "metadata").is_dir()
-    return dst
-
-
-def edit_config(workdir: Path, edit) -> None:
-    path = workdir / "config" / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    edit(config)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def set_key(*keys_and_value):
-    *keys, value = keys_and_value
-
-    def edit(config):
-        node = config
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-
-    return edit
-
-
-JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
-
-
-def parse_plan(text: str) -> tuple[list[dict], collections.Counter]:
-    """The jobs of a `snakemake -n` listing (rule, wildcards, reason) and its first Job stats table."""
-    jobs, current = [], None
-    for line in text.splitlines():
-        match = JOB_HEADER.match(line.rstrip())
-        if match:
-            current = {"rule": match.group(1), "wildcards": {}, "reason": ""}
-            jobs.append(current)
-            continue
-        if not line.startswith((" ", "\t")):
-            current = None  # a job's details are indented under its header
-            continue
-        if current is None:
-            continue
-        stripped = line.strip()
-        if stripped.startswith("wildcards:"):
-            pairs = stripped[len("wildcards:"):].strip().split(", ")
-            current["wildcards"] = dict(p.split("=", 1) for p in pairs)
-        elif stripped.startswith("reason:"):
-            current["reason"] = stripped[len("reason:"):].strip()
-
-    stats: collections.Counter = collections.Counter()
-    lines = text.splitlines()
-    if "Job stats:" in lines:
-        i = lines.index("Job stats:") + 3  # title, header, dashes
-        while i < len(lines) and lines[i].split() and lines[i].split()[0] != "total":
-            rule, count = lines[i].split()
-            stats[rule] = int(count)
-            i += 1
-    return jobs, stats
-
-
-def plan(workdir: Path, *targets: str) -> list[dict]:
-    """The jobs `snakemake -n` plans; checks the listing agrees with its Job stats table."""
-    result = snakemake(workdir, "-n", *targets)
-    text = result.stdout + "\n" + result.stderr
-    jobs, stats = parse_plan(text)
-    assert collections.Counter(j["rule"] for j in jobs) == stats, text
-    if not jobs:
-        assert "Nothing to be done" in text, text
-    for job in jobs:
-        for unexpected in UNEXPECTED_REASONS:
-            assert unexpected not in job["reason"], (job, text)
-    return jobs
-
-
-def rule_counts(jobs: list[dict]) -> dict[str, int]:
-    return dict(collections.Counter(j["rule"] for j in jobs))
-
-
 def bad_corpus() -> tuple[list[str], dict[int, str]]:
     """The tiny corpus with four bad records; returns the JSONL lines and {line number: reason}."""
     lines = [json.dumps(d) for d in tiny_corpus()]
