@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from lqs import corpus, sources
+from lqs import corpus, paths, sources
 
 log = logging.getLogger(__name__)
 
@@ -74,35 +74,36 @@ def _resolve(schema: Mapping, ref: str) -> Mapping:
     return node
 
 
-def _wants_string(node: Mapping | None) -> bool:
-    if node is None:
-        return True
-    types = node.get("type")
-    types = [types] if isinstance(types, str) else types or []
-    if "string" in types:
-        return True
-    if "enum" in node:
-        return all(isinstance(v, str) for v in node["enum"])
-    return any(_wants_string(alt) for alt in node.get("oneOf", []) + node.get("anyOf", []))
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)  # JSON first: YAML 1.1 reads 1e-3 as a string
+    except ValueError:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+
+
+def _valid(value: Any, node: Mapping | None, schema: Mapping) -> bool:
+    """Whether `value` is valid for the schema node (None: a free-form mapping's entry, such as
+    a models.proxy.arch kwarg: anything is)."""
+    from jsonschema import Draft202012Validator
+
+    return node is None or Draft202012Validator({**node, "definitions": schema.get("definitions", {})}).is_valid(value)
 
 
 def coerce_cli_values(config: dict, cli: Mapping[str, Any], schema: Mapping) -> None:
     """`--config` values reach the workflow as strings, nested ones too
-    (`annotation={"interval": 50}` gives "50"): parse as JSON or YAML each string that `cli` set
-    where the schema does not take a string."""
+    (`corpus={"num_shards": 4}` gives "4", `output={"path": null}` gives "null"): each string that
+    `cli` set is parsed as JSON, else YAML, and kept parsed where the parsed value is valid for its
+    key's schema node; a key that takes only strings keeps the string."""
 
     def walk(given: Any, parts: list[str]) -> None:
         if isinstance(given, Mapping):
             for key, value in given.items():
                 walk(value, parts + [str(key)])
-        elif isinstance(given, str) and not _wants_string(_schema_at(schema, parts)):
-            try:
-                value = json.loads(given)  # JSON first: YAML 1.1 reads 1e-3 as a string
-            except ValueError:
-                try:
-                    value = yaml.safe_load(given)
-                except yaml.YAMLError:
-                    return  # left a string: validation names the key
+        elif isinstance(given, str) and (value := _parsed(given)) != given \
+                and _valid(value, _schema_at(schema, parts), schema):
             node = config
             for part in parts[:-1]:
                 node = node[part]
@@ -146,7 +147,8 @@ def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
 
 def _short(error) -> str:
     if error.validator == "type":
-        return f"expected {' or '.join(error.validator_value) if isinstance(error.validator_value, list) else error.validator_value}"
+        value = error.validator_value
+        return f"expected {' or '.join(value) if isinstance(value, list) else value}"
     if error.validator == "pattern":
         return f"expected {error.schema.get('description', error.validator_value)}"
     if error.validator == "enum":
@@ -206,24 +208,101 @@ def corpus_files(patterns: str | Sequence[str]) -> list[str]:
 
 
 def resolve_outputs(config: dict, files: Sequence[str]) -> list[str]:
-    """Fills in output.format (null: by the corpus), output.path and selection.path (null: by
-    format and layout), and returns the errors of an output path of the wrong kind."""
+    """Fills in output.format (null: by output.path's extension in layout single, else
+    selection.path's, else by the corpus), output.path and selection.path (null: by format and
+    layout), and returns the errors of an output path of the wrong kind or of an extension that
+    contradicts the format: a `.jsonl` file never holds Parquet."""
     from lqs.output import FORMATS, default_format
 
     output, selection = config["output"], config["selection"]
-    output["format"] = output["format"] or default_format(files)
-    extension = FORMATS[output["format"]]
     per_shard = output["layout"] == "per_shard"
+    named = {"output.path": output["path"]} if not per_shard else {}  # a per_shard directory has no format
+    named["selection.path"] = selection["path"]
+    by_extension = {key: fmt for key, path in named.items() if path and (fmt := paths.extension_format(path))}
+    errors = []
+    if output["format"] is None and by_extension:
+        decided_by = next(iter(by_extension))
+        output["format"] = by_extension[decided_by]
+        reason = f"output.format null takes it from {decided_by} {named[decided_by]!r}"
+    else:
+        output["format"] = output["format"] or default_format(files)
+        reason = f"output.format is {output['format']}"
+    for key, fmt in by_extension.items():
+        if fmt != output["format"]:
+            errors.append(f"{key}: {named[key]!r} names a {fmt} file, but the output is {output['format']}"
+                          f" ({reason}); make the extension and output.format agree")
+    extension = FORMATS[output["format"]]
     output["path"] = output["path"] or ("scored" if per_shard else f"scored{extension}")
     selection["path"] = selection["path"] or f"selected{extension}"
     path = output["path"]
     if per_shard and os.path.isfile(path):
-        return [f"output.path: {path!r} is a file, but output.layout per_shard writes a directory of parts there;"
-                " name a directory"]
+        errors.append(f"output.path: {path!r} is a file, but output.layout per_shard writes a directory of parts"
+                      " there; name a directory")
     if not per_shard and os.path.isdir(path):
-        return [f"output.path: {path!r} is a directory; output.layout single writes one file (or set"
-                " output.layout: per_shard)"]
-    return []
+        errors.append(f"output.path: {path!r} is a directory; output.layout single writes one file (or set"
+                      " output.layout: per_shard)")
+    return errors
+
+
+def path_errors(config: Mapping, results: str, own: Iterable[str] = ()) -> list[str]:
+    """Every path the workflow writes (output.path: the file or the per_shard directory,
+    output.rejects_path, selection.path, and the `results` directory) checked against each local
+    input (corpus.path's entries, target.source and efficacy.eval_source when they are local
+    paths) and against each other (lqs.paths.path_conflicts). `own`: inputs the workflow writes
+    itself (the demo's corpus and target set, under `results`), which are no conflict."""
+    own = {os.path.realpath(p) for p in own}
+
+    def local(entries: str | Sequence[str] | None) -> list[str]:
+        entries = [entries] if isinstance(entries, str) else entries or []
+        return [e for e in entries if not sources.is_url(e) and os.path.realpath(e) not in own]
+
+    inputs = {"corpus.path": local(config["corpus"]["path"])}
+    for key, source in (("target.source", config["target"]["source"]),
+                        ("efficacy.eval_source", config["efficacy"]["eval_source"])):
+        if source and os.path.exists(source):  # else a hub data set id
+            inputs[key] = local(source)
+    outputs = {"output.path": config["output"]["path"], "output.rejects_path": config["output"]["rejects_path"],
+               "selection.path": config["selection"]["path"], f"{results}/ (the workflow's own files)": results}
+    return paths.path_conflicts(inputs, outputs)
+
+
+# the shortest line a JSONL document can take, less its text field's JSON-quoted name: {<name>:""} and a newline
+_SHORTEST_DOCUMENT = len('{:""}\n')
+
+
+def max_documents(files: Sequence[str], text_field: str) -> int | None:
+    """An upper bound on the corpus's documents, from file sizes and Parquet footers alone: a
+    Parquet file's row count; a plain JSONL file's bytes over the shortest document's. None when a
+    file's count cannot be bounded so (gzip, a URL, a file not there yet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shortest = _SHORTEST_DOCUMENT + len(json.dumps(text_field, ensure_ascii=False).encode())
+    total = 0
+    for path in files:
+        if sources.is_url(path) or not os.path.isfile(path) or path.endswith(".gz"):
+            return None
+        if corpus.is_parquet(path):
+            try:
+                total += pq.ParquetFile(path).metadata.num_rows
+            except (pa.ArrowException, OSError):  # not Parquet after all: the tokenize stage names the file
+                return None
+        else:
+            total += (os.path.getsize(path) + 1) // shortest  # the last line needs no newline
+    return total
+
+
+def shard_errors(config: Mapping, files: Sequence[str]) -> list[str]:
+    """corpus.num_shards larger than the corpus can have documents: most shards would be empty,
+    and planning alone would take minutes (checked without reading the records)."""
+    num_shards = config["corpus"]["num_shards"]
+    if num_shards == "per_file" or num_shards == 1:
+        return []
+    bound = max_documents(files, config["corpus"]["text_field"])
+    if bound is None or num_shards <= bound:
+        return []
+    return [(f"corpus.num_shards: {num_shards} is more than the corpus can have documents (at most {bound}, by its"
+             " files' sizes and Parquet row counts); lower it")]
 
 
 def first_record_fields(path: str) -> set[str]:

@@ -14,15 +14,19 @@ from lqs import sources as lqs_sources
 
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
+# the demo's corpus.path and target.source, written by demo_data (rules/data.smk): inputs the workflow
+# writes itself, so no output conflicts with them
+DEMO_FILES = [f"{RESULTS}/demo/corpus.jsonl", f"{RESULTS}/demo/target.jsonl"]
 
 
 def config_errors():
-    """Merges the overrides as DESIGN §6 says, then validates: every problem on one line naming
-    its key, and settings that contradict each other, all before any job."""
+    """Merges the overrides as docs/configuration.md says, then validates: every problem on one
+    line naming its key, and settings that contradict each other, all before any job."""
     with open(workflow.source_path("../config/schema.yaml")) as f:
         schema = yaml.safe_load(f)
-    lqs_config.coerce_cli_values(config, workflow.config_settings.config, schema)
+    # sources first: they are copied from the overrides, whose --config values are still strings
     lqs_config.replace_model_sources(config, workflow.config_settings.overwrite_config)
+    lqs_config.coerce_cli_values(config, workflow.config_settings.config, schema)
     errors = lqs_config.schema_errors(config, schema)
     if not errors:
         validate(config, "../config/schema.yaml")  # fills in the defaults
@@ -32,7 +36,9 @@ def config_errors():
 
 def corpus_and_file_errors():
     """The corpus (lqs.sources), and the errors of the files the run reads (a score field the
-    records already have) and writes (an unwritable location). Hub data sets are pinned to a
+    records already have, more shards than the corpus can have documents) and writes (an
+    unwritable location, an output that is, holds or lies inside an input or another output,
+    an extension that contradicts output.format). Hub data sets are pinned to a
     commit here; a job that parses the workflow again (SLURM) reuses the main process's pins,
     which it inherits as an environment variable, so every job reads the same commit. Fills in the
     output's format and paths."""
@@ -46,8 +52,10 @@ def corpus_and_file_errors():
     if not inherited:
         for pinned, commit in corpus.pins.items():
             repo, revision = pinned.split("@", 1)
-            logger.info(f"corpus.path: Hugging Face data set {repo} ({revision or 'main'}) is pinned to commit"
-                        f" {commit} for this run")
+            logger.info(
+                f"corpus.path: Hugging Face data set {repo} ({revision or 'main'}) is pinned to commit"
+                f" {commit} for this run"
+            )
     os.environ[lqs_sources.PINS_ENV] = json.dumps(corpus.pins)
     files = [f.path for f in corpus.files]
     errors = lqs_config.resolve_outputs(config, files)
@@ -57,6 +65,8 @@ def corpus_and_file_errors():
         "selection.path": config["selection"]["path"],
         "results": f"{RESULTS}/summary.json",
     }
+    errors += lqs_config.path_errors(config, RESULTS, own=DEMO_FILES)
+    errors += lqs_config.shard_errors(config, files)
     return corpus, errors + lqs_config.file_errors(config, files, outputs)
 
 
@@ -130,8 +140,7 @@ PROXY_PARTS = list(range(config["proxy"]["num_parts"]))
 
 def scored_record_settings():
     """What the scored records' files depend on, beyond the scores."""
-    return dict(output_format=OUTPUT["format"], score_field=OUTPUT["score_field"],
-                extra_fields=OUTPUT["extra_fields"])
+    return dict(output_format=OUTPUT["format"], score_field=OUTPUT["score_field"], extra_fields=OUTPUT["extra_fields"])
 
 
 def corpus_settings():
@@ -176,3 +185,16 @@ def efficacy_proxy(wildcards):
             " (with model_type), e.g. {model_type: mistral, hidden_size: 512, ...}"
         )
     return [f"{MODELS}/proxy"]
+
+
+# output.format parquet: the scored output's one schema, settled before any record is written
+# (lqs/output_schema.py) and read by every writer of the output. tokenize_shard rejects a JSONL
+# record that it cannot hold exactly; Parquet rows always fit it (it unifies their files' schemas),
+# so a Parquet corpus's tokenize jobs do not read it.
+OUTPUT_SCHEMA = [f"{RESULTS}/corpus/output_schema.parquet"] if OUTPUT["format"] == "parquet" else []
+TOKENIZE_SCHEMA = OUTPUT_SCHEMA if lqs_output.default_format([f.path for f in CORPUS.files]) == "jsonl" else []
+
+
+def output_schema_flag(wildcards, input):
+    """`--output-schema FILE` for a job with the output schema among its inputs."""
+    return f"--output-schema {shlex.quote(input.output_schema[0])}" if input.output_schema else ""

@@ -1,0 +1,89 @@
+"""The paths a run writes, checked against what it reads and against each other before anything
+is written: an output may not be, contain or lie inside an input (it would overwrite it, or be
+read back as input by the next run), nor another output (one would replace the other).
+
+Used at DAG build (lqs.config.path_errors, rules/common.smk) and by `lqs score`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
+from pathlib import PurePath
+
+from lqs.sources import is_url
+
+# a file name's extension -> the format written there (lqs.output.FORMATS), as `lqs score` reads --out
+EXTENSION_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl.gz": "jsonl.gz", ".gz": "jsonl.gz",
+                     ".jsonl": "jsonl"}
+
+
+def extension_format(path: str) -> str | None:
+    """The output format a file name's extension names, or None (no known extension)."""
+    return next((fmt for ext, fmt in EXTENSION_FORMATS.items() if str(path).endswith(ext)), None)
+
+
+def _real(path: str) -> PurePath:
+    """The absolute path with every symlink resolved (as far as the path exists)."""
+    return PurePath(os.path.realpath(path))
+
+
+def _glob_base(pattern: str) -> tuple[PurePath, list[str]]:
+    """A glob's fixed leading directory (resolved) and the components after it."""
+    parts = PurePath(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return _real(os.path.join(*parts[:fixed]) if fixed else "."), list(parts[fixed:])
+
+
+def _reachable(rel: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether the glob components `pattern` could match the path `rel` or something under it
+    (`**` matches any number of directories, as glob.glob(recursive=True) does)."""
+    if not rel:
+        return True
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return _reachable(rel, pattern[1:]) or _reachable(rel[1:], pattern)
+    return fnmatchcase(rel[0], pattern[0]) and _reachable(rel[1:], pattern[1:])
+
+
+def _relation(out: PurePath, other: PurePath) -> str | None:
+    if out == other:
+        return "is the same path as"
+    if out.is_relative_to(other):
+        return "lies inside"
+    if other.is_relative_to(out):
+        return "contains"
+    return None
+
+
+def _input_relation(out: PurePath, entry: str) -> str | None:
+    if not glob.has_magic(entry):
+        return _relation(out, _real(entry))
+    base, pattern = _glob_base(entry)
+    if base.is_relative_to(out):
+        return "contains the files of"
+    if out.is_relative_to(base) and _reachable(out.relative_to(base).parts, pattern):
+        return "could be matched by"
+    return None
+
+
+def path_conflicts(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, str]) -> list[str]:
+    """One line per conflict, naming both keys and the path: an output (key -> path, a file or a
+    directory) that equals, contains or lies inside an input (key -> its entries as given: files,
+    directories or globs; URLs are skipped) or another output. Paths are resolved (symlinks too)."""
+    conflicts = []
+    given = [(key, path, _real(path)) for key, path in outputs.items() if path]
+    for i, (key, path, out) in enumerate(given):
+        for input_key, entries in inputs.items():
+            for entry in [entries] if isinstance(entries, str) else entries:
+                if not is_url(entry) and (relation := _input_relation(out, entry)):
+                    conflicts.append(f"{key}: {path!r} {relation} {input_key} ({entry!r}): the run would overwrite"
+                                     " its input or read its own output back as input; choose another path")
+        for other_key, other_path, other in given[:i]:
+            if relation := _relation(out, other):
+                conflicts.append(f"{key}: {path!r} {relation} {other_key} ({other_path!r}): one output would"
+                                 " replace the other; choose another path")
+    return conflicts
