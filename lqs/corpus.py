@@ -3,20 +3,27 @@
 Every input record gets a `doc_id`: its index in input order across all files. A record that
 cannot be used carries the reason; callers either raise (`on_bad_record: error`) or write it to
 a rejects file (`skip`). Nothing is dropped silently; a file without records contributes no
-documents and is logged. Records are written back as JSON by `json_line` (PARQUET_TO_JSON).
+documents and is logged. A file that cannot be read at all (a corrupt Parquet file) is one
+record without a doc id or line: a rejected file, and a file without records to every stage.
+Records are written back as JSON by `json_line` (PARQUET_TO_JSON).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import datetime
+import functools
 import gzip
+import hashlib
 import json
 import logging
 import math
+import re
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lqs import sources
+from lqs.io import parquet_file
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +44,56 @@ class BadRecordError(ValueError):
     """A corpus record that cannot be used, named by file and line."""
 
 
+class BadFileError(BadRecordError):
+    """A corpus file that cannot be read at all (truncated or corrupt), named in the message."""
+
+
 @dataclass(frozen=True)
 class Record:
-    doc_id: int
+    doc_id: int | None  # None: the whole file cannot be read (line, fields, raw, text are None too)
     path: str
-    line: int  # 1-based line (JSONL) or row (Parquet)
+    line: int | None  # 1-based line (JSONL) or row (Parquet)
     fields: dict[str, Any] | None  # the parsed record, None when it could not be parsed
-    raw: str | None  # the line as read (JSONL) without its line end (and BOM), kept for the output
+    # the line as read (JSONL) without its line end (and BOM), kept for the output; its bytes
+    # when they are not UTF-8 (a bad record)
+    raw: str | bytes | None
     text: str | None
     error: str | None
     eol: str = ""  # the line end as read: "\n", "\r\n", or "" (a last line without one)
 
     @property
     def where(self) -> str:
-        return f"{self.path}:{self.line}"
+        return self.path if self.line is None else f"{self.path}:{self.line}"
+
+    @functools.cached_property  # a frozen dataclass still has the __dict__ this caches in
+    def fingerprint(self) -> int:
+        """The record's bytes hashed: a JSONL line as read, without its line end, or a Parquet
+        row's values (canonical_row), whatever the output format. Each stage that reads the
+        record to score it, or to write a score beside it, checks this against the one stored
+        where the score came from: a score stays bound to the exact record it was computed on."""
+        data = self.raw.encode("utf-8") if self.raw is not None else canonical_row(self.fields)
+        return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)  # Parquet int64
 
     def reject_entry(self) -> dict[str, Any]:
-        return {"doc_id": self.doc_id, "file": self.path, "line": self.line,
-                "reason": self.error, "record": self.raw if self.raw is not None else self.fields}
+        if isinstance(self.raw, bytes):  # not UTF-8, so not JSON text: its exact bytes, as base64
+            record = {"record": None, "record_base64": base64.b64encode(self.raw).decode("ascii")}
+        else:
+            record = {"record": self.raw if self.raw is not None else self.fields}
+        return {"doc_id": self.doc_id, "file": self.path, "line": self.line, "reason": self.error, **record}
+
+
+# What to do when a fingerprint shows that the corpus changed after it was tokenized: Snakemake sees
+# no change when an edit keeps the file's mtime (`cp -p`, `rsync -t`, tar). Forcing tokenize_shard
+# reruns every job downstream of the corpus, as a newer mtime would have.
+RETOKENIZE = ("rerun `snakemake --forcerun tokenize_shard` (with your usual targets and options) to "
+              "tokenize and score the corpus anew")
+
+
+def require_fingerprints(path: str) -> None:
+    """Refuses a tokenized or score shard (the workflow's own) without the fingerprint column:
+    an lqs from before fingerprints wrote it."""
+    if "fingerprint" not in parquet_file(path).schema_arrow.names:
+        raise RuntimeError(f"{path} has no record fingerprints (an older lqs wrote it): {RETOKENIZE}")
 
 
 def is_parquet(path: str | Path) -> bool:
@@ -61,6 +101,31 @@ def is_parquet(path: str | Path) -> bool:
 
 
 MAX_CHARS = 10_000_000  # the default of corpus.max_chars (config/schema.yaml)
+
+# How messages name a setting: the workflow's config keys, unless the caller names its own
+# (`lqs score` its flags: lqs.score.SCORE_FLAGS) with `settings_named`.
+CONFIG_KEYS = {"on_bad_record": "corpus.on_bad_record", "max_chars": "corpus.max_chars",
+               "format": "output.format", "score_field": "output.score_field",
+               "extra_fields": "output.extra_fields"}
+_setting_names: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("setting_names",
+                                                                                   default=CONFIG_KEYS)
+
+
+@contextlib.contextmanager
+def settings_named(names: Mapping[str, str]) -> Iterator[None]:
+    """Messages built inside the block (in generators consumed there too) name settings by `names`."""
+    token = _setting_names.set({**CONFIG_KEYS, **names})
+    try:
+        yield
+    finally:
+        _setting_names.reset(token)
+
+
+def setting(name: str, value: str | None = None) -> str:
+    """A setting as the caller names it, with a value as it is written: `corpus.on_bad_record: skip`
+    in the config, `--on-bad-record skip` on a command line."""
+    key = _setting_names.get()[name]
+    return key if value is None else f"{key} {value}" if key.startswith("-") else f"{key}: {value}"
 
 
 def text_error(text: Any, max_chars: int = MAX_CHARS, name: str = "text") -> str | None:
@@ -71,7 +136,7 @@ def text_error(text: Any, max_chars: int = MAX_CHARS, name: str = "text") -> str
     if not text.strip():
         return "empty text"
     if len(text) > max_chars:
-        return f"text longer than corpus.max_chars ({len(text)} > {max_chars} characters)"
+        return f"text longer than {setting('max_chars')} ({len(text)} > {max_chars} characters)"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # JSON can escape one ("\ud800"); no tokenizer takes it
@@ -80,13 +145,52 @@ def text_error(text: Any, max_chars: int = MAX_CHARS, name: str = "text") -> str
     return None
 
 
-def _check_text(fields: Any, text_field: str, max_chars: int) -> tuple[str | None, str | None]:
+def output_fields(score_field: str, extra_fields: Sequence[str] = ()) -> dict[str, str]:
+    """The fields the output adds to each record, each with the name of the setting that adds it."""
+    return {score_field: "score_field", **dict.fromkeys(extra_fields, "extra_fields")}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a parsed string, a surrogate is a lone one (pairs are joined)
+
+
+def _lone_surrogate(fields: dict[str, Any]) -> str | None:
+    """Where a record holds a lone UTF-16 surrogate (in a key, or a string of a field), or None:
+    UTF-8 cannot encode one, so no JSONL, Parquet or `datasets` reader could read the output."""
+    for name, value in fields.items():
+        stack, where = [value], f"in field {name!r}"
+        if found := _SURROGATE.search(name):
+            stack, where = [], "in a key"
+        while stack and not found:  # a loop, not recursion: JSON may nest deeper than Python recurses
+            value = stack.pop()
+            if isinstance(value, str):
+                found = _SURROGATE.search(value)
+            elif isinstance(value, dict):
+                found = next(filter(None, map(_SURROGATE.search, value)), None)
+                where = f"in a key in field {name!r}" if found else where
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+        if found:
+            return f"lone UTF-16 surrogate (\\u{ord(found.group()):04x}) {where}, which is not Unicode text"
+    return None
+
+
+def _check_record(fields: Any, text_field: str, max_chars: int, output_fields: Mapping[str, str],
+                  line: str | None = None) -> tuple[str | None, str | None]:
+    """(text, None) for a usable record, else (None, why not). `output_fields`: see output_fields;
+    `line`: the JSONL line the record was parsed from."""
     if not isinstance(fields, dict):
         return None, f"not a JSON object (got {type(fields).__name__})"
     if text_field not in fields:
         return None, f"missing text field {text_field!r}"
     text = fields[text_field]
     error = text_error(text, max_chars, f"text field {text_field!r}")
+    for name, key in output_fields.items():
+        if not error and name in fields:  # the output would hold it twice
+            error = f"the record already has the field {name!r} that {setting(key)} adds; choose another {setting(key)}"
+    # only a \u escape makes a surrogate (a UTF-8 line holds none): most lines need no walk
+    if not error and line is not None and ("\\ud" in line or "\\uD" in line):
+        error = _lone_surrogate(fields)
     return (None, error) if error else (text, None)
 
 
@@ -113,31 +217,56 @@ def _int(digits: str) -> int | Decimal:
         return Decimal(digits)
 
 
-def loads(line: str | bytes) -> Any:
-    """json.loads that reads integers of any length (exactly; Decimal past int()'s digit limit)."""
+class NotStrictJSON(ValueError):
+    """JSON that Python's json reads but RFC 8259 has not (NaN, Infinity) or leaves to each reader
+    (a duplicate key: most keep the last value, some the first, some refuse the record)."""
+
+
+def _no_constant(name: str):
+    raise NotStrictJSON(f"invalid JSON ({name} is not a JSON value)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise NotStrictJSON(f"duplicate key {next(k for k, _ in pairs if k in seen or seen.add(k))!r}")
+    return obj
+
+
+# made once: json.loads with a hook builds a decoder per call, which would double the reader's cost
+_STRICT, _STRICT_LONG_INTS = (json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys,
+                                               parse_int=parse_int) for parse_int in (None, _int))
+
+
+def loads(line: str | bytes, strict: bool = False) -> Any:
+    """json.loads that reads integers of any length (exactly; Decimal past int()'s digit limit).
+    `strict` (a str line): NaN, Infinity, -Infinity and a duplicate key are a NotStrictJSON error."""
     try:
-        return json.loads(line)
-    except json.JSONDecodeError:
+        return _STRICT.decode(line) if strict else json.loads(line)
+    except (json.JSONDecodeError, NotStrictJSON):
         raise
     except ValueError:  # valid JSON with an integer over int()'s digit limit; parse_int slows every line
-        return json.loads(line, parse_int=_int)
+        return _STRICT_LONG_INTS.decode(line) if strict else json.loads(line, parse_int=_int)
 
 
-def _parse_line(raw: bytes, text_field: str, max_chars: int):
-    """(line without its end, line end, fields, text, error) of one raw JSONL line."""
+def _parse_line(raw: bytes, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
+    """(line without its end (its bytes if not UTF-8), line end, fields, text, error) of one raw JSONL line."""
     body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
     eol = raw[len(body):].decode("ascii")
     try:
         line = body.decode("utf-8")
     except UnicodeDecodeError as e:
-        return body.decode("utf-8", errors="replace"), eol, None, None, f"invalid UTF-8 ({e.reason} at byte {e.start})"
+        return body, eol, None, None, f"invalid UTF-8 ({e.reason} at byte {e.start})"
     try:
-        fields = loads(line)
+        fields = loads(line, strict=True)
     except json.JSONDecodeError as e:
         return line, eol, None, None, f"invalid JSON ({e.msg} at column {e.colno})"
+    except NotStrictJSON as e:
+        return line, eol, None, None, str(e)
     except RecursionError:
         return line, eol, None, None, "JSON nested too deeply to read"
-    text, error = _check_text(fields, text_field, max_chars)
+    text, error = _check_record(fields, text_field, max_chars, output_fields, line)
     return line, eol, fields if isinstance(fields, dict) else None, text, error
 
 
@@ -154,6 +283,7 @@ def iter_records(
     max_chars: int = 1_000_000,
     shard: int | None = None,
     num_shards: int | str = 1,
+    output_fields: Mapping[str, str] | None = None,
 ) -> Iterator[Record]:
     """Yields every record of `paths` in input order, or only those of one shard.
 
@@ -164,30 +294,75 @@ def iter_records(
     Doc ids increase in input order either way.
 
     Records are the non-blank lines of a JSONL file and the rows of a Parquet file. A file with
-    none contributes no documents and is logged; if every file is empty, that is an error.
+    none contributes no documents and is logged; if every file is empty, that is an error. A
+    file that cannot be read at all is one Record with doc_id and line None and the reason (in
+    every shard: each job that opens it says so), then a file without records. `output_fields`
+    (see output_fields): a record that already has one is a bad record.
     """
     per_file = num_shards == "per_file"
     if per_file and shard is not None and len(paths) != 1:
         raise ValueError("with num_shards: per_file, a shard reads exactly its one file")
-    doc_id, empty = 0, []
+    doc_id, without_records, unreadable = 0, [], []
     for file_index, path in enumerate(map(sources.source_name, paths), start=shard if per_file and shard else 0):
         if per_file:
             doc_id = file_index << FILE_BITS
         records = 0
-        for line, raw, fields, text, error in _file_records(path, text_field, max_chars):
+        for line, raw, fields, text, error in _file_records(path, text_field, max_chars, output_fields or {}):
+            if line is None:  # the whole file: no records, no doc ids
+                log.warning("%s: %s; it contributes no documents", path, error)
+                unreadable.append(path)
+                yield Record(None, path, None, None, None, None, error)
+                continue
             records += 1
             if shard is None or per_file or doc_id % int(num_shards) == shard:
                 eol = ""
                 if isinstance(raw, bytes):
-                    raw, eol, fields, text, error = _parse_line(raw, text_field, max_chars)
+                    raw, eol, fields, text, error = _parse_line(raw, text_field, max_chars, output_fields or {})
                 yield Record(doc_id, path, line, fields, raw, text, error, eol)
             doc_id += 1
         if records == 0:
-            log.warning("%s: empty corpus file (no records); it contributes no documents", path)
-            empty.append(path)
+            if path not in unreadable:
+                log.warning("%s: empty corpus file (no records); it contributes no documents", path)
+            without_records.append(path)
     # a per-file shard sees only its own file: whether all are empty is for the whole corpus to say
-    if paths and len(empty) == len(paths) and not (per_file and shard is not None):
-        raise ValueError(f"every corpus file is empty (no records): {', '.join(empty)}")
+    if paths and len(without_records) == len(paths) and not (per_file and shard is not None):
+        raise ValueError(f"every corpus file is empty (no records){' or unreadable' if unreadable else ''}: "
+                         f"{', '.join(without_records)}")
+
+
+def parquet_schema(path: str) -> pa.Schema:
+    """The Arrow schema of a Parquet corpus file (local or URL); BadFileError naming it if unreadable."""
+    with sources.open_binary(path, seekable=True) as f:
+        parquet, error = _open_parquet(f)
+    if error:
+        raise BadFileError(f"{path}: {error}")
+    return parquet.schema_arrow
+
+
+def _open_parquet(source) -> tuple[pq.ParquetFile | None, str | None]:
+    """(the Parquet file, its footer read, None), or (None, why its rows cannot be read as records)."""
+    try:
+        parquet = pq.ParquetFile(source)
+    except pa.ArrowException as e:
+        return None, f"corrupt or truncated Parquet file ({' '.join(str(e).split())})"
+    duplicate = _duplicate_name(parquet.schema_arrow)
+    return (None, duplicate) if duplicate else (parquet, None)
+
+
+def _duplicate_name(fields, column: str | None = None) -> str | None:
+    """Two columns, or two fields of a struct, of one name (a row as a dict keeps only one of the
+    values), named; or None. `fields`: a schema, or a column's nested fields."""
+    seen = set()
+    for field in fields:
+        if field.name in seen:
+            where = f"fields named {field.name!r} in column {column!r}" if column else f"columns named {field.name!r}"
+            return f"two {where} (a record holds one value per name)"
+        seen.add(field.name)
+    for field in fields:
+        nested = [field.type.field(i) for i in range(field.type.num_fields)]
+        if duplicate := _duplicate_name(nested, column or field.name):
+            return duplicate
+    return None
 
 
 def _decoded_row(batch: pa.RecordBatch) -> dict[str, Any] | str:
@@ -201,25 +376,30 @@ def _decoded_row(batch: pa.RecordBatch) -> dict[str, Any] | str:
     return row
 
 
-def _file_records(path: str, text_field: str, max_chars: int):
-    """Unparsed JSONL lines (parsed lazily by the caller) or parsed Parquet rows. A missing file
-    is a FileNotFoundError naming it as given (a URL stays a URL)."""
+def _file_records(path: str, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
+    """Unparsed JSONL lines (parsed lazily by the caller) or parsed Parquet rows; line None: the
+    file cannot be read at all, and why. A missing file is a FileNotFoundError naming it as
+    given (a URL stays a URL)."""
     if not is_parquet(path):
         for line, raw, error in _jsonl_lines(path):
             yield line, raw, None, None, error
     elif sources.is_url(path):
         with sources.open_binary(path, seekable=True) as f:
-            yield from _parquet_rows(f, text_field, max_chars)
+            yield from _parquet_rows(f, text_field, max_chars, output_fields)
     elif not Path(path).exists():
         raise FileNotFoundError(f"corpus file not found: {path}")
     else:
-        yield from _parquet_rows(path, text_field, max_chars)  # pyarrow reads a local path itself
+        yield from _parquet_rows(path, text_field, max_chars, output_fields)  # pyarrow reads a local path itself
 
 
-def _parquet_rows(source, text_field: str, max_chars: int):
+def _parquet_rows(source, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
+    parquet, error = _open_parquet(source)
+    if error:
+        yield None, None, None, None, error
+        return
     row = 0
     try:
-        for batch in pq.ParquetFile(source).iter_batches():
+        for batch in parquet.iter_batches():
             try:
                 rows = batch.to_pylist()
             except UnicodeDecodeError:  # a string column holds invalid UTF-8: find its rows
@@ -229,9 +409,11 @@ def _parquet_rows(source, text_field: str, max_chars: int):
                 if isinstance(fields, str):  # why the row could not be read
                     yield row, None, None, None, fields
                 else:
-                    yield row, None, fields, *_check_text(fields, text_field, max_chars)
-    except pa.ArrowException as e:
-        yield row + 1, None, None, None, f"corrupt or truncated Parquet file ({e})"
+                    yield row, None, fields, *_check_record(fields, text_field, max_chars, output_fields)
+    except (pa.ArrowException, OSError) as e:  # a damaged page (pyarrow: OSError); the batches before it were read
+        total = parquet.metadata.num_rows
+        yield row + 1, None, None, None, (f"corrupt Parquet file: its rows {row + 1} to {total} of {total} cannot be "
+                                          f"read ({' '.join(str(e).split())})")
 
 
 PARQUET_TO_JSON = """\
@@ -271,6 +453,13 @@ def to_json(value: Any) -> Any:
     raise ValueError(f"no JSON form for a Parquet value of type {type(value).__name__} ({value!r})")
 
 
+def canonical_row(fields: dict[str, Any] | None) -> bytes:
+    """A Parquet row's values as bytes, for its fingerprint: JSON in column order, floats exactly
+    (NaN and Infinity kept apart from null), and the values JSON has no type for tagged with
+    their type ({"bytes": base64}, {"Decimal": "1.50"}, by PARQUET_TO_JSON)."""
+    return json.dumps(fields, allow_nan=True, default=lambda v: {type(v).__name__: to_json(v)}).encode("ascii")
+
+
 def json_line(obj: Any) -> str:
     """One line of strict JSON for `obj` (to_json applied), non-ASCII text as is, without the
     newline. (No string here holds a lone surrogate, which UTF-8 cannot encode: Parquet strings
@@ -283,7 +472,10 @@ def check(record: Record, on_bad_record: str) -> bool:
     if record.error is None:
         return True
     if on_bad_record == "error":
+        if record.doc_id is None:
+            raise BadFileError(f"{record.where}: {record.error} (set {setting('on_bad_record', 'skip')} to "
+                               "list such files in the rejects file and read the other files)")
         raise BadRecordError(
-            f"{record.where}: {record.error} (set corpus.on_bad_record: skip to write such "
+            f"{record.where}: {record.error} (set {setting('on_bad_record', 'skip')} to write such "
             "records to the rejects file instead)")
     return False

@@ -1,27 +1,24 @@
 """Fetch rules (`fetch_*`): models, tokenizers and scorer checkpoints from the Hugging Face Hub,
-a local directory, or an architecture config to initialise (DESIGN.md §6). Every result is a
+a local directory, or an architecture config to initialise (docs/configuration.md#models). Every result is a
 local Hugging Face directory with float32 safetensors weights and a tokenizer.
 
-Hub access goes through `huggingface_hub`, which reads `HF_TOKEN` (or the token stored by
-`hf auth login`), `HF_HOME` / `HF_HUB_CACHE` and `HF_HUB_OFFLINE` itself: no token is ever passed,
-logged or written here (`token=None` means "whatever the environment says"). Before downloading,
-each fetch checks access (`auth_check`) so that a gated or missing repo fails in a CPU fetch job,
-before any GPU job, with a `HubAccessError` that names the repo, the page where access is
-requested and how to log in.
+Hub access goes through lqs.hub: before downloading, each fetch checks access (`auth_check`) so
+that a gated or missing repo fails in a CPU fetch job, before any GPU job, with a `HubAccessError`
+that names the repo, the page where access is requested and how to log in.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lqs import corpus
+from lqs.hub import hub_snapshot
 from lqs.io import atomic_dir
 from lqs.tokenize import load_tokenizer
 
@@ -29,8 +26,6 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
-HUB_URL = "https://huggingface.co"
-LOGIN_HINT = "log in with `hf auth login` or set the HF_TOKEN environment variable"
 # What a tokenizer needs from a model repo (not the weights).
 TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 # Weights for other frameworks, or in formats transformers does not load: never downloaded.
@@ -58,99 +53,6 @@ def refuse_local_pickles(source: dict[str, Any]) -> None:
         raise ValueError(pickle_refusal(local, local, pickles, "a local directory must have safetensors"))
 
 
-class HubAccessError(RuntimeError):
-    """A Hugging Face Hub repo that cannot be fetched: gated without access, missing or private,
-    a revision that does not exist, or not in the local cache while the Hub cannot be reached.
-    The message names the repo, the page where access is requested, and how to log in."""
-
-
-def repo_page(repo: str, repo_type: str = "model") -> str:
-    return f"{HUB_URL}/{repo}" if repo_type == "model" else f"{HUB_URL}/{repo_type}s/{repo}"
-
-
-def _describe(error: Exception, repo: str, repo_type: str, revision: str | None) -> str | None:
-    """The HubAccessError message for a huggingface_hub error, or None if it is not an access error."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
-
-    kind = "data set" if repo_type == "dataset" else "model"
-    name = f"Hugging Face {kind} repo '{repo}'" + (f" (revision '{revision}')" if revision else "")
-    page = repo_page(repo, repo_type)
-    if isinstance(error, GatedRepoError):
-        return (f"{name} is gated and this account has no access to it: request access at {page}, "
-                f"then {LOGIN_HINT}")
-    if isinstance(error, RevisionNotFoundError):
-        return (f"{name}: revision '{revision}' does not exist; see the branches, tags and commits at "
-                f"{page} (if the repo is private or gated, request access there and {LOGIN_HINT})")
-    if isinstance(error, RepositoryNotFoundError):
-        return (f"{name} does not exist, or it is private or gated and this account cannot see it: check "
-                f"the id at {page}; for a private or gated repo, request access there and {LOGIN_HINT}")
-    if isinstance(error, LocalEntryNotFoundError):
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
-        flag = "" if repo_type == "model" else f" --repo-type {repo_type}"
-        return (f"{name} is not (completely) in the local Hugging Face cache {constants.HF_HUB_CACHE} and "
-                f"{why}: download it once with network access (`hf download {repo}{flag}`, with the same "
-                f"HF_HOME) or give a local path instead; if it is gated, request access at {page} and "
-                f"{LOGIN_HINT}")
-    if isinstance(error, HfHubHTTPError) and error.response is not None \
-            and error.response.status_code in (401, 403):
-        return (f"{name}: the Hub refused the credentials (HTTP {error.response.status_code}): "
-                f"{LOGIN_HINT} with a valid token, and request access at {page} if the repo is gated")
-    return None
-
-
-@contextlib.contextmanager
-def hub_errors(repo: str, repo_type: str = "model", revision: str | None = None) -> Iterator[None]:
-    """Turns huggingface_hub's access errors inside the block into one HubAccessError."""
-    try:
-        yield
-    except HubAccessError:
-        raise
-    except Exception as e:
-        message = _describe(e, repo, repo_type, revision)
-        if message is None:
-            raise
-        raise HubAccessError(message) from None
-
-
-def check_access(repo: str, repo_type: str = "model") -> None:
-    """Fails with HubAccessError if the Hub says this account cannot read `repo` (gated without
-    access, missing, private). Offline (HF_HUB_OFFLINE), or when the Hub cannot be reached, the
-    check is left to the download, which then reads the local cache."""
-    import huggingface_hub
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    if constants.HF_HUB_OFFLINE:
-        return
-    with hub_errors(repo, repo_type):
-        try:
-            huggingface_hub.auth_check(repo, repo_type=repo_type, token=None)  # None: HF_TOKEN / hf auth login
-        except (RepositoryNotFoundError, RevisionNotFoundError):  # GatedRepoError included
-            raise
-        except HfHubHTTPError as e:
-            if e.response is not None and e.response.status_code in (401, 403):
-                raise
-            log.warning("could not check access to %s (HTTP %s); trying the download", repo,
-                        e.response.status_code if e.response is not None else "error")
-        except Exception as e:  # no network: the download falls back to the local cache
-            log.warning("could not reach the Hub to check access to %s (%s); trying the local cache",
-                        repo, type(e).__name__)
-
-
-def hub_snapshot(repo: str, *, revision: str | None = None, repo_type: str = "model",
-                 allow_patterns: list[str] | None = None, ignore_patterns: list[str] | None = None) -> str:
-    """The local snapshot directory of a hub repo (downloaded, or from the cache), after an access check."""
-    from huggingface_hub import snapshot_download
-
-    check_access(repo, repo_type)
-    log.info("fetching %s repo %s%s", repo_type, repo, f" at revision {revision}" if revision else "")
-    with hub_errors(repo, repo_type, revision):
-        return snapshot_download(repo, repo_type=repo_type, revision=revision, token=None,
-                                 allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
-
-
 def local_source(source: dict[str, Any]) -> str | None:
     """The local directory a model source names ({path: ...}, or a {repo: ...} that is a directory)."""
     if "path" in source:
@@ -175,15 +77,22 @@ def resolve_source(source: dict[str, Any], *, allow_patterns: list[str] | None =
 
 
 def train_tokenizer(corpus_paths: Sequence[str], out_dir: str, *, text_field: str, vocab_size: int,
-                    max_chars: int, max_docs: int = 100_000) -> None:
-    """A byte-level BPE tokenizer trained on the corpus; each sequence starts with <s>."""
+                    max_chars: int, max_docs: int = 100_000, on_bad_record: str = "error") -> None:
+    """A byte-level BPE tokenizer trained on the corpus's first `max_docs` records; each sequence
+    starts with <s>. The first stage to open the corpus: a file it cannot read stops it
+    (`on_bad_record: error`) or is passed over (`skip`). Bad records are tokenize_shard's to report."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     def texts():
-        for i, record in enumerate(corpus.iter_records(corpus_paths, text_field, max_chars)):
-            if i >= max_docs:
+        read = 0
+        for record in corpus.iter_records(corpus_paths, text_field, max_chars):
+            if record.doc_id is None:  # an unreadable file
+                corpus.check(record, on_bad_record)
+                continue
+            if read == max_docs:
                 break
+            read += 1
             if record.text is not None:
                 yield record.text
 
@@ -255,7 +164,8 @@ def fetch_scorer(source: dict[str, Any], out_dir: str, trust_remote_code: bool =
     """A pretrained scorer checkpoint (`scorer.checkpoint`: a hub repo or a local directory, as
     written by train_scorer) loaded and written again as `out_dir`: float32 safetensors backbone,
     its tokenizer, head.safetensors and scorer.json. Loading it here, on the CPU, means a
-    checkpoint that is not one fails before any scoring job starts."""
+    checkpoint that is not one, or whose weights are not those it was saved with (lqs.scorer
+    check_weights), fails before any scoring job starts; the copy records its own digests."""
     from lqs import scorer as scorer_lib
 
     refuse_local_pickles(source)

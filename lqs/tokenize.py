@@ -1,4 +1,4 @@
-"""Stage `tokenize_shard`: corpus shard -> windows of proxy-tokenizer ids (DESIGN.md §3).
+"""Stage `tokenize_shard`: corpus shard -> windows of proxy-tokenizer ids (docs/stages.md#tokenize_shard).
 
 A window never crosses documents. Long documents are cut near `max_length`, preferring a
 sentence end or newline in the last quarter of the window.
@@ -12,13 +12,16 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from lqs import corpus
+from lqs import corpus, output
 from lqs.io import TokenRate, atomic_open, parquet_writer
 
+# One row per window; fingerprint is its document's (corpus.Record.fingerprint, on each of its
+# rows): score_shard checks each record it scores against it.
 SHARD_SCHEMA = pa.schema([
     ("doc_id", pa.int64()),
     ("window", pa.int32()),
     ("input_ids", pa.list_(pa.int32())),
+    ("fingerprint", pa.int64()),
 ])
 
 _BOUNDARY_CHARS = ".!?\n"
@@ -102,28 +105,38 @@ def tokenize_shard(
     max_length: int,
     on_bad_record: str,
     max_chars: int,
+    score_field: str = "score",
+    extra_fields: Sequence[str] = (),
+    output_schema: str | None = None,
     batch_docs: int = 512,
 ) -> dict[str, int]:
-    """Writes the shard's windows to `out` and its rejected records to `rejects` (JSONL)."""
+    """Writes the shard's windows to `out` and its rejected records (and unreadable files) to
+    `rejects` (JSONL). A record that already has a field the output adds (`score_field`,
+    `extra_fields`) is rejected here, before anything is scored, and so is, with `output_schema`
+    (output.format parquet: the output_schema stage's file), a record it cannot hold exactly."""
     tokenizer = load_tokenizer(tokenizer_dir)
     counts = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
     batch: list[corpus.Record] = []
 
     def flush(writer) -> None:
         windows = tokenize_windows(tokenizer, [r.text for r in batch], max_length)
-        doc_ids, window_idx, ids = [], [], []
+        doc_ids, window_idx, ids, fingerprints = [], [], [], []
         for record, doc_windows in zip(batch, windows):
+            fingerprint = record.fingerprint
             for w, window in enumerate(doc_windows):
                 doc_ids.append(record.doc_id)
                 window_idx.append(w)
                 ids.append(window)
+                fingerprints.append(fingerprint)
                 counts["tokens"] += len(window)
         counts["windows"] += len(ids)
         rate.add(sum(map(len, ids)))
-        writer.write_table(pa.table([doc_ids, window_idx, ids], schema=SHARD_SCHEMA))
+        writer.write_table(pa.table([doc_ids, window_idx, ids, fingerprints], schema=SHARD_SCHEMA))
         batch.clear()
 
-    records = corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards)
+    records = output.fitting(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards,
+                                                 corpus.output_fields(score_field, extra_fields)),
+                             output.read_schema(output_schema) if output_schema else None)
     bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     with parquet_writer(out, SHARD_SCHEMA) as writer, atomic_open(rejects) as rejects_file:
@@ -134,7 +147,7 @@ def tokenize_shard(
                 if len(batch) >= batch_docs:
                     flush(writer)
             else:
-                counts["rejected"] += 1
+                counts["rejected"] += record.doc_id is not None  # a document, not an unreadable file
                 rejects_file.write(corpus.json_line(record.reject_entry()) + "\n")
         if batch:
             flush(writer)

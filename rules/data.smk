@@ -14,10 +14,36 @@ rule demo_data:
         "lqs demo-data {output.corpus} {output.target} --settings {params.settings:q} > {log} 2>&1"
 
 
+rule output_schema:
+    input:
+        corpus=corpus_inputs,
+    output:
+        f"{RESULTS}/corpus/output_schema.parquet",
+    params:
+        corpus=corpus_arguments,
+        corpus_versions=corpus_versions,
+        # the records it reads are those tokenize_shard accepts (an output field in one: a bad record)
+        settings=as_settings(
+            text_field=config["corpus"]["text_field"],
+            max_chars=config["corpus"]["max_chars"],
+            score_field=OUTPUT["score_field"],
+            extra_fields=OUTPUT["extra_fields"],
+        ),
+    log:
+        f"{RESULTS}/logs/output_schema.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/output_schema/all.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs output-schema {params.corpus} --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
 rule tokenize_shard:
     input:
         corpus=corpus_inputs,
         tokenizer=f"{MODELS}/tokenizer",
+        output_schema=TOKENIZE_SCHEMA,
     output:
         shard=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         rejects=f"{RESULTS}/corpus/rejects-{{shard}}.jsonl",
@@ -28,7 +54,11 @@ rule tokenize_shard:
             **corpus_settings(),
             max_length=config["corpus"]["max_length"],
             on_bad_record=config["corpus"]["on_bad_record"],
+            # a record that already has a field the output adds is rejected here, not after scoring
+            score_field=OUTPUT["score_field"],
+            extra_fields=OUTPUT["extra_fields"],
         ),
+        output_schema=output_schema_flag,
     log:
         f"{RESULTS}/logs/tokenize_shard/{{shard}}.log",
     benchmark:
@@ -37,7 +67,8 @@ rule tokenize_shard:
         "../envs/lqs.yaml"
     shell:
         "lqs tokenize-shard {params.corpus} --tokenizer-dir {input.tokenizer} --shard {wildcards.shard}"
-        " --out {output.shard} --rejects {output.rejects} --settings {params.settings:q} > {log} 2>&1"
+        " --out {output.shard} --rejects {output.rejects} {params.output_schema} --settings {params.settings:q}"
+        " > {log} 2>&1"
 
 
 rule prepare_target:

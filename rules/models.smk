@@ -9,9 +9,7 @@ SCORER_BASE = None if SCORER_CHECKPOINT else config["models"]["scorer"]
 TOKENIZER_SOURCE = (
     None
     if SCORER_CHECKPOINT
-    else config["models"]["tokenizer"]
-    if {"repo", "path"} & set(config["models"]["tokenizer"])
-    else PROXY
+    else config["models"]["tokenizer"] if {"repo", "path"} & set(config["models"]["tokenizer"]) else PROXY
 )
 TARGET_SOURCE = config["target"]["source"]
 # The target set comes from the hub unless it is a local file or directory (or built by the demo).
@@ -21,9 +19,11 @@ TARGET_FROM_HUB = not (os.path.exists(TARGET_SOURCE) or TARGET_SOURCE.startswith
 CHECKPOINT_SOURCE = (
     None
     if not SCORER_CHECKPOINT
-    else {"path": SCORER_CHECKPOINT}
-    if os.path.isdir(SCORER_CHECKPOINT)
-    else {"repo": SCORER_CHECKPOINT, "revision": config["scorer"]["checkpoint_revision"]}
+    else (
+        {"path": SCORER_CHECKPOINT}
+        if os.path.isdir(SCORER_CHECKPOINT)
+        else {"repo": SCORER_CHECKPOINT, "revision": config["scorer"]["checkpoint_revision"]}
+    )
 )
 # Fetch rules need the network and the Hugging Face login, and fail fast (an access check first)
 # on a gated or missing repo: they run on the submitting host (localrule) and before anything
@@ -87,6 +87,7 @@ elif "arch" in PROXY and "path" not in config["models"]["tokenizer"] and "repo" 
                 text_field=config["corpus"]["text_field"],
                 max_chars=config["corpus"]["max_chars"],
                 vocab_size=config["models"]["tokenizer"]["vocab_size"],
+                on_bad_record=config["corpus"]["on_bad_record"],  # for a corpus file it cannot read
             ),
         log:
             f"{RESULTS}/logs/train_tokenizer.log",

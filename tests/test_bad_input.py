@@ -56,11 +56,14 @@ def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip",
         counts.append(tokenize_shard(inputs, tok_dir, shard, str(windows), str(rejects), num_shards=num_shards,
                                      text_field="text", max_length=16, on_bad_record=on_bad_record,
                                      max_chars=10**6))
-        ids = sorted(set(pq.read_table(windows)["doc_id"].to_pylist()))
+        # one row per window: each document's id and record fingerprint, in input order
+        documents = dict(zip(*pq.read_table(windows, columns=["doc_id", "fingerprint"]).to_pydict().values()))
+        ids = sorted(documents)
         scores = tmp_path / f"scores-{shard}.parquet"
         pq.write_table(pa.table({"doc_id": pa.array(ids, pa.int64()), "score": [_score(i) for i in ids],
                                  "truncated": [False] * len(ids), "n_tokens": [8] * len(ids),
-                                 "n_windows": [1] * len(ids)}), scores)
+                                 "n_windows": [1] * len(ids),
+                                 "fingerprint": pa.array([documents[i] for i in ids], pa.int64())}), scores)
         score_paths.append(str(scores))
         reject_paths.append(str(rejects))
     out, rejects_out, summary_out = (tmp_path / n for n in ("scored.jsonl", "rejects.jsonl", "summary.json"))
@@ -121,19 +124,19 @@ def test_lone_surrogate_in_text_is_a_bad_record(tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 def test_lone_surrogate_through_tokenize_and_gather(tmp_path, tok_dir, mode):
     bad = '{"text": "bad \\ud800 here", "note": "caf\u00e9"}'
-    elsewhere = '{"text": "A fine text.", "title": "\\udc00"}'  # not the text: accepted, copied as is
+    elsewhere = '{"text": "A fine text.", "title": "\\udc00"}'  # not the text: rejected too (tests/test_records.py)
     path = write_jsonl(tmp_path / "c.jsonl", [GOOD[0], bad, elsewhere])
     if mode == "error":
         with pytest.raises(BadRecordError, match=f"{path}:2: .*lone UTF-16 surrogate"):
             _run(tmp_path, [path], tok_dir, mode)
         return
     summary, out, rejects, counts = _run(tmp_path, [path], tok_dir, mode)
-    assert (counts[0]["documents"], counts[0]["rejected"]) == (2, 1)
-    [entry] = rejects
+    assert (counts[0]["documents"], counts[0]["rejected"]) == (1, 2)
+    entry, _ = rejects
     assert entry["record"] == bad and (entry["file"], entry["line"], entry["doc_id"]) == (str(path), 2, 1)
     assert "lone UTF-16 surrogate" in entry["reason"]
-    assert out == _with_score(GOOD[0].encode(), 0) + _with_score(elsewhere.encode(), 2)
-    assert (summary["documents_read"], summary["documents_scored"], summary["documents_rejected"]) == (3, 2, 1)
+    assert out == _with_score(GOOD[0].encode(), 0)
+    assert (summary["documents_read"], summary["documents_scored"], summary["documents_rejected"]) == (3, 1, 2)
 
 
 # ---------------------------------------------------------------- Parquet values as JSON
@@ -367,16 +370,6 @@ def test_truncated_intermediate_parquet_names_the_file(tmp_path, tok_dir, caplog
     assert error.exc_info is None
 
 
-def test_truncated_parquet_corpus_file_is_a_bad_record(tmp_path):
-    path = tmp_path / "c.parquet"
-    pq.write_table(pa.table({"text": GOOD}), path)
-    _truncated(path)
-    [record] = corpus.iter_records([path])
-    assert record.error.startswith("corrupt or truncated Parquet file (")
-    with pytest.raises(BadRecordError, match=f"{path}:1: corrupt or truncated Parquet file"):
-        corpus.check(record, "error")
-
-
 @pytest.mark.parametrize("content", ["garbage", '{"not": "a tokenizer"}', ""])
 def test_damaged_tokenizer_names_its_file(tmp_path, tok_dir, content):
     import shutil
@@ -402,7 +395,8 @@ def _gather_argv(tmp_path: Path, out: Path) -> list[str]:
     path = write_jsonl(tmp_path / "c.jsonl", GOOD)
     scores = tmp_path / "s.parquet"
     pq.write_table(pa.table({"doc_id": pa.array([0, 1, 2], pa.int64()), "score": [0.0, 0.5, 1.0],
-                             "truncated": [False] * 3, "n_tokens": [4] * 3, "n_windows": [1] * 3}), scores)
+                             "truncated": [False] * 3, "n_tokens": [4] * 3, "n_windows": [1] * 3,
+                             "fingerprint": [r.fingerprint for r in corpus.iter_records([str(path)])]}), scores)
     (tmp_path / "r.jsonl").write_text("")
     return ["gather", str(path), "--score-paths", str(scores), "--reject-paths", str(tmp_path / "r.jsonl"),
             "--out", str(out), "--rejects-out", str(tmp_path / "rejects.jsonl"), "--summary-out",

@@ -1,5 +1,6 @@
 """Tests for lqs.corpus: reading JSONL (plain, gzip) and Parquet records, doc ids, sharding,
-and bad records with their reasons (DESIGN.md §2, §8)."""
+and bad records with their reasons (docs/stages.md#tokenize_shard,
+docs/reliability.md#bad-records-and-rejects)."""
 
 from __future__ import annotations
 

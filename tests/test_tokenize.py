@@ -1,9 +1,10 @@
 """Tests for windowing and the token stages: lqs.tokenize (window_bounds, tokenize_windows,
 tokenize_shard), lqs.sample (sample_proxy, draw_windows) and lqs.target (prepare_target)
-(DESIGN.md §2, §3, §8)."""
+(docs/stages.md, docs/reliability.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -16,8 +17,7 @@ from helpers import write_jsonl
 
 from lqs import corpus, sample, target
 from lqs.models import train_tokenizer
-from lqs.tokenize import (SHARD_SCHEMA, load_tokenizer, special_tokens, tokenize_shard, tokenize_windows,
-                          window_bounds)
+from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, special_tokens, tokenize_shard, tokenize_windows, window_bounds
 
 SENTENCES = [
     "The function returns a new list sorted in ascending order.",
@@ -107,7 +107,7 @@ def _check_cover(bounds, n, budget):
 @pytest.mark.parametrize("mode", ["chars", "words"])
 def test_window_bounds_brute_force(mode):
     rng = random.Random(1)
-    for trial in range(300):
+    for _ in range(300):
         text = _random_text(rng, rng.randint(0, 40))
         if mode == "chars":  # one token per character, no gaps
             offsets = [(i, i + 1) for i in range(len(text))]
@@ -251,7 +251,8 @@ def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
         schema = pq.read_schema(out)
         assert schema.equals(SHARD_SCHEMA)
         assert [(f.name, f.type) for f in schema] == [
-            ("doc_id", pa.int64()), ("window", pa.int32()), ("input_ids", pa.list_(pa.int32()))]
+            ("doc_id", pa.int64()), ("window", pa.int32()), ("input_ids", pa.list_(pa.int32())),
+            ("fingerprint", pa.int64())]
         rows = _read_table(out)
         # brute force: every good line of this shard, alone, windowed
         expected_rows, expected_rejects = [], []
@@ -264,8 +265,11 @@ def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
                 fields = None
             text = fields.get("text") if isinstance(fields, dict) else None
             if isinstance(text, str) and text.strip() and len(text) <= max_chars:
+                # the record's fingerprint: its line's bytes (without the line end), hashed
+                fingerprint = int.from_bytes(hashlib.blake2b(line.encode("utf-8"), digest_size=8).digest(),
+                                             "little", signed=True)
                 for w, ids in enumerate(tokenize_windows(tok, [text], max_length)[0]):
-                    expected_rows.append({"doc_id": i, "window": w, "input_ids": ids})
+                    expected_rows.append({"doc_id": i, "window": w, "input_ids": ids, "fingerprint": fingerprint})
             else:
                 expected_rejects.append(i)
         assert rows == expected_rows
