@@ -2,27 +2,34 @@
 part per shard (`output.layout`), with optional per-document fields (`output.extra_fields`).
 
 A JSONL record is written as its input line, byte for byte, with the new members inserted before
-its final `}`; a Parquet row as one line of JSON (corpus.PARQUET_TO_JSON). A Parquet output keeps
-the input's columns and types (Parquet input) and appends the new columns; from JSONL input the
-columns are those Arrow infers from the first records a writer sees, and a later record that does
-not fit them is an error naming its file and line.
+its final `}`; a Parquet row as one line of JSON (corpus.PARQUET_TO_JSON). A Parquet output has one
+schema, the corpus's (corpus_schema), settled before any record is written and used by every
+writer: the input's columns and types (Parquet input), or the types the JSONL records settle in
+input order (SchemaBuilder), then the new columns. A value is never cast, truncated or dropped: a
+JSONL record the schema cannot hold exactly is a bad record (`fitting`), and a writer that meets
+one fails naming its file and line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
+import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lqs import corpus, sources
-from lqs.io import atomic_path
+from lqs import corpus
+from lqs.io import atomic_path, parquet_file, write_table
+
+log = logging.getLogger(__name__)
 
 FORMATS = {"jsonl": ".jsonl", "jsonl.gz": ".jsonl.gz", "parquet": ".parquet"}
 # The per-document fields output.extra_fields may add, and their Parquet types.
@@ -36,7 +43,7 @@ def default_format(corpus_files: Sequence[str]) -> str:
 
 def check_format(name: str) -> str:
     if name not in FORMATS:
-        raise ValueError(f"output.format must be one of {', '.join(FORMATS)}, not {name!r}")
+        raise ValueError(f"{corpus.setting('format')} must be one of {', '.join(FORMATS)}, not {name!r}")
     return name
 
 
@@ -57,34 +64,264 @@ def output_line(record: corpus.Record, values: Mapping[str, Any]) -> str:
     for field in values:
         if field in record.fields:
             raise ValueError(f"{record.where}: the record already has a field {field!r}; choose another "
-                             f"{'output.score_field' if field not in EXTRA_FIELDS else 'output.extra_fields'}")
+                             f"{corpus.setting('score_field' if field not in EXTRA_FIELDS else 'extra_fields')}")
     if record.raw is None:
         return corpus.json_line({**record.fields, **values}) + "\n"
     end = record.raw.rindex("}")
     return record.raw[:end] + json_members(values) + record.raw[end:] + (record.eol or "\n")
 
 
-def parquet_input_schema(paths: Sequence[str]) -> pa.Schema | None:
+def parquet_input_schema(paths: Sequence[str], output_fields: Mapping[str, str] | None = None) -> pa.Schema | None:
     """The one schema of a corpus of Parquet files (None if any file is JSONL): the files'
     schemas unified (a column missing from one file is null there); schema-level metadata is
-    dropped, as pandas' and datasets' describe the input's columns, not the output's."""
+    dropped, as pandas' and datasets' describe the input's columns, not the output's. A file that
+    cannot be read, or has a column the output adds (`output_fields`: corpus.output_fields), has
+    no usable records (iter_records makes each a bad record), so it adds no columns either."""
     if not paths or not all(corpus.is_parquet(p) for p in paths):
         return None
     schemas = []
-    for path in paths:
-        with sources.open_binary(path, seekable=True) as f:
-            schemas.append(pq.read_schema(f))
+    for path in map(str, paths):
+        try:
+            schema = corpus.parquet_schema(path)
+        except corpus.BadFileError as e:
+            log.warning("%s; it adds no columns to the Parquet output", e)
+            continue
+        if not set(output_fields or ()) & set(schema.names):
+            schemas.append(schema)
     try:
-        return pa.unify_schemas(schemas).remove_metadata()
+        return pa.unify_schemas(schemas).remove_metadata() if schemas else pa.schema([])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ValueError(f"the corpus's Parquet files have columns of different types ({e}); a Parquet output "
-                         "needs one schema: use output.format jsonl, or make the files agree") from None
+                         f"needs one schema: use {corpus.setting('format')} jsonl, or make the files agree") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema of JSONL records: settled in input order, widened only where no value changes.
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+EXACT_INT = 2**53  # a double holds every integer of at most this magnitude exactly
+
+
+class Misfit(Exception):
+    """A JSON value that a field's type cannot hold, even widened (SchemaBuilder)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldType:
+    """A field's type as the records so far give it: `kind` None (null: no value yet), bool, int,
+    float, str, list (of `item`) or object (`fields`, in order of first appearance); from a
+    Parquet schema also any other Arrow type's name, which holds no JSON value but null. `big`:
+    an int field holds an integer a double cannot hold exactly, so it never widens to double."""
+    kind: str | None = None
+    big: bool = False
+    item: FieldType | None = None
+    fields: Mapping[str, FieldType] = dataclasses.field(default_factory=dict)
+
+
+NULL, FLOAT = FieldType(), FieldType("float")
+
+
+_KINDS = {bool: "bool", int: "int", Decimal: "int", float: "float", str: "str", list: "list", dict: "object"}
+# how a message names the values of a kind
+_HELD = {"bool": "true or false", "int": "integers", "float": "floats", "str": "strings", "list": "lists",
+         "object": "objects"}
+
+
+def _kind(value: Any) -> str:
+    """The kind of a value json.loads (corpus.loads) made: exactly these types (bool is not an int
+    here, as it is not to Arrow; a Decimal is an integer past int()'s digit limit)."""
+    return _KINDS[type(value)]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _child(path: str, key: str | int) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+
+
+def _widened(t: FieldType, value: Any, path: str) -> FieldType:
+    """`t` widened to hold `value` as well, changing no value it holds (`t` itself if it already
+    does); Misfit, naming the field, if no such type exists."""
+    if value is None:
+        return t
+    kind = _kind(value)
+    if kind == "int" and not INT64_MIN <= value <= INT64_MAX:
+        raise Misfit(f"field {path!r} is {_shown(value)}, an integer too large for a 64-bit integer column")
+    if t.kind is None and kind not in ("list", "object"):
+        return FLOAT if kind == "float" else FieldType(kind, big=kind == "int" and abs(value) > EXACT_INT)
+    if kind == t.kind and kind not in ("list", "object"):
+        big = kind == "int" and abs(value) > EXACT_INT
+        return FieldType("int", big=True) if big and not t.big else t
+    if kind == "float" and t.kind == "int" and not t.big:
+        return FLOAT  # every integer so far is exactly a double
+    if kind == "int" and t.kind == "float" and abs(value) <= EXACT_INT:
+        return t
+    if kind == "list" and t.kind in (None, "list"):
+        item = t.item or NULL
+        for i, v in enumerate(value):
+            item = _widened(item, v, _child(path, i))
+        return t if t.kind and item is t.item else FieldType("list", item=item)
+    if kind == "object" and t.kind in (None, "object"):
+        fields = t.fields
+        for key, v in value.items():
+            old = fields.get(key)
+            new = _widened(old or NULL, v, _child(path, key))  # a key with null alone still adds its field
+            if new is not old:
+                fields = dict(fields) if fields is t.fields else fields
+                fields[key] = new
+        return t if t.kind and fields is t.fields else FieldType("object", fields=fields)
+    held = "integers a double cannot hold exactly" if t.big else _HELD[t.kind]
+    raise Misfit(f"field {path!r} is {_shown(value)}, but earlier records give it {held}")
+
+
+def _arrow(t: FieldType) -> pa.DataType:
+    """The Arrow type of `t`. An object no record gives a field is null: Parquet has no empty struct."""
+    if t.kind == "list":
+        return pa.list_(_arrow(t.item))
+    if t.kind == "object":
+        return pa.struct([pa.field(k, _arrow(v)) for k, v in t.fields.items()]) if t.fields else pa.null()
+    return {None: pa.null(), "bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}[t.kind]
+
+
+def _arrow_name(t: FieldType) -> str:
+    return t.kind if t.kind not in (None, *_HELD) else str(_arrow(t))
+
+
+def _from_arrow(type: pa.DataType) -> FieldType:
+    if pa.types.is_struct(type):
+        return FieldType("object", fields={f.name: _from_arrow(f.type) for f in type})
+    if pa.types.is_list(type):
+        return FieldType("list", item=_from_arrow(type.value_type))
+    kinds = {pa.null(): None, pa.bool_(): "bool", pa.int64(): "int", pa.float64(): "float", pa.string(): "str"}
+    return FieldType(kinds[type] if type in kinds else str(type))
+
+
+def columns_of(schema: pa.Schema) -> FieldType:
+    """The output schema's columns as one FieldType (of kind object), for `misfit`."""
+    return FieldType("object", fields={f.name: _from_arrow(f.type) for f in schema})
+
+
+def _misfit(value: Any, t: FieldType, path: str) -> str | None:
+    """Why a column of type `t` cannot hold `value` exactly (Arrow would cast, truncate or drop
+    it, or refuse it), or None."""
+    if value is None:
+        return None
+    kind = _kind(value)
+    if kind == "list" and t.kind == "list":
+        for i, v in enumerate(value):
+            if reason := _misfit(v, t.item, _child(path, i)):
+                return reason
+        return None
+    if kind == "object" and t.kind == "object":
+        for key, v in value.items():
+            if key not in t.fields:  # a field no record that fits gives: say why this one cannot
+                try:
+                    _widened(NULL, v, _child(path, key))
+                except Misfit as e:
+                    return str(e)
+                return f"field {_child(path, key)!r} is not one of the Parquet output's columns"
+            if reason := _misfit(v, t.fields[key], _child(path, key)):
+                return reason
+        return None
+    if (kind == t.kind and kind != "int" or kind == "int" and t.kind == "int" and INT64_MIN <= value <= INT64_MAX
+            or kind == "int" and t.kind == "float" and abs(value) <= EXACT_INT):
+        return None
+    if value == {} and t.kind is None:
+        return f"field {path!r} is {{}}, an object that no record gives a field, which a Parquet column cannot hold"
+    return f"field {path!r} is {_shown(value)}, which the Parquet output's {_arrow_name(t)} column cannot hold exactly"
+
+
+def misfit(fields: Mapping[str, Any], columns: FieldType) -> str | None:
+    """Why the output's `columns` (columns_of) cannot hold the record `fields` exactly, or None."""
+    try:
+        return _misfit(fields, columns, "")
+    except RecursionError:
+        return "JSON nested too deeply for a Parquet column"
+
+
+class SchemaBuilder:
+    """The schema of JSON records, settled in input order: a field's type is set by the first
+    record that gives it a non-null value, and widens only where no value changes (an int field
+    that also gets non-integers becomes double while every integer in it is at most 2**53 in
+    magnitude; an object gains the fields later records add, null in the others; list items
+    unify the same way). A record that fits no such widening is a misfit: `add` returns why and
+    the record adds nothing, so it does not fit the final schema either."""
+
+    def __init__(self):
+        self.root = FieldType("object")
+
+    def add(self, fields: Mapping[str, Any]) -> str | None:
+        try:
+            self.root = _widened(self.root, fields, "")
+        except Misfit as e:
+            return str(e)
+        except RecursionError:
+            return "JSON nested too deeply for a Parquet column"
+        return None
+
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(k, _arrow(v)) for k, v in self.root.fields.items()])
+
+
+def corpus_schema(paths: Sequence[str], text_field: str = "text", max_chars: int = corpus.MAX_CHARS,
+                  output_fields: Mapping[str, str] | None = None) -> pa.Schema:
+    """The one schema (the input's columns) of a Parquet output of the corpus `paths`: the Parquet
+    files' schemas unified, or the schema the JSONL records settle, read once in input order (the
+    records iter_records accepts with these settings: the others are bad records anyway). The
+    records that do not fit it are logged; `fitting` makes them bad records."""
+    if all(corpus.is_parquet(p) for p in paths):
+        return parquet_input_schema(paths, output_fields)
+    if any(corpus.is_parquet(p) for p in paths):
+        raise ValueError(f"a Parquet output needs one schema, but the corpus mixes JSONL and Parquet files "
+                         f"({', '.join(map(str, paths[:3]))}{', …' if len(paths) > 3 else ''}): use "
+                         f"{corpus.setting('format')} jsonl, or convert the files to one kind")
+    builder, usable, misfits, first = SchemaBuilder(), 0, 0, []
+    for record in corpus.iter_records(paths, text_field, max_chars, output_fields=output_fields):
+        usable += record.error is None
+        if record.error is None and (reason := builder.add(record.fields)):
+            misfits += 1
+            if len(first) < 3:
+                first.append(f"{record.where}: {reason}")
+    schema = builder.schema()
+    log.info("the Parquet output's schema, from %d records: %s", usable,
+             ", ".join(f"{f.name}: {f.type}" for f in schema))
+    if misfits:
+        log.warning("%d records do not fit it and are bad records; the first: %s", misfits, "; ".join(first))
+    return schema
+
+
+def fitting(records: Iterable[corpus.Record], schema: pa.Schema | None) -> Iterator[corpus.Record]:
+    """`records`, each JSONL one that the Parquet output's `schema` cannot hold exactly turned
+    into a bad record with the reason; Parquet rows (read with their files' own columns, which
+    the schema unifies) and every record when `schema` is None pass as they are."""
+    root = None if schema is None else columns_of(schema)
+    for record in records:
+        if root is not None and record.error is None and record.raw is not None:
+            reason = misfit(record.fields, root)
+            if reason:
+                record = dataclasses.replace(
+                    record, error=f"{reason}; {corpus.setting('format')} jsonl keeps every record as it is")
+        yield record
+
+
+def write_schema(schema: pa.Schema, out: str) -> None:
+    """The schema as a Parquet file without rows (atomically)."""
+    write_table(out, schema.empty_table())
+
+
+def read_schema(path: str) -> pa.Schema:
+    """The schema a write_schema file holds; a damaged file fails naming it."""
+    return parquet_file(path).schema_arrow
 
 
 class ScoredWriter:
     """Writes scored records, a chunk at a time, into one file that appears (atomically) when the
-    writer is closed without an error (or to standard output, path "-"). `fields` are the new members in order: the score field, then
-    the extra fields; `input_schema` is the corpus's Parquet schema (see parquet_input_schema)."""
+    writer is closed without an error (or to standard output, path "-"). `fields` are the new
+    members in order: the score field, then the extra fields; `input_schema`, for Parquet, is the
+    corpus's (corpus_schema), which every row must fit exactly."""
 
     def __init__(self, path: str | Path, format: str, fields: Sequence[str],
                  input_schema: pa.Schema | None = None):
@@ -94,29 +331,31 @@ class ScoredWriter:
         self._stack = contextlib.ExitStack()
         self._file: IO[bytes] | None = None
         self._parquet: pq.ParquetWriter | None = None
-        self._schema: pa.Schema | None = None
-        if str(path) == "-":  # standard output (lqs score --out -): a stream, so JSONL only
-            if self.format == "parquet":
+        if self.format == "parquet":
+            if str(path) == "-":  # standard output (lqs score --out -): a stream, so JSONL only
                 raise ValueError("a Parquet output cannot be streamed to standard output: give a file, or "
                                  "--format jsonl or jsonl.gz")
+            if input_schema is None:
+                raise ValueError("a Parquet output needs the corpus's schema (lqs.output.corpus_schema), settled "
+                                 "before any record is written")
+            self._schema = pa.schema(list(input_schema) + self._new_columns(input_schema))
+            self._columns = columns_of(input_schema)
+        if str(path) == "-":
             self._file = sys.stdout.buffer
         else:
             self._tmp = self._stack.enter_context(atomic_path(self.path))
-            if self.format != "parquet":
+            if self.format == "parquet":  # opened now: a corpus without records still gets the columns
+                self._parquet = self._stack.enter_context(pq.ParquetWriter(self._tmp, self._schema))
+            else:
                 self._file = self._stack.enter_context(open(self._tmp, "wb"))
-        if self._file is not None:
-            if self.format == "jsonl.gz":  # mtime 0, no file name: the same documents give the same bytes
-                self._file = self._stack.enter_context(
-                    gzip.GzipFile(filename="", mode="wb", fileobj=self._file, compresslevel=6, mtime=0))
+        if self.format == "jsonl.gz":  # mtime 0, no file name: the same documents give the same bytes
+            self._file = self._stack.enter_context(
+                gzip.GzipFile(filename="", mode="wb", fileobj=self._file, compresslevel=6, mtime=0))
 
     def __enter__(self) -> ScoredWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is None and self.format == "parquet" and self._parquet is None:
-            self._open_parquet(self.input_schema or pa.schema([]))  # no rows: the columns still
-        if self._parquet is not None:
-            self._parquet.close()
         self._stack.__exit__(kind, value, traceback)  # renames the file into place only on success
 
     def write(self, records: Sequence[corpus.Record], columns: Mapping[str, Sequence[Any]]) -> None:
@@ -133,52 +372,29 @@ class ScoredWriter:
             self._file.flush()  # the next program in the pipe gets each chunk as it is scored
         self.rows += len(records)
 
-    def _open_parquet(self, input_schema: pa.Schema) -> None:
+    def _new_columns(self, input_schema: pa.Schema) -> list[pa.Field]:
         clash = [f for f in self.fields if f in input_schema.names]
         if clash:
             raise ValueError(f"the corpus already has a column {clash[0]!r}; choose another "
-                             f"{'output.score_field' if clash[0] == self.fields[0] else 'output.extra_fields'}")
-        new = [pa.field(self.fields[0], pa.float64())] + [pa.field(f, EXTRA_FIELDS[f]) for f in self.fields[1:]]
-        self.input_schema = input_schema
-        self._schema = pa.schema(list(input_schema) + new)
-        self._parquet = pq.ParquetWriter(self._tmp, self._schema)
+                             f"{corpus.setting('score_field' if clash[0] == self.fields[0] else 'extra_fields')}")
+        return [pa.field(self.fields[0], pa.float64())] + [pa.field(f, EXTRA_FIELDS[f]) for f in self.fields[1:]]
 
     def _write_parquet(self, records: Sequence[corpus.Record], columns: Mapping[str, Sequence[Any]]) -> None:
-        if self._parquet is None:
-            self._open_parquet(self.input_schema or self._inferred(records))
-        input_schema = self.input_schema
-        rows = [r.fields for r in records]
+        # Arrow casts a float into an int64 column, and drops a key its struct type lacks: every
+        # JSONL record is checked first (a Parquet row comes with its file's types, which the schema unifies)
         for r in records:
-            unknown = set(r.fields) - set(input_schema.names)
-            if unknown:
-                raise ValueError(f"{r.where}: field {sorted(unknown)[0]!r} is not one of the Parquet output's "
-                                 f"columns, which were inferred from the first records ({', '.join(input_schema.names)})"
-                                 "; use output.format jsonl, which keeps every record as it is")
+            reason = misfit(r.fields, self._columns) if r.raw is not None else None
+            if reason:
+                raise ValueError(f"{r.where}: {reason}; {corpus.setting('format')} jsonl keeps every record as it is")
         try:
-            table = pa.Table.from_pylist(rows, schema=input_schema)
+            table = pa.Table.from_pylist([r.fields for r in records], schema=self.input_schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-            raise self._misfit(records, input_schema, e) from None
+            where = records[0].where
+            raise ValueError(f"{where}…: the records do not fit the Parquet output's columns ({e})") from None
         for name in self.fields:
-            table = table.append_column(self._schema.field(name), pa.array(columns[name], self._schema.field(name).type))
+            field = self._schema.field(name)
+            table = table.append_column(field, pa.array(columns[name], field.type))
         self._parquet.write_table(table)
-
-    @staticmethod
-    def _inferred(records: Sequence[corpus.Record]) -> pa.Schema:
-        try:
-            return pa.Table.from_pylist([r.fields for r in records]).schema
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-            raise ValueError(f"{records[0].where} and the {len(records) - 1} records after it have no common "
-                             f"Parquet columns ({e}); use output.format jsonl") from None
-
-    @staticmethod
-    def _misfit(records: Sequence[corpus.Record], schema: pa.Schema, error: Exception) -> ValueError:
-        for r in records:
-            try:
-                pa.Table.from_pylist([r.fields], schema=schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-                return ValueError(f"{r.where}: the record does not fit the Parquet output's columns ({e}); use "
-                                  "output.format jsonl, which keeps every record as it is")
-        return ValueError(f"{records[0].where}…: the records do not fit the Parquet output's columns ({error})")
 
 
 def read_lines(path: str | Path) -> Iterator[bytes]:

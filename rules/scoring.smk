@@ -44,13 +44,17 @@ rule score_shard:
         corpus=corpus_inputs,
         tokenized=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         scorer=f"{RESULTS}/scorer",
+        # a per_shard Parquet part: the corpus's one schema, so that the parts read as one data set
+        output_schema=OUTPUT_SCHEMA if PER_SHARD_OUTPUT else [],
     output:
         scores=f"{RESULTS}/scores/shard-{{shard}}.parquet",
         stats=f"{RESULTS}/scores/shard-{{shard}}.json",
         # output.layout per_shard: the shard's scored records, kept until the rerun succeeds (update())
-        part=[update(f"{OUTPUT['path']}/{lqs_output.part_name('{shard}', OUTPUT['format'])}")]
-        if PER_SHARD_OUTPUT
-        else [],
+        part=(
+            [update(f"{OUTPUT['path']}/{lqs_output.part_name('{shard}', OUTPUT['format'])}")]
+            if PER_SHARD_OUTPUT
+            else []
+        ),
     params:
         corpus=corpus_arguments,
         corpus_versions=corpus_versions,
@@ -63,6 +67,7 @@ rule score_shard:
             **(scored_record_settings() if PER_SHARD_OUTPUT else {}),
         ),
         part=lambda wildcards, output: f"--part-out {shlex.quote(output.part[0])}" if PER_SHARD_OUTPUT else "",
+        output_schema=output_schema_flag,
     log:
         f"{RESULTS}/logs/score_shard/{{shard}}.log",
     benchmark:
@@ -75,7 +80,8 @@ rule score_shard:
         "../envs/lqs.yaml"
     shell:
         "lqs score-shard {params.corpus} --tokenized-shard {input.tokenized} --scorer-dir {input.scorer}"
-        " --out {output.scores} --stats-out {output.stats} {params.part} --settings {params.settings:q} > {log} 2>&1"
+        " --out {output.scores} --stats-out {output.stats} {params.part} {params.output_schema}"
+        " --settings {params.settings:q} > {log} 2>&1"
 
 
 rule gather_scores:
@@ -86,6 +92,7 @@ rule gather_scores:
         stats=expand(f"{RESULTS}/scores/shard-{{shard}}.json", shard=SHARDS),
         rejects=expand(f"{RESULTS}/corpus/rejects-{{shard}}.jsonl", shard=SHARDS),
         parts=SCORED_FILES if PER_SHARD_OUTPUT else [],
+        output_schema=[] if PER_SHARD_OUTPUT else OUTPUT_SCHEMA,
         # With a pretrained scorer (scorer.checkpoint) there is no proxy, annotation or training metrics.
         metrics=[] if SCORER_CHECKPOINT else f"{RESULTS}/scorer",
         annotation=[] if SCORER_CHECKPOINT else f"{RESULTS}/annotation/labels.json",
@@ -103,6 +110,7 @@ rule gather_scores:
         # the scored file, or the directory of the parts (per_shard)
         out=lambda wildcards, input, output: os.path.dirname(input.parts[0]) if PER_SHARD_OUTPUT else output.scored[0],
         benchmarks=f"{RESULTS}/benchmarks",
+        output_schema=output_schema_flag,
     log:
         f"{RESULTS}/logs/gather_scores.log",
     benchmark:
@@ -113,6 +121,7 @@ rule gather_scores:
         "lqs gather {params.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
         " --stats-paths {input.stats} --part-paths {input.parts} --out {params.out:q}"
         " --rejects-out {output.rejects} --summary-out {output.summary} --benchmarks-dir {params.benchmarks}"
+        " {params.output_schema}"
         + (
             ""
             if SCORER_CHECKPOINT

@@ -17,8 +17,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import GOOD, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
-from helpers import copy_workflow, edit_config, parse_plan, plan, rule_counts, set_key
+from helpers import (
+    GOOD,
+    copy_workflow,
+    edit_config,
+    lqs_main,
+    make_workflow,
+    parse_plan,
+    plan,
+    rule_counts,
+    set_key,
+    snakemake,
+    tiny_config,
+    tiny_corpus,
+    tiny_scorer,
+    write_jsonl,
+)
 
 from lqs import corpus, output
 from lqs import select as sel
@@ -33,7 +47,8 @@ def records_of(*paths, text_field="text"):
 
 def values_for(records):
     return {"score": [0.25 * i - 1 for i in range(len(records))], "n_tokens": [10 + i for i in range(len(records))],
-            "n_windows": [1 + i % 3 for i in range(len(records))], "truncated": [i % 2 == 0 for i in range(len(records))]}
+            "n_windows": [1 + i % 3 for i in range(len(records))],
+            "truncated": [i % 2 == 0 for i in range(len(records))]}
 
 
 def write(path, records, format, columns, schema=None, chunk=3):
@@ -109,18 +124,19 @@ def test_parquet_input_schemas_are_unified_or_refused(tmp_path):
     assert output.parquet_input_schema([str(tmp_path / "a.parquet"), "x.jsonl"]) is None
 
 
-def test_parquet_from_jsonl_infers_the_columns_and_names_a_record_that_does_not_fit(tmp_path):
+def test_parquet_from_jsonl_takes_the_corpus_schema_and_names_a_record_that_does_not_fit(tmp_path):
     good = [{"text": f"t{i}", "n": i, "tags": ["a"]} for i in range(4)]
+    schema = output.corpus_schema([str(write_jsonl(tmp_path / "good.jsonl", good))])
     path = write_jsonl(tmp_path / "in.jsonl", good + [{"text": "x", "n": 5, "tags": [], "new": 1}])
     records = records_of(path)
-    out = pq.read_table(write(tmp_path / "ok.parquet", records[:4], "parquet", {"score": [0.0] * 4}, chunk=2))
+    out = pq.read_table(write(tmp_path / "ok.parquet", records[:4], "parquet", {"score": [0.0] * 4}, schema, chunk=2))
     assert out.to_pylist() == [r | {"score": 0.0} for r in good]
     with pytest.raises(ValueError, match=r"in\.jsonl:5: field 'new' is not one of .*output\.format jsonl"):
-        write(tmp_path / "bad.parquet", records, "parquet", {"score": [0.0] * 5}, chunk=4)
+        write(tmp_path / "bad.parquet", records, "parquet", {"score": [0.0] * 5}, schema, chunk=4)
     assert not (tmp_path / "bad.parquet").exists()  # nothing that looks finished
     path = write_jsonl(tmp_path / "types.jsonl", good + [{"text": "x", "n": "five", "tags": []}])
-    with pytest.raises(ValueError, match=r"types\.jsonl:5: the record does not fit"):
-        write(tmp_path / "bad.parquet", records_of(path), "parquet", {"score": [0.0] * 5}, chunk=4)
+    with pytest.raises(ValueError, match=r"types\.jsonl:5: field 'n' is \"five\", which the Parquet output's int64"):
+        write(tmp_path / "bad.parquet", records_of(path), "parquet", {"score": [0.0] * 5}, schema, chunk=4)
 
 
 def test_a_field_the_records_have_is_refused(tmp_path):
@@ -171,7 +187,8 @@ def test_selection_from_gz_and_parquet_equals_jsonl_in_many_passes(tmp_path, mon
     else:
         got = [json.loads(line) for line in gzip.decompress((tmp_path / "selected.jsonl.gz").read_bytes()).splitlines()]
     assert got == expected and summary["documents_selected"] == 30
-    assert pq.read_table(tmp_path / "selected.order.parquet").equals(pq.read_table(tmp_path / "reference.order.parquet"))
+    assert pq.read_table(tmp_path / "selected.order.parquet").equals(
+        pq.read_table(tmp_path / "reference.order.parquet"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +220,7 @@ def per_shard_parquet(tmp_path_factory, completed_workflow) -> Path:
     return workdir
 
 
+@pytest.mark.workflow
 def test_per_shard_parts_hold_each_shard_in_input_order(per_shard_parquet):
     wd = per_shard_parquet
     docs = tiny_corpus()
@@ -222,6 +240,7 @@ def test_per_shard_parts_hold_each_shard_in_input_order(per_shard_parquet):
     assert not (wd / "scored.jsonl").exists() and not (wd / "scored.parquet").exists()
 
 
+@pytest.mark.workflow
 def test_per_shard_extra_fields_are_what_was_scored(per_shard_parquet):
     wd = per_shard_parquet
     scorer = load(wd / "results" / "scorer", device="cpu")
@@ -229,26 +248,35 @@ def test_per_shard_extra_fields_are_what_was_scored(per_shard_parquet):
     windows, truncated = scoring_windows(scorer.tokenizer, [r["text"] for r in part], scorer.max_length)
     for i, row in enumerate(part):
         mine = [w for w in windows if w.doc == i]
-        assert (row["n_tokens"], row["n_windows"], row["truncated"]) == (sum(len(w.ids) for w in mine), len(mine), False)
+        assert ((row["n_tokens"], row["n_windows"], row["truncated"])
+                == (sum(len(w.ids) for w in mine), len(mine), False))
     assert any(r["n_windows"] > 1 for r in part)
 
 
+@pytest.mark.workflow
 def test_per_shard_gather_never_reads_the_corpus_and_removes_stale_parts(per_shard_parquet, tmp_path):
     wd = copy_workflow(per_shard_parquet, tmp_path)
     corpus_file = wd / "data" / "b.parquet"
     stat = corpus_file.stat()
     corpus_file.write_bytes(b"PAR1 not a parquet file")  # a gather that read it would fail
     os.utime(corpus_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    (wd / "scored" / "part-7.parquet").write_bytes(b"an earlier run's part")
+    # an earlier run's part, listed in the manifest of the parts the workflow wrote (lqs.gather)
+    stale = wd / "scored" / "part-7.parquet"
+    stale.write_bytes(b"an earlier run's part")
+    manifest = json.loads((wd / "results" / "output_parts.json").read_text())
+    manifest["scored"]["part-7.parquet"] = {"size": stale.stat().st_size, "mtime_ns": stale.stat().st_mtime_ns}
+    (wd / "results" / "output_parts.json").write_text(json.dumps(manifest))
+    (wd / "scored" / "part-8.parquet").write_bytes(b"not the workflow's")  # never deleted by its name
     jobs = plan(wd, "-f", "results/summary.json")
     assert rule_counts(jobs) == {"gather_scores": 1}
     snakemake(wd, "-f", "results/summary.json")
     summary = json.loads((wd / "results" / "summary.json").read_text())
     assert summary["documents_read"] == 120
     assert summary["removed_stale_parts"] == ["scored/part-7.parquet"]
-    assert sorted(p.name for p in (wd / "scored").iterdir()) == ["part-0.parquet", "part-1.parquet"]
+    assert sorted(p.name for p in (wd / "scored").iterdir()) == ["part-0.parquet", "part-1.parquet", "part-8.parquet"]
 
 
+@pytest.mark.workflow
 def test_single_layout_equals_the_parts_and_selects_the_same(per_shard_parquet, tmp_path):
     wd = copy_workflow(per_shard_parquet, tmp_path)
     edit_config(wd, set_key("output", "layout", "single"))
@@ -266,6 +294,7 @@ def test_single_layout_equals_the_parts_and_selects_the_same(per_shard_parquet, 
     assert pq.read_table(wd / "selected.parquet").equals(pq.read_table(per_shard_parquet / "selected.parquet"))
 
 
+@pytest.mark.workflow
 def test_jsonl_gz_output_is_the_jsonl_output_compressed(completed_workflow, tmp_path):
     wd = copy_workflow(completed_workflow, tmp_path)
     edit_config(wd, set_key("output", "format", "jsonl.gz"))
@@ -280,6 +309,7 @@ def test_jsonl_gz_output_is_the_jsonl_output_compressed(completed_workflow, tmp_
     ("per_shard", "file", "is a file, but output.layout per_shard writes a directory"),
     ("single", "dir", "is a directory; output.layout single writes one file"),
 ])
+@pytest.mark.workflow
 def test_an_output_path_of_the_wrong_kind_fails_at_dag_build(tiny_workflow, layout, existing, message):
     (tiny_workflow / "out").mkdir() if existing == "dir" else (tiny_workflow / "out").write_text("x")
     edit_config(tiny_workflow, lambda c: c.setdefault("output", {}).update(path="out", layout=layout))
@@ -287,6 +317,7 @@ def test_an_output_path_of_the_wrong_kind_fails_at_dag_build(tiny_workflow, layo
     assert result.returncode != 0 and f"output.path: 'out' {message}" in result.stdout + result.stderr
 
 
+@pytest.mark.workflow
 def test_per_shard_plan_lists_every_part(tiny_workflow):
     edit_config(tiny_workflow, lambda c: c.setdefault("output", {}).update(layout="per_shard", format="jsonl.gz"))
     result = snakemake(tiny_workflow, "-n", "-p")
@@ -298,40 +329,45 @@ def test_per_shard_plan_lists_every_part(tiny_workflow):
 # lqs score
 
 
-def lqs_score(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "lqs", "score", *map(str, args), "--no-progress"],
-                          capture_output=True, text=True, cwd=cwd)
+def lqs_score(caplog, *args) -> tuple[int, str]:
+    return lqs_main(caplog, "score", *args, "--no-progress")
 
 
-def test_lqs_score_gives_the_workflow_scores_without_the_workflow(completed_workflow, tmp_path):
+@pytest.fixture(scope="module")
+def scorer_dir(tmp_path_factory) -> Path:
+    return tiny_scorer(tmp_path_factory.mktemp("scorer"))
+
+
+@pytest.mark.workflow
+def test_lqs_score_gives_the_workflow_scores_without_the_workflow(completed_workflow, tmp_path, caplog):
     wd = completed_workflow
-    done = lqs_score(wd / "data" / "corpus.jsonl", "--scorer", wd / "results" / "scorer", "--out", tmp_path / "s.jsonl")
-    assert done.returncode == 0, done.stderr
+    code, log = lqs_score(caplog, wd / "data" / "corpus.jsonl", "--scorer", wd / "results" / "scorer",
+                          "--out", tmp_path / "s.jsonl")
+    assert code == 0, log
     mine = (tmp_path / "s.jsonl").read_bytes().splitlines()
     theirs = (wd / "scored.jsonl").read_bytes().splitlines()
     assert len(mine) == len(theirs) == 120
     for a, b in zip(mine, theirs):
         assert a[:a.rindex(b', "score"')] == b[:b.rindex(b', "score"')]  # the input line, byte for byte
         assert json.loads(a)["score"] == pytest.approx(json.loads(b)["score"], abs=1e-6)  # other batch shapes
-    assert "documents" in done.stderr and "tokens/s" in done.stderr
+    assert "documents" in log and "tokens/s" in log
 
 
-def test_lqs_score_formats_rejects_and_truncation(completed_workflow, tmp_path):
-    wd = completed_workflow
-    scorer = wd / "results" / "scorer"
+def test_lqs_score_formats_rejects_and_truncation(scorer_dir, tmp_path, caplog):
+    scorer = scorer_dir
     lines = [json.dumps(d) for d in tiny_corpus(12)]
     lines[3] = '{"text": "   "}'
     lines[7] = "not json"
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
 
-    failed = lqs_score(src, "--scorer", scorer, "--out", tmp_path / "e.jsonl")
-    assert failed.returncode == 1 and f"{src}:4: empty text" in failed.stderr and "Traceback" not in failed.stderr
+    code, log = lqs_score(caplog, src, "--scorer", scorer, "--out", tmp_path / "e.jsonl")
+    assert code == 1 and f"{src}:4: empty text" in log
     assert not (tmp_path / "e.jsonl").exists()
 
-    done = lqs_score(src, "--scorer", scorer, "--out", tmp_path / "s.jsonl.gz", "--on-bad-record", "skip",
-                     "--extra-fields", "n_windows,truncated", "--max-windows-per-doc", "1")
-    assert done.returncode == 0, done.stderr
+    code, log = lqs_score(caplog, src, "--scorer", scorer, "--out", tmp_path / "s.jsonl.gz", "--on-bad-record", "skip",
+                          "--extra-fields", "n_windows,truncated", "--max-windows-per-doc", "1")
+    assert code == 0, log
     out = [json.loads(line) for line in gzip.decompress((tmp_path / "s.jsonl.gz").read_bytes()).splitlines()]
     assert [r["id"] for r in out] == [json.loads(lines[i])["id"] for i in range(12) if i not in (3, 7)]
     assert all(r["n_windows"] == 1 for r in out) and any(r["truncated"] for r in out)
@@ -339,30 +375,32 @@ def test_lqs_score_formats_rejects_and_truncation(completed_workflow, tmp_path):
     assert [(r["line"], r["reason"].split(" (")[0]) for r in rejects] == [(4, "empty text"), (8, "invalid JSON")]
 
     pq.write_table(pa.Table.from_pylist(tiny_corpus(12)), tmp_path / "in.parquet")
-    done = lqs_score(tmp_path / "in.parquet", "--scorer", scorer, "--out", tmp_path / "p", "--extra-fields", "n_tokens")
-    assert done.returncode == 0, done.stderr
+    code, log = lqs_score(caplog, tmp_path / "in.parquet", "--scorer", scorer, "--out", tmp_path / "p",
+                          "--extra-fields", "n_tokens")
+    assert code == 0, log
     table = pq.read_table(tmp_path / "p")  # Parquet input: Parquet output by default
     assert table.schema.names == ["id", "text", "source", "extra", "score", "n_tokens"]
     assert not (tmp_path / "p.rejects.jsonl").exists()  # nothing rejected: no rejects file
 
 
-def test_lqs_score_names_a_missing_scorer(tmp_path):
+def test_lqs_score_names_a_missing_scorer(tmp_path, caplog):
     write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}])
-    failed = lqs_score(tmp_path / "in.jsonl", "--scorer", tmp_path / "nope" / "x" / "y", "--out", tmp_path / "o.jsonl")
-    assert failed.returncode == 1 and "neither a scorer checkpoint directory nor a hub repo id" in failed.stderr
+    code, log = lqs_score(caplog, tmp_path / "in.jsonl", "--scorer", tmp_path / "nope" / "x" / "y",
+                          "--out", tmp_path / "o.jsonl")
+    assert code == 1 and "neither a scorer checkpoint directory nor a hub repo id" in log
     shutil.rmtree(tmp_path / "nope", ignore_errors=True)
 
 
-def test_lqs_score_streams_stdin_to_stdout(completed_workflow, tmp_path):
-    scorer = completed_workflow / "results" / "scorer"
+def test_lqs_score_streams_stdin_to_stdout(scorer_dir, tmp_path, caplog):
+    scorer = scorer_dir
     src = write_jsonl(tmp_path / "in.jsonl", tiny_corpus(20))
-    assert lqs_score(src, "--scorer", scorer, "--out", tmp_path / "file.jsonl").returncode == 0
-    for format, decode in (("jsonl", lambda b: b), ("jsonl.gz", gzip.decompress)):
+    assert lqs_score(caplog, src, "--scorer", scorer, "--out", tmp_path / "file.jsonl")[0] == 0
+    for format, decode in (("jsonl", lambda b: b), ("jsonl.gz", gzip.decompress)):  # a real pipe: a process
         piped = subprocess.run([sys.executable, "-m", "lqs", "score", "-", "--scorer", str(scorer), "--out", "-",
                                 "--format", format, "--no-progress"], input=src.read_bytes(), capture_output=True)
         assert piped.returncode == 0, piped.stderr
         assert decode(piped.stdout) == (tmp_path / "file.jsonl").read_bytes()  # logs went to stderr
-    refused = lqs_score("-", src, "--scorer", scorer, "--out", tmp_path / "o.jsonl")
-    assert refused.returncode == 1 and "standard input (-) is read alone" in refused.stderr
-    refused = lqs_score(src, "--scorer", scorer, "--out", "-", "--format", "parquet")
-    assert refused.returncode == 1 and "cannot be streamed to standard output" in refused.stderr
+    code, log = lqs_score(caplog, "-", src, "--scorer", scorer, "--out", tmp_path / "o.jsonl")
+    assert code == 1 and "standard input (-) is read alone" in log
+    code, log = lqs_score(caplog, src, "--scorer", scorer, "--out", "-", "--format", "parquet")
+    assert code == 1 and "cannot be streamed to standard output" in log
