@@ -10,6 +10,8 @@ per_shard: the score jobs wrote the parts; this job only counts, and never reads
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,12 +19,14 @@ from pathlib import Path
 from lqs import corpus, output, sources
 from lqs.io import atomic_open, benchmark_seconds, parquet_batches, read_json, write_json
 
+log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ["doc_id", "score", "truncated", "n_tokens", "n_windows"]
+SCORE_COLUMNS = ["doc_id", "score", "truncated", "n_tokens", "n_windows", "fingerprint"]
 
 
 def _scores(path: str) -> Iterator[tuple]:
-    """(doc_id, score, truncated, n_tokens, n_windows) of each document of a score shard."""
+    """(doc_id, score, truncated, n_tokens, n_windows, fingerprint) of each document of a score shard."""
+    corpus.require_fingerprints(path)
     for batch in parquet_batches(path, columns=SCORE_COLUMNS):
         yield from zip(*(batch.column(c).to_pylist() for c in SCORE_COLUMNS))
 
@@ -43,26 +47,30 @@ def _merged_by_source(stats_paths: Sequence[str]) -> dict[str, float]:
 
 
 def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, num_shards, text_field, max_chars,
-                  score_field, extra_fields) -> tuple[int, int, int, set[str]]:
+                  score_field, extra_fields, input_schema=None) -> tuple[int, int, int, set[str]]:
     """Streams the corpus once, in input order, joining each document's values from its shard's
     (doc-id ordered) score file, into one output file. (read, scored, truncated, files with records)"""
     shard_scores = [_scores(p) for p in score_paths]
     read = scored = truncated = 0
     with_records = set()
-    input_schema = output.parquet_input_schema(corpus_paths) if output_format == "parquet" else None
     names = ["score", *extra_fields]  # the score files' columns, written as score_field and extra_fields
     with output.ScoredWriter(out, output_format, [score_field, *extra_fields], input_schema) as writer:
         chunk, columns = [], {name: [] for name in names}
         for record in corpus.iter_records(corpus_paths, text_field, max_chars, num_shards=num_shards):
+            if record.doc_id is None:  # an unreadable file, no documents: tokenize_shard listed it in the rejects
+                continue
             read += 1
             with_records.add(record.path)
             if record.doc_id in rejected:
                 continue
             shard = corpus.shard_of(record.doc_id, num_shards)
-            doc_id, score, was_truncated, n_tokens, n_windows = next(shard_scores[shard], (None,) * 5)
+            doc_id, score, was_truncated, n_tokens, n_windows, fingerprint = next(shard_scores[shard], (None,) * 6)
             if doc_id != record.doc_id:
                 raise RuntimeError(f"{record.where}: document {record.doc_id} is neither scored nor "
                                    f"rejected (shard {shard} has {doc_id} next); rerun its shard")
+            if record.error is not None or record.fingerprint != fingerprint:
+                raise RuntimeError(f"{record.where}: the corpus changed since it was scored (this record differs "
+                                   f"from the one scored in {score_paths[shard]}); {corpus.RETOKENIZE}")
             values = dict(score=score, truncated=bool(was_truncated), n_tokens=n_tokens, n_windows=n_windows)
             chunk.append(record)
             for name in names:
@@ -78,14 +86,44 @@ def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, nu
     return read, scored, truncated, with_records
 
 
-def remove_stale_parts(out_dir: str, part_paths: Sequence[str]) -> list[str]:
-    """Removes the part files of an earlier run with more shards (or another format) from the
-    per_shard output directory: a reader of the directory would take them for this run's."""
-    keep = {Path(p).resolve() for p in part_paths}
-    stale = sorted(str(p) for p in Path(out_dir).glob("part-*") if p.resolve() not in keep and p.is_file())
-    for path in stale:
-        Path(path).unlink()
-    return stale
+PARTS_MANIFEST = "output_parts.json"  # beside summary.json: the per_shard parts each run wrote
+
+
+def _file_state(path: str | Path) -> dict[str, int]:
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def remove_stale_parts(out_dir: str, part_paths: Sequence[str], manifest: str | Path) -> list[str]:
+    """Removes from the per_shard output directory the parts an earlier run wrote that this run
+    did not (it had more shards, or another format): a reader of the directory would take them
+    for this run's. Only what `manifest` lists as written by the workflow, unchanged since (size
+    and mtime), is removed; anything else is left and logged. Then records this run's parts."""
+    directory = os.path.normpath(out_dir)  # as configured: a moved workflow directory keeps its manifest
+    try:
+        written = read_json(manifest) if Path(manifest).exists() else {}
+    except ValueError:  # damaged: it vouches for nothing, so nothing is removed
+        log.warning("%s is not readable JSON; no earlier part is removed, and it is written anew", manifest)
+        written = {}
+    current = {Path(p).name for p in part_paths}
+    removed = []
+    for name, state in sorted(written.get(directory, {}).items()):
+        path = Path(out_dir) / name
+        if name in current or Path(name).name != name or not path.is_file():  # only files directly in out_dir
+            continue
+        if _file_state(path) == state:
+            path.unlink()
+            removed.append(str(path))
+        else:
+            log.warning("%s: left in place: an earlier run wrote this part, but it has changed since", path)
+    others = sorted(name for name in os.listdir(out_dir) if name not in current
+                    and str(Path(out_dir) / name) not in removed and not sources.is_hidden(name))
+    if others:
+        log.warning("%s holds files this run did not write, left in place (a reader of the directory may take them"
+                    " for parts): %s", out_dir, ", ".join(others[:5]) + (", ..." if len(others) > 5 else ""))
+    written[directory] = {Path(p).name: _file_state(p) for p in part_paths}
+    write_json(manifest, written)
+    return removed
 
 
 def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], reject_paths: Sequence[str],
@@ -94,24 +132,37 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
                   output_format: str = "jsonl", layout: str = "single", extra_fields: Sequence[str] = (),
                   part_paths: Sequence[str] = (), benchmarks_dir: str | None = None,
                   scorer_metrics: str | None = None, annotation_info: str | None = None,
-                  proxy_model: str | None = None) -> dict:
+                  proxy_model: str | None = None, output_schema: str | None = None) -> dict:
     """layout single: the corpus and the scores into one output file `out`. layout per_shard: the
     score jobs wrote `part_paths` (in the directory `out`) themselves; only the counts are gathered
-    here, from the score shards and rejects, and the corpus is not read again."""
-    rejected = {}
+    here, from the score shards and rejects, and the corpus is not read again. `output_schema`:
+    the output_schema stage's file, for a Parquet output (without it, as outside the workflow,
+    the schema is settled here, by the same function, from the corpus)."""
+    # rejects lines: of records by doc id; of unreadable files (doc_id null) by file, as every
+    # shard that opened one lists it
+    rejected, rejected_files = {}, {}
     for path in reject_paths:
         with open(path, encoding="utf-8") as f:
             for line in f:
                 entry = json.loads(line)
-                rejected[entry["doc_id"]] = line
+                if entry["doc_id"] is None:
+                    rejected_files[entry["file"]] = line
+                else:
+                    rejected[entry["doc_id"]] = line
+    order = {p: i for i, p in enumerate(map(sources.source_name, corpus_paths))}
     summary: dict = {}
     if layout == "single":
+        input_schema = None
+        if output_format == "parquet":
+            input_schema = output.read_schema(output_schema) if output_schema else output.corpus_schema(
+                corpus_paths, text_field, max_chars, corpus.output_fields(score_field, extra_fields))
         read, scored, truncated, with_records = _write_single(
             corpus_paths, score_paths, rejected, out, output_format=output_format, num_shards=num_shards,
-            text_field=text_field, max_chars=max_chars, score_field=score_field, extra_fields=extra_fields)
+            text_field=text_field, max_chars=max_chars, score_field=score_field, extra_fields=extra_fields,
+            input_schema=input_schema)
         if scored + len(rejected) != read:
             raise RuntimeError(f"read {read} documents but scored {scored} and rejected {len(rejected)}")
-        summary["empty_files"] = [p for p in map(sources.source_name, corpus_paths) if p not in with_records]
+        summary["empty_files"] = [p for p in order if p not in with_records and p not in rejected_files]
     elif layout == "per_shard":
         missing = [p for p in part_paths if not Path(p).is_file()]
         if missing:
@@ -120,13 +171,16 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
         scored, truncated = (sum(s[k] for s in shard_stats) for k in ("scored", "truncated"))
         read = scored + len(rejected)
         summary["parts"] = [str(p) for p in part_paths]
-        summary["removed_stale_parts"] = remove_stale_parts(out, part_paths)
+        summary["removed_stale_parts"] = remove_stale_parts(out, part_paths, Path(summary_out).parent / PARTS_MANIFEST)
     else:
         raise ValueError(f"output.layout must be single or per_shard, not {layout!r}")
-    with atomic_open(rejects_out) as f:
+    files = sorted(rejected_files, key=lambda p: order.get(p, len(order)))
+    with atomic_open(rejects_out) as f:  # the unreadable files first, in corpus order, then the records
+        f.writelines(rejected_files[p] for p in files)
         f.writelines(rejected[k] for k in sorted(rejected))
 
     summary |= {
+        "rejected_files": files,
         "documents_read": read, "documents_scored": scored, "documents_rejected": len(rejected),
         "documents_truncated": truncated, "output": str(out), "format": output_format, "layout": layout,
         "rejects": str(rejects_out), "stage_seconds": stage_seconds(benchmarks_dir), "proxy_model": proxy_model,

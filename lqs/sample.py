@@ -1,4 +1,5 @@
-"""Stage `sample_proxy`: a seeded random subset of corpus windows, the proxy set (DESIGN.md §2).
+"""Stage `sample_proxy`: a seeded random subset of corpus windows, the proxy set
+(docs/stages.md#sample_proxy).
 
 Also the seeded window draw that the trajectory uses for its training batches.
 """
@@ -47,7 +48,7 @@ def draw_windows(shard_paths: Sequence[str], n: int, seed: int, *, allow_repeats
         if len(picked) == 0:
             continue
         rows = eligible[s][chosen[picked] - offsets[s]]
-        table = read_parquet(path).take(pa.array(rows))
+        table = read_parquet(path, ["doc_id", "window", "input_ids"]).take(pa.array(rows))
         for position, row in zip(picked, table.to_pylist()):
             parts[position] = row
     return pa.Table.from_pylist(parts, schema=pa.schema([

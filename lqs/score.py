@@ -1,4 +1,4 @@
-"""Stage `score_shard`: score every accepted document of one corpus shard (DESIGN.md §5), and
+"""Stage `score_shard`: score every accepted document of one corpus shard (docs/stages.md#score_shard), and
 `lqs score`: score files with a scorer checkpoint, no workflow needed.
 
 Both stream records in chunks through the batched scorer (`scored_chunks`), so memory does not
@@ -35,37 +35,45 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# One row per scored document; n_tokens and n_windows count what the score was computed on.
+# One row per scored document; n_tokens and n_windows count what the score was computed on, and
+# fingerprint is the record's (corpus.Record.fingerprint), which gather_scores checks.
 SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_()),
-                           ("n_tokens", pa.int64()), ("n_windows", pa.int64())])
+                           ("n_tokens", pa.int64()), ("n_windows", pa.int64()), ("fingerprint", pa.int64())])
 
 
-def accepted_doc_ids(tokenized_shard: str, batch_rows: int = 65536) -> Iterator[np.ndarray]:
-    """The ids of the documents tokenization accepted, ascending, a batch at a time: the shard
-    has one row per window, in input order, so memory stays that of one batch."""
+def accepted_documents(tokenized_shard: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, fingerprints) of the documents tokenization accepted, ascending, a batch at a time:
+    the shard has one row per window, in input order, so memory stays that of one batch."""
+    corpus.require_fingerprints(tokenized_shard)
     last = -1
-    for batch in parquet_batches(tokenized_shard, ["doc_id"], batch_rows):
+    for batch in parquet_batches(tokenized_shard, ["doc_id", "fingerprint"], batch_rows):
         ids = batch.column(0).to_numpy()
         if len(ids) == 0:
             continue
         if ids[0] < last or (np.diff(ids) < 0).any():
             raise RuntimeError(f"{tokenized_shard}: document ids are not in input order")
-        new = ids[np.concatenate(([ids[0] != last], ids[1:] != ids[:-1]))]
+        first = np.concatenate(([ids[0] != last], ids[1:] != ids[:-1]))
         last = int(ids[-1])
-        yield new
+        yield ids[first], batch.column(1).to_numpy()[first]
 
 
-def accepted_records(records: Iterator[corpus.Record], accepted: Iterator[int]) -> Iterator[corpus.Record]:
+def accepted_records(records: Iterator[corpus.Record], tokenized_shard: str) -> Iterator[corpus.Record]:
     """The records tokenization accepted. Both streams come in input order: a merge, never a
-    lookup table. Stops at an accepted document that is gone or is now a bad record."""
-    next_accepted = next(accepted, None)
+    lookup table. Stops at an accepted document that is gone or is now a bad record; one whose
+    fingerprint differs from the tokenized shard's is an error (the corpus was edited since)."""
+    accepted = ((int(i), int(f)) for ids, fingerprints in accepted_documents(tokenized_shard)
+                for i, f in zip(ids, fingerprints))
+    next_id, fingerprint = next(accepted, (None, None))
     for record in records:
-        if next_accepted is None or record.doc_id < next_accepted:
-            continue  # a record tokenization rejected
-        if record.doc_id > next_accepted or record.error is not None:
+        if next_id is None or record.doc_id is None or record.doc_id < next_id:
+            continue  # a record (or an unreadable file: doc_id None) tokenization rejected
+        if record.doc_id > next_id or record.error is not None:
             return
+        if record.fingerprint != fingerprint:
+            raise RuntimeError(f"{record.where}: the corpus changed since it was tokenized (this record differs "
+                               f"from the one {tokenized_shard} was made from); {corpus.RETOKENIZE}")
         yield record
-        next_accepted = next(accepted, None)
+        next_id, fingerprint = next(accepted, (None, None))
 
 
 def chunked(items: Iterator[T], size: int) -> Iterator[list[T]]:
@@ -160,7 +168,8 @@ class Meter:
         model = max(seconds["model"], 1e-9)
         return (f"{what}: {self.documents} documents, {self.tokens} tokens in {wall:.3g} s (model loaded and "
                 f"output written): {self.tokens / wall:.0f} tokens/s end to end; read {seconds['read']:.3g} s, "
-                f"tokenize {seconds['tokenize']:.3g} s{where} (waited for {waited:.3g} s), model {seconds['model']:.3g} s "
+                f"tokenize {seconds['tokenize']:.3g} s{where} (waited for {waited:.3g} s), "
+                f"model {seconds['model']:.3g} s "
                 f"({self.tokens / model:.0f} tokens/s, {self.flops / model / 1e12:.3g} TFLOP/s), "
                 f"write {seconds['write']:.3g} s")
 
@@ -217,17 +226,19 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
                 dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
                 prefetch: bool | None = None, tokenizer_workers: int | None = None,
                 stats_out: str | None = None, part_out: str | None = None, output_format: str = "jsonl",
-                score_field: str = "score", extra_fields: Sequence[str] = ()) -> dict[str, int]:
+                score_field: str = "score", extra_fields: Sequence[str] = (),
+                output_schema: str | None = None) -> dict[str, int]:
     """Writes the shard's scores to `out` (SCORES_SCHEMA), its counts and per-source score sums to
     `stats_out` (JSON), and with `part_out` (output.layout per_shard) its scored records, in input
-    order, in `output_format`."""
+    order, in `output_format`; a Parquet part with the whole corpus's schema, the output_schema
+    stage's file `output_schema`, so that every part has the same one."""
     start = time.perf_counter()
     meter = Meter()
     with meter.split("read"):
-        num_accepted = sum(len(ids) for ids in accepted_doc_ids(tokenized_shard))
-        input_schema = output.parquet_input_schema(corpus_paths) if part_out and output_format == "parquet" else None
+        num_accepted = sum(len(ids) for ids, _ in accepted_documents(tokenized_shard))
+        input_schema = output.read_schema(output_schema) if part_out and output_schema else None
     records = accepted_records(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards),
-                               (int(i) for ids in accepted_doc_ids(tokenized_shard) for i in ids))
+                               tokenized_shard)
     bar = tqdm(total=num_accepted, desc=f"score shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     with contextlib.ExitStack() as stack:
@@ -241,7 +252,8 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
             with meter.split("write"):
                 writer.write_table(pa.table({"doc_id": [r.doc_id for r in chunk], "score": result.scores,
                                              "truncated": result.truncated, "n_tokens": result.n_tokens,
-                                             "n_windows": result.n_windows}, schema=SCORES_SCHEMA))
+                                             "n_windows": result.n_windows,
+                                             "fingerprint": [r.fingerprint for r in chunk]}, schema=SCORES_SCHEMA))
                 if part is not None:
                     part.write(chunk, result.columns(score_field, extra_fields))
             bar.update(len(chunk))
@@ -267,9 +279,11 @@ def checked_records(records: Iterator[corpus.Record], on_bad_record: str, reject
 
 
 class _Rejects:
-    """The rejects file of `lqs score`, created (atomically) only if a record is rejected."""
+    """The rejects file of `lqs score`, created (atomically) only if a record is rejected; one
+    that an earlier run wrote (replaced only under --overwrite: check_outputs) is removed when
+    this run ends well with none, so that it never lies beside an output it does not belong to."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str | None):
         self.path, self.rejected, self._stack, self._file = path, 0, contextlib.ExitStack(), None
 
     def write(self, line: str) -> None:
@@ -280,8 +294,10 @@ class _Rejects:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._stack.__exit__(*exc)
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None and self._file is None and self.path:
+            Path(self.path).unlink(missing_ok=True)
+        self._stack.__exit__(kind, value, traceback)
 
 
 def format_of(out: str, format: str | None, inputs: Sequence[str]) -> str:
@@ -306,17 +322,55 @@ def resolve_scorer(scorer: str, revision: str | None = None) -> str:
     return models.resolve_source({"repo": scorer, "revision": revision}, ignore_patterns=models.FOREIGN_WEIGHTS)
 
 
+def check_outputs(inputs: Sequence[str], scorer: str, outputs: dict[str, str], overwrite: bool) -> None:
+    """Refuses, before anything is scored, outputs ({flag: path}) that would land on an input (or
+    inside a directory or glob of inputs, or the --scorer directory) or on each other, an output
+    that is a directory or in a missing or unwritable one, and an existing one without
+    `overwrite`. A read-only output is never replaced: it was made read-only for a reason."""
+    from lqs.paths import path_conflicts
+
+    given = {"INPUT": [i for i in inputs if i != "-"]} | ({"--scorer": [scorer]} if Path(scorer).is_dir() else {})
+    conflicts = path_conflicts(given, outputs)
+    if conflicts:
+        raise ValueError("; ".join(conflicts))
+    for flag, path in outputs.items():
+        target, where = Path(path), Path(path).parent
+        if target.is_dir():
+            raise ValueError(f"{flag} {path} is a directory: give the path of the file to write")
+        if not where.is_dir():
+            raise ValueError(f"{flag} {path}: its directory {where} does not exist")
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: its directory {where} is not writable")
+        if not (target.exists() or target.is_symlink()):
+            continue
+        if not overwrite:
+            raise ValueError(f"{flag} {path} exists: pass --overwrite to replace it")
+        if not os.access(target, os.W_OK) or not target.stat().st_mode & 0o222:
+            raise ValueError(f"{flag} {path} is read-only: not replaced, even with --overwrite; make it "
+                             f"writable (chmod u+w {path}) to replace it")
+
+
+# `lqs score` names its settings by its flags in messages (corpus.setting)
+SCORE_FLAGS = {"on_bad_record": "--on-bad-record", "max_chars": "--max-chars", "format": "--format",
+               "score_field": "--score-field", "extra_fields": "--extra-fields"}
+
+
+@corpus.settings_named(SCORE_FLAGS)
 def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str = "text", score_field: str = "score",
-                format: str | None = None,
+                format: str | None = None, overwrite: bool = False,
                 on_bad_record: str = "error", rejects: str | None = None, extra_fields: Sequence[str] = (),
-                max_chars: int = corpus.MAX_CHARS, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+                max_chars: int = corpus.MAX_CHARS, revision: str | None = None, device: str = "auto",
+                dtype: str = "auto",
                 max_tokens: int | None = None, max_windows_per_doc: int | None = None, chunk_docs: int = 4096,
                 tokenizer_workers: int | None = None, trust_remote_code: bool = False, progress: bool = True
                 ) -> dict[str, Any]:
     """`lqs score`: every record of `inputs` (files, globs, directories, URLs, as corpus.path takes
     them, or "-": JSONL on standard input) scored into `out` (or "-": standard output, JSONL), in
     input order, by the batched path of score_shard. Bad records stop the run (error) or go to
-    `rejects` (skip; default: <out>.rejects.jsonl, written only if any)."""
+    `rejects` (skip; default: <out>.rejects.jsonl, written only if any). Outputs are checked
+    before any scoring (check_outputs); an existing one is replaced only with `overwrite`, and
+    an earlier rejects file is replaced or removed with the output. Nothing scored (every
+    record rejected) is a RuntimeError, raised once the output and rejects are written."""
     from lqs.config import corpus_files
 
     start = time.perf_counter()
@@ -331,9 +385,17 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
     unknown = [f for f in extra_fields if f not in output.EXTRA_FIELDS]
     if unknown:
         raise ValueError(f"unknown extra field {unknown[0]!r}: choose from {', '.join(output.EXTRA_FIELDS)}")
-    rejects = rejects or f"{out}.rejects.jsonl"
+    rejects = rejects or (None if out == "-" else f"{out}.rejects.jsonl")
+    check_outputs(inputs, scorer, {flag: path for flag, path in (("--out", out), ("--rejects", rejects))
+                                   if path not in (None, "-")}, overwrite)
     meter = Meter()
-    input_schema = output.parquet_input_schema(files) if format == "parquet" else None
+    output_fields = corpus.output_fields(score_field, extra_fields)  # a record holding one is a bad record
+    input_schema = None
+    if format == "parquet":  # one schema, settled by a first pass over the input: a file can be read twice
+        if files == ["-"]:
+            raise ValueError("a Parquet output's schema is settled in a first pass over the input, and standard input "
+                             "(-) cannot be read twice: give the input as a file, or --format jsonl or jsonl.gz")
+        input_schema = output.corpus_schema(files, text_field, max_chars, output_fields)
     bar = tqdm(desc="score", unit="doc", mininterval=2, disable=not progress)
     rate = TokenRate(bar)
     with contextlib.ExitStack() as stack:
@@ -341,7 +403,8 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
             resolve_scorer(scorer, revision), device, dtype, trust_remote_code, None, tokenizer_workers))
         rejected = stack.enter_context(_Rejects(rejects))
         writer = stack.enter_context(ScoredWriter(out, format, [score_field, *extra_fields], input_schema))
-        records = checked_records(corpus.iter_records(files, text_field, max_chars), on_bad_record, rejected)
+        records = corpus.iter_records(files, text_field, max_chars, output_fields=output_fields)
+        records = checked_records(output.fitting(records, input_schema), on_bad_record, rejected)
         for chunk, result in scored_chunks(scorer_, pool, workers, records, meter, chunk_docs=chunk_docs,
                                            max_tokens=max_tokens, max_windows_per_doc=max_windows_per_doc):
             with meter.split("write"):
@@ -350,6 +413,9 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
             rate.add(meter.tokens - rate.tokens)
     bar.close()
     log.info(meter.report(f"scored {out}", time.perf_counter() - start, workers if pool is not None else None))
+    if meter.documents == 0:
+        raise RuntimeError(f"nothing was scored: all {rejected.rejected} records were rejected (the reasons are "
+                           f"in {rejects}); the output {out} has no records")
     summary = {"documents_read": meter.documents + rejected.rejected, "documents_scored": meter.documents,
                "documents_rejected": rejected.rejected, "documents_truncated": meter.truncated,
                "tokens": meter.tokens, "output": out, "format": format,
