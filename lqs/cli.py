@@ -42,9 +42,12 @@ STAGES = {
     "pretrain-proxy": ("lqs.pretrain", "pretrain_proxy",
                        [("tokenizer_dir", None), ("shard_paths", "+"), ("--out-dir", None)],
                        "initialise the proxy LM from an architecture and pretrain it briefly"),
+    "output-schema": ("lqs.output_schema", "output_schema", [("corpus_paths", "+"), ("--out", None)],
+                      "settle the one schema of a Parquet output before any record is written"),
     "tokenize-shard": ("lqs.tokenize", "tokenize_shard",
                        [("corpus_paths", "+"), ("--tokenizer-dir", None), ("--shard", int),
-                        ("--out", None), ("--rejects", None)], "tokenize one corpus shard into windows"),
+                        ("--out", None), ("--rejects", None), ("--output-schema", None)],
+                       "tokenize one corpus shard into windows"),
     "prepare-target": ("lqs.target", "prepare_target",
                        [("source", None), ("--tokenizer-dir", None), ("--out", None), ("--eval-out", None)],
                        "tokenize the target set"),
@@ -64,12 +67,12 @@ STAGES = {
                      "train the data scorer on the labels"),
     "score-shard": ("lqs.score", "score_shard",
                     [("corpus_paths", "+"), ("--tokenized-shard", None), ("--scorer-dir", None), ("--out", None),
-                     ("--stats-out", None), ("--part-out", None)],
+                     ("--stats-out", None), ("--part-out", None), ("--output-schema", None)],
                     "score the documents of one corpus shard"),
     "gather": ("lqs.gather", "gather_scores",
                [("corpus_paths", "*"), ("--score-paths", "+"), ("--reject-paths", "+"), ("--stats-paths", "*"),
                 ("--part-paths", "*"), ("--out", None), ("--rejects-out", None), ("--summary-out", None),
-                ("--benchmarks-dir", None),
+                ("--benchmarks-dir", None), ("--output-schema", None),
                 ("--scorer-metrics", None), ("--annotation-info", None), ("--proxy-model", None)],
                "join the scores with the input into the scored output (or count a per_shard output's parts)"),
     "select-order": ("lqs.select", "select_order",
@@ -117,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1, else one line naming the flag (argparse adds it)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return number
+
+
 def add_score_command(sub) -> None:
     """`lqs score`: for users with a scorer checkpoint and no workflow; ordinary flags, no --settings."""
     from lqs.corpus import MAX_CHARS
@@ -131,6 +145,10 @@ def add_score_command(sub) -> None:
     p.add_argument("--scorer", required=True, help="a scorer checkpoint directory (results/scorer) or a hub repo id")
     p.add_argument("--revision", help="pinned branch, tag or commit of a hub scorer")
     p.add_argument("--out", required=True, help="the scored output file; - for standard output (JSONL, or jsonl.gz)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (and its rejects file). Without it an existing output is an "
+                   "error: an earlier run's results are never replaced by a repeated command or a typo. A "
+                   "read-only output is never replaced, and no output may be an input")
     p.add_argument("--format", choices=list(FORMATS),
                    help="default: by the --out extension, else parquet for Parquet input and jsonl otherwise")
     p.add_argument("--text-field", default="text")
@@ -140,13 +158,13 @@ def add_score_command(sub) -> None:
     p.add_argument("--on-bad-record", choices=["error", "skip"], default="error",
                    help="error: stop naming file and line; skip: write the record and reason to --rejects")
     p.add_argument("--rejects", help="rejects file for --on-bad-record skip (default: <out>.rejects.jsonl)")
-    p.add_argument("--max-chars", type=int, default=MAX_CHARS, help="longer documents are bad records")
+    p.add_argument("--max-chars", type=positive_int, default=MAX_CHARS, help="longer documents are bad records")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 on a GPU, fp32 on a CPU")
-    p.add_argument("--max-tokens", type=int, help="tokens per batch (default: by GPU memory; 4096 on a CPU)")
-    p.add_argument("--max-windows-per-doc", type=int, help="score only a document's first N windows")
-    p.add_argument("--tokenizer-workers", type=int, help="GPU: processes tokenizing ahead of the model")
+    p.add_argument("--max-tokens", type=positive_int, help="tokens per batch (default: by GPU memory; 4096 on a CPU)")
+    p.add_argument("--max-windows-per-doc", type=positive_int, help="score only a document's first N windows")
+    p.add_argument("--tokenizer-workers", type=positive_int, help="GPU: processes tokenizing ahead of the model")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -159,6 +177,7 @@ DISTRIBUTED = {"train-scorer", "grad-stats", "efficacy-train"}
 # returns, or None where it returns that one count}. The first unit is the stage's throughput.
 # A stage not listed (fetches, tokenizer training, plots) reports its seconds only.
 COUNTERS: dict[str, dict[str, str | None]] = {
+    "output-schema": {"columns": "columns"},
     "tokenize-shard": {"documents": "documents", "tokens": "tokens", "windows": "windows"},
     "prepare-target": {"samples": None},
     "sample-proxy": {"samples": None},
@@ -184,7 +203,8 @@ PRELOAD = {
                      "score-shard", "score", "efficacy-train"], (_TOKENIZERS, _MODELS)),
 }
 _OPTIONAL = {"--stats-out", "--part-out", "--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics",
-             "--annotation-info", "--proxy-model", "--info-out", "--eval-out", "--proxy-dir", "--logs-dir"}
+             "--annotation-info", "--proxy-model", "--info-out", "--eval-out", "--proxy-dir", "--logs-dir",
+             "--output-schema"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Stage `train_scorer`: fit the data scorer to the normalised labels (DESIGN.md §5).
+"""Stage `train_scorer`: fit the data scorer to the normalised labels (docs/maths.md#the-data-scorer).
 
 MSE on the labels, AdamW, cosine schedule with warmup, gradient clipping; validation Spearman
 after every epoch, and the best epoch's weights are the checkpoint.
