@@ -51,7 +51,8 @@ PRESETS = {
 }
 PAPER_WORK = 163_840 * 10  # proxy samples × annotated steps
 PAPER_TRAJECTORY = dict(steps=100, batch_size=16, target_tokens=551_000)  # LIMA: ≈ 551k tokens
-PEAK_TFLOPS = {"bf16": 989.0, "bf16w": 989.0, "tf32": 495.0, "fp32": 495.0}  # H100/H200 SXM dense; fp32 as the issue counts it
+# H100/H200 SXM dense; fp32 as the issue counts it
+PEAK_TFLOPS = {"bf16": 989.0, "bf16w": 989.0, "tf32": 495.0, "fp32": 495.0}
 
 
 def build(preset: dict, device: torch.device):
@@ -140,8 +141,9 @@ def measure(model, samples, lam, device, method: str, precision: str, micro_batc
 
 
 def agreement(run: dict, ref: dict, lam_norm: float) -> dict:
-    one_step = lambda r: raw_scores(r["norms"][:, None], r["dots"][:, None], np.full((len(r["norms"]), 1), lam_norm),
-                                    1.0, "lqs")
+    def one_step(r):
+        return raw_scores(r["norms"][:, None], r["dots"][:, None], np.full((len(r["norms"]), 1), lam_norm), 1.0, "lqs")
+
     return {"spearman_grad_norm": spearman(run["norms"], ref["norms"]),
             "spearman_dot": spearman(run["dots"], ref["dots"]),
             "spearman_lqs_one_step": spearman(one_step(run), one_step(ref)),
@@ -151,7 +153,8 @@ def agreement(run: dict, ref: dict, lam_norm: float) -> dict:
 
 def profile(model, samples, lam, device, precision: str, micro_batch: int, rows: int = 15) -> None:
     """The top kernels (GPU) or operators (CPU) of the fast path over two micro-batches."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     batch = samples[:2 * micro_batch]
     stats(model, batch[:micro_batch], lam, device, "fast", precision, micro_batch)  # warm-up

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of issues 14 and 15 in one go, each part under its own time limit, so
 # that one failing part does not cost the others. Outputs (logs and JSON) go to $OUT (default
-# ./gpu-out). Web documents: $WEB (default .bench/web.jsonl, a copy of ../shared/data/web.jsonl).
+# ./gpu-out). Web documents: $WEB (default .bench/web.jsonl: JSONL with a text field).
 #
 #   OUT=gpu-out bash benchmarks/gpu.sh          # about 5 minutes on one H100/H200
 #   SMOKE=1 bash benchmarks/gpu.sh              # the same steps at tiny sizes, on a CPU

@@ -3,10 +3,11 @@
 The reference scores one document at a time, each padded to max_length (and truncated to
 it), with the backbone as transformers ships it (eager attention for XGLM, padding mask); it is
 also run on our kernels (SDPA, causal without a mask) to separate batching from kernels. All
-use the same checkpoint and documents — the web text in ../shared/data when present, else a
+use the same checkpoint and documents — the web text of --web (JSONL) when present, else a
 generated mix of lengths — in one session; prints documents/s, tokens/s and the ratios (not a
 test). The batched path runs capped at one window per document (the reference's work) in fp32
-and in bf16 (the backbone's weights in bf16), and then on every window of long documents, split into tokenizing and the model alone (per batch budget, with MFU); on a GPU it
+and in bf16 (the backbone's weights in bf16), and then on every window of long documents, split
+into tokenizing and the model alone (per batch budget, with MFU); on a GPU it
 counts the host syncs of score_windows. --score-shard-docs then runs tokenize_shard and
 score_shard, as the workflow does, on that many documents cut from the web texts, and prints
 score_shard's log line: its split (read / tokenize / model / write) and tokens/s end to end.
@@ -36,7 +37,7 @@ from lqs.scorer import Scorer, ScorerModel, compute_dtype, load, save_scorer
 from lqs.tokenize import tokenize_windows
 from lqs.train_scorer import spearman
 
-WEB = Path(__file__).resolve().parents[2] / "shared" / "data" / "web.jsonl"
+WEB = Path(".bench/web.jsonl")  # web documents, JSONL with a text field (benchmarks/gpu.sh: $WEB)
 PRESETS = {
     "cpu-small": dict(d_model=256, ffn_dim=1024, num_layers=4, attention_heads=4, docs=300),
     # KoboldAI/fairseq-dense-125M: XGLM, 12 layers × 768, 12 heads, ffn 3072.
@@ -233,7 +234,7 @@ def run(args, texts, scorer, scorer_bf16, every, stock, cuda: bool) -> dict:
     flops = every.forward_flops(lengths)
     split = {"tokenize_s": tokenize_s, "tokenize_tokens_per_s": all_tokens / tokenize_s, "model": {}}
     for budget in [None, *args.compare_max_tokens]:
-        _, model_s = timed(lambda: every.score_windows(scored_windows, len(texts), budget))
+        _, model_s = timed(lambda budget=budget: every.score_windows(scored_windows, len(texts), budget))
         key = str(budget or f"default {every.max_tokens}")
         split["model"][key] = {"s": model_s, "tokens_per_s": all_tokens / model_s,
                                "tflops": flops / model_s / 1e12, "mfu": flops / model_s / (args.peak_tflops * 1e12)}

@@ -1,7 +1,7 @@
 """tokenize_windows (the Rust tokenizer called directly, offsets read only for texts that are
 cut) against the same windows through transformers' tokenizer call, in one process.
 
-    python benchmarks/tokenize_windows.py --corpus ../shared/data/web.jsonl --tokenizer results/models/tokenizer
+    python benchmarks/tokenize_windows.py --corpus .bench/web.jsonl --tokenizer results/models/tokenizer
 
 Prints each path's time over --repeats alternating runs, the ratio of medians, and the split of
 the direct path (encode_batch, ids, offsets), after checking that both give the same windows.

@@ -1,5 +1,5 @@
 """Target `efficacy`: does training on the LQS selection beat conventional training, for the
-target? (DESIGN.md §10)
+target? (docs/stages.md#the-efficacy-experiment)
 
 Each arm trains a causal LM from scratch on exactly B tokens, one document per sample (its
 window 0: the document truncated to corpus.max_length), read in the arm's order:
@@ -220,6 +220,7 @@ def train_arm(shard_paths: Sequence[str], order: str, target_eval: str, corpus_e
     norm 1; dropout off. Under torchrun the ranks split each step's documents and DDP averages
     the gradients, scaled so that the step equals one process's."""
     import torch
+
     from lqs import distributed
     from lqs.proxy import collate, sample_losses
     from lqs.runtime import NonFiniteError

@@ -1,4 +1,5 @@
-"""Stage `grad_stats`: per-sample gradient statistics at one annotated step (DESIGN.md §4).
+"""Stage `grad_stats`: per-sample gradient statistics at one annotated step
+(docs/maths.md#per-sample-gradient-statistics).
 
 For each proxy sample x of one part of the proxy set, at step t:
     n_t(x) = ‖∇ℓ(x; θ_t)‖        d_t(x) = ⟨∇ℓ(x; θ_t), λ_{t+1}⟩

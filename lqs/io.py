@@ -19,7 +19,6 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -1,4 +1,4 @@
-"""Stage `lqs_labels`: per-sample scores γ from the gradient statistics (DESIGN.md §4).
+"""Stage `lqs_labels`: per-sample scores γ from the gradient statistics (docs/maths.md#labels-lqs-and-pds).
 
     pds: γ(x) = η Σ_{t∈S} d_t(x)
     lqs: γ(x) = η Σ_j ‖λ_{t_j+1}‖ · r_j(x) · cos(g_{t_j}(x), λ_{t_j+1}),  t_1 > t_2 > … (latest first)

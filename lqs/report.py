@@ -16,24 +16,24 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lqs.io import atomic_path, benchmark_seconds, parquet_batches, read_parquet  # noqa: E402
 from lqs.output import read_lines  # noqa: E402
 from lqs.runtime import STATS_PREFIX  # noqa: E402
 
-# Rules in pipeline order (DESIGN.md §2); others follow, by name.
+# Rules in pipeline order (docs/stages.md); others follow, by name.
 STAGE_ORDER = ("demo_data", "train_tokenizer", "fetch_tokenizer", "fetch_proxy", "fetch_scorer_base", "fetch_scorer",
                "fetch_target", "pretrain_proxy", "tokenize_shard", "prepare_target", "sample_proxy", "trajectory",
                "grad_stats", "lqs_labels", "train_scorer", "score_shard", "gather_scores", "select_order",

@@ -1,4 +1,5 @@
-"""Stage `select_order`: scored.jsonl -> the training set, selected and in training order (DESIGN.md §9).
+"""Stage `select_order`: scored.jsonl -> the training set, selected and in training order
+(docs/maths.md#selection-and-ordering).
 
 Memory does not grow with the text: one pass over scored.jsonl keeps each line's byte offset,
 length and score (numpy arrays); the chosen lines are then copied byte for byte by offset.
@@ -216,7 +217,8 @@ def read_scored_records(paths: Sequence[str], field: str, format: str) -> Scored
         return ScoredRecords(list(paths), format, np.concatenate([s for s, _, _ in spans] + [np.zeros(0)]),
                              float(lengths.mean()) if len(lengths) else 1.0,
                              np.concatenate([a for _, a, _ in spans] + [np.zeros(0, np.int64)]), lengths,
-                             np.concatenate([np.full(len(s), i) for i, (s, _, _) in enumerate(spans)] + [np.zeros(0, int)]))
+                             np.concatenate([np.full(len(s), i) for i, (s, _, _) in enumerate(spans)]
+                                            + [np.zeros(0, int)]))
     if format == "jsonl.gz":
         scores, size = [], 0  # one decompression for the scores and the size
         for path in paths:

@@ -214,7 +214,7 @@ def _hub_files(url: str, pins: dict[str, str], inherited: Mapping[str, str]) -> 
     pin): one access check and one revision lookup per repo and revision, then a listing."""
     from huggingface_hub import HfApi, HfFileSystem, constants
 
-    from lqs.models import HubAccessError, check_access, hub_errors, repo_page
+    from lqs.hub import HubAccessError, check_access, hub_errors, repo_page
 
     repo, revision, path = parse_hub_url(url)
     if constants.HF_HUB_OFFLINE:

@@ -1,6 +1,6 @@
 """Stages `fetch_target` and `prepare_target`: the target set (LIMA by default) as
-proxy-tokenizer ids (DESIGN.md §3), split once into the annotation's part (J) and a held-out
-part for the efficacy experiment (DESIGN.md §10).
+proxy-tokenizer ids (docs/stages.md#prepare_target), split once into the annotation's part (J) and a held-out
+part for the efficacy experiment (docs/stages.md#the-efficacy-experiment).
 
 The target set is a local JSONL/JSON/Parquet file, a local directory of data files (read with
 `datasets`), or a Hugging Face data set repo: `fetch_target` checks access, downloads the repo's
@@ -100,7 +100,7 @@ def load_local_dataset(directory: str | Path, split: str, name: str | None = Non
 
 def load_hub_dataset(repo: str, split: str = "train", revision: str | None = None):
     """One split of a Hub data set repo, through the same access check and snapshot as the models."""
-    from lqs.models import hub_snapshot
+    from lqs.hub import hub_snapshot
 
     local = hub_snapshot(repo, revision=revision, repo_type="dataset", ignore_patterns=["*.py"])
     return load_local_dataset(local, split, f"{repo} [{split}]")

@@ -1,4 +1,5 @@
-"""Stage `trajectory`: SGD on the proxy LM and its costate λ, exactly as DESIGN.md §4.
+"""Stage `trajectory`: SGD on the proxy LM and its costate λ, exactly as
+docs/maths.md#the-trajectory-and-the-costate.
 
     θ_{t+1} = θ_t − η ∇L_t(θ_t)                                   t = 0 … T−1
     λ_T = ∇J(θ_T)
@@ -26,8 +27,18 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from lqs.io import atomic_path, read_parquet, write_table
-from lqs.proxy import (Params, collate, get_params, load_proxy, loss_and_grad, norm, sample_losses, set_params,
-                       set_tf32, twice_differentiable)
+from lqs.proxy import (
+    Params,
+    collate,
+    get_params,
+    load_proxy,
+    loss_and_grad,
+    norm,
+    sample_losses,
+    set_params,
+    set_tf32,
+    twice_differentiable,
+)
 from lqs.runtime import NonFiniteError, resolve_device
 from lqs.sample import draw_windows
 

@@ -1,5 +1,5 @@
-# Target `efficacy` (DESIGN.md §10), not part of `all`: small causal LMs trained from scratch on
-# equal token budgets, one job per arm and seed, then a table and a figure.
+# Target `efficacy` (docs/stages.md#the-efficacy-experiment), not part of `all`: small causal LMs
+# trained from scratch on equal token budgets, one job per arm and seed, then a table and a figure.
 EFFICACY = config["efficacy"]
 EFFICACY_ARMS = ["conventional", "lqs", "lqs_shuffled"]
 EVAL_SOURCE = EFFICACY["eval_source"]

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import GOOD, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the test's fixtures (completed_workflow runs the workflow): the runner refuses to
+    start Snakemake in a test not marked workflow, so that the fast tier never starts it."""
+    helpers.marked_workflow = item.get_closest_marker("workflow") is not None
 
 
 @pytest.fixture

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import collections
 import json
-import re
+import multiprocessing
+import os
 import random
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -72,6 +75,27 @@ def tiny_config(corpus_path: str | list[str], target_path: str) -> dict:
     }
 
 
+def tiny_scorer(root: Path) -> Path:
+    """A tiny scorer checkpoint as train_scorer writes it (an XGLM backbone and its tokenizer),
+    made in about a second: root/scorer."""
+    import torch
+    from transformers import AutoTokenizer, XGLMConfig, XGLMModel
+
+    from lqs.models import train_tokenizer
+    from lqs.scorer import ScorerModel, save_scorer
+
+    corpus = write_jsonl(root / "corpus.jsonl", tiny_corpus(60))
+    train_tokenizer([str(corpus)], str(root / "tokenizer"), text_field="text", vocab_size=300, max_chars=10**6)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    torch.manual_seed(5)
+    backbone = XGLMModel(XGLMConfig(vocab_size=len(tokenizer), d_model=32, ffn_dim=64, num_layers=1,
+                                    attention_heads=2, max_position_embeddings=64,
+                                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                    eos_token_id=tokenizer.eos_token_id))
+    save_scorer(ScorerModel(backbone).eval(), tokenizer, root / "scorer", {"max_length": 32})
+    return root / "scorer"
+
+
 def make_workflow(workdir: Path, config: dict) -> Path:
     """Copies the workflow into `workdir` with `config` as its config/config.yaml."""
     for name in ("Snakefile", "rules", "envs", "config", "report"):
@@ -81,12 +105,84 @@ def make_workflow(workdir: Path, config: dict) -> Path:
     return workdir
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
-                            cwd=workdir, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+# Every Snakemake the tests start goes through snakemake() below. It runs in a process forked from
+# a server that has imported Snakemake once (multiprocessing's forkserver): a dry run then costs
+# about a third of a fresh `python -m snakemake`. The server imports nothing that reads the
+# environment at import time; a run given its own environment still starts a fresh interpreter, as
+# the package's libraries read some variables at import (HF_HOME, a sitecustomize on PYTHONPATH).
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER.set_forkserver_preload(["snakemake.cli", "snakemake.report", "snakemake_executor_plugin_slurm",
+                                    "jsonschema", "smart_open"])
+# Set by conftest.py for the running test: the fast tier (-m "not workflow ...") never starts Snakemake.
+marked_workflow = True
+
+
+def _snakemake_main(workdir: str, argv: list[str], env: dict, fresh: bool, nice: int, stdout: str,
+                    stderr: str) -> None:
+    """The forked process: Snakemake as `python -m snakemake *argv` in `workdir` would run it."""
+    os.chdir(workdir)
+    os.setpriority(os.PRIO_PROCESS, 0, nice)  # a subprocess would inherit the caller's niceness
+    for fd, path in ((1, stdout), (2, stderr)):
+        with open(path, "wb") as f:
+            os.dup2(f.fileno(), fd)
+    if fresh:
+        os.execve(sys.executable, [sys.executable, "-m", "snakemake", *argv], env)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["snakemake", *argv]
+    from snakemake.cli import main
+
+    main(argv)
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, cores: int | None = 2, env: dict | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """`snakemake --cores 2 *args` in `workdir` (cores=None: no --cores, the profiles decide), in
+    this environment or in `env`. Fails the test if Snakemake fails (unless check=False) or runs
+    over `timeout` seconds (then it is terminated: SIGTERM, as Ctrl-C, cancels its SLURM jobs)."""
+    if not marked_workflow:
+        raise AssertionError("this test starts Snakemake: mark it @pytest.mark.workflow")
+    argv = [*(["--cores", str(cores)] if cores else []), *map(str, args)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        for path in (out, err):  # there to read even if the process fails before it writes them
+            Path(path).touch()
+        process = _FORKSERVER.Process(target=_snakemake_main, args=(
+            str(workdir), argv, dict(os.environ if env is None else env), env is not None,
+            os.getpriority(os.PRIO_PROCESS, 0), out, err))
+        process.start()
+        try:
+            process.join(timeout)
+            timed_out = process.exitcode is None
+        finally:
+            for stop in (process.terminate, process.kill):  # timed out, or the test was interrupted
+                if process.exitcode is None:
+                    stop()
+                    process.join(30)
+        stdout, stderr = (Path(path).read_text(errors="replace") for path in (out, err))
+        result = subprocess.CompletedProcess(["snakemake", *argv], process.exitcode, stdout, stderr)
+    if timed_out or (check and result.returncode != 0):
+        why = f"ran over {timeout} s" if timed_out else "failed"
+        raise AssertionError(f"snakemake {' '.join(argv)} {why}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def lqs_main(caplog, *argv) -> tuple[int, str]:
+    """`lqs ARGV` run in this process (cli.main; no interpreter to start): its exit status and its
+    log, which never holds a traceback (errors are one line)."""
+    import logging
+
+    from lqs import cli
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        try:
+            cli.main([str(arg) for arg in argv])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    assert not any(record.exc_info for record in caplog.records), caplog.text
+    return code, caplog.text
 
 
 # Rerun reasons that a config edit or a corpus edit must never produce on a copied workflow.

@@ -1,4 +1,4 @@
-"""The LQS annotation (DESIGN.md §4) against independent brute-force computations.
+"""The LQS annotation (docs/maths.md) against independent brute-force computations.
 
 * trajectory.solve: θ_t against a plain SGD loop, λ_{t+1} against autograd through the unrolled SGD
   trajectory (λ_t = d/dθ_t Σ_{s=t..T} J(θ_s)), the per-step log, and invariance under the √T
@@ -38,8 +38,7 @@ from transformers import AutoModelForCausalLM, MistralConfig, XGLMConfig
 from lqs.grad_stats import _squared_norms, fast_path_covers, grad_stats, per_sample_stats
 from lqs.labels import lqs_labels, normalize, raw_scores, split
 from lqs.proxy import collate, get_params, param_names, sample_losses, set_params, twice_differentiable
-from lqs.trajectory import (NonFiniteError, fit_hvp_micro_batch, hvp, load_step, run_trajectory, solve,
-                            step_file)
+from lqs.trajectory import NonFiniteError, fit_hvp_micro_batch, hvp, load_step, run_trajectory, solve, step_file
 
 VOCAB = 50
 T = 4
@@ -84,7 +83,7 @@ MODELS = {"mistral": lambda **kw: tiny_mistral(**kw), "xglm": lambda **kw: tiny_
 TOL64 = {"mistral": 1e-6, "xglm": 1e-10}
 
 
-# per_sample_stats reduces per-layer pieces in float32 (DESIGN.md: fp32 by default), so it is
+# per_sample_stats reduces per-layer pieces in float32 (docs/maths.md: fp32 by default), so it is
 # compared with the float64 brute force at float32 accuracy.
 STATS_TOL = 1e-5
 
@@ -305,7 +304,8 @@ def test_sample_losses_one_function_for_every_layout(float64_default):
 def test_squared_norms_of_long_fp32_rows_are_accurate():
     """The reduction of per-sample gradients as long as a 160M model's LM head keeps fp32
     accuracy (a CPU's vector_norm loses ~1e-4 here)."""
-    rows = torch.randn(3, 2_000_000, generator=torch.Generator().manual_seed(14)) * torch.tensor([[1.0], [1e-3], [30.0]])
+    rows = (torch.randn(3, 2_000_000, generator=torch.Generator().manual_seed(14))
+            * torch.tensor([[1.0], [1e-3], [30.0]]))
     want = rows.double().pow(2).sum(1)
     assert ((_squared_norms(rows).double() - want) / want).abs().max() < 1e-6
 
@@ -397,7 +397,8 @@ def test_per_sample_stats_match_brute_force(arch, tie, attn, float64_default):
 # ---------------------------------------------------------------------------------------------
 
 def ref_lqs_row(n: list[float], d: list[float], lam: list[float], lr: float) -> float:
-    """DESIGN.md §4, columns in ascending step order; terms whose norms are 0 contribute 0."""
+    """docs/maths.md#labels-lqs-and-pds, columns in ascending step order; terms whose norms are 0
+    contribute 0."""
     order = list(range(len(n)))[::-1]  # t_1 > t_2 > … : latest first
     total = 0.0
     for j, i in enumerate(order):

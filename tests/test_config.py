@@ -1,4 +1,4 @@
-"""Configuration as Snakemake users expect it (DESIGN.md §6): --configfile merges into the demo
+"""Configuration as Snakemake users expect it (docs/configuration.md): --configfile merges into the demo
 defaults, --config edits nested keys, validation errors are one line naming the key, settings that
 contradict each other fail at DAG build, and jobs find `lqs` without an activated venv."""
 
@@ -8,8 +8,6 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -135,7 +133,8 @@ def test_a_scorer_checkpoint_needs_no_models():
     required = "required unless scorer.checkpoint is set (a pretrained scorer needs no proxy and no scorer base)"
     assert lqs_config.schema_errors({"corpus": {"path": "x.jsonl"}}, SCHEMA) == [f"models: {required}"]
     assert lqs_config.schema_errors({"corpus": {"path": "x.jsonl"}, "scorer": {"checkpoint": None},
-                                     "models": {"proxy": {"repo": "org/proxy"}}}, SCHEMA) == [f"models.scorer: {required}"]
+                                     "models": {"proxy": {"repo": "org/proxy"}}},
+                                    SCHEMA) == [f"models.scorer: {required}"]
     assert lqs_config.schema_errors({"scorer": {"checkpoint": "org/lqs-scorer"}}, SCHEMA) == ["corpus: required"]
     config = valid_config(scorer={"checkpoint": None}, annotation={"steps": 4, "interval": 5})
     assert lqs_config.consistency_errors(config)[0].startswith("annotation.interval (5) is larger")
@@ -208,6 +207,7 @@ def test_unwritable_outputs(tmp_path, monkeypatch):
 # the workflow: dry runs
 
 
+@pytest.mark.workflow
 def test_configfile_with_only_a_corpus_runs_the_demo_models_on_it(tmp_path):
     workdir = demo_workflow(tmp_path)
     write_jsonl(workdir / "data" / "mine.jsonl", tiny_corpus(30))
@@ -221,6 +221,7 @@ def test_configfile_with_only_a_corpus_runs_the_demo_models_on_it(tmp_path):
     assert tokenize and all("input: data/mine.jsonl, results/models/tokenizer" in b for b in tokenize), output
 
 
+@pytest.mark.workflow
 def test_config_edits_of_nested_keys(tmp_path):
     workdir = demo_workflow(tmp_path)
     result = snakemake(workdir, "-n", "--config", 'annotation={"interval": 2, "steps": 4}',
@@ -236,25 +237,24 @@ def test_config_edits_of_nested_keys(tmp_path):
     (['output={"score_field": "source"}'], "output.score_field: the corpus records already have a field 'source'"),
     (['output={"path": "a_file/scored.jsonl"}'], "output.path: cannot write 'a_file/scored.jsonl'"),
 ], ids=["interval", "valid_size", "device", "num_parts", "score_field", "unwritable"])
+@pytest.mark.workflow
 def test_contradictions_fail_at_dag_build_naming_the_key(tmp_path, args, message):
     workdir = demo_workflow(tmp_path)
     write_jsonl(workdir / "data" / "mine.jsonl", tiny_corpus(6))
     (workdir / "a_file").write_text("")
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "-n", "--config",
-                             'corpus={"path": "data/mine.jsonl"}', *args],
-                            cwd=workdir, capture_output=True, text=True, timeout=120)
+    result = snakemake(workdir, "-n", "--config", 'corpus={"path": "data/mine.jsonl"}', *args, check=False,
+                       timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert f"invalid configuration:\n  {message}" in output, output
     assert "Job stats" not in output and "$schema" not in output
 
 
+@pytest.mark.workflow
 def test_jobs_find_lqs_without_an_activated_venv(tmp_path):
     corpus = write_jsonl(tmp_path / "data" / "corpus.jsonl", tiny_corpus(20))
     make_workflow(tmp_path, tiny_config(str(corpus.relative_to(tmp_path)), "data/target.jsonl"))
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no venv, no pyenv shims: no `lqs` on PATH
     assert shutil.which("lqs", path=env["PATH"]) is None
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "results/models/tokenizer"],
-                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    snakemake(tmp_path, "results/models/tokenizer", cores=1, env=env, timeout=300)
     assert (tmp_path / "results" / "models" / "tokenizer" / "tokenizer.json").exists()

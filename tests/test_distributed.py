@@ -9,9 +9,12 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from safetensors.torch import load_file
 
 from lqs.runtime import STATS_PREFIX
+
+pytestmark = [pytest.mark.distributed, pytest.mark.workflow]  # torchrun, on completed_workflow's files
 
 
 def _lqs(*args: str, cwd) -> str:

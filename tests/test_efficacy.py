@@ -1,7 +1,7 @@
-"""The efficacy experiment (DESIGN.md §10): the target's held-out split (lqs.target), the arms'
-token streams, steps and schedule against brute-force constructions, training (losses against a
-plain per-document computation, determinism, two gloo processes = one), the summary's paired
-statistics, and `snakemake efficacy` end to end on the tiny workflow."""
+"""The efficacy experiment (docs/stages.md#the-efficacy-experiment): the target's held-out split
+(lqs.target), the arms' token streams, steps and schedule against brute-force constructions,
+training (losses against a plain per-document computation, determinism, two gloo processes =
+one), the summary's paired statistics, and `snakemake efficacy` end to end on the tiny workflow."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from transformers import AutoConfig
 from helpers import GOOD, snakemake, tiny_corpus, write_jsonl
+from transformers import AutoConfig
 
 from lqs import efficacy, target
 from lqs.models import train_tokenizer
@@ -296,6 +296,7 @@ def _args(data, tok_dir, tmp_path, **changes) -> dict:
             "arm": "lqs", "seed": 0} | TRAIN | changes
 
 
+@pytest.mark.distributed
 def test_two_processes_match_one(data, tok_dir, tmp_path):
     """torchrun with two gloo processes: each takes half of every step's documents; the curve
     equals one process's."""
@@ -373,6 +374,7 @@ def _with_config(workdir: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+@pytest.mark.workflow
 def test_snakemake_efficacy_end_to_end(completed_workflow, tmp_path):
     workdir = tmp_path / "wf"
     shutil.copytree(completed_workflow, workdir, symlinks=True)

@@ -1,4 +1,4 @@
-"""The Hugging Face model/data path (DESIGN.md §6, §8), offline.
+"""The Hugging Face model/data path (docs/configuration.md#models, docs/reliability.md), offline.
 
 A local Hugging Face cache (the `models--org--name` / `datasets--org--name` layout that
 huggingface_hub reads: refs/, snapshots/<commit>/, blobs/) is filled with tiny models and a tiny
@@ -14,23 +14,23 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from helpers import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
+from helpers import GOOD, ROOT, lqs_main, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
 from safetensors import safe_open
 
 from lqs import models
-from lqs.models import HubAccessError
+from lqs.hub import HubAccessError
 
 FAKE_TOKEN = "hf_lqsTestFakeToken0123456789abcdef"
 MISTRAL = "test-org/tiny-mistral"  # the proxy's role: Mistral causal LM (as Data-Selection/BSL-160M)
@@ -534,15 +534,14 @@ def test_hub_pickle_holding_more_than_tensors_is_refused(offline, tmp_path):
                               "(they hold more than tensors")
 
 
-def test_cli_refuses_a_local_pickle_in_one_line(hub, tmp_path):
+def test_cli_refuses_a_local_pickle_in_one_line(hub, tmp_path, caplog):
     model_dir = _pickled_model_dir(hub, tmp_path / "model", planted=tmp_path / "pickle-ran")
-    run = subprocess.run([sys.executable, "-m", "lqs", "fetch-model", "--out-dir", str(tmp_path / "out"),
-                          "--settings", json.dumps({"source": {"path": str(model_dir)}, "causal_lm": True})],
-                         capture_output=True, text=True)
-    assert run.returncode == 1
-    errors = [line for line in run.stderr.splitlines() if "ERROR" in line]
+    code, _ = lqs_main(caplog, "fetch-model", "--out-dir", tmp_path / "out",
+                       "--settings", json.dumps({"source": {"path": str(model_dir)}, "causal_lm": True}))
+    assert code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "fetch-model failed: model" in errors[0] and "are refused" in errors[0]
-    assert "Traceback" not in run.stderr and not (tmp_path / "pickle-ran").exists()
+    assert "\n" not in errors[0] and not (tmp_path / "pickle-ran").exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -628,23 +627,16 @@ def test_online_fetch_checks_access_then_uses_the_cache(mock_hub, tmp_path):
     assert mock_hub()[0] == f"GET /api/models/{MISTRAL}/auth-check auth=env-token"
 
 
-def test_cli_reports_access_error_and_exits_1(hub, tmp_path):
+def test_cli_reports_access_error_and_exits_1(offline, tmp_path, caplog):
     settings = json.dumps({"source": {"repo": "org/not-cached"}, "causal_lm": True})
-    result = subprocess.run([sys.executable, "-m", "lqs", "fetch-model", "--out-dir", str(tmp_path / "out"),
-                             "--settings", settings], capture_output=True, text=True, env=hub.env(), cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "fetch-model failed" in result.stderr
-    assert_access_message(result.stderr, "org/not-cached", "https://huggingface.co/org/not-cached")
+    code, log = lqs_main(caplog, "fetch-model", "--out-dir", tmp_path / "out", "--settings", settings)
+    assert code == 1, log
+    assert "fetch-model failed" in log
+    assert_access_message(log, "org/not-cached", "https://huggingface.co/org/not-cached")
 
 
 # ----------------------------------------------------------------------------------------------
 # the workflow
-
-
-def run_snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
-                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def hub_workflow(workdir: Path, **models_and_more) -> Path:
@@ -677,6 +669,7 @@ def plan_counts(result: subprocess.CompletedProcess) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.workflow
 def test_gated_proxy_fails_in_fetch_before_any_gpu_job(hub, tmp_path):
     """As in config/paper.yaml, the tokenizer is the proxy's own: the first fetch fails."""
     workdir = hub_workflow(tmp_path / "wf", models={"tokenizer": {}, "proxy": {"repo": "org/gated"}})
@@ -686,7 +679,7 @@ def test_gated_proxy_fails_in_fetch_before_any_gpu_job(hub, tmp_path):
     log = tmp_path / "requests.log"
     env = hub.env(offline=False, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),  # this checkout's lqs
                   LQS_MOCK_LOG=str(log), LQS_MOCK_GATED="org/gated")
-    result = run_snakemake(workdir, env)
+    result = snakemake(workdir, env=env, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Error in rule fetch_tokenizer" in output
@@ -709,6 +702,7 @@ def test_gated_proxy_fails_in_fetch_before_any_gpu_job(hub, tmp_path):
     assert files_containing(workdir, FAKE_TOKEN) == []
 
 
+@pytest.mark.workflow
 def test_hub_fetch_rules_offline(hub, tmp_path):
     """Proxy, tokenizer, scorer base and target set from the hub cache, through the fetch rules."""
     workdir = hub_workflow(tmp_path / "wf", models={"tokenizer": {}, "proxy": {"repo": MISTRAL},
@@ -716,8 +710,7 @@ def test_hub_fetch_rules_offline(hub, tmp_path):
                            target={"source": LIMA, "split": "train"})
     env = hub.env()
     targets = ["results/models/proxy", "results/models/scorer_base", "results/target/source.parquet"]
-    result = run_snakemake(workdir, env, *targets)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = snakemake(workdir, *targets, env=env)
     assert plan_counts(result) == {"fetch_tokenizer": 1, "fetch_proxy": 1, "fetch_scorer_base": 1,
                                    "fetch_target": 1, "total": 4}
     results = workdir / "results"
@@ -731,14 +724,21 @@ def test_hub_fetch_rules_offline(hub, tmp_path):
     assert files_containing(workdir, FAKE_TOKEN) == []
 
 
+@pytest.mark.workflow
 def test_scorer_checkpoint_workflow_offline(hub, tmp_path):
-    """scorer.checkpoint: fetch it, tokenize with its tokenizer, score, gather; nothing else."""
-    workdir = hub_workflow(tmp_path / "wf", scorer={"checkpoint": SCORER}, corpus={"num_shards": 1})
+    """scorer.checkpoint: fetch it, tokenize with its tokenizer, score, gather; nothing else. The
+    Snakefile always loads the demo config (with its models); an override that gives only
+    corpus.path and scorer.checkpoint runs the checkpoint's scoring and nothing of the demo's."""
+    workdir = make_workflow(tmp_path, yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    write_jsonl(workdir / "data" / "corpus.jsonl", tiny_corpus(24))
+    (workdir / "mine.yaml").write_text(yaml.safe_dump({"corpus": {"path": "data/corpus.jsonl"},
+                                                       "scorer": {"checkpoint": SCORER}}))
     env = hub.env()
-    result = run_snakemake(workdir, env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert plan_counts(result) == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 1, "score_shard": 1,
-                                   "gather_scores": 1, "select_order": 1, "all": 1, "total": 7}
+    listed = set(snakemake(workdir, "--configfile", "mine.yaml", "--list-rules", env=env).stdout.split())
+    assert not listed & {"train_tokenizer", "fetch_proxy", "pretrain_proxy", "fetch_scorer_base", "train_scorer"}
+    result = snakemake(workdir, "--configfile", "mine.yaml", env=env)
+    assert plan_counts(result) == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 2, "score_shard": 2,
+                                   "gather_scores": 1, "select_order": 1, "all": 1, "total": 9}  # the demo's 2 shards
 
     results = workdir / "results"
     scored = [json.loads(line) for line in (workdir / "scored.jsonl").read_text().splitlines()]
@@ -768,6 +768,7 @@ PAPER_PLAN = {"fetch_tokenizer": 1, "fetch_proxy": 1, "fetch_scorer_base": 1, "f
 
 
 @pytest.mark.parametrize("checkpoint", [None, "org/lqs-scorer"])
+@pytest.mark.workflow
 def test_paper_config_plans_without_network(tmp_path, checkpoint):
     for name in ("Snakefile", "rules", "envs", "config"):
         src = ROOT / name
@@ -779,8 +780,7 @@ def test_paper_config_plans_without_network(tmp_path, checkpoint):
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty_hf_home"))
-    result = run_snakemake(tmp_path, env, "-n", "--configfile", "config/paper.yaml", "override.yaml")
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = snakemake(tmp_path, "-n", "--configfile", "config/paper.yaml", "override.yaml", env=env)
     counts = plan_counts(result)
     assert counts.pop("total") == sum(counts.values())
     if checkpoint is None:

@@ -1,17 +1,18 @@
-"""profiles/default, the workflow profile Snakemake reads by itself (DESIGN.md §7): a run needs no
---cores, a failing job's log reaches the terminal, and it leaves profiles/local and profiles/slurm
-working (its keys replace theirs, key by key)."""
+"""profiles/default, the workflow profile Snakemake reads by itself (docs/configuration.md#profiles):
+a run needs no --cores, a failing job's log reaches the terminal, and it leaves profiles/local and
+profiles/slurm working (its keys replace theirs, key by key)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-from helpers import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
+import pytest
+from helpers import GOOD, ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+
+pytestmark = pytest.mark.workflow
 
 
 def _workflow(workdir: Path, corpus: list) -> Path:
@@ -25,17 +26,19 @@ def _workflow(workdir: Path, corpus: list) -> Path:
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """Snakemake exactly as given: no --cores added."""
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=300)
+    return snakemake(workdir, *args, cores=None, check=False, timeout=300)
 
 
-def _options(workdir: Path, *args: str):
-    """The options Snakemake runs with, after reading the profiles."""
-    run = subprocess.run([sys.executable, "-c", "import json, sys; from snakemake.cli import parse_args; "
-                          "args = parse_args(sys.argv[1:])[1]; "
-                          "print(json.dumps({k: str(v) for k, v in vars(args).items()}))", *args],
-                         cwd=workdir, capture_output=True, text=True, check=True)
-    return yaml.safe_load(run.stdout.splitlines()[-1])
+def _options(workdir: Path, *args: str) -> dict[str, str]:
+    """The options Snakemake runs with, after reading the profiles: its own parser, run here."""
+    from snakemake.cli import parse_args
+
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the profiles are found from the working directory
+    try:
+        return {k: str(v) for k, v in vars(parse_args(list(args))[1]).items()}
+    finally:
+        os.chdir(cwd)
 
 
 def test_a_run_needs_no_cores_and_shows_the_failing_jobs_log(tmp_path):

@@ -1,4 +1,4 @@
-"""Reliability: killed jobs, untrusted files, non-finite values, empty inputs (DESIGN.md §8)."""
+"""Reliability: killed jobs, untrusted files, non-finite values, empty inputs (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import GOOD, make_workflow, tiny_config, tiny_corpus
+from helpers import GOOD, copy_workflow, edit_config, set_key, snakemake, tiny_corpus
 from transformers import MistralConfig, MistralForCausalLM
 
 from lqs import corpus
@@ -61,14 +61,17 @@ def _kill_when_started(stage: str, workdir: Path, delay: float, killed: list, st
         time.sleep(0.02)
 
 
+@pytest.mark.workflow
 def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp_path):
     """Each long stage is SIGKILLed at a random point; reruns finish the workflow, and the
-    labels and scores equal those of an uninterrupted run (which also proves two runs with the
-    same seed agree on CPU)."""
-    workdir = tmp_path / "killed"
-    workdir.mkdir()
-    shutil.copytree(completed_workflow / "data", workdir / "data")
-    make_workflow(workdir, tiny_config("data/corpus.jsonl", "data/target.jsonl"))
+    labels and scores equal those of the uninterrupted run (which also proves two runs with the
+    same seed agree on CPU). A copy of that run without what the long stages and those after them
+    wrote: the stages before them need not run again."""
+    workdir = copy_workflow(completed_workflow, tmp_path, "killed")
+    for written in ("annotation", "scorer", "scores", "selection"):
+        shutil.rmtree(workdir / "results" / written)
+    for written in ("scored.jsonl", "rejects.jsonl", "selected.jsonl", "results/summary.json"):
+        (workdir / written).unlink()
     rng = random.Random(1)
     killed: list[str] = []
     interrupted = []
@@ -76,8 +79,7 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
         stop = threading.Event()
         killer = threading.Thread(target=_kill_when_started, args=(stage, workdir, rng.uniform(0.3, 1.5), killed, stop))
         killer.start()
-        run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete"],
-                             cwd=workdir, capture_output=True, text=True)
+        run = snakemake(workdir, "--rerun-incomplete", check=False)
         stop.set()
         killer.join()
         if run.returncode != 0:  # a kill that lands after the job ended interrupts nothing
@@ -88,9 +90,7 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
             pd.read_parquet(path)
         assert not (workdir / "scored.jsonl").exists() or run.returncode == 0
     assert interrupted == LONG_STAGES, (killed, interrupted)
-    final = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete"],
-                           cwd=workdir, capture_output=True, text=True)
-    assert final.returncode == 0, final.stderr[-3000:]
+    snakemake(workdir, "--rerun-incomplete")
 
     expected = completed_workflow / "results" / "annotation" / "labels.parquet"
     pd.testing.assert_frame_equal(pd.read_parquet(workdir / "results/annotation/labels.parquet"),
@@ -103,10 +103,11 @@ def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
     n = 200_000
     corpus_path = tmp_path / "corpus.jsonl"
     corpus_path.write_text("".join(f'{{"id": {i}, "text": "document {i}", "n": 1.50}}\n' for i in range(n)))
+    fingerprints = np.array([r.fingerprint for r in corpus.iter_records([str(corpus_path)])], np.int64)
     for shard in (0, 1):
         ids = np.arange(shard, n, 2)
-        pd.DataFrame({"doc_id": ids, "score": ids / n, "truncated": False, "n_tokens": 3,
-                      "n_windows": 1}).to_parquet(tmp_path / f"s{shard}.parquet")
+        pd.DataFrame({"doc_id": ids, "score": ids / n, "truncated": False, "n_tokens": 3, "n_windows": 1,
+                      "fingerprint": fingerprints[ids]}).to_parquet(tmp_path / f"s{shard}.parquet")
         (tmp_path / f"r{shard}.jsonl").write_text("")
     settings = json.dumps({"num_shards": 2, "text_field": "text", "max_chars": 1000, "score_field": "score"})
 
@@ -205,6 +206,7 @@ def test_non_finite_per_sample_gradient_names_step_and_sample(tmp_path):
     assert not (tmp_path / "out.parquet").exists()
 
 
+@pytest.mark.workflow
 def test_bad_records_are_counted_through_the_workflow(tiny_workflow):
     """Every kind of bad record in one corpus, with on_bad_record: skip, goes to the rejects with
     its reason; with the accepted documents it accounts for every record read. An empty file
@@ -232,9 +234,7 @@ def test_bad_records_are_counted_through_the_workflow(tiny_workflow):
     (tiny_workflow / "config/config.yaml").write_text(yaml.safe_dump(config))
     targets = [f"results/corpus/{kind}-{s}.{ext}" for s in (0, 1) for kind, ext in
                (("shard", "parquet"), ("rejects", "jsonl"))]
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets], cwd=tiny_workflow,
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    snakemake(tiny_workflow, *targets)
     rejects = [json.loads(line) for s in (0, 1)
                for line in (tiny_workflow / f"results/corpus/rejects-{s}.jsonl").read_text().splitlines()]
     reasons = " | ".join(r["reason"] for r in rejects)
@@ -250,6 +250,7 @@ def test_bad_records_are_counted_through_the_workflow(tiny_workflow):
     assert long_doc > 1  # the document far over the window limit is split, not dropped
 
 
+@pytest.mark.workflow
 def test_config_errors_name_the_key(tiny_workflow):
     import yaml
 
@@ -260,33 +261,31 @@ def test_config_errors_name_the_key(tiny_workflow):
         broken = json.loads(json.dumps(config))
         edit(broken)
         config_path.write_text(yaml.safe_dump(broken))
-        run = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=tiny_workflow,
-                             capture_output=True, text=True)
+        run = snakemake(tiny_workflow, "-n", cores=None, check=False)
         assert run.returncode != 0
         assert key in run.stdout + run.stderr
 
 
-def test_proxy_set_larger_than_corpus_fails_before_annotation(tiny_workflow):
-    import yaml
-
-    config_path = tiny_workflow / "config/config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["proxy"]["size"] = 100_000
-    config_path.write_text(yaml.safe_dump(config))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/proxy/samples.parquet"],
-                         cwd=tiny_workflow, capture_output=True, text=True)
+@pytest.mark.workflow
+def test_proxy_set_larger_than_corpus_fails_before_annotation(completed_workflow, tmp_path):
+    workdir = copy_workflow(completed_workflow, tmp_path)  # tokenized: only sample_proxy reruns
+    edit_config(workdir, set_key("proxy", "size", 100_000))
+    labels = workdir / "results/annotation/labels.parquet"
+    annotated = labels.stat().st_mtime_ns
+    run = snakemake(workdir, "results/proxy/samples.parquet", check=False)
     assert run.returncode != 0
-    log = (tiny_workflow / "results/logs/sample_proxy.log").read_text()
+    log = (workdir / "results/logs/sample_proxy.log").read_text()
     assert "cannot draw 100000 proxy samples" in log
-    assert not (tiny_workflow / "results/annotation").exists()
+    assert labels.stat().st_mtime_ns == annotated
 
 
-def test_empty_target_set_is_a_clear_error(tiny_workflow):
-    (tiny_workflow / "data/target.jsonl").write_text("\n")
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/target/tokens.parquet"],
-                         cwd=tiny_workflow, capture_output=True, text=True)
+@pytest.mark.workflow
+def test_empty_target_set_is_a_clear_error(completed_workflow, tmp_path):
+    workdir = copy_workflow(completed_workflow, tmp_path)  # its tokenizer trained: only prepare_target reruns
+    (workdir / "data/target.jsonl").write_text("\n")
+    run = snakemake(workdir, "results/target/tokens.parquet", check=False)
     assert run.returncode != 0
-    assert "the target set is empty" in (tiny_workflow / "results/logs/prepare_target.log").read_text()
+    assert "the target set is empty" in (workdir / "results/logs/prepare_target.log").read_text()
 
 
 def test_good_target_lines(tiny_workflow):
@@ -295,6 +294,7 @@ def test_good_target_lines(tiny_workflow):
     assert [json.loads(line)["conversations"][1] for line in lines][:len(GOOD)] == GOOD
 
 
+@pytest.mark.workflow
 def test_non_finite_scorer_training_names_epoch_step_and_sample(completed_workflow, tmp_path):
     from lqs.train_scorer import train_scorer
 

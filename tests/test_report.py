@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from helpers import snakemake
 
@@ -27,6 +26,7 @@ def _copy(completed: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.workflow
 def test_report_has_every_figure_with_its_caption(completed_workflow, tmp_path):
     workdir = _copy(completed_workflow, tmp_path / "wf")
     snakemake(workdir, "plots")
@@ -42,13 +42,13 @@ def test_report_has_every_figure_with_its_caption(completed_workflow, tmp_path):
 
 
 def _planned(workdir: Path) -> dict[str, int]:
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--rerun-incomplete"], cwd=workdir,
-                         capture_output=True, text=True, check=True)
+    run = snakemake(workdir, "-n", "--rerun-incomplete", cores=None)
     out = run.stdout + run.stderr
     stats = out.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:] if "Job stats:" in out else []
     return {name: int(count) for name, count in (line.split() for line in stats) if name != "total"}
 
 
+@pytest.mark.workflow
 def test_unfinished_scoring_redoes_only_unfinished_shards(completed_workflow, tmp_path):
     workdir = _copy(completed_workflow, tmp_path / "wf")
     assert _planned(workdir) == {}
@@ -177,6 +177,7 @@ def test_trajectory_marks_the_annotated_steps_and_scorer_the_kept_epoch(tmp_path
     assert all(vertical_lines(ax) == [] for fig in figures[2:] for ax in fig.axes)
 
 
+@pytest.mark.workflow
 def test_every_stage_of_a_run_logs_its_own_time_and_counters(completed_workflow):
     stats = report.read_stage_stats(completed_workflow / "results" / "logs")
     wall = report.benchmark_seconds(completed_workflow / "results" / "benchmarks")

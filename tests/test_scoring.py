@@ -1,5 +1,6 @@
 """Tests for the data scorer and the scoring stages: lqs.scorer (save/load, batched scoring),
-lqs.score (score_shard), lqs.gather (gather_scores) and lqs.train_scorer (DESIGN.md §2, §3, §5, §8)."""
+lqs.score (score_shard), lqs.gather (gather_scores) and lqs.train_scorer (docs/stages.md,
+docs/maths.md#the-data-scorer)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_jsonl
 import torch
+from helpers import write_jsonl
 from scipy import stats
 from transformers import AutoTokenizer, MistralConfig, MistralModel, XGLMConfig, XGLMModel
 
 import lqs.score
 import lqs.scorer
 import lqs.train_scorer
+from lqs.corpus import iter_records
 from lqs.gather import gather_scores
 from lqs.models import train_tokenizer
 from lqs.score import SCORES_SCHEMA, score_shard
@@ -130,7 +132,9 @@ def test_checkpoint_layout(scorer_dirs):
     path = Path(scorer_dirs["xglm"])
     for name in ("config.json", "model.safetensors", "head.safetensors", "scorer.json", "tokenizer.json"):
         assert (path / name).exists(), name
-    assert json.loads((path / "scorer.json").read_text()) == {"max_length": MAX_LENGTH}
+    config = json.loads((path / "scorer.json").read_text())
+    assert config["max_length"] == MAX_LENGTH and set(config["weights_sha256"]) == {"model.safetensors",
+                                                                                  "head.safetensors"}
     assert not list(path.glob("*.bin")) and not list(path.glob("*.pt"))
 
 
@@ -291,7 +295,7 @@ def test_score_refuses_exactly_what_the_workflow_rejects(scorers, tok_dir, tmp_p
 
 def test_token_budget_batches():
     rng = random.Random(0)
-    for trial in range(200):
+    for _ in range(200):
         lengths = [rng.randint(1, 40) for _ in range(rng.randint(0, 60))]
         windows = [Window(doc=i, ids=[0] * n) for i, n in enumerate(lengths)]
         budget = rng.randint(1, 120)
@@ -305,7 +309,7 @@ def test_token_budget_batches():
         # longest first: length-bucketed, so a batch holds windows of similar length
         assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
         # greedy: the next window would not have fitted into the previous batch
-        for prev, nxt in zip(batches, batches[1:]):
+        for prev, _ in zip(batches, batches[1:]):
             assert (len(prev) + 1) * max(lengths[i] for i in prev) > budget
 
 
@@ -336,7 +340,8 @@ def _run_pipeline(tmp_path: Path, corpus_paths: list[str], tok_dir: str, scorer_
         tokenized, rejects = tmp_path / f"tok-{shard}.parquet", tmp_path / f"rejects-{shard}.jsonl"
         scores, stats = tmp_path / f"scores-{shard}.parquet", tmp_path / f"scores-{shard}.json"
         tokenize_shard(inputs, tok_dir, shard, str(tokenized), str(rejects), num_shards=num_shards,
-                       text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+                       text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4,
+                       score_field=score_field)
         counts = score_shard(inputs, str(tokenized), scorer_dir, str(scores), shard=shard, num_shards=num_shards,
                              text_field="text", max_chars=MAX_CHARS, max_tokens=40,
                              max_windows_per_doc=max_windows_per_doc, chunk_docs=3, device="cpu",
@@ -385,7 +390,7 @@ def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_sha
         assert schema.equals(SCORES_SCHEMA)
         assert [(f.name, f.type) for f in schema] == [
             ("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_()),
-            ("n_tokens", pa.int64()), ("n_windows", pa.int64())]
+            ("n_tokens", pa.int64()), ("n_windows", pa.int64()), ("fingerprint", pa.int64())]
     assert sorted(r["doc_id"] for r in shard_rows) == good
     for row in shard_rows:  # what the score was computed on: the document's windows
         windows = scorer.windows([json.loads(lines[row["doc_id"]])["text"]])[0]
@@ -452,18 +457,18 @@ def test_score_and_gather_parquet_and_several_files(tok_dir, scorer_dirs, scorer
     assert (summary["documents_scored"], summary["documents_rejected"]) == (len(expected), 2)
 
 
-def test_gather_refuses_existing_score_field_atomically(tok_dir, scorer_dirs, tmp_path):
+def test_record_with_the_score_field_is_rejected_before_scoring(tok_dir, scorer_dirs, tmp_path):
+    """A record that already has the score field is a bad record at tokenization (never scored,
+    never overwritten); with another score field name it is scored and keeps its own field."""
     lines = _corpus_lines()
     lines[7] = json.dumps({"text": "an already scored document.", "score": 0.5})
     path = write_jsonl(tmp_path / "corpus.jsonl", lines)
-    with pytest.raises(ValueError, match=re.escape(f"{path}:8") + ".*already has a field 'score'"):
-        _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], 2)
-    # the failure came after several lines were written: nothing that looks finished is left
-    for name in ("scored.jsonl", "rejects.jsonl", "summary.json"):
-        assert not (tmp_path / name).exists(), name
-    assert not list(tmp_path.glob(".*.tmp"))
-    # another score field name works
+    summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], 2)
+    rejects = {r["line"]: r["reason"] for r in map(json.loads, out["rejects"].read_text().splitlines())}
+    assert "'score'" in rejects[8] and "output.score_field" in rejects[8]
+    assert all('"an already scored document."' not in line for line in out["out"].read_text().splitlines())
     summary, out = _run_pipeline(tmp_path, [str(path)], tok_dir, scorer_dirs["xglm"], 2, score_field="lqs")
+    assert 8 not in {r["line"] for r in map(json.loads, out["rejects"].read_text().splitlines())}
     assert json.loads(out["out"].read_text().splitlines()[6])["score"] == 0.5
     assert summary["documents_scored"] == len(lines) - 1
 
@@ -484,19 +489,21 @@ def test_gather_detects_missing_scores(tok_dir, scorer_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("batch_rows", [1, 3, 1000])
-def test_accepted_doc_ids_stream_in_order(tok_dir, tmp_path, batch_rows):
+def test_accepted_documents_stream_in_order(tok_dir, tmp_path, batch_rows):
     path = write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines())
     tokenized = tmp_path / "tok.parquet"
     tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
                    text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
     column = pq.read_table(tokenized)["doc_id"].to_numpy()
     assert len(column) > len(np.unique(column))  # documents of several windows: batches split them
-    got = np.concatenate(list(lqs.score.accepted_doc_ids(str(tokenized), batch_rows=batch_rows)))
-    np.testing.assert_array_equal(got, np.unique(column))
+    got = list(lqs.score.accepted_documents(str(tokenized), batch_rows=batch_rows))
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in got]), np.unique(column))
+    fingerprints = {r.doc_id: r.fingerprint for r in iter_records([str(path)])}
+    assert np.concatenate([f for _, f in got]).tolist() == [fingerprints[i] for i in np.unique(column).tolist()]
     shuffled = tmp_path / "shuffled.parquet"
     pq.write_table(pq.read_table(tokenized).take(np.random.default_rng(0).permutation(len(column))), shuffled)
     with pytest.raises(RuntimeError, match="shuffled.parquet: document ids are not in input order"):
-        list(lqs.score.accepted_doc_ids(str(shuffled), batch_rows=batch_rows))
+        list(lqs.score.accepted_documents(str(shuffled), batch_rows=batch_rows))
 
 
 def test_score_shard_prefetch_gives_the_same_scores(tok_dir, scorer_dirs, tmp_path):

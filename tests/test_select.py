@@ -1,5 +1,5 @@
-"""Stage select_order (DESIGN.md §9): selection and ordering against brute-force constructions
-from their definitions, the byte-for-byte training set, bad settings, atomic output, and the
+"""Stage select_order (docs/maths.md#selection-and-ordering): selection and ordering against
+brute-force constructions from their definitions, the byte-for-byte training set, bad settings, atomic output, and the
 rerun plans of the workflow after selection.* or ordering.* edits."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import snakemake
-from helpers import copy_workflow, edit_config, plan, rule_counts, set_key
+from helpers import copy_workflow, edit_config, plan, rule_counts, set_key, snakemake
 
 from lqs import select as sel
 from lqs.tokenize import SHARD_SCHEMA
@@ -352,7 +351,8 @@ def test_cli_runs_the_stage_and_reports_errors_without_traceback(tmp_path):
     def cli(selection):
         settings = json.dumps(dict(selection=SELECTION | selection, ordering=ORDERING, score_field="score"))
         return subprocess.run([sys.executable, "-m", "lqs", "select-order", "--scored", str(tmp_path / "scored.jsonl"),
-                               "--shard-paths", *inputs["shards"], "--out", str(out), "--order-out", str(tmp_path / "o.parquet"),
+                               "--shard-paths", *inputs["shards"], "--out", str(out),
+                               "--order-out", str(tmp_path / "o.parquet"),
                                "--summary-out", str(tmp_path / "s.json"), "--settings", settings],
                               capture_output=True, text=True)
 
@@ -376,6 +376,7 @@ def selected_workflow(completed_workflow, tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.workflow
 def test_workflow_selected_jsonl_is_scored_jsonl_folded(selected_workflow):
     scored = (selected_workflow / "scored.jsonl").read_bytes().splitlines(keepends=True)
     selected = (selected_workflow / "selected.jsonl").read_bytes().splitlines(keepends=True)
@@ -395,6 +396,7 @@ def test_workflow_selected_jsonl_is_scored_jsonl_folded(selected_workflow):
     set_key("selection", "threshold", 0.0),
 ], ids=["ordering.method", "ordering.folds", "ordering.seed", "selection.ratio", "selection.method",
         "selection.temperature", "selection.seed", "selection.threshold"])
+@pytest.mark.workflow
 def test_selection_or_ordering_edit_plans_only_select_order(selected_workflow, tmp_path, edit):
     workdir = copy_workflow(selected_workflow, tmp_path)
     edit_config(workdir, edit)
@@ -403,12 +405,17 @@ def test_selection_or_ordering_edit_plans_only_select_order(selected_workflow, t
     assert jobs[0]["reason"].startswith("Params have changed"), jobs
 
 
-def test_score_field_edit_plans_gather_and_select_order(selected_workflow, tmp_path):
+@pytest.mark.workflow
+def test_score_field_edit_replans_from_tokenization(selected_workflow, tmp_path):
+    """Which records are bad depends on the score field (a record holding it is rejected at
+    tokenization), so a new name replans every stage from tokenize_shard to select_order."""
     workdir = copy_workflow(selected_workflow, tmp_path)
     edit_config(workdir, set_key("output", "score_field", "lqs_score"))
-    assert rule_counts(plan(workdir, "selected.jsonl")) == {"gather_scores": 1, "select_order": 1}
+    counts = rule_counts(plan(workdir, "selected.jsonl"))
+    assert counts["tokenize_shard"] == 2 and counts["gather_scores"] == 1 and counts["select_order"] == 1
 
 
+@pytest.mark.workflow
 def test_workflow_ratio_edit_reruns_to_the_new_selection(selected_workflow, tmp_path):
     workdir = copy_workflow(selected_workflow, tmp_path)
     edit_config(workdir, set_key("selection", "ratio", 0.25))

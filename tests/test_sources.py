@@ -12,7 +12,6 @@ import gzip
 import io
 import json
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import GOOD, ROOT, make_workflow, tiny_config, tiny_corpus, write_jsonl
+from helpers import GOOD, ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
 from test_hub import FAKE_TOKEN, HUB_MOCK, add_to_hub_cache
 
 from lqs import config as lqs_config
@@ -330,11 +329,6 @@ def test_hub_paths_offline_or_malformed(monkeypatch):
 # the workflow
 
 
-def run_snakemake(workdir: Path, env: dict | None, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
-                          capture_output=True, text=True, env=env, timeout=600)
-
-
 def workflow(workdir: Path, corpus_path, **corpus_settings) -> Path:
     write_jsonl(workdir / "data" / "target.jsonl", TARGET)
     config = tiny_config(corpus_path, "data/target.jsonl")
@@ -348,12 +342,12 @@ def shell_commands(output: str, rule: str) -> list[str]:
             if line.startswith("Shell command: ")]
 
 
+@pytest.mark.workflow
 def test_hub_corpus_is_pinned_at_dag_build_and_jobs_get_the_pinned_urls(tmp_path):
     hub = FakeHub(tmp_path)
     workdir = workflow(tmp_path / "wf", f"hf://datasets/{REPO}/data", num_shards="per_file")
-    result = run_snakemake(workdir, hub.env(tmp_path), "-n", "-p")
+    result = snakemake(workdir, "-n", "-p", env=hub.env(tmp_path))
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output
     assert f"corpus.path: Hugging Face data set {REPO} (main) is pinned to commit {hub.v1} for this run" in output
     pinned = [f"hf://datasets/{REPO}@{hub.v1}/data/train-00000.jsonl",
               f"hf://datasets/{REPO}@{hub.v1}/data/train-00001.parquet"]
@@ -371,10 +365,9 @@ def test_hub_corpus_is_pinned_at_dag_build_and_jobs_get_the_pinned_urls(tmp_path
     # from the environment, even where main has moved since
     main = publish(hub.remote, {**HUB_FILES, "README.md": b"moved\n"})
     env = hub.env(tmp_path, LQS_CORPUS_PINS=json.dumps({f"{REPO}@": hub.v1}))
-    again = run_snakemake(workdir, env, "-n", "-p", "--mode", "remote", "results/corpus/shard-0.parquet")
-    assert again.returncode == 0, again.stdout + again.stderr
+    again = snakemake(workdir, "-n", "-p", "--mode", "remote", "results/corpus/shard-0.parquet", env=env)
     assert shell_commands(again.stdout, "tokenize_shard")[0].split()[2] == pinned[0]
-    fresh = run_snakemake(workdir, env, "-n", "-p", "results/corpus/shard-0.parquet")  # the main process pins anew
+    fresh = snakemake(workdir, "-n", "-p", "results/corpus/shard-0.parquet", env=env)  # the main process pins anew
     assert shell_commands(fresh.stdout, "tokenize_shard")[0].split()[2] == pinned[0].replace(hub.v1, main)
 
 
@@ -384,10 +377,11 @@ def test_hub_corpus_is_pinned_at_dag_build_and_jobs_get_the_pinned_urls(tmp_path
     (f"hf://datasets/{REPO}@no-such-branch/data", "revision 'no-such-branch' does not exist"),
     (f"hf://datasets/{REPO}/nothing/*.jsonl", "matches no file in test-org/web-corpus"),
 ], ids=["gated", "missing", "revision", "no-file"])
+@pytest.mark.workflow
 def test_hub_errors_fail_the_dry_run_before_any_job(tmp_path, path, words):
     hub = FakeHub(tmp_path)
     workdir = workflow(tmp_path / "wf", path)
-    result = run_snakemake(workdir, hub.env(tmp_path), "-n")
+    result = snakemake(workdir, "-n", env=hub.env(tmp_path), check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "invalid configuration:\n  corpus.path: " in output and words in output, output
@@ -397,6 +391,7 @@ def test_hub_errors_fail_the_dry_run_before_any_job(tmp_path, path, words):
     assert FAKE_TOKEN not in output
 
 
+@pytest.mark.workflow
 def test_hub_corpus_run_scores_as_the_local_run_and_a_new_commit_reruns(completed_workflow, tmp_path):
     """The tiny workflow on hf://, its corpus the completed local run's file, scored with that run's
     scorer (scorer.checkpoint: no annotation to repeat): the same scored.jsonl. Every job read the
@@ -410,8 +405,7 @@ def test_hub_corpus_run_scores_as_the_local_run_and_a_new_commit_reruns(complete
     config["scorer"]["checkpoint"] = str(completed_workflow / "results" / "scorer")
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = hub.env(tmp_path)
-    result = run_snakemake(workdir, env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    snakemake(workdir, env=env)
     assert (workdir / "scored.jsonl").read_bytes() == (completed_workflow / "scored.jsonl").read_bytes()
     summary = json.loads((workdir / "results" / "summary.json").read_text())
     assert summary["documents_read"] == len(tiny_corpus()) and summary["empty_files"] == []
@@ -419,34 +413,32 @@ def test_hub_corpus_run_scores_as_the_local_run_and_a_new_commit_reruns(complete
     # 2 x tokenize_shard, 2 x score_shard, gather; the DAG build's score-field check
     assert len(reads) >= 6 and all(r.endswith(f"/resolve/{commit}/data/corpus.jsonl") for r in reads)
 
-    nothing = run_snakemake(workdir, env, "-n")
+    nothing = snakemake(workdir, "-n", env=env)
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
     publish(hub.remote, {"data/corpus.jsonl": local_corpus + jsonl_bytes(tiny_corpus(1, seed=5))},
             repo="test-org/same-corpus")
-    plan = run_snakemake(workdir, env, "-n")
+    plan = snakemake(workdir, "-n", env=env)
     output = plan.stdout + plan.stderr
-    assert plan.returncode == 0, output
     for rule in ("tokenize_shard", "score_shard", "gather_scores"):
         assert f"rule {rule}:" in plan.stdout, output
     assert "Params have changed" in output and "Set of input files has changed" not in output
 
 
+@pytest.mark.workflow
 def test_file_url_corpus_tokenizes_as_the_local_path_and_an_edit_reruns(completed_workflow, tmp_path):
     corpus_file = tmp_path / "elsewhere" / "corpus.jsonl"
     corpus_file.parent.mkdir()
     corpus_file.write_bytes((completed_workflow / "data" / "corpus.jsonl").read_bytes())
     workdir = workflow(tmp_path / "wf", f"file://{corpus_file}")
     shards = [f"results/corpus/shard-{i}.parquet" for i in range(2)]
-    result = run_snakemake(workdir, None, *shards)
-    assert result.returncode == 0, result.stdout + result.stderr
+    snakemake(workdir, *shards)
     for shard in shards:
         assert pq.read_table(workdir / shard).equals(pq.read_table(completed_workflow / shard)), shard
-    assert "Nothing to be done" in run_snakemake(workdir, None, "-n", *shards).stdout
+    assert "Nothing to be done" in snakemake(workdir, "-n", *shards).stdout
 
     with open(corpus_file, "a") as f:  # an edit: a new size and mtime, so a new version in params
         f.write(json.dumps({"text": "one more document"}) + "\n")
-    plan = run_snakemake(workdir, None, "-n", *shards)
+    plan = snakemake(workdir, "-n", *shards)
     output = plan.stdout + plan.stderr
-    assert plan.returncode == 0, output
     assert output.count("rule tokenize_shard:") == 2 and "rule train_tokenizer:" in output
     assert "Params have changed" in output

@@ -1,5 +1,5 @@
-"""Bad input in the target set (DESIGN.md §8): a clear error naming the file and line, or the
-record read as the corpus reader reads it, never a traceback."""
+"""Bad input in the target set (docs/reliability.md#bad-records-and-rejects): a clear error naming
+the file and line, or the record read as the corpus reader reads it, never a traceback."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Workflow-level tests: the Snakemake DAG end to end, bad input, lint, config validation and
-incremental re-planning after config or input edits (DESIGN.md §2: each rule's params carry
-exactly the configuration its stage depends on).
+incremental re-planning after config or input edits (docs/configuration.md#what-reruns-after-an-edit:
+each rule's params carry exactly the configuration its stage depends on).
 
 The expensive run is shared: `completed_workflow` (conftest) is run once per session, and every
 test that changes anything works on a copy (shutil.copytree with symlinks=True, so the copy
@@ -12,18 +12,33 @@ from __future__ import annotations
 import collections
 import json
 import math
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from helpers import (GOOD, ROOT, copy_workflow, edit_config, make_workflow, parse_plan, plan,
-                     read_jsonl, rule_counts, set_key, snakemake, tiny_config, tiny_corpus, write_jsonl)
+from helpers import (
+    GOOD,
+    ROOT,
+    copy_workflow,
+    edit_config,
+    make_workflow,
+    parse_plan,
+    plan,
+    read_jsonl,
+    rule_counts,
+    set_key,
+    snakemake,
+    tiny_config,
+    tiny_corpus,
+    tiny_scorer,
+    write_jsonl,
+)
 from safetensors import safe_open
+
+from lqs.corpus import iter_records
+
+pytestmark = pytest.mark.workflow  # every test here runs Snakemake or reads completed_workflow
 
 # tiny_config: annotation steps 4, interval 2, batch 4; proxy 48 windows in 2 parts; 2 shards.
 ANNOTATED_STEPS = [0, 2]
@@ -121,11 +136,17 @@ def _is_int_list(t: pa.DataType) -> bool:
 def test_intermediate_files(completed_workflow):
     results = completed_workflow / "results"
     corpus_windows = {}
+    # each window and each score carries its record's fingerprint (corpus.Record.fingerprint)
+    fingerprints = {r.doc_id: r.fingerprint for r in iter_records([str(completed_workflow / "data/corpus.jsonl")])}
     for shard in range(NUM_SHARDS):
         table = pq.read_table(results / "corpus" / f"shard-{shard}.parquet")
-        assert {"doc_id", "window", "input_ids"} <= set(table.column_names)
-        for d, w, ids in zip(*(table.column(c).to_pylist() for c in ("doc_id", "window", "input_ids"))):
+        assert table.column_names == ["doc_id", "window", "input_ids", "fingerprint"]
+        for d, w, ids, f in zip(*(table.column(c).to_pylist() for c in table.column_names)):
             corpus_windows[(d, w)] = ids
+            assert f == fingerprints[d]
+        scores = pq.read_table(results / "scores" / f"shard-{shard}.parquet")
+        assert scores.column_names == ["doc_id", "score", "truncated", "n_tokens", "n_windows", "fingerprint"]
+        assert scores["fingerprint"].to_pylist() == [fingerprints[d] for d in scores["doc_id"].to_pylist()]
 
     samples = pq.read_table(results / "proxy" / "samples.parquet")
     schema = samples.schema
@@ -169,10 +190,8 @@ def test_intermediate_files(completed_workflow):
 
 
 def test_lint_is_clean():
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = snakemake(ROOT, "--lint", cores=None, timeout=120)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output
     assert "Congratulations" in output, output
 
 
@@ -183,7 +202,8 @@ def test_lint_is_clean():
     (set_key("scorer", "epochs", 1.5), "scorer.epochs: 1.5 is not valid: expected integer"),
     (set_key("annotation", "learning_rate", 0.1),
      "annotation: Additional properties are not allowed ('learning_rate' was unexpected)"),
-    (set_key("bogus_section", 1), "(top level): Additional properties are not allowed ('bogus_section' was unexpected)"),
+    (set_key("bogus_section", 1),
+     "(top level): Additional properties are not allowed ('bogus_section' was unexpected)"),
 ], ids=["wrong-type-lr", "wrong-type-num-shards", "wrong-type-epochs", "unknown-key", "unknown-section"])
 def test_config_validation_names_the_key_in_one_line(tmp_path, edit, message):
     config = tiny_config("data/corpus.jsonl", "data/target.jsonl")
@@ -220,8 +240,10 @@ SCORING = {"score_shard": NUM_SHARDS, "gather_scores": 1, "select_order": 1, "al
     (set_key("scorer", "lr", 0.002), {"train_scorer": 1, **SCORING}, "train_scorer"),
     (set_key("inference", "max_tokens", 1024), SCORING, "score_shard"),
     (set_key("inference", "dtype", "bf16"), SCORING, "score_shard"),
-    (set_key("output", "score_field", "lqs_score"), {"gather_scores": 1, "select_order": 1, "all": 1},
-     "gather_scores"),
+    # tokenize_shard rejects a record that already has the field: which records are accepted changes
+    (set_key("output", "score_field", "lqs_score"),
+     {"tokenize_shard": NUM_SHARDS, "sample_proxy": 1, "pretrain_proxy": 1, "trajectory": 1, **ALL_STATS,
+      "lqs_labels": 1, "train_scorer": 1, **SCORING}, "tokenize_shard"),
     (set_key("demo", "seed", 1), {}, None),  # demo_data is not in this DAG
 ], ids=["annotation.lr", "annotation.score", "annotation.stats_dtype", "scorer.lr",
         "inference.max_tokens", "inference.dtype", "output.score_field", "demo.seed"])
@@ -247,28 +269,24 @@ def test_config_edit_plans_exactly_the_affected_stages(completed_workflow, tmp_p
 # 2. bad input
 
 
-def test_bad_records_skip_go_to_rejects_with_reasons(tiny_workflow):
+def test_bad_records_skip_go_to_rejects_with_reasons(per_file_workflow):
+    """on_bad_record: skip, in per_file_workflow's run: its two files hold bad_corpus() (split
+    after line SPLIT: three bad records in the first file, one in the second)."""
     lines, bad = bad_corpus()
-    write_jsonl(tiny_workflow / "data" / "corpus.jsonl", lines)
-    edit_config(tiny_workflow, set_key("corpus", "on_bad_record", "skip"))
-    # bad input is handled by tokenization and gathering: a smaller annotation saves time
-    edit_config(tiny_workflow, set_key("proxy", "num_parts", 1))
-    edit_config(tiny_workflow, set_key("annotation", "steps", 2))
-    snakemake(tiny_workflow)
+    where = {n: ("data/corpus-a.jsonl", n) if n <= SPLIT else ("data/corpus-b.jsonl", n - SPLIT) for n in bad}
+    rejects = read_jsonl(per_file_workflow / "rejects.jsonl")
+    assert [(r["file"], r["line"]) for r in rejects] == [where[n] for n in sorted(bad)]
+    for entry, n in zip(rejects, sorted(bad)):
+        assert bad[n] in entry["reason"], entry
+        assert entry["record"] == lines[n - 1]
 
-    rejects = read_jsonl(tiny_workflow / "rejects.jsonl")
-    assert [(r["file"], r["line"]) for r in rejects] == [("data/corpus.jsonl", n) for n in sorted(bad)]
-    for entry in rejects:
-        assert bad[entry["line"]] in entry["reason"], entry
-        assert entry["record"] == lines[entry["line"] - 1]
-
-    summary = json.loads((tiny_workflow / "results" / "summary.json").read_text())
+    summary = json.loads((per_file_workflow / "results" / "summary.json").read_text())
     assert summary["documents_read"] == len(lines) == 124
     assert summary["documents_rejected"] == len(bad) == 4
     assert summary["documents_scored"] == 120
     assert summary["documents_read"] == summary["documents_scored"] + summary["documents_rejected"]
 
-    scored = read_jsonl(tiny_workflow / "scored.jsonl")
+    scored = read_jsonl(per_file_workflow / "scored.jsonl")
     corpus = tiny_corpus()
     assert [r["id"] for r in scored] == [d["id"] for d in corpus]
     assert [{k: v for k, v in r.items() if k != "score"} for r in scored] == corpus
@@ -313,24 +331,7 @@ def planned(workdir: Path, *args: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def scorer_checkpoint(tmp_path_factory) -> Path:
-    """A tiny scorer checkpoint as train_scorer writes it: an XGLM backbone and its tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, XGLMConfig, XGLMModel
-
-    from lqs.models import train_tokenizer
-    from lqs.scorer import ScorerModel, save_scorer
-
-    root = tmp_path_factory.mktemp("checkpoint")
-    corpus = write_jsonl(root / "corpus.jsonl", tiny_corpus(60))
-    train_tokenizer([str(corpus)], str(root / "tokenizer"), text_field="text", vocab_size=300, max_chars=10**6)
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    torch.manual_seed(5)
-    backbone = XGLMModel(XGLMConfig(vocab_size=len(tokenizer), d_model=32, ffn_dim=64, num_layers=1,
-                                    attention_heads=2, max_position_embeddings=64,
-                                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                    eos_token_id=tokenizer.eos_token_id))
-    save_scorer(ScorerModel(backbone).eval(), tokenizer, root / "scorer", {"max_length": 32})
-    return root / "scorer"
+    return tiny_scorer(tmp_path_factory.mktemp("checkpoint"))
 
 
 def test_scorer_checkpoint_needs_no_models_section(tmp_path, scorer_checkpoint):
@@ -360,49 +361,29 @@ def test_scorer_checkpoint_needs_no_models_section(tmp_path, scorer_checkpoint):
     assert "invalid configuration:\n  models: required unless scorer.checkpoint is set" in result.stdout + result.stderr
 
 
-def test_scorer_checkpoint_override_ignores_the_demo_models(tmp_path, scorer_checkpoint):
-    """The Snakefile always loads the demo config (with its models); an override that gives only
-    corpus.path and scorer.checkpoint runs the checkpoint's scoring and nothing of the demo's."""
-    import lqs.scorer
-
-    make_workflow(tmp_path, yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
-    corpus = tiny_corpus(24)
-    write_jsonl(tmp_path / "data" / "mine.jsonl", corpus)
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(
-        {"corpus": {"path": "data/mine.jsonl"}, "scorer": {"checkpoint": str(scorer_checkpoint)}}))
-    listed = set(snakemake(tmp_path, "--configfile", "mine.yaml", "--list-rules").stdout.split())
-    assert not listed & UNUSED_WITH_CHECKPOINT, listed
-    result = snakemake(tmp_path, "--configfile", "mine.yaml")
-    _, stats = parse_plan(result.stdout + "\n" + result.stderr)
-    assert stats == CHECKPOINT_PLAN  # the demo's num_shards is 2, as NUM_SHARDS
-    assert not (tmp_path / "results" / "models" / "proxy").exists()
-    assert not (tmp_path / "results" / "annotation").exists()
-    scored = read_jsonl(tmp_path / "scored.jsonl")
-    assert [r["id"] for r in scored] == [d["id"] for d in corpus]
-    expected = lqs.scorer.load(scorer_checkpoint, device="cpu").score([d["text"] for d in corpus])
-    assert [r["score"] for r in scored] == pytest.approx(expected, rel=1e-6, abs=1e-7)
-
-
 # ----------------------------------------------------------------------------------------------
 # 5 (continued). per-file shards: editing one corpus file retokenizes that shard only
 
 
+SPLIT = 32  # per_file_workflow's files: bad_corpus()'s first 32 lines, and the rest
+
+
 @pytest.fixture(scope="module")
 def per_file_workflow(tmp_path_factory, completed_workflow) -> Path:
-    """A completed tiny workflow with num_shards: per_file over two corpus files. Its tokenizer
-    is a fixed local one (copied from completed_workflow): a tokenizer trained on the corpus
-    depends on every corpus file, so editing any file would rightly retokenize every shard."""
+    """A completed tiny workflow with num_shards: per_file over two corpus files that hold the tiny
+    corpus and four bad records (bad_corpus(), on_bad_record: skip), scored by the completed run's
+    scorer (scorer.checkpoint: no annotation, a third of the time). Its tokenizer is the
+    checkpoint's: a tokenizer trained on the corpus depends on every corpus file, so editing any
+    file would rightly retokenize every shard."""
     workdir = tmp_path_factory.mktemp("per_file")
-    docs = tiny_corpus()
-    write_jsonl(workdir / "data" / "corpus-a.jsonl", docs[:60])
-    write_jsonl(workdir / "data" / "corpus-b.jsonl", docs[60:])
+    lines, _ = bad_corpus()
+    write_jsonl(workdir / "data" / "corpus-a.jsonl", lines[:SPLIT])
+    write_jsonl(workdir / "data" / "corpus-b.jsonl", lines[SPLIT:])
     write_jsonl(workdir / "data" / "target.jsonl",
                 [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
-    shutil.copytree(completed_workflow / "results" / "models" / "tokenizer", workdir / "data" / "tokenizer")
     config = tiny_config(["data/corpus-a.jsonl", "data/corpus-b.jsonl"], "data/target.jsonl")
-    config["corpus"]["num_shards"] = "per_file"
-    config["models"]["tokenizer"] = {"path": "data/tokenizer"}
-    config["proxy"]["num_parts"] = 1  # to save time: grad_stats jobs, one per annotated step
+    config["corpus"] |= {"num_shards": "per_file", "on_bad_record": "skip"}
+    config["scorer"]["checkpoint"] = str(completed_workflow / "results" / "scorer")
     make_workflow(workdir, config)
     snakemake(workdir)
     return workdir
@@ -414,7 +395,7 @@ def test_per_file_workflow_scores_every_document_in_order(per_file_workflow):
     assert [r["id"] for r in scored] == [d["id"] for d in corpus]
     assert [{k: v for k, v in r.items() if k != "score"} for r in scored] == corpus
     summary = json.loads((per_file_workflow / "results" / "summary.json").read_text())
-    assert (summary["documents_read"], summary["documents_scored"]) == (120, 120)
+    assert (summary["documents_read"], summary["documents_scored"]) == (124, 120)  # and 4 bad records
 
 
 def test_editing_one_corpus_file_retokenizes_only_its_shard(per_file_workflow, tmp_path):
@@ -427,16 +408,22 @@ def test_editing_one_corpus_file_retokenizes_only_its_shard(per_file_workflow, t
     write_jsonl(path, records)
 
     jobs = plan(workdir)
-    # shard 1 changed: it is retokenized; the proxy LM is pretrained on all shards, the proxy set
-    # and the training batches are drawn from all shards, so annotation and the scorer follow,
-    # and every shard is rescored with the new scorer. The tokenizer, target and scorer base stay.
-    assert rule_counts(jobs) == {
-        "tokenize_shard": 1, "pretrain_proxy": 1, "sample_proxy": 1, "trajectory": 1,
-        "grad_stats": len(ANNOTATED_STEPS), "lqs_labels": 1, "train_scorer": 1, **SCORING}
+    # shard 1 changed: it is retokenized and rescored (by the same scorer); shard 0 stands
+    assert rule_counts(jobs) == {"tokenize_shard": 1, "score_shard": 1, "gather_scores": 1, "select_order": 1,
+                                 "all": 1}
+    assert [j["wildcards"] for j in jobs if "shard" in j["wildcards"]] == [{"shard": "1"}] * 2
     tokenize = [j for j in jobs if j["rule"] == "tokenize_shard"]
-    assert tokenize[0]["wildcards"] == {"shard": "1"}
     assert tokenize[0]["reason"] == "Updated input files: data/corpus-b.jsonl"
     assert not any("data/corpus-a.jsonl" in j["reason"] for j in jobs)
+
+    # Where the workflow trains its scorer, the proxy LM is pretrained on all shards and the
+    # proxy set and the training batches are drawn from all shards: an edited file reruns the
+    # annotation and the scorer too, and every shard is rescored with the new scorer.
+    edit_config(workdir, set_key("scorer", "checkpoint", None))
+    dry_run = snakemake(workdir, "-n").stdout
+    for rule in ("pretrain_proxy", "sample_proxy", "trajectory"):
+        [job] = [block for block in dry_run.split("\n\n") if f"rule {rule}:" in block]
+        assert "results/corpus/shard-0.parquet" in job and "results/corpus/shard-1.parquet" in job, job
 
 
 def test_failed_rerun_of_gather_keeps_the_previous_results(completed_workflow, tmp_path):

@@ -1,4 +1,4 @@
-"""lqs.scorer's XGLM attention patch against transformers' own XGLM (DESIGN.md §5).
+"""lqs.scorer's XGLM attention patch against transformers' own XGLM (docs/maths.md#the-data-scorer).
 
 transformers has only eager attention for XGLM; load_backbone replaces XGLMAttention.forward
 with scaled-dot-product attention and relies on transformers internals: the forward's argument
