@@ -247,9 +247,10 @@ def resolve_outputs(config: dict, files: Sequence[str]) -> list[str]:
 def path_errors(config: Mapping, results: str, own: Iterable[str] = ()) -> list[str]:
     """Every path the workflow writes (output.path: the file or the per_shard directory,
     output.rejects_path, selection.path, and the `results` directory) checked against each local
-    input (corpus.path's entries, target.source and efficacy.eval_source when they are local
-    paths) and against each other (lqs.paths.path_conflicts). `own`: inputs the workflow writes
-    itself (the demo's corpus and target set, under `results`), which are no conflict."""
+    input (corpus.path's entries, and target.source, efficacy.eval_source, scorer.checkpoint and
+    the models' `path` when they are local paths) and against each other
+    (lqs.paths.path_conflicts). `own`: inputs the workflow writes itself (the demo's corpus and
+    target set, under `results`), which are no conflict."""
     own = {os.path.realpath(p) for p in own}
 
     def local(entries: str | Sequence[str] | None) -> list[str]:
@@ -257,9 +258,13 @@ def path_errors(config: Mapping, results: str, own: Iterable[str] = ()) -> list[
         return [e for e in entries if not sources.is_url(e) and os.path.realpath(e) not in own]
 
     inputs = {"corpus.path": local(config["corpus"]["path"])}
+    models = config.get("models") or {}
     for key, source in (("target.source", config["target"]["source"]),
-                        ("efficacy.eval_source", config["efficacy"]["eval_source"])):
-        if source and os.path.exists(source):  # else a hub data set id
+                        ("efficacy.eval_source", config["efficacy"]["eval_source"]),
+                        ("scorer.checkpoint", config["scorer"]["checkpoint"]),
+                        *((f"models.{name}.path", (models.get(name) or {}).get("path"))
+                          for name in ("proxy", "scorer", "tokenizer"))):
+        if source and os.path.exists(source):  # else a hub id
             inputs[key] = local(source)
     outputs = {"output.path": config["output"]["path"], "output.rejects_path": config["output"]["rejects_path"],
                "selection.path": config["selection"]["path"], f"{results}/ (the workflow's own files)": results}

@@ -17,6 +17,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -127,6 +128,11 @@ _HELD = {"bool": "true or false", "int": "integers", "float": "floats", "str": "
          "object": "objects"}
 
 
+# a JSON number past a double's range (1e400) reads as infinity, which a Parquet column would store
+_BEYOND_DOUBLE = ("field {path!r} is a number beyond a 64-bit float's range, which a Parquet column would hold as "
+                  "infinity")
+
+
 def _kind(value: Any) -> str:
     """The kind of a value json.loads (corpus.loads) made: exactly these types (bool is not an int
     here, as it is not to Arrow; a Decimal is an integer past int()'s digit limit)."""
@@ -150,6 +156,8 @@ def _widened(t: FieldType, value: Any, path: str) -> FieldType:
     kind = _kind(value)
     if kind == "int" and not INT64_MIN <= value <= INT64_MAX:
         raise Misfit(f"field {path!r} is {_shown(value)}, an integer too large for a 64-bit integer column")
+    if kind == "float" and not math.isfinite(value):
+        raise Misfit(_BEYOND_DOUBLE.format(path=path))
     if t.kind is None and kind not in ("list", "object"):
         return FLOAT if kind == "float" else FieldType(kind, big=kind == "int" and abs(value) > EXACT_INT)
     if kind == t.kind and kind not in ("list", "object"):
@@ -210,6 +218,8 @@ def _misfit(value: Any, t: FieldType, path: str) -> str | None:
     if value is None:
         return None
     kind = _kind(value)
+    if kind == "float" and not math.isfinite(value):
+        return _BEYOND_DOUBLE.format(path=path)
     if kind == "list" and t.kind == "list":
         for i, v in enumerate(value):
             if reason := _misfit(v, t.item, _child(path, i)):

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import PurePath
+from urllib.parse import unquote, urlparse
 
 from lqs.sources import is_url
 
@@ -70,16 +71,42 @@ def _input_relation(out: PurePath, entry: str) -> str | None:
     return None
 
 
+def local_path(entry: str) -> str | None:
+    """The local path an input entry names: itself, the path of a file:// URL, or None (another URL)."""
+    if not is_url(entry):
+        return entry
+    url = urlparse(entry)
+    return unquote(url.path) if url.scheme == "file" else None
+
+
+def _linked_files(entry: str) -> list[str]:
+    """The files a directory or glob entry reaches through a symlink: they live elsewhere, and an
+    output there would overwrite them although it lies outside the entry."""
+    if glob.has_magic(entry):
+        found = glob.glob(entry, recursive=True)
+    elif os.path.isdir(entry):
+        found = [os.path.join(entry, name) for name in os.listdir(entry)]
+    else:
+        return []
+    return [path for path in found if os.path.islink(path) or os.path.realpath(path) != os.path.abspath(path)]
+
+
 def path_conflicts(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, str]) -> list[str]:
     """One line per conflict, naming both keys and the path: an output (key -> path, a file or a
     directory) that equals, contains or lies inside an input (key -> its entries as given: files,
-    directories or globs; URLs are skipped) or another output. Paths are resolved (symlinks too)."""
+    directories or globs, file:// URLs; other URLs are skipped) or another output. Paths are
+    resolved (symlinks too), and so are the files a directory or glob reaches through a symlink."""
     conflicts = []
     given = [(key, path, _real(path)) for key, path in outputs.items() if path]
     for i, (key, path, out) in enumerate(given):
         for input_key, entries in inputs.items():
             for entry in [entries] if isinstance(entries, str) else entries:
-                if not is_url(entry) and (relation := _input_relation(out, entry)):
+                if (local := local_path(entry)) is None:
+                    continue
+                relation = _input_relation(out, local) or next(
+                    (f"is, holds or lies inside {linked!r} of" for linked in _linked_files(local)
+                     if _relation(out, _real(linked))), None)
+                if relation:
                     conflicts.append(f"{key}: {path!r} {relation} {input_key} ({entry!r}): the run would overwrite"
                                      " its input or read its own output back as input; choose another path")
         for other_key, other_path, other in given[:i]:

@@ -301,13 +301,18 @@ class _Rejects:
 
 
 def format_of(out: str, format: str | None, inputs: Sequence[str]) -> str:
-    """--format, else the output's extension, else Parquet for Parquet input and JSONL otherwise."""
+    """--format, else the output's extension, else (standard output) Parquet for Parquet input and
+    JSONL otherwise. A file's extension must name its format: a `.jsonl` file never holds Parquet."""
+    from lqs.paths import extension_format
+
+    named = extension_format(out) if out != "-" else None
     if format:
-        return output.check_format(format)
-    for name, suffix in (("parquet", ".parquet"), ("parquet", ".pq"), ("jsonl.gz", ".gz"), ("jsonl", ".jsonl")):
-        if out.endswith(suffix):
-            return name
-    return output.default_format(inputs)
+        output.check_format(format)
+        if named not in (None, format):
+            raise ValueError(f"--format {format} contradicts --out {out}, whose extension names {named}; "
+                             "give one or the other")
+        return format
+    return named or output.default_format(inputs)
 
 
 def resolve_scorer(scorer: str, revision: str | None = None) -> str:
@@ -385,6 +390,8 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
     unknown = [f for f in extra_fields if f not in output.EXTRA_FIELDS]
     if unknown:
         raise ValueError(f"unknown extra field {unknown[0]!r}: choose from {', '.join(output.EXTRA_FIELDS)}")
+    if rejects == "-":
+        raise ValueError("--rejects -: the rejects cannot go to standard output; give a file")
     rejects = rejects or (None if out == "-" else f"{out}.rejects.jsonl")
     check_outputs(inputs, scorer, {flag: path for flag, path in (("--out", out), ("--rejects", rejects))
                                    if path not in (None, "-")}, overwrite)

@@ -14,7 +14,7 @@ from lqs import sources as lqs_sources
 
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
-# the demo's corpus.path and target.source, written by demo_data (rules/data.smk): inputs the workflow
+# the demo's corpus and target set, demo_data's outputs (rules/data.smk): inputs the workflow
 # writes itself, so no output conflicts with them
 DEMO_FILES = [f"{RESULTS}/demo/corpus.jsonl", f"{RESULTS}/demo/target.jsonl"]
 

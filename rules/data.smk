@@ -1,7 +1,7 @@
 rule demo_data:
     output:
-        corpus=f"{RESULTS}/demo/corpus.jsonl",
-        target=f"{RESULTS}/demo/target.jsonl",
+        corpus=DEMO_FILES[0],
+        target=DEMO_FILES[1],
     params:
         settings=as_settings(**config["demo"]),
     log:

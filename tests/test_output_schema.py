@@ -314,3 +314,14 @@ def test_workflow_parquet_output_of_jsonl_records(tokenizer_and_scorer, tmp_path
     single = pq.read_table(tmp_path / "scored.parquet")
     assert single.schema == parts.schema
     assert_rows_are_the_records(single.to_pylist(), kept, single.schema)
+
+
+def test_a_json_number_beyond_a_double_is_a_misfit_not_infinity():
+    """1e400 is valid JSON that reads as infinity: a Parquet column would hold inf, another value."""
+    builder = output.SchemaBuilder()
+    assert builder.add({"text": "a", "x": 1.5}) is None
+    reason = builder.add({"text": "b", "x": corpus.loads('1e400')})
+    assert reason and "'x'" in reason and "beyond a 64-bit float" in reason
+    columns = output.columns_of(builder.schema())
+    assert "beyond a 64-bit float" in output.misfit({"text": "c", "x": [1.0][0] * float("inf")}, columns)
+    assert output.misfit({"text": "c", "x": 2.5}, columns) is None

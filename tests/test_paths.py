@@ -289,3 +289,29 @@ def test_the_document_bound_reads_parquet_footers_and_jsonl_sizes(tmp_path):
     gz.write_bytes(b"")
     assert lqs_config.max_documents([str(gz)], "text") is None  # not bounded: not refused
     assert lqs_config.max_documents(["s3://bucket/c.jsonl"], "text") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# review: inputs reached through a symlink or a file:// URL, and model sources
+
+
+def test_path_conflicts_follow_links_out_of_a_directory_or_glob_and_file_urls(tmp_path):
+    store, data = tmp_path / "store", tmp_path / "data"
+    store.mkdir(), data.mkdir()
+    (store / "c.jsonl").write_text('{"text": "a"}\n')
+    (data / "c.jsonl").symlink_to(store / "c.jsonl")
+    (data / "own.jsonl").write_text('{"text": "b"}\n')
+    target = {"output.path": str(store / "c.jsonl")}
+    for entry in (str(data), f"{data}/*.jsonl", (store / "c.jsonl").as_uri()):
+        [line] = path_conflicts({"corpus.path": [entry]}, target)
+        assert line.startswith(f"output.path: '{store / 'c.jsonl'}'") and "corpus.path" in line, line
+    assert path_conflicts({"corpus.path": [str(data)]}, {"output.path": str(store / "other.jsonl")}) == []
+    assert path_conflicts({"corpus.path": ["s3://bucket/data/*.jsonl"]}, target) == []
+
+
+@pytest.mark.workflow
+def test_scorer_checkpoint_under_results_is_refused(tiny_workflow):
+    edit_config(tiny_workflow, set_key("scorer", "checkpoint", "results/scorer"))
+    (tiny_workflow / "results" / "scorer").mkdir(parents=True)
+    text = refused(tiny_workflow)
+    assert "scorer.checkpoint ('results/scorer')" in text

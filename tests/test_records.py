@@ -166,7 +166,7 @@ def test_unreadable_parquet_file_with_parquet_output_under_skip(tmp_path, tok_di
 
 
 @pytest.mark.workflow
-def test_unreadable_parquet_file_in_a_workflow_run(tmp_path):
+def test_unreadable_parquet_file_in_a_workflow_run(tmp_path, completed_workflow):
     docs = tiny_corpus()
     (tmp_path / "data").mkdir()
     pq.write_table(pa.Table.from_pylist(docs[:60]).drop_columns(["extra"]), tmp_path / "data" / "a.parquet")
@@ -176,6 +176,8 @@ def test_unreadable_parquet_file_in_a_workflow_run(tmp_path):
                          [{"conversations": [f"Question {i}?", SENTENCES[i % len(SENTENCES)]]} for i in range(12)])
     config = tiny_config(["data/a.parquet", "data/bad.parquet", "data/b.parquet"], str(target.relative_to(tmp_path)))
     config["corpus"]["on_bad_record"] = "skip"
+    # scoring with the finished run's scorer: the corpus stages are what this test is about
+    config["scorer"]["checkpoint"] = str(completed_workflow / "results" / "scorer")
     make_workflow(tmp_path, config)
     snakemake(tmp_path)
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
@@ -188,10 +190,11 @@ def test_unreadable_parquet_file_in_a_workflow_run(tmp_path):
 
     config["corpus"]["on_bad_record"] = "error"
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    result = snakemake(tmp_path, check=False)  # the setting is train_tokenizer's too: it reruns
+    result = snakemake(tmp_path, check=False)
     assert result.returncode != 0
-    log = (tmp_path / "results" / "logs" / "train_tokenizer.log").read_text()
-    assert "data/bad.parquet: corrupt or truncated Parquet file" in log and "Traceback" not in log
+    logs = [path.read_text() for path in (tmp_path / "results" / "logs").rglob("*.log")]
+    assert any("data/bad.parquet: corrupt or truncated Parquet file" in log for log in logs)
+    assert not any("Traceback" in log for log in logs)
 
 
 def test_damaged_parquet_page_is_a_bad_record_naming_the_rows_lost(tmp_path, tok_dir):

@@ -261,3 +261,36 @@ def test_checkpoint_without_digests_loads_with_a_warning(scorer_dir, tmp_path, c
     assert any("records no digests of its weights" in r.getMessage() for r in caplog.records)
     models.fetch_scorer({"path": str(ckpt)}, str(tmp_path / "fetched"))  # a fetched copy gets them
     assert "weights_sha256" in json.loads((tmp_path / "fetched" / "scorer.json").read_text())
+
+
+# ---------------------------------------------------------------- review: inputs reached another way
+
+
+@pytest.mark.parametrize("how", ["symlink in a directory input", "symlink matched by a glob", "file:// URL"])
+def test_an_output_never_lands_on_an_input_reached_through_a_link_or_url(scorer_dir, tmp_path, caplog, no_scoring,
+                                                                         how):
+    store, data = tmp_path / "store", tmp_path / "data"
+    store.mkdir(), data.mkdir()
+    real = _input(store)
+    (data / "c.jsonl").symlink_to(real)
+    before = real.read_bytes()
+    given = {"symlink in a directory input": data, "symlink matched by a glob": f"{data}/*.jsonl",
+             "file:// URL": real.as_uri()}[how]
+    code, error = lqs_score(caplog, given, "--scorer", scorer_dir, "--out", real, "--overwrite")
+    assert code == 1 and "--out" in error and "INPUT" in error
+    assert real.read_bytes() == before
+
+
+def test_a_format_that_contradicts_the_out_extension_is_refused(scorer_dir, tmp_path, caplog, no_scoring):
+    src = _input(tmp_path)
+    code, error = lqs_score(caplog, src, "--scorer", scorer_dir, "--format", "parquet", "--out", tmp_path / "x.jsonl")
+    assert code == 1 and "--format parquet" in error and "x.jsonl" in error
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_rejects_to_standard_output_is_refused(scorer_dir, tmp_path, caplog, no_scoring, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_text("keep")
+    code, error = lqs_score(caplog, _input(tmp_path), "--scorer", scorer_dir, "--out", "-", "--rejects", "-")
+    assert code == 1 and "--rejects -" in error
+    assert (tmp_path / "-").read_text() == "keep"
