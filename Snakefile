@@ -20,6 +20,4 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        SCORED_FILES,
-        f"{RESULTS}/summary.json",
-        config["selection"]["path"],
+        get_final_output(),

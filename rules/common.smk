@@ -133,6 +133,53 @@ def target_source_file(wildcards):
     return [source] if os.path.exists(source) or source.startswith(f"{RESULTS}/") else []
 
 
+# The models. With a pretrained scorer (scorer.checkpoint) nothing reads models.proxy, models.scorer
+# or models.tokenizer (the schema requires them only without one): the demo's, which every run
+# inherits from config/config.yaml, are ignored.
+SCORER = config["scorer"]
+SCORER_CHECKPOINT = SCORER["checkpoint"]
+TRUST_REMOTE_CODE = config["models"]["trust_remote_code"]
+PROXY = None if SCORER_CHECKPOINT else config["models"]["proxy"]
+SCORER_BASE = None if SCORER_CHECKPOINT else config["models"]["scorer"]
+# The proxy tokenizer's own repo or path, or (by default: `tokenizer: {}`) the proxy's.
+TOKENIZER_SOURCE = (
+    None
+    if SCORER_CHECKPOINT
+    else config["models"]["tokenizer"] if {"repo", "path"} & set(config["models"]["tokenizer"]) else PROXY
+)
+# A pretrained scorer checkpoint: a local directory, or a hub repo (with an optional revision).
+CHECKPOINT_SOURCE = (
+    None
+    if not SCORER_CHECKPOINT
+    else (
+        {"path": SCORER_CHECKPOINT}
+        if os.path.isdir(SCORER_CHECKPOINT)
+        else {"repo": SCORER_CHECKPOINT, "revision": SCORER["checkpoint_revision"]}
+    )
+)
+# Which of two rules writes results/models/tokenizer and results/models/proxy (rules/models.smk):
+# an architecture-config proxy is pretrained, with a tokenizer trained on the corpus unless
+# models.tokenizer names one; anything else is fetched. (results/scorer: train_scorer, or
+# fetch_scorer with scorer.checkpoint.)
+PRETRAIN_PROXY = PROXY is not None and "arch" in PROXY
+TRAIN_TOKENIZER = PRETRAIN_PROXY and not {"repo", "path"} & set(config["models"]["tokenizer"])
+TARGET_SOURCE = config["target"]["source"]
+# The target set comes from the hub unless it is a local file or directory (or built by the demo).
+TARGET_FROM_HUB = not (os.path.exists(TARGET_SOURCE) or TARGET_SOURCE.startswith(f"{RESULTS}/"))
+# Fetch rules need the network and the Hugging Face login, and fail fast (an access check first)
+# on a gated or missing repo: they run on the submitting host (localrule) and before anything
+# else that is ready (priority). A local model directory is the fetch's input, so editing it
+# reruns the fetch.
+FETCH_PRIORITY = 100
+
+# Target `efficacy` (docs/stages.md#the-efficacy-experiment), not part of `all`.
+EFFICACY = config["efficacy"]
+EFFICACY_ARMS = ["conventional", "lqs", "lqs_shuffled"]
+EVAL_SOURCE = EFFICACY["eval_source"]
+# An explicit evaluation set: a local file or directory, or else a hub data set id.
+EVAL_FROM_HUB = EVAL_SOURCE is not None and not os.path.exists(EVAL_SOURCE)
+EVAL_DIR = f"{RESULTS}/efficacy/eval"
+
 ANNOTATION = config["annotation"]
 ANNOTATED_STEPS = [t for t in range(ANNOTATION["steps"]) if t % ANNOTATION["interval"] == 0]
 PROXY_PARTS = list(range(config["proxy"]["num_parts"]))
@@ -162,8 +209,8 @@ def gpu_runtime(minutes):
 def efficacy_target_eval(wildcards):
     """`snakemake efficacy`'s target evaluation set: efficacy.eval_source's, else the target's
     held-out part. An input function, so that with neither only that target stops, at DAG build."""
-    if config["efficacy"]["eval_source"] is not None:
-        return f"{RESULTS}/efficacy/eval/target.parquet"
+    if EVAL_SOURCE is not None:
+        return f"{EVAL_DIR}/target.parquet"
     if config["target"]["eval_fraction"] > 0:
         return f"{RESULTS}/target/eval_tokens.parquet"
     raise WorkflowError(
@@ -176,7 +223,7 @@ def efficacy_target_eval(wildcards):
 def efficacy_proxy(wildcards):
     """efficacy.model null: the proxy's architecture (its config.json), initialised anew. An input
     function, so that without a proxy (scorer.checkpoint) only this target stops, at DAG build."""
-    if config["efficacy"]["model"] is not None:
+    if EFFICACY["model"] is not None:
         return []
     if SCORER_CHECKPOINT:
         raise WorkflowError(
@@ -198,3 +245,41 @@ TOKENIZE_SCHEMA = OUTPUT_SCHEMA if lqs_output.default_format([f.path for f in CO
 def output_schema_flag(wildcards, input):
     """`--output-schema FILE` for a job with the output schema among its inputs."""
     return f"--output-schema {shlex.quote(input.output_schema[0])}" if input.output_schema else ""
+
+
+def local_source(source):
+    """A model or data source's local path as an input ([] for a hub repo, or no source)."""
+    return [source["path"]] if source and "path" in source else []
+
+
+def tokenizer_fetch_source():
+    """fetch_tokenizer's source: the pretrained scorer's own tokenizer (scorer.checkpoint), else
+    models.tokenizer's repo or path, else the proxy's."""
+    return {"path": f"{RESULTS}/scorer"} if SCORER_CHECKPOINT else TOKENIZER_SOURCE
+
+
+def gather_model_inputs(name):
+    """gather_scores' input `name` (scorer metrics, annotation info, proxy): none with a
+    pretrained scorer (scorer.checkpoint), which has no proxy, annotation or training metrics."""
+    paths = {
+        "metrics": f"{RESULTS}/scorer",
+        "annotation": f"{RESULTS}/annotation/labels.json",
+        "proxy": f"{MODELS}/proxy",
+    }
+    return lambda wildcards: [] if SCORER_CHECKPOINT else paths[name]
+
+
+def gather_model_arguments(wildcards, input):
+    """gather_scores' arguments for the trained scorer's metrics, the annotation and the proxy."""
+    if SCORER_CHECKPOINT:
+        return ""
+    return (
+        f"--scorer-metrics {input.metrics}/metrics.json"
+        f" --annotation-info {input.annotation} --proxy-model {input.proxy}"
+    )
+
+
+def get_final_output():
+    """The final targets, the input of the Snakefile's `all`: the scored output, the run's summary
+    and the selection."""
+    return [*SCORED_FILES, f"{RESULTS}/summary.json", config["selection"]["path"]]

@@ -1,57 +1,48 @@
 # Target `efficacy` (docs/stages.md#the-efficacy-experiment), not part of `all`: small causal LMs
 # trained from scratch on equal token budgets, one job per arm and seed, then a table and a figure.
-EFFICACY = config["efficacy"]
-EFFICACY_ARMS = ["conventional", "lqs", "lqs_shuffled"]
-EVAL_SOURCE = EFFICACY["eval_source"]
-# An explicit evaluation set: a local file or directory, or else a hub data set id.
-EVAL_FROM_HUB = EVAL_SOURCE is not None and not os.path.exists(EVAL_SOURCE)
-EVAL_DIR = f"{RESULTS}/efficacy/eval"
 
 
-if EVAL_FROM_HUB:
+# An evaluation set from the hub (efficacy.eval_source, not a local file): prepare_eval_source's input.
+rule fetch_eval_source:
+    output:
+        f"{EVAL_DIR}/source.parquet",
+    params:
+        settings=as_settings(split=EFFICACY["eval_split"], revision=None),
+        source=EVAL_SOURCE,
+    log:
+        f"{RESULTS}/logs/fetch_eval_source.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fetch_eval_source/all.tsv"
+    priority: FETCH_PRIORITY
+    localrule: True
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs fetch-target {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"
 
-    rule fetch_eval_source:
-        output:
-            f"{EVAL_DIR}/source.parquet",
-        params:
-            settings=as_settings(split=EFFICACY["eval_split"], revision=None),
-            source=EVAL_SOURCE,
-        log:
-            f"{RESULTS}/logs/fetch_eval_source.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/fetch_eval_source/all.tsv"
-        priority: FETCH_PRIORITY
-        localrule: True
-        conda:
-            "../envs/lqs.yaml"
-        shell:
-            "lqs fetch-target {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"
 
-
-if EVAL_SOURCE is not None:
-
-    # Parsed and tokenized as the target set is (first window of target.max_length).
-    rule prepare_eval_source:
-        input:
-            source=f"{EVAL_DIR}/source.parquet" if EVAL_FROM_HUB else EVAL_SOURCE,
-            tokenizer=f"{MODELS}/tokenizer",
-        output:
-            f"{EVAL_DIR}/target.parquet",
-        params:
-            settings=as_settings(
-                text_field=config["target"]["text_field"],
-                max_length=config["target"]["max_length"],
-                split=EFFICACY["eval_split"],
-            ),
-        log:
-            f"{RESULTS}/logs/prepare_eval_source.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/prepare_eval_source/all.tsv"
-        conda:
-            "../envs/lqs.yaml"
-        shell:
-            "lqs prepare-target {input.source:q} --tokenizer-dir {input.tokenizer} --out {output}"
-            " --settings {params.settings:q} > {log} 2>&1"
+# efficacy.eval_source, parsed and tokenized as the target set is (first window of target.max_length).
+rule prepare_eval_source:
+    input:
+        source=lambda wildcards: f"{EVAL_DIR}/source.parquet" if EVAL_FROM_HUB else EVAL_SOURCE,
+        tokenizer=f"{MODELS}/tokenizer",
+    output:
+        f"{EVAL_DIR}/target.parquet",
+    params:
+        settings=as_settings(
+            text_field=config["target"]["text_field"],
+            max_length=config["target"]["max_length"],
+            split=EFFICACY["eval_split"],
+        ),
+    log:
+        f"{RESULTS}/logs/prepare_eval_source.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_eval_source/all.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs prepare-target {input.source:q} --tokenizer-dir {input.tokenizer} --out {output}"
+        " --settings {params.settings:q} > {log} 2>&1"
 
 
 rule efficacy_corpus_eval:

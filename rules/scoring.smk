@@ -1,42 +1,38 @@
-SCORER = config["scorer"]
-
-
-# With scorer.checkpoint, rule fetch_scorer (rules/models.smk) writes results/scorer instead.
-if not SCORER_CHECKPOINT:
-
-    rule train_scorer:
-        input:
-            samples=f"{RESULTS}/proxy/samples.parquet",
-            labels=f"{RESULTS}/annotation/labels.parquet",
-            base=f"{MODELS}/scorer_base",
-        output:
-            directory(f"{RESULTS}/scorer"),
-        params:
-            settings=as_settings(
-                lr=SCORER["lr"],
-                epochs=SCORER["epochs"],
-                batch_size=SCORER["batch_size"],
-                warmup_steps=SCORER["warmup_steps"],
-                weight_decay=SCORER["weight_decay"],
-                clip=SCORER["clip"],
-                max_length=SCORER["max_length"],
-                seed=SCORER["seed"],
-                device=config["device"],
-                trust_remote_code=TRUST_REMOTE_CODE,
-            ),
-        log:
-            f"{RESULTS}/logs/train_scorer.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/train_scorer/all.tsv"
-        resources:
-            gpu=1,
-            mem_mb=lambda wildcards, attempt: int(attempt * (8000 + 2 * SCORER["batch_size"] * SCORER["max_length"])),
-            runtime=gpu_runtime(240),
-        conda:
-            "../envs/lqs.yaml"
-        shell:
-            "lqs train-scorer {input.samples} {input.labels} {input.base} --out-dir {output}"
-            " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
+# The scorer trained on the annotation's labels; with scorer.checkpoint, rule fetch_scorer
+# (rules/models.smk) writes results/scorer instead (the ruleorder there).
+rule train_scorer:
+    input:
+        samples=f"{RESULTS}/proxy/samples.parquet",
+        labels=f"{RESULTS}/annotation/labels.parquet",
+        base=f"{MODELS}/scorer_base",
+    output:
+        directory(f"{RESULTS}/scorer"),
+    params:
+        settings=as_settings(
+            lr=SCORER["lr"],
+            epochs=SCORER["epochs"],
+            batch_size=SCORER["batch_size"],
+            warmup_steps=SCORER["warmup_steps"],
+            weight_decay=SCORER["weight_decay"],
+            clip=SCORER["clip"],
+            max_length=SCORER["max_length"],
+            seed=SCORER["seed"],
+            device=config["device"],
+            trust_remote_code=TRUST_REMOTE_CODE,
+        ),
+    log:
+        f"{RESULTS}/logs/train_scorer.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_scorer/all.tsv"
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: int(attempt * (8000 + 2 * SCORER["batch_size"] * SCORER["max_length"])),
+        runtime=gpu_runtime(240),
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs train-scorer {input.samples} {input.labels} {input.base} --out-dir {output}"
+        " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule score_shard:
@@ -94,9 +90,9 @@ rule gather_scores:
         parts=SCORED_FILES if PER_SHARD_OUTPUT else [],
         output_schema=[] if PER_SHARD_OUTPUT else OUTPUT_SCHEMA,
         # With a pretrained scorer (scorer.checkpoint) there is no proxy, annotation or training metrics.
-        metrics=[] if SCORER_CHECKPOINT else f"{RESULTS}/scorer",
-        annotation=[] if SCORER_CHECKPOINT else f"{RESULTS}/annotation/labels.json",
-        proxy=[] if SCORER_CHECKPOINT else f"{MODELS}/proxy",
+        metrics=gather_model_inputs("metrics"),
+        annotation=gather_model_inputs("annotation"),
+        proxy=gather_model_inputs("proxy"),
     output:
         # update(): Snakemake keeps the previous results until this job succeeds (it backs them
         # up and restores them if the job fails) instead of deleting them before it starts.
@@ -111,6 +107,7 @@ rule gather_scores:
         out=lambda wildcards, input, output: os.path.dirname(input.parts[0]) if PER_SHARD_OUTPUT else output.scored[0],
         benchmarks=f"{RESULTS}/benchmarks",
         output_schema=output_schema_flag,
+        models=gather_model_arguments,
     log:
         f"{RESULTS}/logs/gather_scores.log",
     benchmark:
@@ -121,11 +118,4 @@ rule gather_scores:
         "lqs gather {params.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
         " --stats-paths {input.stats} --part-paths {input.parts} --out {params.out:q}"
         " --rejects-out {output.rejects} --summary-out {output.summary} --benchmarks-dir {params.benchmarks}"
-        " {params.output_schema}"
-        + (
-            ""
-            if SCORER_CHECKPOINT
-            else " --scorer-metrics {input.metrics}/metrics.json"
-            " --annotation-info {input.annotation} --proxy-model {input.proxy}"
-        )
-        + " --settings {params.settings:q} > {log} 2>&1"
+        " {params.output_schema} {params.models} --settings {params.settings:q} > {log} 2>&1"

@@ -734,9 +734,8 @@ def test_scorer_checkpoint_workflow_offline(hub, tmp_path):
     (workdir / "mine.yaml").write_text(yaml.safe_dump({"corpus": {"path": "data/corpus.jsonl"},
                                                        "scorer": {"checkpoint": SCORER}}))
     env = hub.env()
-    listed = set(snakemake(workdir, "--configfile", "mine.yaml", "--list-rules", env=env).stdout.split())
-    assert not listed & {"train_tokenizer", "fetch_proxy", "pretrain_proxy", "fetch_scorer_base", "train_scorer"}
     result = snakemake(workdir, "--configfile", "mine.yaml", env=env)
+    # every rule is defined; those of the proxy, annotation and scorer training are not in the DAG
     assert plan_counts(result) == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 2, "score_shard": 2,
                                    "gather_scores": 1, "select_order": 1, "all": 1, "total": 9}  # the demo's 2 shards
 

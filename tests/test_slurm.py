@@ -246,7 +246,7 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
     target = write_jsonl(workdir / "data" / "target.jsonl",
                          [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
     make_workflow(workdir, tiny_config(str(corpus.relative_to(workdir)), str(target.relative_to(workdir))))
-    # The rules of the tiny DAG (the local reference run lists the same, checked below).
+    # Every rule the workflow defines, the tiny DAG's among them (a rule outside it: unused resources).
     listed = snakemake(workdir, "--list-rules", cores=None).stdout.split()
     overrides = override_profile(tmp_path / "override-profile", set(listed) - {"all"})
     records = tmp_path / "records"
