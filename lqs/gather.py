@@ -46,6 +46,14 @@ def _merged_by_source(stats_paths: Sequence[str]) -> dict[str, float]:
     return {k: total / n for k, (total, n) in sorted(totals.items())}
 
 
+def _changed_since_rejected(record: corpus.Record, entry_line: str) -> bool:
+    """Whether `record` differs from the record its rejects entry (a JSON line) holds: a bad
+    record fixed since, its file's mtime kept, would otherwise stay out of the output silently
+    while the rejects show a line the corpus no longer has."""
+    entry, now = json.loads(entry_line), json.loads(corpus.json_line(record.reject_entry()))
+    return (entry.get("record"), entry.get("record_base64")) != (now.get("record"), now.get("record_base64"))
+
+
 def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, num_shards, text_field, max_chars,
                   score_field, extra_fields, input_schema=None) -> tuple[int, int, int, set[str]]:
     """Streams the corpus once, in input order, joining each document's values from its shard's
@@ -62,6 +70,9 @@ def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, nu
             read += 1
             with_records.add(record.path)
             if record.doc_id in rejected:
+                if _changed_since_rejected(record, rejected[record.doc_id]):
+                    raise RuntimeError(f"{record.where}: the corpus changed since it was tokenized (this record "
+                                       f"differs from the one rejected then); {corpus.RETOKENIZE}")
                 continue
             shard = corpus.shard_of(record.doc_id, num_shards)
             doc_id, score, was_truncated, n_tokens, n_windows, fingerprint = next(shard_scores[shard], (None,) * 6)

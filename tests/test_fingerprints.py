@@ -97,11 +97,11 @@ def scorer_dir(tmp_path_factory) -> Path:
     return tiny_scorer(tmp_path_factory.mktemp("scorer"))
 
 
-def _tokenize(path: Path, scorer_dir: Path, tmp_path: Path) -> Path:
+def _tokenize(path: Path, scorer_dir: Path, tmp_path: Path, on_bad_record: str = "error") -> Path:
     tokenized = tmp_path / "tok.parquet"
     tokenize_shard([str(path)], str(scorer_dir.parent / "tokenizer"), 0, str(tokenized),
                    str(tmp_path / "rejects.jsonl"), num_shards=1, text_field="text", max_length=16,
-                   on_bad_record="error", max_chars=10**6)
+                   on_bad_record=on_bad_record, max_chars=10**6)
     return tokenized
 
 
@@ -161,6 +161,26 @@ def test_gather_checks_each_record_against_its_score(scorer_dir, tmp_path):
         assert message.startswith(f"{path}:5: the corpus changed since it was scored") and RERUN in message
         assert "\n" not in message
         assert not (tmp_path / f"scored.{output_format}").exists()
+
+
+def test_gather_checks_each_rejected_record_is_still_the_one_rejected(scorer_dir, tmp_path):
+    """A bad record fixed (or changed) since tokenization, its file's mtime kept: it would stay
+    out of the output silently while the rejects showed a line the corpus no longer has."""
+    lines = [json.dumps(d) for d in tiny_corpus(6)]
+    lines[2] = '{"id": "bad", "text": "unterminated'
+    path = write_jsonl(tmp_path / "corpus.jsonl", lines)
+    tokenized = _tokenize(path, scorer_dir, tmp_path, on_bad_record="skip")
+    _score(path, tokenized, scorer_dir, tmp_path / "scores.parquet")
+    assert len(_gather(path, tmp_path / "scores.parquet", tmp_path).read_text().splitlines()) == 5
+    for changed in ('{"id": "bad", "text": "unterminated, still"', '{"id": "bad", "text": "fixed"}'):
+        lines[2] = changed
+        write_jsonl(path, lines)
+        (tmp_path / "scored.jsonl").unlink(missing_ok=True)
+        with pytest.raises(RuntimeError) as error:
+            _gather(path, tmp_path / "scores.parquet", tmp_path)
+        message = str(error.value)
+        assert message.startswith(f"{path}:3: the corpus changed since it was tokenized") and RERUN in message
+        assert not (tmp_path / "scored.jsonl").exists()
 
 
 def test_shards_without_fingerprints_are_refused(scorer_dir, tmp_path):
