@@ -88,7 +88,7 @@ def _linked_files(entry: str) -> list[str]:
         found = [os.path.join(entry, name) for name in os.listdir(entry)]
     else:
         return []
-    return [path for path in found if os.path.islink(path) or os.path.realpath(path) != os.path.abspath(path)]
+    return [path for path in found if os.path.realpath(path) != os.path.abspath(path)]
 
 
 def path_conflicts(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, str]) -> list[str]:

@@ -37,3 +37,15 @@ def completed_workflow(tmp_path_factory) -> Path:
     make_workflow(workdir, tiny_config("data/corpus.jsonl", "data/target.jsonl"))
     snakemake(workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory) -> str:
+    """A byte-level BPE tokenizer (vocab 300) trained on the tiny corpus; a module that needs
+    another one defines its own `tok_dir`."""
+    from lqs.models import train_tokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    path = write_jsonl(d / "train.jsonl", tiny_corpus(40))
+    train_tokenizer([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=300, max_chars=10**6)
+    return str(d / "tokenizer")

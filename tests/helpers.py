@@ -185,6 +185,17 @@ def lqs_main(caplog, *argv) -> tuple[int, str]:
     return code, caplog.text
 
 
+def score_error(caplog, *args) -> tuple[int, str]:
+    """`lqs score ARGS` run in this process: its exit status and its one error line ("" if none);
+    an error is a single line, never a traceback."""
+    import logging
+
+    code, _ = lqs_main(caplog, "score", *args, "--no-progress")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) <= 1 and all("\n" not in e and "Traceback" not in e for e in errors)
+    return code, errors[0] if errors else ""
+
+
 # Rerun reasons that a config edit or a corpus edit must never produce on a copied workflow.
 UNEXPECTED_REASONS = ("Code has changed", "Software environment", "Set of input files has changed",
                       "Missing output files", "Incomplete output files")

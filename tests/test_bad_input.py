@@ -20,24 +20,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import tiny_corpus, write_jsonl
+from helpers import write_jsonl
 
 from lqs import cli, corpus, io, labels, sample
 from lqs.corpus import BadRecordError
 from lqs.gather import gather_scores
-from lqs.models import train_tokenizer
 from lqs.tokenize import load_tokenizer, tokenize_shard
 
 MODES = ["error", "skip"]
 BOM = b"\xef\xbb\xbf"
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("tok")
-    path = write_jsonl(d / "train.jsonl", tiny_corpus(40))
-    train_tokenizer([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=300, max_chars=10**6)
-    return str(d / "tokenizer")
 
 
 def _score(doc_id: int) -> float:

@@ -7,7 +7,6 @@ and field."""
 from __future__ import annotations
 
 import json
-import logging
 import re
 
 import pyarrow as pa
@@ -27,9 +26,10 @@ from helpers import (
     tiny_corpus,
     write_jsonl,
 )
+from helpers import score_error as lqs_score
 from transformers import XGLMConfig, XGLMModel
 
-from lqs import cli, corpus, output
+from lqs import corpus, output
 from lqs.models import train_tokenizer
 from lqs.output_schema import output_schema
 from lqs.score import score_shard
@@ -80,20 +80,6 @@ def assert_rows_are_the_records(rows: list[dict], records: list[dict], schema: p
     for row, record in zip(rows, records):
         expected = as_read(record, struct)
         assert json.dumps({k: row[k] for k in expected}, sort_keys=True) == json.dumps(expected, sort_keys=True)
-
-
-def lqs_score(caplog, *args) -> tuple[int, str]:
-    """(exit status, the one error line or "") of `lqs score ARGS` run in this process."""
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        try:
-            cli.main(["score", *map(str, args), "--no-progress"])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) <= 1 and all("\n" not in e and "Traceback" not in e for e in errors)
-    return code, errors[0] if errors else ""
 
 
 # ---------------------------------------------------------------- defect 3: lqs score, JSONL -> Parquet

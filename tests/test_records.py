@@ -29,14 +29,6 @@ MODES = ["error", "skip"]
 GOOD = [json.dumps({"text": f"Document number {i} reads well.", "i": i}) for i in range(3)]
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("tok")
-    path = write_jsonl(d / "train.jsonl", tiny_corpus(40))
-    train_tokenizer([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=300, max_chars=10**6)
-    return str(d / "tokenizer")
-
-
 def _no_constant(name):
     raise AssertionError(f"not strict JSON: {name}")
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import score_error as lqs_score
 from helpers import tiny_corpus, write_jsonl
 from transformers import MistralConfig, MistralModel, XGLMConfig, XGLMModel
 
@@ -62,20 +63,6 @@ def no_scoring(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the scorer was loaded: the check came after scoring started")
     monkeypatch.setattr(lqs.score, "loaded_scorer", refuse)
-
-
-def lqs_score(caplog, *args) -> tuple[int, str]:
-    """(exit status, the one error line or "") of `lqs score ARGS` run in this process."""
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        try:
-            cli.main(["score", *map(str, args), "--no-progress"])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) <= 1 and all(r.exc_info is None and "\n" not in r.getMessage() for r in errors)
-    return code, errors[0].getMessage() if errors else ""
 
 
 def _input(tmp_path: Path, n: int = 6, bad: dict[int, str] | None = None) -> Path:
