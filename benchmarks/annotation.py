@@ -30,11 +30,11 @@ import numpy as np
 import psutil
 import torch
 
-from lqs.grad_stats import per_sample_stats
+from lqs.costate import fit_hvp_micro_batch, hvp, solve
 from lqs.labels import raw_scores
+from lqs.per_sample import per_sample_stats
 from lqs.proxy import get_params, loss_and_grad, norm, set_params, set_tf32
-from lqs.train_scorer import spearman
-from lqs.trajectory import fit_hvp_micro_batch, hvp, solve
+from lqs.scorer import spearman
 
 PRESETS = {
     # BSL-160M's architecture (Mistral, 12 layers × 768, vocab 32000), random weights.
@@ -302,8 +302,8 @@ def demo_labels_spearman(results: str, device: torch.device) -> float:
 
     import pyarrow.parquet as pq
 
+    from lqs.costate import load_step
     from lqs.proxy import load_proxy
-    from lqs.trajectory import load_step
 
     root = Path(results)
     samples = pq.read_table(root / "proxy/samples.parquet")["input_ids"].to_pylist()

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lqs import corpus
-from lqs.models import train_tokenizer
-from lqs.tokenize import tokenize_shard
+from lqs.stages import tokenize_shard as tokenize_shard_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
 
 SENTENCES = [
     "The function returns a new list sorted in ascending order.",
@@ -64,13 +64,15 @@ def main() -> None:
         pq.write_table(pa.Table.from_pylist(docs), paths["parquet"])
         tokenizer = args.tokenizer or str(tmp / "tokenizer")
         if not args.tokenizer:
-            train_tokenizer([str(paths["jsonl"])], tokenizer, text_field="text", vocab_size=args.vocab_size,
-                            max_chars=10**6)
+            train_tokenizer_stage.train_tokenizer([str(paths["jsonl"])], tokenizer, train_tokenizer_stage.Settings(
+                text_field="text", max_chars=10**6, vocab_size=args.vocab_size, on_bad_record="error"))
         for name, path in paths.items():
             start = time.perf_counter()
-            counts = tokenize_shard([str(path)], tokenizer, 0, str(tmp / f"{name}.shard.parquet"),
-                                    str(tmp / f"{name}.rejects.jsonl"), num_shards=1, text_field="text",
-                                    max_length=args.max_length, on_bad_record="error", max_chars=10**6)
+            counts = tokenize_shard_stage.tokenize_shard(
+                [str(path)], tokenizer, 0, str(tmp / f"{name}.shard.parquet"), str(tmp / f"{name}.rejects.jsonl"),
+                tokenize_shard_stage.Settings(num_shards=1, text_field="text", max_chars=10**6,
+                                              max_length=args.max_length, on_bad_record="error",
+                                              score_field="score", extra_fields=()))
             stage = time.perf_counter() - start
             records = list(corpus.iter_records([str(path)], "text", 10**6))
             start = time.perf_counter()

@@ -32,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lqs.models import train_tokenizer
-from lqs.scorer import Scorer, ScorerModel, compute_dtype, load, save_scorer
+from lqs.scorer import Scorer, ScorerModel, compute_dtype, load, save_scorer, spearman
+from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import tokenize_windows
-from lqs.train_scorer import spearman
 
 WEB = Path(".bench/web.jsonl")  # web documents, JSONL with a text field (benchmarks/gpu.sh: $WEB)
 PRESETS = {
@@ -61,8 +60,8 @@ def build_scorer(workdir: Path, texts: list[str], preset: dict, max_length: int)
 
     corpus = workdir / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    train_tokenizer([str(corpus)], str(workdir / "tokenizer"), text_field="text", vocab_size=8192,
-                    max_chars=10**9)
+    train_tokenizer_stage.train_tokenizer([str(corpus)], str(workdir / "tokenizer"), train_tokenizer_stage.Settings(
+        text_field="text", max_chars=10**9, vocab_size=8192, on_bad_record="error"))
     tokenizer = AutoTokenizer.from_pretrained(workdir / "tokenizer")
     torch.manual_seed(0)
     config = XGLMConfig(vocab_size=len(tokenizer), max_position_embeddings=max_length + 2,
@@ -138,26 +137,30 @@ def synthetic_corpus(path: Path, texts: list[str], n: int) -> None:
 def run_score_shard(workdir: Path, scorer_dir: Path, texts: list[str], n: int, max_tokens: int | None) -> dict:
     """tokenize_shard, then score_shard as the workflow runs them on n documents; score_shard's
     own log line (the split) is returned with the wall times."""
-    from lqs.score import score_shard
-    from lqs.tokenize import tokenize_shard
+    from lqs.stages import score_shard as score_shard_stage
+    from lqs.stages import tokenize_shard as tokenize_shard_stage
 
     corpus, tokenized = workdir / "shard.jsonl", workdir / "tokenized.parquet"
     synthetic_corpus(corpus, texts, n)
     settings = dict(num_shards=1, text_field="text", max_chars=10**7)
-    (_, tokenize_s) = timed(lambda: tokenize_shard([str(corpus)], str(scorer_dir), 0, str(tokenized),
-                                                   str(workdir / "rejects.jsonl"), max_length=1024,
-                                                   on_bad_record="skip", **settings))
+    tokenize_settings = tokenize_shard_stage.Settings(max_length=1024, on_bad_record="skip", score_field="score",
+                                                      extra_fields=(), **settings)
+    (_, tokenize_s) = timed(lambda: tokenize_shard_stage.tokenize_shard(
+        [str(corpus)], str(scorer_dir), 0, str(tokenized), str(workdir / "rejects.jsonl"), tokenize_settings))
+    score_settings = score_shard_stage.Settings(shard=0, max_tokens=max_tokens, max_windows_per_doc=None,
+                                                chunk_docs=4096, dtype="auto", tokenizer_workers=None, device="auto",
+                                                trust_remote_code=False, **settings)
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger("lqs.score").addHandler(handler)
-    logging.getLogger("lqs.score").setLevel(logging.INFO)
+    logger = logging.getLogger(score_shard_stage.__name__)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        counts, score_s = timed(lambda: score_shard([str(corpus)], str(tokenized), str(scorer_dir),
-                                                    str(workdir / "scores.parquet"), max_tokens=max_tokens,
-                                                    shard=0, max_windows_per_doc=None, **settings))
+        counts, score_s = timed(lambda: score_shard_stage.score_shard(
+            [str(corpus)], str(tokenized), str(scorer_dir), str(workdir / "scores.parquet"), score_settings))
     finally:
-        logging.getLogger("lqs.score").removeHandler(handler)
+        logger.removeHandler(handler)
     return {"documents": n, "tokenize_shard_s": tokenize_s, "score_shard_s": score_s, **counts,
             "tokens_per_s_end_to_end": counts["tokens"] / score_s,
             "log": records[-1].getMessage() if records else None}

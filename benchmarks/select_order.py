@@ -73,8 +73,9 @@ def run(root: Path, n: int, text_scale: int, settings: dict) -> dict:
           f"{shard.stat().st_size / 2**20:,.0f} MiB shard) in {time.perf_counter() - t:.1f} s")
     base_s, base_mb = measure([sys.executable, "-c", BASELINE, str(scored)])
     stage_s, stage_mb = measure([
-        sys.executable, "-c", STAGE, "select-order", str(scored), str(shard), "--out", str(root / "selected.jsonl"),
-        "--order-out", str(root / "order.parquet"), "--summary-out", str(root / "summary.json"),
+        sys.executable, "-c", STAGE, "select-order", "--scored", str(scored), "--shard-paths", str(shard),
+        "--out", str(root / "selected.jsonl"), "--order-out", str(root / "order.parquet"),
+        "--summary-out", str(root / "summary.json"),
         "--settings", json.dumps(settings)])
     summary = json.loads((root / "summary.json").read_text())
     assert summary["documents_scored"] == n
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--ordering", default="folding")
     args = parser.parse_args()
     settings = dict(selection=dict(method="top", ratio=args.ratio, threshold=None, temperature=1.0, seed=0),
-                    ordering=dict(method=args.ordering, folds=3, seed=0), score_field="score")
+                    ordering=dict(method=args.ordering, folds=3, seed=0), score_field="score",
+                    output_format="jsonl", layout="single")
     for scale in sorted({1, args.text_scale}):
         root = Path(args.dir) / f"text-x{scale}"
         root.mkdir(parents=True, exist_ok=True)

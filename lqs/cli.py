@@ -1,8 +1,10 @@
-"""`lqs <stage> [files…] --settings JSON`: one subcommand per pipeline stage.
+"""`lqs <rule> [files…] --settings JSON`: one command per pipeline stage, and `lqs score`.
 
-File arguments name inputs and outputs; `--settings` carries the stage's configuration as a
-JSON object (the Snakemake rule's params), passed to the stage function as keyword arguments.
-Heavy imports happen inside each stage so that the CPU-only stages start fast.
+A stage's command is its Snakemake rule's name with dashes; the stage module `lqs/stages/<rule>.py`
+declares its file arguments and its `Settings` (lqs.stage.Stage). File arguments name inputs and
+outputs; `--settings` carries the stage's configuration, the rule's params, as a JSON object read
+into the stage's Settings dataclass. Only the called stage's module is imported, so that the
+CPU-only stages start fast.
 
 Every stage ends with one machine-readable log line (lqs.runtime.stats_message): its own
 seconds, from the call of the stage function (after the imports: the stage's module, and
@@ -12,6 +14,7 @@ transformers for the stages that use it), and the counters it returns, for lqs.r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -19,105 +22,45 @@ import numbers
 import os
 import sys
 import time
+from collections.abc import Mapping
 
 from lqs.distributed import relaunch_under_torchrun
 from lqs.runtime import setup_logging, stats_message
+from lqs.stage import MODELS, PIPELINE, Stage, command, load
 
 log = logging.getLogger("lqs")
 
-# subcommand: (module, function, [(argument, nargs)], help)
-STAGES = {
-    "demo-data": ("lqs.demo", "build_demo_data", [("corpus_path", None), ("target_path", None)],
-                  "build the offline demo corpus and target set"),
-    "train-tokenizer": ("lqs.models", "train_tokenizer", [("corpus_paths", "+"), ("--out-dir", None)],
-                        "train a byte-level BPE tokenizer on the corpus"),
-    "fetch-tokenizer": ("lqs.models", "fetch_tokenizer", [("--out-dir", None)],
-                        "copy a tokenizer from a local directory or the hub"),
-    "fetch-model": ("lqs.models", "fetch_model", [("--out-dir", None), ("--tokenizer-dir", None)],
-                    "build or fetch a model as a float32 safetensors directory"),
-    "fetch-scorer": ("lqs.models", "fetch_scorer", [("--out-dir", None)],
-                     "fetch a pretrained scorer checkpoint (scorer.checkpoint) from a local directory or the hub"),
-    "fetch-target": ("lqs.target", "fetch_target", [("source", None), ("--out", None)],
-                     "download one split of a hub data set (the target set) as Parquet"),
-    "pretrain-proxy": ("lqs.pretrain", "pretrain_proxy",
-                       [("tokenizer_dir", None), ("shard_paths", "+"), ("--out-dir", None)],
-                       "initialise the proxy LM from an architecture and pretrain it briefly"),
-    "output-schema": ("lqs.output_schema", "output_schema", [("corpus_paths", "+"), ("--out", None)],
-                      "settle the one schema of a Parquet output before any record is written"),
-    "tokenize-shard": ("lqs.tokenize", "tokenize_shard",
-                       [("corpus_paths", "+"), ("--tokenizer-dir", None), ("--shard", int),
-                        ("--out", None), ("--rejects", None), ("--output-schema", None)],
-                       "tokenize one corpus shard into windows"),
-    "prepare-target": ("lqs.target", "prepare_target",
-                       [("source", None), ("--tokenizer-dir", None), ("--out", None), ("--eval-out", None)],
-                       "tokenize the target set"),
-    "sample-proxy": ("lqs.sample", "sample_proxy",
-                     [("shard_paths", "+"), ("--tokenizer-dir", None), ("--out", None)],
-                     "draw the proxy set from the corpus windows"),
-    "trajectory": ("lqs.trajectory", "run_trajectory",
-                   [("proxy_dir", None), ("shard_paths", "+"), ("--target-path", None), ("--out-dir", None)],
-                   "SGD trajectory and costate of the proxy LM"),
-    "grad-stats": ("lqs.grad_stats", "grad_stats",
-                   [("samples_path", None), ("step_path", None), ("proxy_dir", None), ("--out", None)],
-                   "per-sample gradient norms and costate dot products at one step"),
-    "labels": ("lqs.labels", "lqs_labels", [("stats_paths", "+"), ("--out", None), ("--info-out", None)],
-               "LQS or PDS labels from the per-sample statistics"),
-    "train-scorer": ("lqs.train_scorer", "train_scorer",
-                     [("samples_path", None), ("labels_path", None), ("base_dir", None), ("--out-dir", None)],
-                     "train the data scorer on the labels"),
-    "score-shard": ("lqs.score", "score_shard",
-                    [("corpus_paths", "+"), ("--tokenized-shard", None), ("--scorer-dir", None), ("--out", None),
-                     ("--stats-out", None), ("--part-out", None), ("--output-schema", None)],
-                    "score the documents of one corpus shard"),
-    "gather": ("lqs.gather", "gather_scores",
-               [("corpus_paths", "*"), ("--score-paths", "+"), ("--reject-paths", "+"), ("--stats-paths", "*"),
-                ("--part-paths", "*"), ("--out", None), ("--rejects-out", None), ("--summary-out", None),
-                ("--benchmarks-dir", None), ("--output-schema", None),
-                ("--scorer-metrics", None), ("--annotation-info", None), ("--proxy-model", None)],
-               "join the scores with the input into the scored output (or count a per_shard output's parts)"),
-    "select-order": ("lqs.select", "select_order",
-                     [("--scored", "+"), ("--shard-paths", "+"), ("--out", None), ("--order-out", None),
-                      ("--summary-out", None)],
-                     "select the training set from the scored output and write it in training order"),
-    "efficacy-heldout": ("lqs.efficacy", "held_out_corpus", [("shard_paths", "+"), ("--out", None)],
-                         "the efficacy experiment's held-out corpus documents"),
-    "efficacy-train": ("lqs.efficacy", "train_arm",
-                       [("shard_paths", "+"), ("--order", None), ("--target-eval", None), ("--corpus-eval", None),
-                        ("--tokenizer-dir", None), ("--proxy-dir", None), ("--arm", None), ("--seed", int),
-                        ("--out", None)],
-                       "train one efficacy arm from scratch for one seed, with its loss curves"),
-    "efficacy-summary": ("lqs.efficacy", "summarize",
-                         [("run_paths", "+"), ("--target-eval", None), ("--corpus-eval", None),
-                          ("--summary-out", None), ("--curves-out", None), ("--plot-out", None)],
-                         "the efficacy experiment's table and figure"),
-    "plots": ("lqs.report", "make_plots",
-              [("out_dir", None), ("--benchmarks-dir", None), ("--logs-dir", None), ("--scored", "+"),
-               ("--trajectory-log", None), ("--labels", None), ("--scorer-metrics", None)],
-              "figures of a finished run for snakemake --report"),
-}
+RULES = {command(rule): rule for rule in PIPELINE}
+# `lqs score`, the user's command (lqs.score), with ordinary flags: its counters and preloads
+SCORE_COUNTERS = {"documents": "documents_scored", "tokens": "tokens"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(rules=PIPELINE) -> argparse.ArgumentParser:
+    """The `lqs` parser with a command for each of `rules` (all by default, for `lqs --help`; a
+    stage's own command imports only its own module) and `lqs score`."""
     parser = argparse.ArgumentParser(prog="lqs", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="stage", required=True)
-    for name, (_, _, arguments, help_text) in STAGES.items():
-        p = sub.add_parser(name, help=help_text)
-        for arg, kind in arguments:
-            if kind is int:
-                p.add_argument(arg, type=int, required=True)
-            elif kind is None and arg.startswith("--"):
-                p.add_argument(arg, required=arg not in _OPTIONAL)
-            elif kind is None:
-                p.add_argument(arg)
-            else:
-                p.add_argument(arg, nargs=kind, **({"default": []} if kind == "*" else {}))
-        p.add_argument("--settings", type=json.loads, default={},
-                       help="the stage's configuration, a JSON object of keyword arguments")
-        if name in DISTRIBUTED:
-            p.add_argument("--nproc", type=int, default=1,
-                           help="processes (GPUs) in this job: more than 1 relaunches under torchrun")
+    for rule in rules:
+        add_stage_command(sub, rule, load(rule))
     add_score_command(sub)
     return parser
+
+
+def add_stage_command(sub, rule: str, stage: Stage) -> None:
+    p = sub.add_parser(command(rule), help=stage.help, description=f"Rule {rule}: {stage.help}.")
+    for arg in stage.args:
+        extra = {"default": []} if arg.nargs == "*" else {}
+        if arg.name.startswith("--"):
+            p.add_argument(arg.name, type=arg.type, required=arg.required, nargs=arg.nargs, **extra)
+        else:
+            p.add_argument(arg.name, type=arg.type, nargs=arg.nargs, **extra)
+    if stage.settings is not None:
+        p.add_argument("--settings", type=json.loads, required=True,
+                       help=f"the stage's configuration (the rule's params): a JSON object of the fields of "
+                       f"{stage.settings.__module__}.Settings")
+    if stage.distributed:
+        p.add_argument("--nproc", type=int, default=1,
+                       help="processes (GPUs) in this job: more than 1 relaunches under torchrun")
 
 
 def positive_int(value: str) -> int:
@@ -169,80 +112,63 @@ def add_score_command(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
-COMMANDS = {"score": ("lqs.score", "score_files")}  # user commands with their own flags
-
-
-DISTRIBUTED = {"train-scorer", "grad-stats", "efficacy-train"}
-# What each stage counts, for its stats line: {unit: the key of the dict the stage function
-# returns, or None where it returns that one count}. The first unit is the stage's throughput.
-# A stage not listed (fetches, tokenizer training, plots) reports its seconds only.
-COUNTERS: dict[str, dict[str, str | None]] = {
-    "output-schema": {"columns": "columns"},
-    "tokenize-shard": {"documents": "documents", "tokens": "tokens", "windows": "windows"},
-    "prepare-target": {"samples": None},
-    "sample-proxy": {"samples": None},
-    "pretrain-proxy": {"steps": "steps", "samples": "samples", "tokens": "tokens"},
-    "trajectory": {"steps": "steps", "samples": "samples"},
-    "grad-stats": {"samples": "samples", "tokens": "tokens"},
-    "labels": {"samples": "samples"},
-    "train-scorer": {"samples": "samples_trained"},
-    "score-shard": {"documents": "scored", "tokens": "tokens"},
-    "score": {"documents": "documents_scored", "tokens": "tokens"},
-    "gather": {"documents": "documents_read"},
-    "select-order": {"documents": "documents_scored", "tokens": "tokens_scored"},
-    "efficacy-heldout": {"documents": None},
-    "efficacy-train": {"tokens": "tokens", "steps": "steps"},
-}
-# The libraries a stage's function imports when called (transformers' tokenizers, with torch, and
-# its model code: 3-4 s on a CPU): imported before the stage's clock starts, like its module.
-_TOKENIZERS, _MODELS = "transformers.models.auto.tokenization_auto", "transformers.modeling_utils"
-PRELOAD = {
-    **dict.fromkeys(["train-tokenizer", "fetch-tokenizer", "tokenize-shard", "prepare-target", "sample-proxy"],
-                    (_TOKENIZERS,)),
-    **dict.fromkeys(["fetch-model", "fetch-scorer", "pretrain-proxy", "trajectory", "grad-stats", "train-scorer",
-                     "score-shard", "score", "efficacy-train"], (_TOKENIZERS, _MODELS)),
-}
-_OPTIONAL = {"--stats-out", "--part-out", "--trajectory-log", "--labels", "--tokenizer-dir", "--scorer-metrics",
-             "--annotation-info", "--proxy-model", "--info-out", "--eval-out", "--proxy-dir", "--logs-dir",
-             "--output-schema"}
+def read_settings(stage: Stage, given: Mapping) -> object:
+    """The stage's Settings from the --settings object: every field, and nothing else (a field
+    with a default, None, is one the rule passes only in some configurations)."""
+    fields = {f.name for f in dataclasses.fields(stage.settings)}
+    required = {f.name for f in dataclasses.fields(stage.settings) if f.default is dataclasses.MISSING}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"--settings must be a JSON object, not {type(given).__name__}")
+    unknown, missing = sorted(set(given) - fields), sorted(required - set(given))
+    if unknown or missing:
+        raise ValueError("--settings: " + "; ".join(
+            ([f"unknown key {', '.join(map(repr, unknown))}"] if unknown else [])
+            + ([f"missing key {', '.join(map(repr, missing))}"] if missing else [])))
+    return stage.settings(**given)
 
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     argv = sys.argv[1:] if argv is None else argv
-    args = vars(build_parser().parse_args(argv))
-    stage = args.pop("stage")
+    called = RULES.get(argv[0]) if argv else None
+    args = vars(build_parser([called] if called else PIPELINE).parse_args(argv))
+    name = args.pop("stage")
     if relaunch_under_torchrun(args.pop("nproc", 1), argv):
         return
-    settings = args.pop("settings", {})
-    module, function = STAGES[stage][:2] if stage in STAGES else COMMANDS[stage]
-    kwargs = {k: v for k, v in args.items() if v is not None} | settings
+    if name == "score":
+        run, preload, counted = importlib.import_module("lqs.score").score_files, MODELS, SCORE_COUNTERS
+        kwargs = {k: v for k, v in args.items() if v is not None}
+    else:
+        stage = load(RULES[name])
+        run, preload, counted = stage.run, stage.preload, stage.counters
+        kwargs = {k: v for k, v in args.items() if k != "settings" and v is not None}
     try:
-        run = getattr(importlib.import_module(module), function)
-        for library in PRELOAD.get(stage, ()):
+        if name != "score" and stage.settings is not None:
+            kwargs["settings"] = read_settings(stage, args["settings"])
+        for library in preload:
             importlib.import_module(library)
         start = time.perf_counter()
         result = run(**kwargs)
     except (ValueError, RuntimeError) as e:
-        log.error("%s failed: %s", stage, e)
+        log.error("%s failed: %s", name, e)
         sys.exit(1)
     except OSError as e:  # unwritable output, disk full, missing file: one line naming the path
         outputs = [str(v) for k, v in kwargs.items() if k in ("out", "rejects") or k.startswith("out_")
                    or k.endswith("_out")]
         # a system error without a file (ENOSPC on write) happened while writing one of them
         where = f" (outputs: {', '.join(outputs)})" if e.errno and e.filename is None and outputs else ""
-        log.error("%s failed: %s%s", stage, e, where)
+        log.error("%s failed: %s%s", name, e, where)
         sys.exit(1)
     seconds = time.perf_counter() - start
-    log.info("%s done in %.1f s%s", stage, seconds, f": {result}" if isinstance(result, (dict, int)) else "")
+    log.info("%s done in %.1f s%s", name, seconds, f": {result}" if isinstance(result, (dict, int)) else "")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line per job
-        log.info(stats_message(stage, seconds, counters(stage, result)))
+        log.info(stats_message(name, seconds, counters(counted, result)))
 
 
-def counters(stage: str, result) -> dict[str, int]:
-    """The stage's counters (COUNTERS) from what its function returned."""
+def counters(counted: Mapping[str, str | None], result) -> dict[str, int]:
+    """The stage's counters (Stage.counters) from what its function returned."""
     counts = {}
-    for unit, key in COUNTERS.get(stage, {}).items():
+    for unit, key in counted.items():
         value = result if key is None else result.get(key) if isinstance(result, dict) else None
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             counts[unit] = int(value)

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,11 +208,40 @@ def corpus_files(patterns: str | Sequence[str]) -> list[str]:
     return [file.path for file in corpus_sources(patterns).files]
 
 
-def resolve_outputs(config: dict, files: Sequence[str]) -> list[str]:
-    """Fills in output.format (null: by output.path's extension in layout single, else
-    selection.path's, else by the corpus), output.path and selection.path (null: by format and
-    layout), and returns the errors of an output path of the wrong kind or of an extension that
-    contradicts the format: a `.jsonl` file never holds Parquet."""
+def annotated_steps(steps: int, interval: int) -> list[int]:
+    """The annotated steps S: every interval-th SGD step t < steps (annotation.steps and
+    annotation.interval). The one place they are computed: the workflow (rules/common.smk) and
+    the trajectory stage call this."""
+    return [t for t in range(steps) if t % interval == 0]
+
+
+def is_local_source(source: str, results: str) -> bool:
+    """Whether a source (target.source, efficacy.eval_source, scorer.checkpoint) is a local path,
+    one that exists or that the workflow writes under `results`, rather than a hub repo id."""
+    return os.path.exists(source) or Path(source).parts[:1] == (results,)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The scored output's format and path and the selection's path, as resolve_outputs settles
+    them from the config (which it leaves as the user wrote it)."""
+
+    format: str
+    path: str
+    rejects_path: str
+    selection_path: str
+
+    def by_key(self) -> dict[str, str]:
+        """The paths by the config keys that name them."""
+        return {"output.path": self.path, "output.rejects_path": self.rejects_path,
+                "selection.path": self.selection_path}
+
+
+def resolve_outputs(config: Mapping, files: Sequence[str]) -> tuple[Outputs, list[str]]:
+    """output.format (null: by output.path's extension in layout single, else selection.path's,
+    else by the corpus), output.path and selection.path (null: by format and layout), and the
+    errors of an output path of the wrong kind or of an extension that contradicts the format:
+    a `.jsonl` file never holds Parquet."""
     from lqs.output import FORMATS, default_format
 
     output, selection = config["output"], config["selection"]
@@ -222,29 +252,27 @@ def resolve_outputs(config: dict, files: Sequence[str]) -> list[str]:
     errors = []
     if output["format"] is None and by_extension:
         decided_by = next(iter(by_extension))
-        output["format"] = by_extension[decided_by]
+        format = by_extension[decided_by]
         reason = f"output.format null takes it from {decided_by} {named[decided_by]!r}"
     else:
-        output["format"] = output["format"] or default_format(files)
-        reason = f"output.format is {output['format']}"
+        format = output["format"] or default_format(files)
+        reason = f"output.format is {format}"
     for key, fmt in by_extension.items():
-        if fmt != output["format"]:
-            errors.append(f"{key}: {named[key]!r} names a {fmt} file, but the output is {output['format']}"
+        if fmt != format:
+            errors.append(f"{key}: {named[key]!r} names a {fmt} file, but the output is {format}"
                           f" ({reason}); make the extension and output.format agree")
-    extension = FORMATS[output["format"]]
-    output["path"] = output["path"] or ("scored" if per_shard else f"scored{extension}")
-    selection["path"] = selection["path"] or f"selected{extension}"
-    path = output["path"]
+    extension = FORMATS[format]
+    path = output["path"] or ("scored" if per_shard else f"scored{extension}")
     if per_shard and os.path.isfile(path):
         errors.append(f"output.path: {path!r} is a file, but output.layout per_shard writes a directory of parts"
                       " there; name a directory")
     if not per_shard and os.path.isdir(path):
         errors.append(f"output.path: {path!r} is a directory; output.layout single writes one file (or set"
                       " output.layout: per_shard)")
-    return errors
+    return Outputs(format, path, output["rejects_path"], selection["path"] or f"selected{extension}"), errors
 
 
-def path_errors(config: Mapping, results: str, own: Iterable[str] = ()) -> list[str]:
+def path_errors(config: Mapping, outputs: Outputs, results: str, own: Iterable[str] = ()) -> list[str]:
     """Every path the workflow writes (output.path: the file or the per_shard directory,
     output.rejects_path, selection.path, and the `results` directory) checked against each local
     input (corpus.path's entries, and target.source, efficacy.eval_source, scorer.checkpoint and
@@ -266,9 +294,8 @@ def path_errors(config: Mapping, results: str, own: Iterable[str] = ()) -> list[
                           for name in ("proxy", "scorer", "tokenizer"))):
         if source and os.path.exists(source):  # else a hub id
             inputs[key] = local(source)
-    outputs = {"output.path": config["output"]["path"], "output.rejects_path": config["output"]["rejects_path"],
-               "selection.path": config["selection"]["path"], f"{results}/ (the workflow's own files)": results}
-    return paths.path_conflicts(inputs, outputs)
+    written = outputs.by_key() | {f"{results}/ (the workflow's own files)": results}
+    return paths.path_conflicts(inputs, written)
 
 
 # the shortest line a JSONL document can take, less its text field's JSON-quoted name: {<name>:""} and a newline

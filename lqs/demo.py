@@ -2,7 +2,7 @@
 
 Everything is built from text that every Python installation carries (the docstrings of
 the standard library), so the demo needs no network. Output is deterministic for a given
-seed and Python version.
+seed and Python version. The stage demo_data (lqs/stages/demo_data.py) writes the two files.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 # Stdlib modules (pure Python or C-accelerated) that import quietly on Linux; sorted. About 110 of
 # them are needed for ~2,300 distinct docstrings of >= 80 characters, enough for the default
-# 1,800 corpus documents plus 300 disjoint target answers. Modules that fail to import are skipped.
+# demo (config/schema.yaml: demo.num_docs 2,000, of which 60% or 1,200 are docstrings, and
+# demo.num_target 200) with each docstring used once. Modules that fail to import are skipped.
 # `sys` is left out on purpose: its hooks are runtime state (pytest replaces sys.unraisablehook).
 DEMO_MODULES: tuple[str, ...] = (
     "abc", "argparse", "array", "ast", "asyncio", "base64", "bdb", "binascii", "bisect",
@@ -75,7 +75,7 @@ _FILLERS: dict[str, tuple[str, ...]] = {
 _RANDOM_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " " * 12
 _FALLBACK_WORDS = "the of and to a in is that for it as with be on by this are or from".split()
 
-_QUESTION_TEMPLATES = {
+QUESTION_TEMPLATES = {
     "module": (
         "What is the `{name}` module for?",
         "What does the `{name}` module in the standard library provide?",
@@ -159,7 +159,7 @@ def _members(name: str, module: Any) -> Iterable[tuple[str, Any]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _docstrings() -> tuple[tuple[str, str, str], ...]:
+def docstrings() -> tuple[tuple[str, str, str], ...]:
     """The docstring pool, collected in a fresh interpreter: libraries already imported here
     (a test runner, a notebook's) may have replaced stdlib objects, which would change the pool
     and so the demo data."""
@@ -199,13 +199,13 @@ def collect_docstrings() -> list[tuple[str, str, str]]:
     return out
 
 
-def _shuffled_words(rng: random.Random, docs: list[str]) -> str:
+def shuffled_words(rng: random.Random, docs: list[str]) -> str:
     words = rng.choice(docs).split() if docs else list(_FALLBACK_WORDS) * rng.randint(5, 40)
     rng.shuffle(words)
     return " ".join(words)
 
 
-def _boilerplate(rng: random.Random) -> str:
+def boilerplate(rng: random.Random) -> str:
     parts = []
     for template in rng.sample(_BOILERPLATE, rng.randint(1, 3)):
         fills = {key: rng.choice(values) for key, values in _FILLERS.items()}
@@ -214,85 +214,10 @@ def _boilerplate(rng: random.Random) -> str:
     return rng.choice(("\n", " ", "\n\n")).join(parts)
 
 
-def _random_chars(rng: random.Random) -> str:
+def random_chars(rng: random.Random) -> str:
     text = "".join(rng.choices(_RANDOM_ALPHABET, k=rng.randint(100, 1500))).strip()
     return text or "x"
 
 
-def _write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    from lqs.io import atomic_open  # not at the top: the collecting script imports only the stdlib
-
-    with atomic_open(path) as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _plan(num_docs: int) -> dict[str, int]:
-    wanted = {"python_docs": round(PYTHON_DOCS_FRACTION * num_docs)}
-    rest = num_docs - wanted["python_docs"]
-    for i, source in enumerate(SOURCES[1:]):
-        wanted[source] = rest // 3 + (1 if i < rest % 3 else 0)
-    return wanted
-
-
-def build_demo_data(
-    corpus_path: str | Path,
-    target_path: str | Path,
-    *,
-    num_docs: int = 3000,
-    num_target: int = 300,
-    seed: int = 0,
-) -> dict[str, int]:
-    """Writes corpus JSONL and target JSONL; returns counts per corpus source.
-
-    Corpus lines: {"id", "text", "source"}, sources as in SOURCES. Target lines (LIMA layout):
-    {"conversations": [question, answer], "source": "python_docs_qa"}, built from docstrings
-    of objects not used in the corpus. If too few docstrings exist for both, "python_docs" and
-    the target shrink (each keeps min(request, half the docstrings)); none is used twice.
-    """
-    if num_docs < 0 or num_target < 0:
-        raise ValueError("num_docs and num_target must be >= 0")
-    rng = random.Random(seed)
-    counts = _plan(num_docs)
-
-    pool = list(_docstrings())
-    order = list(range(len(pool)))
-    rng.shuffle(order)
-    n_py, n_target = counts["python_docs"], num_target
-    if n_py + n_target > len(pool):  # each side keeps min(request, half the pool); the rest goes to the other
-        half = len(pool) // 2
-        if n_py <= half:
-            n_target = len(pool) - n_py
-        elif n_target <= len(pool) - half:
-            n_py = len(pool) - n_target
-        else:
-            n_py, n_target = half, len(pool) - half
-    counts["python_docs"] = n_py
-    corpus_docs = [pool[i] for i in order[:n_py]]
-    target_docs = [pool[i] for i in order[n_py:n_py + n_target]]
-
-    items: list[tuple[str, str]] = [(f"{qual}\n\n{doc}", "python_docs") for qual, _, doc in corpus_docs]
-    word_source = [doc for _, _, doc in corpus_docs]
-    items += [(_shuffled_words(rng, word_source), "shuffled_words") for _ in range(counts["shuffled_words"])]
-    items += [(_boilerplate(rng), "boilerplate") for _ in range(counts["boilerplate"])]
-    items += [(_random_chars(rng), "random_chars") for _ in range(counts["random_chars"])]
-    rng.shuffle(items)
-
-    width = max(5, len(str(max(len(items) - 1, 0))))
-    corpus = (
-        {"id": f"demo-{i:0{width}d}", "text": text, "source": source} for i, (text, source) in enumerate(items)
-    )
-    target = [
-        {
-            "conversations": [rng.choice(_QUESTION_TEMPLATES[kind]).format(name=qual), doc],
-            "source": TARGET_SOURCE,
-        }
-        for qual, kind, doc in target_docs
-    ]
-    _write_jsonl_atomic(Path(corpus_path), corpus)
-    _write_jsonl_atomic(Path(target_path), target)
-    return counts
-
-
-if __name__ == "__main__":  # the docstring collector, run by _docstrings in a fresh interpreter
+if __name__ == "__main__":  # the docstring collector, run by docstrings in a fresh interpreter
     print(json.dumps(collect_docstrings()))

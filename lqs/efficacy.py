@@ -1,5 +1,7 @@
-"""Target `efficacy`: does training on the LQS selection beat conventional training, for the
-target? (docs/stages.md#the-efficacy-experiment)
+"""The efficacy experiment (target `efficacy`): does training on the LQS selection beat
+conventional training, for the target? (docs/stages.md#the-efficacy-experiment) Its documents,
+token streams, steps, schedule, model and evaluation; its stages are `efficacy_corpus_eval`,
+`efficacy_train` and `efficacy` (lqs/stages/).
 
 Each arm trains a causal LM from scratch on exactly B tokens, one document per sample (its
 window 0: the document truncated to corpus.max_length), read in the arm's order:
@@ -20,25 +22,17 @@ seed every arm starts from the same weights: arms are compared pairwise over see
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lqs.io import parquet_batches, parquet_file, read_parquet, write_json, write_table
-from lqs.sample import MIN_TOKENS
-
-log = logging.getLogger(__name__)
+from lqs.io import parquet_batches, read_parquet
 
 ARMS = ("conventional", "lqs", "lqs_shuffled")
-CLIP = 1.0  # gradient-norm clipping, as in the proxy's pretraining
 CURVE_SCHEMA = pa.schema([("arm", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
                           ("tokens_seen", pa.int64()), ("target_loss", pa.float64()),
                           ("corpus_loss", pa.float64()), ("train_loss", pa.float64())])
@@ -77,21 +71,6 @@ def read_windows(shard_paths: Sequence[str], doc_ids: np.ndarray) -> dict[int, n
         for i, doc_id in enumerate(batch["doc_id"].to_numpy()):
             out[int(doc_id)] = values[offsets[i]:offsets[i + 1]]
     return out
-
-
-def held_out_corpus(shard_paths: Sequence[str], out: str, *, docs: int, seed: int = 0) -> int:
-    """Writes the corpus evaluation set (doc_id, input_ids): `docs` documents of at least two
-    tokens drawn with a fixed seed, the same for every arm and run seed; no arm trains on them."""
-    doc_ids, lengths = document_lengths(shard_paths)
-    eligible = doc_ids[lengths >= MIN_TOKENS]
-    if docs >= len(eligible):
-        raise ValueError(f"efficacy.corpus_eval_docs {docs}: the corpus has {len(eligible)} documents of at least "
-                         f"{MIN_TOKENS} tokens, and the arms need documents to train on: hold out fewer")
-    chosen = np.sort(np.random.default_rng(seed).choice(eligible, docs, replace=False))
-    windows = read_windows(shard_paths, chosen)
-    write_table(out, pa.table({"doc_id": pa.array(chosen, pa.int64()),
-                               "input_ids": pa.array([windows[d] for d in chosen], pa.list_(pa.int32()))}))
-    return docs
 
 
 def read_order(path: str, known: np.ndarray) -> np.ndarray:
@@ -198,161 +177,3 @@ def evaluate(ctx, model, samples: Sequence[np.ndarray], pad_id: int, batch_token
             ids, mask = collate(mine[a:b], pad_id, ctx.device)
             total += float(sample_losses(model, ids, mask).double().sum())
     return sum(distributed.all_gather(ctx, total)) / len(samples)
-
-
-def _read_ids(path: str, what: str) -> list[np.ndarray]:
-    column = read_parquet(path, ["input_ids"])["input_ids"].combine_chunks()
-    if len(column) == 0:
-        raise ValueError(f"{path}: the {what} evaluation set is empty")
-    values, offsets = column.values.to_numpy().copy(), column.offsets.to_numpy()
-    return [values[offsets[i]:offsets[i + 1]] for i in range(len(column))]
-
-
-def train_arm(shard_paths: Sequence[str], order: str, target_eval: str, corpus_eval: str, tokenizer_dir: str,
-              out: str, *, arm: str, seed: int, model: dict[str, Any] | None, tokens: int | None, lr: float,
-              batch_tokens: int, warmup_steps: int, weight_decay: float, eval_every: int,
-              proxy_dir: str | None = None, device: str = "auto", trust_remote_code: bool = False) -> dict:
-    """Trains one arm for one seed and writes its curve (arm, seed, step, tokens_seen,
-    target_loss, corpus_loss, train_loss) at step 0, every `eval_every` steps and at the end.
-
-    A step's loss is the token-weighted mean next-token cross-entropy of its documents (padded,
-    never concatenated); AdamW, linear warmup then cosine decay to 10%, gradients clipped to
-    norm 1; dropout off. Under torchrun the ranks split each step's documents and DDP averages
-    the gradients, scaled so that the step equals one process's."""
-    import torch
-
-    from lqs import distributed
-    from lqs.proxy import collate, sample_losses
-    from lqs.runtime import NonFiniteError
-    from lqs.tokenize import load_tokenizer
-
-    ctx = distributed.setup(device)
-    if ctx.device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    corpus_ids, lengths = document_lengths(shard_paths)
-    held_out = read_parquet(corpus_eval, ["doc_id"])["doc_id"].to_numpy()
-    order_ids, length_of = read_order(order, corpus_ids), pd.Series(lengths, index=corpus_ids)
-    budget = tokens or int(length_of[arm_documents("lqs", seed, corpus_ids, order_ids, held_out)].sum())
-    docs = arm_documents(arm, seed, corpus_ids, order_ids, held_out)
-    if budget == 0 or len(docs) == 0:
-        raise ValueError(f"{order}: the {'lqs' if budget == 0 else arm} arm has no document to train on (none "
-                         "selected, or all of them held out by efficacy.corpus_eval_docs)")
-    stream, taken, epochs = budget_stream(docs, length_of[docs].to_numpy(), budget)
-    if epochs > 1:
-        log.warning("arm %s: %d tokens needed, %d available: %d passes over its %d documents",
-                    arm, budget, int(length_of[docs].sum()), epochs, len(docs))
-    windows = read_windows(shard_paths, stream)
-    steps = pack_steps(taken, batch_tokens)
-    target_samples, corpus_samples = _read_ids(target_eval, "target"), _read_ids(corpus_eval, "corpus")
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    lm = build_lm(tokenizer, seed, model, proxy_dir, trust_remote_code).to(ctx.device).eval()  # dropout off
-    vocab = lm.get_input_embeddings().num_embeddings
-    largest = max(int(a.max()) for a in [*windows.values(), *target_samples, *corpus_samples] if len(a))
-    if largest >= vocab:
-        raise ValueError(f"token id {largest} is outside the efficacy model's vocabulary of {vocab}: "
-                         "efficacy.model must fit the proxy tokenizer")
-    trained = lm if ctx.world == 1 else torch.nn.parallel.DistributedDataParallel(lm)
-    decay = [p for p in lm.parameters() if p.ndim >= 2]
-    no_decay = [p for p in lm.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, len(steps)))
-    log.info("arm %s, seed %d: %d tokens, %d documents (%d distinct, %d epochs), %d steps, %d processes",
-             arm, seed, budget, len(stream), len(windows), epochs, len(steps), ctx.world)
-
-    rows, seen, since = [], 0, [0.0, 0]  # since the last evaluation: summed CE, predicted tokens
-
-    def record(step: int) -> None:
-        rows.append({"arm": arm, "seed": seed, "step": step, "tokens_seen": seen,
-                     "target_loss": evaluate(ctx, lm, target_samples, pad_id, batch_tokens),
-                     "corpus_loss": evaluate(ctx, lm, corpus_samples, pad_id, batch_tokens),
-                     "train_loss": since[0] / since[1] if since[1] else None})
-        since[:] = [0.0, 0]
-        log.info("step %d/%d, %d tokens: target loss %.4f, corpus loss %.4f", step, len(steps), seen,
-                 rows[-1]["target_loss"], rows[-1]["corpus_loss"])
-
-    record(0)
-    for step, (a, b) in enumerate(steps, start=1):
-        batch = [windows[int(d)][:n] for d, n in zip(stream[a:b], taken[a:b])]
-        predicted = sum(len(x) - 1 for x in batch)  # next-token predictions in the whole step
-        mine = batch[ctx.rank::ctx.world]
-        ids, mask = collate(mine or batch[:1], pad_id, ctx.device)  # a rank without a document: weight 0
-        summed = (sample_losses(trained, ids, mask) * mask[:, 1:].sum(1)).sum() * (1.0 if mine else 0.0)
-        step_ce = sum(distributed.all_gather(ctx, summed.item()))
-        if not math.isfinite(step_ce):
-            raise NonFiniteError(f"non-finite training loss at step {step} of arm {arm}, seed {seed} "
-                                 f"(documents {stream[a:b].tolist()[:8]}…)")
-        optimizer.zero_grad(set_to_none=True)
-        # DDP averages over ranks: Σ_local × world / predicted gives the step's token-weighted mean.
-        (summed * (ctx.world / max(predicted, 1))).backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), CLIP)
-        optimizer.step()
-        schedule.step()
-        seen += int(taken[a:b].sum())
-        since[0] += step_ce
-        since[1] += predicted
-        if step % eval_every == 0 or step == len(steps):
-            record(step)
-
-    info = {"arm": arm, "seed": seed, "budget": budget, "tokens": seen, "documents": len(stream),
-            "distinct_documents": len(windows), "epochs": epochs, "steps": len(steps), "processes": ctx.world,
-            "parameters": sum(p.numel() for p in lm.parameters())}
-    if ctx.main:
-        table = pa.Table.from_pylist(rows, schema=CURVE_SCHEMA)
-        write_table(out, table.replace_schema_metadata({"efficacy": json.dumps(info)}))
-    distributed.teardown(ctx)
-    return info
-
-
-# ---------------------------------------------------------------- summary
-
-
-def _mean_std(values: pd.Series) -> dict[str, float | None]:
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None}
-
-
-def _stderr(values: pd.Series) -> float | None:
-    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
-
-
-def summarize(run_paths: Sequence[str], target_eval: str, corpus_eval: str, summary_out: str, curves_out: str,
-              plot_out: str, *, seeds: int, settings: dict[str, Any]) -> dict:
-    """summary.json, curves.parquet and curves.png from the runs' final evaluations. Differences
-    to conventional are paired by seed: mean of the per-seed differences, standard error
-    std(ddof=1) / √seeds (null for one seed)."""
-    from lqs.report import plot_efficacy
-
-    curves = pd.concat([read_parquet(p).to_pandas() for p in run_paths], ignore_index=True)
-    info = [json.loads(parquet_file(p).schema_arrow.metadata[b"efficacy"]) for p in run_paths]
-    curves = curves.sort_values(["arm", "seed", "step"], ignore_index=True)
-    missing = {(a, s) for a in ARMS for s in range(seeds)} - set(zip(curves["arm"], curves["seed"]))
-    if missing:
-        raise ValueError(f"no curve for arm, seed {sorted(missing)[0]} in {', '.join(run_paths)}")
-    final = curves.groupby(["arm", "seed"]).tail(1).set_index(["arm", "seed"])
-    arms = {}
-    for arm in ARMS:
-        runs = final.loc[arm]
-        runs_info = [i for i in info if i["arm"] == arm]
-        arms[arm] = {"target_loss": _mean_std(runs["target_loss"]), "corpus_loss": _mean_std(runs["corpus_loss"]),
-                     "tokens": int(runs["tokens_seen"].iloc[0]), "epochs": max(i["epochs"] for i in runs_info),
-                     "steps": {"min": min(i["steps"] for i in runs_info), "max": max(i["steps"] for i in runs_info)}}
-    vs = {}
-    for arm in ARMS[1:]:
-        diff = final.loc[arm] - final.loc["conventional"]  # aligned on seed: paired differences
-        vs[arm] = {"target_loss_diff": float(diff["target_loss"].mean()), "stderr": _stderr(diff["target_loss"]),
-                   "corpus_loss_diff": float(diff["corpus_loss"].mean()), "corpus_stderr": _stderr(diff["corpus_loss"])}
-    summary = {"arms": arms, "vs_conventional": vs, "seeds": seeds, "budget": info[0]["budget"],
-               "eval": {"target_samples": parquet_file(target_eval).metadata.num_rows,
-                        "corpus_documents": parquet_file(corpus_eval).metadata.num_rows},
-               "settings": settings}
-    write_table(curves_out, pa.Table.from_pandas(curves, schema=CURVE_SCHEMA, preserve_index=False))
-    plot_efficacy(curves, summary, Path(plot_out))
-    write_json(summary_out, summary)
-    for arm in ARMS:
-        a = arms[arm]
-        log.info("%-13s target %.4f ± %s, corpus %.4f ± %s%s", arm, a["target_loss"]["mean"], a["target_loss"]["std"],
-                 a["corpus_loss"]["mean"], a["corpus_loss"]["std"],
-                 f", vs conventional {vs[arm]['target_loss_diff']:+.4f} ± {vs[arm]['stderr']}" if arm in vs else "")
-    return summary

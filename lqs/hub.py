@@ -6,7 +6,7 @@ how to log in.
 `huggingface_hub` reads `HF_TOKEN` (or the token stored by `hf auth login`), `HF_HOME` /
 `HF_HUB_CACHE` and `HF_HUB_OFFLINE` itself: no token is ever passed, logged or written here
 (`token=None` means "whatever the environment says"). This module imports no other lqs module, so
-that the corpus readers (lqs.sources) and the fetch rules (lqs.models) can both use it.
+that the corpus readers (lqs.sources) and the fetch stages (lqs.models) can both use it.
 """
 
 from __future__ import annotations

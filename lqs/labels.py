@@ -1,4 +1,5 @@
-"""Stage `lqs_labels`: per-sample scores γ from the gradient statistics (docs/maths.md#labels-lqs-and-pds).
+"""Per-sample scores γ from the gradient statistics (docs/maths.md#labels-lqs-and-pds; the stage:
+lqs.stages.lqs_labels): reading the statistics, the label formulas, the normalisation and the split.
 
     pds: γ(x) = η Σ_{t∈S} d_t(x)
     lqs: γ(x) = η Σ_j ‖λ_{t_j+1}‖ · r_j(x) · cos(g_{t_j}(x), λ_{t_j+1}),  t_1 > t_2 > … (latest first)
@@ -13,9 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from lqs.io import read_parquet, write_json, write_table
+from lqs.io import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +71,3 @@ def split(num: int, valid_size: float, seed: int) -> np.ndarray:
     labels = np.full(num, "train", dtype=object)
     labels[np.random.default_rng(seed).choice(num, n_valid, replace=False)] = "valid"
     return labels
-
-
-def lqs_labels(stats_paths: Sequence[str], out: str, info_out: str | None = None, *, lr: float, steps: int,
-               interval: int, score: str, normalize_method: str, valid_size: float, seed: int) -> dict[str, int]:
-    """Writes labels.parquet (sample_id, raw γ, normalised score, split) and, to `info_out`,
-    the annotation settings the labels were made with. Returns the samples labelled."""
-    sample_ids, annotated, arrays = read_stats(stats_paths)
-    raw = raw_scores(arrays["grad_norm"], arrays["dot"], arrays["lambda_norm"], lr, score)
-    write_table(out, pa.table({
-        "sample_id": pa.array(sample_ids, pa.int64()), "raw": raw,
-        "score": normalize(raw, normalize_method),
-        "split": pa.array(split(len(raw), valid_size, seed), pa.string())}))
-    if info_out:
-        write_json(info_out, {"lr": lr, "steps": steps, "interval": interval, "score": score,
-                              "normalize": normalize_method, "annotated_steps": annotated,
-                              "proxy_samples": len(raw)})
-    return {"samples": len(raw)}

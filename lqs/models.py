@@ -1,6 +1,7 @@
-"""Fetch rules (`fetch_*`): models, tokenizers and scorer checkpoints from the Hugging Face Hub,
-a local directory, or an architecture config to initialise (docs/configuration.md#models). Every result is a
-local Hugging Face directory with float32 safetensors weights and a tokenizer.
+"""What the fetch stages (lqs/stages/fetch_*.py) share: model sources (a Hugging Face Hub repo, a
+local directory, or an architecture config to initialise; docs/configuration.md#models) and
+`fetch_model`, which writes one as a local Hugging Face directory with float32 safetensors weights
+and a tokenizer (stages fetch_proxy and fetch_scorer_base).
 
 Hub access goes through lqs.hub: before downloading, each fetch checks access (`auth_check`) so
 that a gated or missing repo fails in a CPU fetch job, before any GPU job, with a `HubAccessError`
@@ -11,23 +12,17 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lqs import corpus
 from lqs.hub import hub_snapshot
 from lqs.io import atomic_dir
 from lqs.tokenize import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-
-# What a tokenizer needs from a model repo (not the weights).
-TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 # Weights for other frameworks, or in formats transformers does not load: never downloaded.
 FOREIGN_WEIGHTS = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.gguf", "*.ckpt",
                    "*.pt", "*.pth", "*.mlmodel", "onnx/*", "coreml/*", "openvino/*"]
@@ -76,46 +71,6 @@ def resolve_source(source: dict[str, Any], *, allow_patterns: list[str] | None =
     raise ValueError(f"a model source needs 'path' or 'repo' (got {sorted(source)})")
 
 
-def train_tokenizer(corpus_paths: Sequence[str], out_dir: str, *, text_field: str, vocab_size: int,
-                    max_chars: int, max_docs: int = 100_000, on_bad_record: str = "error") -> None:
-    """A byte-level BPE tokenizer trained on the corpus's first `max_docs` records; each sequence
-    starts with <s>. The first stage to open the corpus: a file it cannot read stops it
-    (`on_bad_record: error`) or is passed over (`skip`). Bad records are tokenize_shard's to report."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    def texts():
-        read = 0
-        for record in corpus.iter_records(corpus_paths, text_field, max_chars):
-            if record.doc_id is None:  # an unreadable file
-                corpus.check(record, on_bad_record)
-                continue
-            if read == max_docs:
-                break
-            read += 1
-            if record.text is not None:
-                yield record.text
-
-    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(texts(), trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    with atomic_dir(out_dir) as tmp:
-        PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS).save_pretrained(tmp)
-
-
-def fetch_tokenizer(source: dict[str, Any], out_dir: str, trust_remote_code: bool = False) -> None:
-    patterns = TOKENIZER_FILES + (["*.py"] if trust_remote_code else [])
-    tokenizer = load_tokenizer(resolve_source(source, allow_patterns=patterns), trust_remote_code)
-    with atomic_dir(out_dir) as tmp:
-        tokenizer.save_pretrained(tmp)
-
-
 def build_model(arch: dict[str, Any], tokenizer, causal_lm: bool, seed: int) -> torch.nn.Module:
     """A randomly initialised model from an architecture config sized to the tokenizer."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -158,24 +113,3 @@ def fetch_model(source: dict[str, Any], out_dir: str, *, causal_lm: bool, tokeni
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-
-
-def fetch_scorer(source: dict[str, Any], out_dir: str, trust_remote_code: bool = False) -> None:
-    """A pretrained scorer checkpoint (`scorer.checkpoint`: a hub repo or a local directory, as
-    written by train_scorer) loaded and written again as `out_dir`: float32 safetensors backbone,
-    its tokenizer, head.safetensors and scorer.json. Loading it here, on the CPU, means a
-    checkpoint that is not one, or whose weights are not those it was saved with (lqs.scorer
-    check_weights), fails before any scoring job starts; the copy records its own digests."""
-    from lqs import scorer as scorer_lib
-
-    refuse_local_pickles(source)
-    local = resolve_source(source, ignore_patterns=FOREIGN_WEIGHTS)
-    name = source.get("repo") or source.get("path")
-    missing = [f for f in (scorer_lib.SCORER_CONFIG, scorer_lib.HEAD_FILE) if not (Path(local) / f).is_file()]
-    if missing:
-        raise ValueError(f"scorer.checkpoint {name!r} is not a scorer checkpoint: it has no "
-                         f"{' or '.join(missing)} (a checkpoint has scorer.json, head.safetensors, the "
-                         "backbone's config and safetensors weights, and its tokenizer)")
-    loaded = scorer_lib.load(local, device="cpu", trust_remote_code=trust_remote_code)
-    with atomic_dir(out_dir) as tmp:
-        scorer_lib.save_scorer(loaded.model, loaded.tokenizer, tmp, loaded.config)

@@ -1,4 +1,4 @@
-"""Rule `plots`: figures of a finished run for `snakemake --report`.
+"""The figures of a finished run for `snakemake --report` (stage `plots`: lqs.stages.plots):
 
 trajectory.png  train and target loss, ‖λ_t‖ per SGD step, the annotated steps marked
 labels.png      distribution of the raw and normalised labels
@@ -8,7 +8,7 @@ stages.png      time and throughput per stage, from each stage's stats line in i
                 (lqs.cli), beside its jobs' wall time from the benchmark files
 
 and, for the efficacy target, curves.png: each arm's target and corpus loss against the tokens
-trained on (lqs.efficacy calls plot_efficacy).
+trained on (lqs.stages.efficacy calls plot_efficacy).
 """
 
 from __future__ import annotations
@@ -32,12 +32,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from lqs.io import atomic_path, benchmark_seconds, parquet_batches, read_parquet  # noqa: E402
 from lqs.output import read_lines  # noqa: E402
 from lqs.runtime import STATS_PREFIX  # noqa: E402
+from lqs.stage import PIPELINE  # noqa: E402
 
-# Rules in pipeline order (docs/stages.md); others follow, by name.
-STAGE_ORDER = ("demo_data", "train_tokenizer", "fetch_tokenizer", "fetch_proxy", "fetch_scorer_base", "fetch_scorer",
-               "fetch_target", "pretrain_proxy", "tokenize_shard", "prepare_target", "sample_proxy", "trajectory",
-               "grad_stats", "lqs_labels", "train_scorer", "score_shard", "gather_scores", "select_order",
-               "fetch_eval_source", "prepare_eval_source", "efficacy_corpus_eval", "efficacy_train", "efficacy")
 _STATS_LINE = re.compile(re.escape(STATS_PREFIX) + r"(\{.*\})\s*$")
 
 
@@ -156,7 +152,8 @@ class StageStats:
 
 
 def in_pipeline_order(names) -> list[str]:
-    known = {name: i for i, name in enumerate(STAGE_ORDER)}
+    """Rules in pipeline order (lqs.stage.PIPELINE); others follow, by name."""
+    known = {name: i for i, name in enumerate(PIPELINE)}
     return sorted(names, key=lambda n: (known.get(n, len(known)), n))
 
 
@@ -249,19 +246,3 @@ def plot_efficacy(curves: pd.DataFrame, summary: dict, out: Path) -> None:
         ax.legend(fontsize=8, title=f"final loss (vs conventional), {seeds} seed{'s' * (seeds > 1)}",
                   title_fontsize=8)
     _save(fig, out)
-
-
-def make_plots(out_dir: str, *, benchmarks_dir: str, scored: Sequence[str], score_field: str,
-               trajectory_log: str | None = None, labels: str | None = None,
-               scorer_metrics: str | None = None, logs_dir: str | None = None,
-               annotated_steps: list[int] = ()) -> None:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if trajectory_log:
-        plot_trajectory(trajectory_log, out / "trajectory.png", annotated_steps)
-    if labels:
-        plot_labels(labels, out / "labels.png")
-    if scorer_metrics:
-        plot_scorer(scorer_metrics, out / "scorer.png")
-    plot_scores(scored, score_field, out / "scores.png")
-    plot_stages(logs_dir, benchmarks_dir, out / "stages.png")

@@ -1,8 +1,5 @@
-"""Stage `sample_proxy`: a seeded random subset of corpus windows, the proxy set
-(docs/stages.md#sample_proxy).
-
-Also the seeded window draw that the trajectory uses for its training batches.
-"""
+"""The seeded window draw: a uniform random subset of corpus windows, for the proxy set (stage
+`sample_proxy`, docs/stages.md#sample_proxy) and the trajectory's training batches."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lqs.io import read_parquet, write_table
+from lqs.io import read_parquet
 
 MIN_TOKENS = 2  # a sample needs at least one next-token prediction
 
@@ -54,15 +51,3 @@ def draw_windows(shard_paths: Sequence[str], n: int, seed: int, *, allow_repeats
     return pa.Table.from_pylist(parts, schema=pa.schema([
         ("doc_id", pa.int64()), ("window", pa.int32()), ("input_ids", pa.list_(pa.int32()))]))
 
-
-def sample_proxy(shard_paths: Sequence[str], tokenizer_dir: str, out: str, *, size: int, seed: int) -> int:
-    """Writes samples.parquet: sample_id, doc_id, window, input_ids, and the window's text."""
-    from lqs.tokenize import load_tokenizer
-
-    table = draw_windows(shard_paths, size, seed, what="proxy samples (proxy.size)")
-    tokenizer = load_tokenizer(tokenizer_dir)
-    texts = tokenizer.batch_decode(table["input_ids"].to_pylist(), skip_special_tokens=True)
-    table = table.add_column(0, "sample_id", pa.array(np.arange(len(table)), pa.int64()))
-    table = table.append_column("text", pa.array(texts, pa.string()))
-    write_table(out, table)
-    return len(table)

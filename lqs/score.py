@@ -1,271 +1,29 @@
-"""Stage `score_shard`: score every accepted document of one corpus shard (docs/stages.md#score_shard), and
-`lqs score`: score files with a scorer checkpoint, no workflow needed.
+"""`lqs score`: score files with a scorer checkpoint, no workflow needed (docs/stages.md#lqs-score-no-workflow).
 
-Both stream records in chunks through the batched scorer (`scored_chunks`), so memory does not
-grow with the input. score_shard scores only the documents that tokenization accepted (the others
-are in its rejects) and, with output.layout per_shard, writes the shard's scored records itself.
-The log ends with the time split (read / tokenize / model / write) and the tokens/s.
+Not a stage: the user's command and Python API (`score_files`), whose keyword arguments mirror its
+flags. It streams records in chunks through the batched scorer that stage score_shard uses
+(lqs.batch_scoring), so memory does not grow with the input. The log ends with the time split
+(read / tokenize / model / write) and the tokens/s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
 from lqs import corpus, output
-from lqs.io import TokenRate, atomic_open, parquet_batches, parquet_writer, write_json
+from lqs.batch_scoring import Meter, loaded_scorer, scored_chunks
+from lqs.io import TokenRate, atomic_open
 from lqs.output import ScoredWriter
-from lqs.runtime import resolve_device
-from lqs.scorer import load, tokenizer_processes, windows_in_worker
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-# One row per scored document; n_tokens and n_windows count what the score was computed on, and
-# fingerprint is the record's (corpus.Record.fingerprint), which gather_scores checks.
-SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_()),
-                           ("n_tokens", pa.int64()), ("n_windows", pa.int64()), ("fingerprint", pa.int64())])
-
-
-def accepted_documents(tokenized_shard: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, fingerprints) of the documents tokenization accepted, ascending, a batch at a time:
-    the shard has one row per window, in input order, so memory stays that of one batch."""
-    corpus.require_fingerprints(tokenized_shard)
-    last = -1
-    for batch in parquet_batches(tokenized_shard, ["doc_id", "fingerprint"], batch_rows):
-        ids = batch.column(0).to_numpy()
-        if len(ids) == 0:
-            continue
-        if ids[0] < last or (np.diff(ids) < 0).any():
-            raise RuntimeError(f"{tokenized_shard}: document ids are not in input order")
-        first = np.concatenate(([ids[0] != last], ids[1:] != ids[:-1]))
-        last = int(ids[-1])
-        yield ids[first], batch.column(1).to_numpy()[first]
-
-
-def accepted_records(records: Iterator[corpus.Record], tokenized_shard: str) -> Iterator[corpus.Record]:
-    """The records tokenization accepted. Both streams come in input order: a merge, never a
-    lookup table. Stops at an accepted document that is gone or is now a bad record; one whose
-    fingerprint differs from the tokenized shard's is an error (the corpus was edited since)."""
-    accepted = ((int(i), int(f)) for ids, fingerprints in accepted_documents(tokenized_shard)
-                for i, f in zip(ids, fingerprints))
-    next_id, fingerprint = next(accepted, (None, None))
-    for record in records:
-        if next_id is None or record.doc_id is None or record.doc_id < next_id:
-            continue  # a record (or an unreadable file: doc_id None) tokenization rejected
-        if record.doc_id > next_id or record.error is not None:
-            return
-        if record.fingerprint != fingerprint:
-            raise RuntimeError(f"{record.where}: the corpus changed since it was tokenized (this record differs "
-                               f"from the one {tokenized_shard} was made from); {corpus.RETOKENIZE}")
-        yield record
-        next_id, fingerprint = next(accepted, (None, None))
-
-
-def chunked(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
-
-
-class Split:
-    """Seconds spent in each part of a stage; parts may run in different threads at once."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextlib.contextmanager
-    def __call__(self, part: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[part] += time.perf_counter() - start
-
-    def iterate(self, part: str, items: Iterable[T]) -> Iterator[T]:
-        """items, the time taken to produce each one counted to `part`."""
-        items = iter(items)
-        while True:
-            with self(part):
-                item = next(items, _END)
-            if item is _END:
-                return
-            yield item
-
-
-_END = object()
-
-
-def in_order(items: Iterator[T], submit: Callable[[T], Future], depth: int) -> Iterator[tuple[T, Any]]:
-    """(item, its future's result) for each item in input order, with up to `depth` further items
-    submitted while the caller works on one."""
-    pending: deque = deque()
-    for item in items:
-        pending.append((item, submit(item)))
-        if len(pending) > depth:
-            first, future = pending.popleft()
-            yield first, future.result()
-    while pending:
-        first, future = pending.popleft()
-        yield first, future.result()
-
-
-
-@dataclass
-class ChunkScores:
-    """One chunk's results, a value per document: the score, whether inference.max_windows_per_doc
-    cut its windows, and the tokens and windows the score was computed on."""
-    scores: list[float]
-    truncated: list[bool]
-    n_tokens: list[int]
-    n_windows: list[int]
-
-    def columns(self, score_field: str, extra_fields: Sequence[str]) -> dict[str, list]:
-        return {score_field: self.scores} | {name: getattr(self, name) for name in extra_fields}
-
-
-@dataclass
-class Meter:
-    """Counts and time split of a scoring run, for its log line."""
-    split: Split = field(default_factory=Split)
-    documents: int = 0
-    truncated: int = 0
-    tokens: int = 0
-    flops: float = 0.0
-    by_source: dict[str, list[float]] = field(default_factory=dict)  # source -> [sum of scores, documents]
-
-    def add(self, chunk: list[corpus.Record], result: ChunkScores) -> None:
-        self.documents += len(chunk)
-        self.truncated += sum(result.truncated)
-        self.tokens += sum(result.n_tokens)
-        for record, score in zip(chunk, result.scores):
-            source = record.fields.get("source") if record.fields else None
-            if isinstance(source, str):
-                total = self.by_source.setdefault(source, [0.0, 0])
-                total[0] += score
-                total[1] += 1
-
-    def counts(self) -> dict[str, int]:
-        return {"scored": self.documents, "truncated": self.truncated, "tokens": self.tokens}
-
-    def report(self, what: str, wall: float, workers: int | None) -> str:
-        seconds = self.split.seconds
-        where = f" in {workers} processes beside the model" if workers else ""
-        waited = max(0.0, seconds["next chunk"] - seconds["read"] - (0 if workers else seconds["tokenize"]))
-        model = max(seconds["model"], 1e-9)
-        return (f"{what}: {self.documents} documents, {self.tokens} tokens in {wall:.3g} s (model loaded and "
-                f"output written): {self.tokens / wall:.0f} tokens/s end to end; read {seconds['read']:.3g} s, "
-                f"tokenize {seconds['tokenize']:.3g} s{where} (waited for {waited:.3g} s), "
-                f"model {seconds['model']:.3g} s "
-                f"({self.tokens / model:.0f} tokens/s, {self.flops / model / 1e12:.3g} TFLOP/s), "
-                f"write {seconds['write']:.3g} s")
-
-
-def scored_chunks(scorer, pool, workers: int, records: Iterator[corpus.Record], meter: Meter, *,
-                  chunk_docs: int, max_tokens: int | None, max_windows_per_doc: int | None
-                  ) -> Iterator[tuple[list[corpus.Record], ChunkScores]]:
-    """Each chunk of `records` with its scores, in input order; with a pool of tokenizer processes,
-    the next chunks are tokenized while one is scored."""
-
-    def tokenize(chunk: list[corpus.Record]) -> Future:
-        texts = [r.text for r in chunk]
-        if pool is not None:
-            return pool.submit(windows_in_worker, scorer.max_length, texts, max_windows_per_doc)
-        future: Future = Future()
-        begin = time.perf_counter()
-        future.set_result((*scorer.windows(texts, max_windows_per_doc), time.perf_counter() - begin))
-        return future
-
-    split = meter.split
-    chunks = split.iterate("read", chunked(records, chunk_docs))
-    for chunk, (windows, truncated, seconds) in split.iterate(
-            "next chunk", in_order(chunks, tokenize, workers if pool is not None else 0)):
-        split.seconds["tokenize"] += seconds
-        with split("model"):  # ends with the chunk's one host sync: the GPU time is in it
-            scores = scorer.score_windows(windows, len(chunk), max_tokens)
-        n_tokens, n_windows = [0] * len(chunk), [0] * len(chunk)
-        for w in windows:
-            n_tokens[w.doc] += len(w.ids)
-            n_windows[w.doc] += 1
-        meter.flops += scorer.forward_flops(len(w.ids) for w in windows)
-        result = ChunkScores(scores, truncated, n_tokens, n_windows)
-        meter.add(chunk, result)
-        yield chunk, result
-
-
-@contextlib.contextmanager
-def loaded_scorer(scorer_dir: str, device: str, dtype: str, trust_remote_code: bool, prefetch: bool | None,
-                  tokenizer_workers: int | None) -> Iterator[tuple[Any, Any, int]]:
-    """(scorer, pool of tokenizer processes or None, their number). prefetch (default: on a GPU):
-    tokenizer_workers processes (default: a quarter of the cores, 1 to 4) tokenize the next chunks
-    while the current one is scored. On a CPU they would share the cores with the model: measured
-    no faster there."""
-    if prefetch is None:
-        prefetch = resolve_device(device).type == "cuda"
-    workers = tokenizer_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
-    with tokenizer_processes(scorer_dir, workers) if prefetch else contextlib.nullcontext() as pool:
-        yield load(scorer_dir, device, trust_remote_code, dtype), pool, workers
-
-
-def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, *,
-                shard: int, num_shards: int | str, text_field: str, max_chars: int,
-                max_tokens: int | None, max_windows_per_doc: int | None, chunk_docs: int = 4096,
-                dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-                prefetch: bool | None = None, tokenizer_workers: int | None = None,
-                stats_out: str | None = None, part_out: str | None = None, output_format: str = "jsonl",
-                score_field: str = "score", extra_fields: Sequence[str] = (),
-                output_schema: str | None = None) -> dict[str, int]:
-    """Writes the shard's scores to `out` (SCORES_SCHEMA), its counts and per-source score sums to
-    `stats_out` (JSON), and with `part_out` (output.layout per_shard) its scored records, in input
-    order, in `output_format`; a Parquet part with the whole corpus's schema, the output_schema
-    stage's file `output_schema`, so that every part has the same one."""
-    start = time.perf_counter()
-    meter = Meter()
-    with meter.split("read"):
-        num_accepted = sum(len(ids) for ids, _ in accepted_documents(tokenized_shard))
-        input_schema = output.read_schema(output_schema) if part_out and output_schema else None
-    records = accepted_records(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards),
-                               tokenized_shard)
-    bar = tqdm(total=num_accepted, desc=f"score shard {shard}", unit="doc", mininterval=5)
-    rate = TokenRate(bar)
-    with contextlib.ExitStack() as stack:
-        scorer, pool, workers = stack.enter_context(loaded_scorer(scorer_dir, device, dtype, trust_remote_code,
-                                                                  prefetch, tokenizer_workers))
-        writer = stack.enter_context(parquet_writer(out, SCORES_SCHEMA))
-        part = stack.enter_context(ScoredWriter(part_out, output_format, [score_field, *extra_fields], input_schema)
-                                   ) if part_out else None
-        for chunk, result in scored_chunks(scorer, pool, workers, records, meter, chunk_docs=chunk_docs,
-                                           max_tokens=max_tokens, max_windows_per_doc=max_windows_per_doc):
-            with meter.split("write"):
-                writer.write_table(pa.table({"doc_id": [r.doc_id for r in chunk], "score": result.scores,
-                                             "truncated": result.truncated, "n_tokens": result.n_tokens,
-                                             "n_windows": result.n_windows,
-                                             "fingerprint": [r.fingerprint for r in chunk]}, schema=SCORES_SCHEMA))
-                if part is not None:
-                    part.write(chunk, result.columns(score_field, extra_fields))
-            bar.update(len(chunk))
-            rate.add(meter.tokens - rate.tokens)
-        if meter.documents != num_accepted:
-            raise RuntimeError(f"shard {shard}: tokenization accepted {num_accepted} documents but "
-                               f"{meter.documents} were found to score; was the corpus changed?")
-        if stats_out:
-            write_json(stats_out, {"shard": shard, **meter.counts(), "by_source": meter.by_source})
-    bar.close()
-    log.info(meter.report(f"shard {shard}", time.perf_counter() - start, workers if pool is not None else None))
-    return meter.counts()
 
 
 def checked_records(records: Iterator[corpus.Record], on_bad_record: str, rejects) -> Iterator[corpus.Record]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -213,6 +214,17 @@ def forward_batch(model: ScorerModel, batch: Sequence[Sequence[int]], pad_id: in
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype(dtype, device) == "bf16"
                         and fp32_weights):
         return model(ids, mask).float()
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); 0 when either side is constant: the
+    scorer's validation metric."""
+    import pandas as pd  # here: loading a scorer needs no pandas
+
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def prefetched(items: Iterator[T], fn: Callable[[T], R]) -> Iterator[R]:

@@ -1,5 +1,6 @@
-"""Stage `select_order`: scored.jsonl -> the training set, selected and in training order
-(docs/maths.md#selection-and-ordering).
+"""Selection and ordering of the training set (docs/maths.md#selection-and-ordering), for stage
+`select_order` (lqs.stages.select_order): scored output -> the training set, selected and in
+training order.
 
 Memory does not grow with the text: one pass over scored.jsonl keeps each line's byte offset,
 length and score (numpy arrays); the chosen lines are then copied byte for byte by offset.
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from lqs import corpus, output
-from lqs.io import atomic_open, atomic_path, parquet_batches, parquet_file, parquet_writer, write_json, write_table
+from lqs.io import atomic_open, atomic_path, parquet_batches, parquet_file, parquet_writer
 
 ORDER_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("tokens", pa.int64())])
 _CHUNK = 1 << 22
@@ -286,37 +287,3 @@ def write_selected(records: ScoredRecords, positions: np.ndarray, out: str) -> N
                         offset += batch.num_rows
                 table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
                 dst.write_table(table.take(pa.array(np.argsort(np.concatenate(slots)))) if pieces else table)
-
-
-def select_order(scored: str | Sequence[str], shard_paths: Sequence[str], out: str, order_out: str,
-                 summary_out: str, *, selection: dict, ordering: dict, score_field: str,
-                 output_format: str = "jsonl", layout: str = "single") -> dict:
-    """`scored`: the scored output's file, or (layout per_shard) its parts in shard order."""
-    paths = [scored] if isinstance(scored, str) else list(scored)
-    records = read_scored_records(paths, score_field, output_format)
-    scores = records.scores
-    doc_ids, tokens = document_tokens(shard_paths, by_shard=layout == "per_shard")
-    where = paths[0] if len(paths) == 1 else f"the {len(paths)} parts of {os.path.dirname(paths[0]) or '.'}"
-    if len(scores) != len(doc_ids):
-        unit = "lines" if output_format != "parquet" else "rows"
-        raise RuntimeError(f"{where} has {len(scores)} {unit} but the tokenized corpus has "
-                           f"{len(doc_ids)} documents; rerun gather_scores")
-    if len(scores) == 0:
-        raise ValueError(f"{where} has no documents (every one was rejected?): nothing to select")
-    # Selection and ordering see the documents in input order whatever the layout (a per_shard
-    # output stores them shard after shard): ties and Gumbel noise fall the same way.
-    by_doc = np.argsort(doc_ids, kind="stable")
-    chosen, cutoff = select(scores[by_doc], **selection)
-    chosen = by_doc[chosen[order(scores[by_doc][chosen], **ordering)]]  # storage positions, training order
-
-    write_selected(records, chosen, out)
-    write_table(order_out, pa.table([doc_ids[chosen], scores[chosen], tokens[chosen]], schema=ORDER_SCHEMA))
-
-    summary = {
-        "documents_scored": len(scores), "documents_selected": len(chosen),
-        "tokens_scored": int(tokens.sum()), "tokens_selected": int(tokens[chosen].sum()),
-        "score_cutoff": cutoff, "lowest_selected_score": float(scores[chosen].min()),
-        "selection": selection, "ordering": ordering, "output": str(out), "order": str(order_out),
-    }
-    write_json(summary_out, summary)
-    return summary

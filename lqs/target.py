@@ -1,12 +1,13 @@
-"""Stages `fetch_target` and `prepare_target`: the target set (LIMA by default) as
-proxy-tokenizer ids (docs/stages.md#prepare_target), split once into the annotation's part (J) and a held-out
-part for the efficacy experiment (docs/stages.md#the-efficacy-experiment).
+"""The target set (LIMA by default) as proxy-tokenizer ids, split once into the annotation's part
+(J) and a held-out part for the efficacy experiment (docs/stages.md#prepare_target,
+docs/stages.md#the-efficacy-experiment): the library of stages `fetch_target`, `prepare_target`,
+`fetch_eval_source` and `prepare_eval_source` (lqs/stages/).
 
 The target set is a local JSONL/JSON/Parquet file, a local directory of data files (read with
-`datasets`), or a Hugging Face data set repo: `fetch_target` checks access, downloads the repo's
+`datasets`), or a Hugging Face data set repo: `fetch_split` checks access, downloads the repo's
 snapshot with `huggingface_hub` (honouring HF_TOKEN, HF_HOME and HF_HUB_OFFLINE; a gated or
 missing repo is a `HubAccessError`), loads the split from it with `datasets` (no loading scripts
-are run) and writes it as Parquet for `prepare_target`.
+are run) and writes it as Parquet for `tokenize_target`.
 
 A LIMA record's `conversations` (a list of turns) becomes one text: each turn with its inner
 newlines replaced by spaces, turns joined by newlines. Plain `text` fields are accepted too.
@@ -135,7 +136,7 @@ def target_texts(source: str, text_field: str = "text", split: str = "train",
     return texts
 
 
-def fetch_target(source: str, out: str, *, split: str = "train", revision: str | None = None) -> int:
+def fetch_split(source: str, out: str, *, split: str = "train", revision: str | None = None) -> int:
     """Writes one split of a Hub data set repo (or a local data directory) to `out` as Parquet."""
     path = Path(source)
     dataset = load_local_dataset(path, split) if path.is_dir() else load_hub_dataset(source, split, revision)
@@ -165,9 +166,9 @@ def _write_ids(path: str, ids: list[list[int]]) -> None:
     write_table(path, pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32()))}))
 
 
-def prepare_target(source: str, tokenizer_dir: str, out: str, *, text_field: str, max_length: int,
-                   split: str = "train", revision: str | None = None, max_samples: int | None = None,
-                   eval_out: str | None = None, eval_fraction: float = 0.0, seed: int = 0) -> int:
+def tokenize_target(source: str, tokenizer_dir: str, out: str, *, text_field: str, max_length: int,
+                    split: str = "train", revision: str | None = None, max_samples: int | None = None,
+                    eval_out: str | None = None, eval_fraction: float = 0.0, seed: int = 0) -> int:
     """Writes tokens.parquet (input_ids, J's part) and, with `eval_out`, the held-out part (empty
     when eval_fraction is 0): each text's first window of max_length. The target set is the
     source's first max_samples records. Returns the number of J's samples."""

@@ -1,4 +1,4 @@
-"""Stage `tokenize_shard`: corpus shard -> windows of proxy-tokenizer ids (docs/stages.md#tokenize_shard).
+"""Tokenizers and windows: loading a tokenizer, and cutting documents into windows of token ids.
 
 A window never crosses documents. Long documents are cut near `max_length`, preferring a
 sentence end or newline in the last quarter of the window.
@@ -10,13 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
-from lqs import corpus, output
-from lqs.io import TokenRate, atomic_open, parquet_writer
-
-# One row per window; fingerprint is its document's (corpus.Record.fingerprint, on each of its
-# rows): score_shard checks each record it scores against it.
+# The tokenized shards (stage tokenize_shard): one row per window; fingerprint is its document's
+# (corpus.Record.fingerprint, on each of its rows): score_shard checks each record it scores
+# against it.
 SHARD_SCHEMA = pa.schema([
     ("doc_id", pa.int64()),
     ("window", pa.int32()),
@@ -91,64 +88,3 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
         name = path / "tokenizer.json" if (path / "tokenizer.json").exists() else path
         raise ValueError(f"cannot load the tokenizer {name} ({type(e).__name__}: {e}): replace it, or if the "
                          "workflow wrote it, delete the directory and rerun to remake it") from None
-
-
-def tokenize_shard(
-    corpus_paths: Sequence[str],
-    tokenizer_dir: str,
-    shard: int,
-    out: str,
-    rejects: str,
-    *,
-    num_shards: int | str,
-    text_field: str,
-    max_length: int,
-    on_bad_record: str,
-    max_chars: int,
-    score_field: str = "score",
-    extra_fields: Sequence[str] = (),
-    output_schema: str | None = None,
-    batch_docs: int = 512,
-) -> dict[str, int]:
-    """Writes the shard's windows to `out` and its rejected records (and unreadable files) to
-    `rejects` (JSONL). A record that already has a field the output adds (`score_field`,
-    `extra_fields`) is rejected here, before anything is scored, and so is, with `output_schema`
-    (output.format parquet: the output_schema stage's file), a record it cannot hold exactly."""
-    tokenizer = load_tokenizer(tokenizer_dir)
-    counts = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
-    batch: list[corpus.Record] = []
-
-    def flush(writer) -> None:
-        windows = tokenize_windows(tokenizer, [r.text for r in batch], max_length)
-        doc_ids, window_idx, ids, fingerprints = [], [], [], []
-        for record, doc_windows in zip(batch, windows):
-            fingerprint = record.fingerprint
-            for w, window in enumerate(doc_windows):
-                doc_ids.append(record.doc_id)
-                window_idx.append(w)
-                ids.append(window)
-                fingerprints.append(fingerprint)
-                counts["tokens"] += len(window)
-        counts["windows"] += len(ids)
-        rate.add(sum(map(len, ids)))
-        writer.write_table(pa.table([doc_ids, window_idx, ids, fingerprints], schema=SHARD_SCHEMA))
-        batch.clear()
-
-    records = output.fitting(corpus.iter_records(corpus_paths, text_field, max_chars, shard, num_shards,
-                                                 corpus.output_fields(score_field, extra_fields)),
-                             output.read_schema(output_schema) if output_schema else None)
-    bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
-    rate = TokenRate(bar)
-    with parquet_writer(out, SHARD_SCHEMA) as writer, atomic_open(rejects) as rejects_file:
-        for record in bar:
-            if corpus.check(record, on_bad_record):
-                counts["documents"] += 1
-                batch.append(record)
-                if len(batch) >= batch_docs:
-                    flush(writer)
-            else:
-                counts["rejected"] += record.doc_id is not None  # a document, not an unreadable file
-                rejects_file.write(corpus.json_line(record.reject_entry()) + "\n")
-        if batch:
-            flush(writer)
-    return counts

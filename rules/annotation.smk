@@ -85,7 +85,7 @@ rule lqs_labels:
             steps=ANNOTATION["steps"],
             interval=ANNOTATION["interval"],
             score=ANNOTATION["score"],
-            normalize_method=ANNOTATION["normalize"],
+            normalize=ANNOTATION["normalize"],
             valid_size=config["scorer"]["valid_size"],
             seed=config["scorer"]["seed"],
         ),
@@ -96,5 +96,5 @@ rule lqs_labels:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs labels {input} --out {output.labels} --info-out {output.info}"
+        "lqs lqs-labels {input} --out {output.labels} --info-out {output.info}"
         " --settings {params.settings:q} > {log} 2>&1"

@@ -48,7 +48,7 @@ def corpus_and_file_errors():
     try:
         corpus = lqs_config.corpus_sources(config["corpus"]["path"], inherited)
     except lqs_config.ConfigError as e:
-        return None, [str(e)]
+        return None, None, [str(e)]
     if not inherited:
         for pinned, commit in corpus.pins.items():
             repo, revision = pinned.split("@", 1)
@@ -58,21 +58,18 @@ def corpus_and_file_errors():
             )
     os.environ[lqs_sources.PINS_ENV] = json.dumps(corpus.pins)
     files = [f.path for f in corpus.files]
-    errors = lqs_config.resolve_outputs(config, files)
-    outputs = {
-        "output.path": config["output"]["path"],
-        "output.rejects_path": config["output"]["rejects_path"],
-        "selection.path": config["selection"]["path"],
-        "results": f"{RESULTS}/summary.json",
-    }
-    errors += lqs_config.path_errors(config, RESULTS, own=DEMO_FILES)
+    outputs, errors = lqs_config.resolve_outputs(config, files)
+    errors += lqs_config.path_errors(config, outputs, RESULTS, own=DEMO_FILES)
     errors += lqs_config.shard_errors(config, files)
-    return corpus, errors + lqs_config.file_errors(config, files, outputs)
+    written = outputs.by_key() | {"results": f"{RESULTS}/summary.json"}
+    return corpus, outputs, errors + lqs_config.file_errors(config, files, written)
 
 
+# The configuration is merged and validated here, once, and not changed afterwards; what follows
+# from it (the output's format and paths, the shards, the sources' kinds) is computed below, once.
 errors = config_errors()
 if not errors:
-    CORPUS, errors = corpus_and_file_errors()
+    CORPUS, OUTPUTS, errors = corpus_and_file_errors()
 if errors:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(errors))
 
@@ -91,7 +88,9 @@ PER_FILE = config["corpus"]["num_shards"] == "per_file"
 NUM_SHARDS = len(CORPUS.files) if PER_FILE else config["corpus"]["num_shards"]
 SHARDS = list(range(NUM_SHARDS))
 
-OUTPUT = config["output"]  # format and path filled in by lqs_config.resolve_outputs
+# output.* with its format and path settled (lqs.config.resolve_outputs), and selection.* with its path
+OUTPUT = {**config["output"], "format": OUTPUTS.format, "path": OUTPUTS.path}
+SELECTION = {**config["selection"], "path": OUTPUTS.selection_path}
 PER_SHARD_OUTPUT = OUTPUT["layout"] == "per_shard"
 # The scored output's files: one, or (per_shard) one part per score_shard job in output.path.
 SCORED_FILES = (
@@ -129,8 +128,7 @@ def corpus_versions(wildcards):
 
 def target_source_file(wildcards):
     """The target set as an input file when it is local (or built by the demo), not a hub id."""
-    source = config["target"]["source"]
-    return [source] if os.path.exists(source) or source.startswith(f"{RESULTS}/") else []
+    return [] if TARGET_FROM_HUB else [TARGET_SOURCE]
 
 
 # The models. With a pretrained scorer (scorer.checkpoint) nothing reads models.proxy, models.scorer
@@ -153,7 +151,7 @@ CHECKPOINT_SOURCE = (
     if not SCORER_CHECKPOINT
     else (
         {"path": SCORER_CHECKPOINT}
-        if os.path.isdir(SCORER_CHECKPOINT)
+        if lqs_config.is_local_source(SCORER_CHECKPOINT, RESULTS)
         else {"repo": SCORER_CHECKPOINT, "revision": SCORER["checkpoint_revision"]}
     )
 )
@@ -165,7 +163,7 @@ PRETRAIN_PROXY = PROXY is not None and "arch" in PROXY
 TRAIN_TOKENIZER = PRETRAIN_PROXY and not {"repo", "path"} & set(config["models"]["tokenizer"])
 TARGET_SOURCE = config["target"]["source"]
 # The target set comes from the hub unless it is a local file or directory (or built by the demo).
-TARGET_FROM_HUB = not (os.path.exists(TARGET_SOURCE) or TARGET_SOURCE.startswith(f"{RESULTS}/"))
+TARGET_FROM_HUB = not lqs_config.is_local_source(TARGET_SOURCE, RESULTS)
 # Fetch rules need the network and the Hugging Face login, and fail fast (an access check first)
 # on a gated or missing repo: they run on the submitting host (localrule) and before anything
 # else that is ready (priority). A local model directory is the fetch's input, so editing it
@@ -177,11 +175,11 @@ EFFICACY = config["efficacy"]
 EFFICACY_ARMS = ["conventional", "lqs", "lqs_shuffled"]
 EVAL_SOURCE = EFFICACY["eval_source"]
 # An explicit evaluation set: a local file or directory, or else a hub data set id.
-EVAL_FROM_HUB = EVAL_SOURCE is not None and not os.path.exists(EVAL_SOURCE)
+EVAL_FROM_HUB = EVAL_SOURCE is not None and not lqs_config.is_local_source(EVAL_SOURCE, RESULTS)
 EVAL_DIR = f"{RESULTS}/efficacy/eval"
 
 ANNOTATION = config["annotation"]
-ANNOTATED_STEPS = [t for t in range(ANNOTATION["steps"]) if t % ANNOTATION["interval"] == 0]
+ANNOTATED_STEPS = lqs_config.annotated_steps(ANNOTATION["steps"], ANNOTATION["interval"])
 PROXY_PARTS = list(range(config["proxy"]["num_parts"]))
 
 
@@ -235,7 +233,7 @@ def efficacy_proxy(wildcards):
 
 
 # output.format parquet: the scored output's one schema, settled before any record is written
-# (lqs/output_schema.py) and read by every writer of the output. tokenize_shard rejects a JSONL
+# (lqs/stages/output_schema.py) and read by every writer of the output. tokenize_shard rejects a JSONL
 # record that it cannot hold exactly; Parquet rows always fit it (it unifies their files' schemas),
 # so a Parquet corpus's tokenize jobs do not read it.
 OUTPUT_SCHEMA = [f"{RESULTS}/corpus/output_schema.parquet"] if OUTPUT["format"] == "parquet" else []
@@ -282,4 +280,4 @@ def gather_model_arguments(wildcards, input):
 def get_final_output():
     """The final targets, the input of the Snakefile's `all`: the scored output, the run's summary
     and the selection."""
-    return [*SCORED_FILES, f"{RESULTS}/summary.json", config["selection"]["path"]]
+    return [*SCORED_FILES, f"{RESULTS}/summary.json", SELECTION["path"]]

@@ -18,7 +18,7 @@ rule fetch_eval_source:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-target {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-eval-source {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"
 
 
 # efficacy.eval_source, parsed and tokenized as the target set is (first window of target.max_length).
@@ -41,7 +41,7 @@ rule prepare_eval_source:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs prepare-target {input.source:q} --tokenizer-dir {input.tokenizer} --out {output}"
+        "lqs prepare-eval-source {input.source:q} --tokenizer-dir {input.tokenizer} --out {output}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 
@@ -59,7 +59,7 @@ rule efficacy_corpus_eval:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs efficacy-heldout {input} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs efficacy-corpus-eval {input} --out {output} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule efficacy_train:
@@ -120,7 +120,7 @@ rule efficacy:
             settings={
                 "efficacy": EFFICACY,
                 "target": {k: config["target"][k] for k in ("eval_fraction", "seed")},
-                "selection": config["selection"],
+                "selection": SELECTION,
                 "ordering": config["ordering"],
             },
         ),
@@ -131,6 +131,6 @@ rule efficacy:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs efficacy-summary {input.runs} --target-eval {input.target_eval} --corpus-eval {input.corpus_eval}"
+        "lqs efficacy {input.runs} --target-eval {input.target_eval} --corpus-eval {input.corpus_eval}"
         " --summary-out {output.summary} --curves-out {output.curves} --plot-out {output.plot}"
         " --settings {params.settings:q} > {log} 2>&1"

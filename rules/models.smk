@@ -136,7 +136,7 @@ rule fetch_proxy:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-model --tokenizer-dir {input.tokenizer} --out-dir {output}"
+        "lqs fetch-proxy --tokenizer-dir {input.tokenizer} --out-dir {output}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 
@@ -164,7 +164,7 @@ rule fetch_scorer_base:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-model {params.tokenizer} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-scorer-base {params.tokenizer} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
 
 
 # The target set from the hub (an access check, then its snapshot; one split as Parquet), so

@@ -15,7 +15,7 @@ rule plots:
         scores=report(f"{RESULTS}/plots/scores.png", caption="../report/scores.rst", category="Corpus scores"),
         stages=report(f"{RESULTS}/plots/stages.png", caption="../report/stages.rst", category="Cost"),
     params:
-        settings=as_settings(score_field=config["output"]["score_field"], annotated_steps=ANNOTATED_STEPS),
+        settings=as_settings(score_field=OUTPUT["score_field"], annotated_steps=ANNOTATED_STEPS),
         benchmarks=f"{RESULTS}/benchmarks",
         logs=f"{RESULTS}/logs",
         out_dir=lambda wildcards, output: os.path.dirname(output.scores),

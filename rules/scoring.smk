@@ -115,7 +115,7 @@ rule gather_scores:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs gather {params.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
+        "lqs gather-scores {params.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
         " --stats-paths {input.stats} --part-paths {input.parts} --out {params.out:q}"
         " --rejects-out {output.rejects} --summary-out {output.summary} --benchmarks-dir {params.benchmarks}"
         " {params.output_schema} {params.models} --settings {params.settings:q} > {log} 2>&1"

@@ -4,13 +4,13 @@ rule select_order:
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
     output:
         # update(): kept until the rerun succeeds, restored if it fails (as gather_scores')
-        selected=update(config["selection"]["path"]),
+        selected=update(SELECTION["path"]),
         order=f"{RESULTS}/selection/order.parquet",
         summary=update(f"{RESULTS}/selection/summary.json"),
     params:
         # selection.path names the output; the stage depends on the other keys only
         settings=as_settings(
-            selection={k: v for k, v in config["selection"].items() if k != "path"},
+            selection={k: v for k, v in SELECTION.items() if k != "path"},
             ordering=config["ordering"],
             score_field=OUTPUT["score_field"],
             output_format=OUTPUT["format"],

@@ -81,11 +81,12 @@ def tiny_scorer(root: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, XGLMConfig, XGLMModel
 
-    from lqs.models import train_tokenizer
     from lqs.scorer import ScorerModel, save_scorer
+    from lqs.stages import train_tokenizer as train_tokenizer_stage
 
     corpus = write_jsonl(root / "corpus.jsonl", tiny_corpus(60))
-    train_tokenizer([str(corpus)], str(root / "tokenizer"), text_field="text", vocab_size=300, max_chars=10**6)
+    stage_function(train_tokenizer_stage)([str(corpus)], str(root / "tokenizer"), text_field="text", vocab_size=300,
+                                          max_chars=10**6)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     torch.manual_seed(5)
     backbone = XGLMModel(XGLMConfig(vocab_size=len(tokenizer), d_model=32, ffn_dim=64, num_layers=1,
@@ -282,3 +283,32 @@ def plan(workdir: Path, *targets: str) -> list[dict]:
 
 def rule_counts(jobs: list[dict]) -> dict[str, int]:
     return dict(collections.Counter(j["rule"] for j in jobs))
+
+
+# What the tests' calls of a stage function leave out of its Settings (their config's values,
+# close to the schema's defaults); a setting that is not here must be given by the test.
+TEST_SETTINGS = {
+    "num_shards": 1, "text_field": "text", "max_chars": 10_000_000, "on_bad_record": "error",
+    "score_field": "score", "extra_fields": (),
+    "hvp_micro_batch": None, "tf32": False, "stats_dtype": "fp32", "trust_remote_code": False,
+    "split": "train", "revision": None, "max_samples": None, "eval_fraction": 0.0, "seed": 0,
+    "output_format": "jsonl", "layout": "single", "chunk_docs": 4096, "dtype": "auto", "device": "auto",
+    "tokenizer_workers": None,
+}
+
+
+def stage_function(module):
+    """A stage's entry function as the tests call it: its settings as keyword arguments (those
+    left out from TEST_SETTINGS), built into the stage's Settings."""
+    import dataclasses
+
+    stage = module.STAGE
+    names = {f.name for f in dataclasses.fields(stage.settings)}
+
+    def call(*args, **kwargs):
+        given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+        given |= {name: TEST_SETTINGS[name] for name in names - set(given)}
+        return stage.run(*args, settings=stage.settings(**given), **kwargs)
+
+    call.__name__ = stage.run.__name__
+    return call

@@ -1,10 +1,10 @@
 """The LQS annotation (docs/maths.md) against independent brute-force computations.
 
-* trajectory.solve: θ_t against a plain SGD loop, λ_{t+1} against autograd through the unrolled SGD
+* costate.solve: θ_t against a plain SGD loop, λ_{t+1} against autograd through the unrolled SGD
   trajectory (λ_t = d/dθ_t Σ_{s=t..T} J(θ_s)), the per-step log, and invariance under the √T
   checkpointing; the Hessian-vector product in micro-batches against whole-batch double backward;
 * proxy.sample_losses (the one loss of every stage) against an unpadded per-sample loss;
-* grad_stats.per_sample_stats (fast and vmap paths, several micro-batch sizes) against
+* per_sample.per_sample_stats (fast and vmap paths, several micro-batch sizes) against
   one-sample-at-a-time autograd with a loss written here, tied embeddings counted once;
 * labels.raw_scores / normalize / split against plain-Python loops over the formulas;
 * the whole sample → stats → labels chain under permutation and re-sharding of the proxy set;
@@ -31,14 +31,23 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import stage_function
 from safetensors.torch import load_file
 from torch.func import functional_call
 from transformers import AutoModelForCausalLM, MistralConfig, XGLMConfig
 
-from lqs.grad_stats import _squared_norms, fast_path_covers, grad_stats, per_sample_stats
-from lqs.labels import lqs_labels, normalize, raw_scores, split
+from lqs.costate import fit_hvp_micro_batch, hvp, load_step, solve, step_file
+from lqs.labels import normalize, raw_scores, split
+from lqs.per_sample import _squared_norms, fast_path_covers, per_sample_stats
 from lqs.proxy import collate, get_params, param_names, sample_losses, set_params, twice_differentiable
-from lqs.trajectory import NonFiniteError, fit_hvp_micro_batch, hvp, load_step, run_trajectory, solve, step_file
+from lqs.runtime import NonFiniteError
+from lqs.stages import grad_stats as grad_stats_stage
+from lqs.stages import lqs_labels as lqs_labels_stage
+from lqs.stages import trajectory as trajectory_stage
+
+grad_stats = stage_function(grad_stats_stage)
+lqs_labels = stage_function(lqs_labels_stage)
+trajectory = stage_function(trajectory_stage)
 
 VOCAB = 50
 T = 4
@@ -532,7 +541,7 @@ def test_lqs_labels_from_shuffled_stats_files(tmp_path):
                        ("pds", lambda i: ref_pds_row(list(d[i]), 0.2))):
         out = tmp_path / f"labels-{score}.parquet"
         lqs_labels(paths, str(out), lr=0.2, steps=12, interval=2, score=score,
-                   normalize_method="zscore_clip3", valid_size=0.2, seed=0)
+                   normalize="zscore_clip3", valid_size=0.2, seed=0)
         got = pd.read_parquet(out).set_index("sample_id")
         assert sorted(got.index) == sorted(ids.tolist())
         for i, sid in enumerate(ids):
@@ -549,7 +558,7 @@ ANN = dict(lr=0.3, steps=4, interval=2, batch_size=3)
 
 @pytest.fixture(scope="module")
 def annotated(tmp_path_factory):
-    """A saved tiny proxy, a corpus shard, a target set, the step files from run_trajectory and a
+    """A saved tiny proxy, a corpus shard, a target set, the step files of the trajectory stage and a
     proxy samples.parquet with non-contiguous sample ids."""
     root = tmp_path_factory.mktemp("annotation")
     model = tiny_mistral(dtype=torch.float32, seed=5)
@@ -562,8 +571,8 @@ def annotated(tmp_path_factory):
         "input_ids": pa.array(corpus, pa.list_(pa.int32()))}), root / "shard-0.parquet")
     pq.write_table(pa.table({"input_ids": pa.array(random_samples(3), pa.list_(pa.int32()))}),
                    root / "target.parquet")
-    run_trajectory(str(root / "proxy"), [str(root / "shard-0.parquet")], str(root / "target.parquet"),
-                   str(root / "traj"), seed=0, micro_batch=2, device="cpu", **ANN)
+    trajectory(str(root / "proxy"), [str(root / "shard-0.parquet")], str(root / "target.parquet"),
+               str(root / "traj"), seed=0, micro_batch=2, device="cpu", **ANN)
     samples = random_samples(11)
     sample_ids = torch.randperm(1000)[:len(samples)].tolist()
     table = pa.table({
@@ -597,7 +606,7 @@ def read_stats_table(paths) -> pd.DataFrame:
 
 def make_labels(paths, out, score: str) -> pd.DataFrame:
     lqs_labels(paths, str(out), lr=ANN["lr"], steps=ANN["steps"], interval=ANN["interval"],
-               score=score, normalize_method="zscore_clip3", valid_size=0.3, seed=0)
+               score=score, normalize="zscore_clip3", valid_size=0.3, seed=0)
     return pd.read_parquet(out).set_index("sample_id").sort_index()
 
 

@@ -20,12 +20,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_jsonl
+from helpers import stage_function, write_jsonl
 
 from lqs import cli, corpus, io, labels, sample
 from lqs.corpus import BadRecordError
-from lqs.gather import gather_scores
-from lqs.tokenize import load_tokenizer, tokenize_shard
+from lqs.stages import gather_scores as gather_scores_stage
+from lqs.stages import tokenize_shard as tokenize_shard_stage
+from lqs.tokenize import load_tokenizer
+
+gather_scores = stage_function(gather_scores_stage)
+tokenize_shard = stage_function(tokenize_shard_stage)
 
 MODES = ["error", "skip"]
 BOM = b"\xef\xbb\xbf"
@@ -389,10 +393,11 @@ def _gather_argv(tmp_path: Path, out: Path) -> list[str]:
                              "truncated": [False] * 3, "n_tokens": [4] * 3, "n_windows": [1] * 3,
                              "fingerprint": [r.fingerprint for r in corpus.iter_records([str(path)])]}), scores)
     (tmp_path / "r.jsonl").write_text("")
-    return ["gather", str(path), "--score-paths", str(scores), "--reject-paths", str(tmp_path / "r.jsonl"),
+    return ["gather-scores", str(path), "--score-paths", str(scores), "--reject-paths", str(tmp_path / "r.jsonl"),
             "--out", str(out), "--rejects-out", str(tmp_path / "rejects.jsonl"), "--summary-out",
             str(tmp_path / "summary.json"), "--benchmarks-dir", str(tmp_path), "--settings",
-            json.dumps({"num_shards": 1, "text_field": "text", "max_chars": 100, "score_field": "score"})]
+            json.dumps({"num_shards": 1, "text_field": "text", "max_chars": 100, "score_field": "score",
+                        "output_format": "jsonl", "extra_fields": [], "layout": "single"})]
 
 
 def _one_error(caplog, argv: list[str]) -> str:
@@ -409,7 +414,7 @@ def test_unwritable_output_is_one_line_naming_the_path(tmp_path, caplog, monkeyp
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the output directory should be")
     out = blocker / "scored.jsonl"
-    assert _one_error(caplog, _gather_argv(tmp_path, out)).startswith("gather failed: [Errno ")
+    assert _one_error(caplog, _gather_argv(tmp_path, out)).startswith("gather-scores failed: [Errno ")
     assert str(blocker) in caplog.text
 
     # permission denied (simulated: as root, chmod would not stop the write)
@@ -419,13 +424,13 @@ def test_unwritable_output_is_one_line_naming_the_path(tmp_path, caplog, monkeyp
     monkeypatch.setattr(tempfile, "mkstemp", denied)
     out = tmp_path / "results" / "scored.jsonl"
     message = _one_error(caplog, _gather_argv(tmp_path, out))
-    assert message == f"gather failed: [Errno 13] Permission denied: '{out.parent}'"
+    assert message == f"gather-scores failed: [Errno 13] Permission denied: '{out.parent}'"
 
 
 def test_missing_input_is_one_line(tmp_path, caplog):
     argv = _gather_argv(tmp_path, tmp_path / "scored.jsonl")
     argv[1] = str(tmp_path / "nowhere.jsonl")
-    assert _one_error(caplog, argv) == f"gather failed: corpus file not found: {tmp_path / 'nowhere.jsonl'}"
+    assert _one_error(caplog, argv) == f"gather-scores failed: corpus file not found: {tmp_path / 'nowhere.jsonl'}"
 
 
 def test_disk_full_is_one_line_naming_the_outputs(tmp_path, caplog, monkeypatch):
@@ -439,7 +444,7 @@ def test_disk_full_is_one_line_naming_the_outputs(tmp_path, caplog, monkeypatch)
     monkeypatch.setattr(os, "replace", full)
     out = tmp_path / "scored.jsonl"
     message = _one_error(caplog, _gather_argv(tmp_path, out))
-    assert message == (f"gather failed: [Errno 28] No space left on device (outputs: {out}, "
+    assert message == (f"gather-scores failed: [Errno 28] No space left on device (outputs: {out}, "
                        f"{tmp_path / 'rejects.jsonl'}, {tmp_path / 'summary.json'})")
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
 

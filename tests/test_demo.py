@@ -1,4 +1,4 @@
-"""Tests for lqs.demo: the offline demo corpus and LIMA-shaped target set."""
+"""Tests for lqs.demo and the stage demo_data: the offline demo corpus and LIMA-shaped target set."""
 
 from __future__ import annotations
 
@@ -11,12 +11,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from helpers import stage_function
 
 from lqs import demo
-from lqs.demo import build_demo_data
+from lqs.stages import demo_data as demo_data_stage
+
+demo_data = stage_function(demo_data_stage)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"python_docs", "shuffled_words", "boilerplate", "random_chars"}
+# The rule's settings by default: config/schema.yaml's demo.num_docs, num_target and seed.
+DEFAULTS = {key: value["default"] for key, value in yaml.safe_load(
+    (REPO_ROOT / "config" / "schema.yaml").read_text())["properties"]["demo"]["properties"].items()}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -29,7 +36,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _build(tmp_path: Path, name: str = "out", **kwargs):
     corpus, target = tmp_path / name / "corpus.jsonl", tmp_path / name / "target.jsonl"
-    counts = build_demo_data(corpus, target, **kwargs)
+    counts = demo_data(corpus, target, **(DEFAULTS | kwargs))
     return counts, corpus, target
 
 
@@ -54,8 +61,8 @@ def test_identical_across_processes_and_hash_seeds(tmp_path):
     _, corpus, target = _build(tmp_path, "here", num_docs=300, num_target=30, seed=7)
     out = tmp_path / "there"
     code = (
-        "import sys; from lqs.demo import build_demo_data; "
-        "build_demo_data(sys.argv[1], sys.argv[2], num_docs=300, num_target=30, seed=7)"
+        "import sys; from lqs.stages.demo_data import Settings, demo_data; "
+        "demo_data(sys.argv[1], sys.argv[2], Settings(num_docs=300, num_target=30, seed=7))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT)}
     subprocess.run(
@@ -74,7 +81,7 @@ def test_source_mix(default_build):
     assert counts["python_docs"] > sum(counts.values()) / 2
     low = [counts[s] for s in ("shuffled_words", "boilerplate", "random_chars")]
     assert max(low) - min(low) <= 1
-    assert len(corpus) == sum(counts.values()) <= 3000
+    assert len(corpus) == sum(counts.values()) <= DEFAULTS["num_docs"]
 
 
 def test_corpus_records_are_well_formed(default_build):
@@ -99,7 +106,7 @@ def test_corpus_records_are_well_formed(default_build):
 
 def test_target_is_lima_shaped_and_disjoint_from_corpus(default_build):
     _, corpus, target = default_build
-    assert 0 < len(target) <= 300
+    assert 0 < len(target) <= DEFAULTS["num_target"]
     corpus_names = {r["text"].split("\n", 1)[0] for r in corpus if r["source"] == "python_docs"}
     corpus_bodies = {r["text"].split("\n\n", 1)[1] for r in corpus if r["source"] == "python_docs"}
     names = []
@@ -123,7 +130,7 @@ def test_atomic_write_leaves_only_the_outputs(tmp_path):
     target = tmp_path / "deep" / "er" / "target.jsonl"
     corpus.parent.mkdir(parents=True)
     corpus.write_text("stale\n", encoding="utf-8")
-    build_demo_data(str(corpus), str(target), num_docs=50, num_target=5)
+    demo_data(str(corpus), str(target), num_docs=50, num_target=5, seed=0)
     assert sorted(p.name for p in corpus.parent.iterdir()) == ["corpus.jsonl", "target.jsonl"]
     assert len(_read_jsonl(corpus)) == 50
 
@@ -137,7 +144,7 @@ def test_small_and_edge_sizes(tmp_path):
     target_recs = _read_jsonl(target)
     assert 0 < len(target_recs) < 10**6
     with pytest.raises(ValueError):
-        build_demo_data(tmp_path / "x.jsonl", tmp_path / "y.jsonl", num_docs=-1)
+        demo_data(tmp_path / "x.jsonl", tmp_path / "y.jsonl", num_docs=-1, num_target=0, seed=0)
 
 
 def test_too_few_docstrings_shrinks_python_docs_without_repeats(tmp_path, monkeypatch):
@@ -145,7 +152,7 @@ def test_too_few_docstrings_shrinks_python_docs_without_repeats(tmp_path, monkey
         (f"fake.mod.func{i:02d}", "routine", f"Docstring number {i}. " + "Does something useful. " * 4)
         for i in range(30)
     )
-    monkeypatch.setattr(demo, "_docstrings", lambda: pool)
+    monkeypatch.setattr(demo, "docstrings", lambda: pool)
     counts, corpus, target = _build(tmp_path, num_docs=100, num_target=20)
     corpus_recs, target_recs = _read_jsonl(corpus), _read_jsonl(target)
     assert counts["python_docs"] < 60
@@ -159,7 +166,7 @@ def test_too_few_docstrings_shrinks_python_docs_without_repeats(tmp_path, monkey
 
 
 def test_no_docstrings_at_all_still_builds(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "_docstrings", lambda: ())
+    monkeypatch.setattr(demo, "docstrings", lambda: ())
     counts, corpus, target = _build(tmp_path, num_docs=30, num_target=5)
     assert counts["python_docs"] == 0
     assert len(_read_jsonl(corpus)) == sum(counts.values()) == 12

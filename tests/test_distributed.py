@@ -33,7 +33,7 @@ def test_scorer_training_with_two_processes_matches_one(completed_workflow, tmp_
     config |= {k: 0.0 for k in ("dropout", "attention_dropout", "activation_dropout") if k in config}
     (base / "config.json").write_text(json.dumps(config))
     settings = json.dumps({"lr": 1e-3, "epochs": 2, "batch_size": 7, "warmup_steps": 1, "weight_decay": 0.01,
-                           "clip": 1.0, "max_length": 32, "seed": 0, "device": "cpu"})
+                           "clip": 1.0, "max_length": 32, "seed": 0, "device": "cpu", "trust_remote_code": False})
     for nproc in (1, 2):
         _lqs("train-scorer", str(results / "proxy/samples.parquet"), str(results / "annotation/labels.parquet"),
              str(base), "--out-dir", str(tmp_path / f"scorer-{nproc}"),
@@ -57,7 +57,8 @@ def test_scorer_training_with_two_processes_matches_one(completed_workflow, tmp_
 def test_grad_stats_with_two_processes_matches_one(completed_workflow, tmp_path):
     results = completed_workflow / "results"
     for nproc in (1, 2):
-        settings = json.dumps({"step": 0, "part": 0, "num_parts": 1, "micro_batch": 1, "device": "cpu"})
+        settings = json.dumps({"step": 0, "part": 0, "num_parts": 1, "stats_dtype": "fp32", "micro_batch": 1,
+                               "tf32": False, "device": "cpu", "trust_remote_code": False})
         log = _lqs("grad-stats", str(results / "proxy/samples.parquet"),
                    str(results / "annotation/trajectory/step-0.safetensors"), str(results / "models/proxy"),
                    "--out", str(tmp_path / f"stats-{nproc}.parquet"), "--settings", settings, "--nproc", str(nproc),

@@ -20,12 +20,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import GOOD, snakemake, tiny_corpus, write_jsonl
+from helpers import GOOD, snakemake, stage_function, tiny_corpus, write_jsonl
 from transformers import AutoConfig
 
 from lqs import efficacy, target
-from lqs.models import train_tokenizer
+from lqs.stages import efficacy as efficacy_stage
+from lqs.stages import efficacy_corpus_eval as efficacy_corpus_eval_stage
+from lqs.stages import efficacy_train as efficacy_train_stage
+from lqs.stages import prepare_target as prepare_target_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, tokenize_windows
+
+efficacy_corpus_eval = stage_function(efficacy_corpus_eval_stage)
+efficacy_summary = stage_function(efficacy_stage)
+efficacy_train = stage_function(efficacy_train_stage)
+prepare_target = stage_function(prepare_target_stage)
+train_tokenizer = stage_function(train_tokenizer_stage)
 
 ARCH = dict(model_type="mistral", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
             num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False)
@@ -65,7 +75,7 @@ def data(tmp_path_factory) -> dict:
                              "tokens": np.zeros(24, np.int64)}), d / "order.parquet")
     pq.write_table(pa.table({"input_ids": pa.array([rng.integers(4, VOCAB, int(n)).tolist() for n in (5, 9, 3, 12)],
                                                    pa.list_(pa.int32()))}), d / "target.parquet")
-    assert efficacy.held_out_corpus(shards, str(d / "corpus_eval.parquet"), docs=6) == 6
+    assert efficacy_corpus_eval(shards, str(d / "corpus_eval.parquet"), docs=6) == 6
     return {"dir": d, "shards": shards, "order": str(d / "order.parquet"), "target": str(d / "target.parquet"),
             "corpus_eval": str(d / "corpus_eval.parquet")}
 
@@ -76,8 +86,8 @@ def _windows0(shards) -> dict[int, list[int]]:
 
 
 def _train(data, tok_dir, out: Path, arm: str, seed: int = 0, **changes) -> pd.DataFrame:
-    efficacy.train_arm(data["shards"], data["order"], data["target"], data["corpus_eval"], tok_dir, str(out),
-                       arm=arm, seed=seed, **(TRAIN | changes))
+    efficacy_train(data["shards"], data["order"], data["target"], data["corpus_eval"], tok_dir, str(out),
+                   arm=arm, seed=seed, **(TRAIN | changes))
     return pd.read_parquet(out)
 
 
@@ -103,8 +113,8 @@ def test_prepare_target_writes_both_parts(tok_dir, tmp_path):
     records = [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(20)]
     source = write_jsonl(tmp_path / "target.jsonl", records)
     out, eval_out = tmp_path / "tokens.parquet", tmp_path / "eval.parquet"
-    n = target.prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=16,
-                              eval_out=str(eval_out), eval_fraction=0.2, seed=3)
+    n = prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=16,
+                       eval_out=str(eval_out), eval_fraction=0.2, seed=3)
     texts = target.target_texts(str(source))
     rest, held = target.split_target(texts, 0.2, seed=3)
     tok = load_tokenizer(tok_dir)
@@ -112,10 +122,10 @@ def test_prepare_target_writes_both_parts(tok_dir, tmp_path):
     assert n == len(rest) == 16
     assert pq.read_table(out)["input_ids"].to_pylist() == [first[t] for t in rest]
     assert pq.read_table(eval_out)["input_ids"].to_pylist() == [first[t] for t in held]
-    target.prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=16, eval_out=str(eval_out))
+    prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=16, eval_out=str(eval_out))
     assert pq.read_table(eval_out).num_rows == 0 and pq.read_table(out).num_rows == 20  # eval_fraction 0
     with pytest.raises(ValueError, match="--eval-out"):
-        target.prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=16, eval_fraction=0.1)
+        prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=16, eval_fraction=0.1)
 
 
 # ---------------------------------------------------------------- streams, steps, schedule
@@ -190,12 +200,12 @@ def test_arm_documents(data):
         efficacy.arm_documents("random", 0, ids, order, held)
 
 
-def test_held_out_corpus(data, tmp_path):
+def test_efficacy_corpus_eval(data, tmp_path):
     table = pq.read_table(data["corpus_eval"]).to_pylist()
     windows = _windows0(data["shards"])
     assert len(table) == 6 and all(r["input_ids"] == windows[r["doc_id"]] and len(r["input_ids"]) >= 2 for r in table)
     with pytest.raises(ValueError, match="efficacy.corpus_eval_docs 60: .* hold out fewer"):
-        efficacy.held_out_corpus(data["shards"], str(tmp_path / "x.parquet"), docs=60)
+        efficacy_corpus_eval(data["shards"], str(tmp_path / "x.parquet"), docs=60)
 
 
 # ---------------------------------------------------------------- training
@@ -268,25 +278,25 @@ def test_bad_inputs_are_clear_errors(data, tok_dir, tmp_path):
     bad = tmp_path / "order.parquet"
     pq.write_table(pa.concat_tables([order, order.slice(0, 1)]), bad)
     with pytest.raises(ValueError, match=f"{bad}: a document appears more than once"):
-        efficacy.train_arm(**_args(data, tok_dir, tmp_path, order=str(bad)))
+        efficacy_train(**_args(data, tok_dir, tmp_path, order=str(bad)))
     pq.write_table(order.set_column(0, "doc_id", pa.array([3] * len(order), pa.int64())).slice(0, 1), bad)
     with pytest.raises(ValueError, match="doc_id 3 is not in the tokenized corpus"):
-        efficacy.train_arm(**_args(data, tok_dir, tmp_path, order=str(bad)))
+        efficacy_train(**_args(data, tok_dir, tmp_path, order=str(bad)))
     pq.write_table(order.slice(0, 0), bad)
     with pytest.raises(ValueError, match="the lqs arm has no document"):
-        efficacy.train_arm(**_args(data, tok_dir, tmp_path, order=str(bad)))
+        efficacy_train(**_args(data, tok_dir, tmp_path, order=str(bad)))
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"input_ids": pa.array([], pa.list_(pa.int32()))}), empty)
     with pytest.raises(ValueError, match="the target evaluation set is empty"):
-        efficacy.train_arm(**_args(data, tok_dir, tmp_path, target_eval=str(empty)))
+        efficacy_train(**_args(data, tok_dir, tmp_path, target_eval=str(empty)))
     proxy = tmp_path / "proxy"  # efficacy.model null: the proxy's architecture, here too small a vocabulary
     AutoConfig.for_model(**ARCH, vocab_size=50).save_pretrained(proxy)
     with pytest.raises(ValueError, match="token id .* outside the efficacy model's vocabulary of 50"):
-        efficacy.train_arm(**_args(data, tok_dir, tmp_path, model=None, proxy_dir=str(proxy)))
+        efficacy_train(**_args(data, tok_dir, tmp_path, model=None, proxy_dir=str(proxy)))
     with pytest.raises(ValueError, match="efficacy.model: needs model_type"):
-        efficacy.train_arm(**_args(data, tok_dir, tmp_path, model={"hidden_size": 16}))
+        efficacy_train(**_args(data, tok_dir, tmp_path, model={"hidden_size": 16}))
     with pytest.raises(ValueError, match="efficacy.model: leave out vocab_size"):
-        efficacy.train_arm(**_args(data, tok_dir, tmp_path, model=ARCH | {"vocab_size": 50}))
+        efficacy_train(**_args(data, tok_dir, tmp_path, model=ARCH | {"vocab_size": 50}))
     assert not (tmp_path / "out.parquet").exists()
 
 
@@ -300,7 +310,7 @@ def _args(data, tok_dir, tmp_path, **changes) -> dict:
 def test_two_processes_match_one(data, tok_dir, tmp_path):
     """torchrun with two gloo processes: each takes half of every step's documents; the curve
     equals one process's."""
-    settings = json.dumps({k: v for k, v in TRAIN.items()})
+    settings = json.dumps({k: v for k, v in TRAIN.items()} | {"trust_remote_code": False})
     for nproc in (1, 2):
         run = subprocess.run([sys.executable, "-m", "lqs", "efficacy-train", *data["shards"], "--order", data["order"],
                               "--target-eval", data["target"], "--corpus-eval", data["corpus_eval"],
@@ -330,8 +340,8 @@ def test_summary_statistics_are_paired_by_seed(data, tmp_path):
         table = pa.Table.from_pylist(rows, schema=efficacy.CURVE_SCHEMA)
         pq.write_table(table.replace_schema_metadata({"efficacy": json.dumps(info)}), paths[-1])
     out = {k: str(tmp_path / f"out.{k}") for k in ("json", "parquet", "png")}
-    efficacy.summarize(paths, data["target"], data["corpus_eval"], out["json"], out["parquet"], out["png"],
-                       seeds=3, settings={"lr": 1})
+    efficacy_summary(paths, data["target"], data["corpus_eval"], out["json"], out["parquet"], out["png"],
+                     seeds=3, settings={"lr": 1})
     summary = json.loads(Path(out["json"]).read_text())
     assert set(summary) == {"arms", "vs_conventional", "seeds", "budget", "eval", "settings"}
     assert summary["eval"] == {"target_samples": 4, "corpus_documents": 6} and summary["budget"] == 500
@@ -347,8 +357,8 @@ def test_summary_statistics_are_paired_by_seed(data, tmp_path):
     assert set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled"}
     assert len(pd.read_parquet(out["parquet"])) == 18 and Path(out["png"]).stat().st_size > 0
     with pytest.raises(ValueError, match="no curve for arm, seed"):
-        efficacy.summarize(paths[:-1], data["target"], data["corpus_eval"], out["json"], out["parquet"], out["png"],
-                           seeds=3, settings={})
+        efficacy_summary(paths[:-1], data["target"], data["corpus_eval"], out["json"], out["parquet"], out["png"],
+                         seeds=3, settings={})
 
 
 # ---------------------------------------------------------------- snakemake efficacy, end to end

@@ -16,12 +16,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_workflow, plan, rule_counts, snakemake, tiny_corpus, tiny_scorer, write_jsonl
+from helpers import copy_workflow, plan, rule_counts, snakemake, stage_function, tiny_corpus, tiny_scorer, write_jsonl
 
 from lqs import corpus
-from lqs.gather import gather_scores
-from lqs.score import SCORES_SCHEMA, score_shard
-from lqs.tokenize import SHARD_SCHEMA, tokenize_shard
+from lqs.batch_scoring import SCORES_SCHEMA
+from lqs.stages import gather_scores as gather_scores_stage
+from lqs.stages import score_shard as score_shard_stage
+from lqs.stages import tokenize_shard as tokenize_shard_stage
+from lqs.tokenize import SHARD_SCHEMA
+
+gather_scores = stage_function(gather_scores_stage)
+score_shard = stage_function(score_shard_stage)
+tokenize_shard = stage_function(tokenize_shard_stage)
 
 RERUN = "rerun `snakemake --forcerun tokenize_shard`"
 

@@ -26,11 +26,32 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from helpers import GOOD, ROOT, lqs_main, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+from helpers import (
+    GOOD,
+    ROOT,
+    lqs_main,
+    make_workflow,
+    snakemake,
+    stage_function,
+    tiny_config,
+    tiny_corpus,
+    write_jsonl,
+)
 from safetensors import safe_open
 
 from lqs import models
 from lqs.hub import HubAccessError
+from lqs.stages import fetch_scorer as fetch_scorer_stage
+from lqs.stages import fetch_target as fetch_target_stage
+from lqs.stages import fetch_tokenizer as fetch_tokenizer_stage
+from lqs.stages import prepare_target as prepare_target_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
+
+fetch_scorer = stage_function(fetch_scorer_stage)
+fetch_target = stage_function(fetch_target_stage)
+fetch_tokenizer = stage_function(fetch_tokenizer_stage)
+prepare_target = stage_function(prepare_target_stage)
+train_tokenizer = stage_function(train_tokenizer_stage)
 
 FAKE_TOKEN = "hf_lqsTestFakeToken0123456789abcdef"
 MISTRAL = "test-org/tiny-mistral"  # the proxy's role: Mistral causal LM (as Data-Selection/BSL-160M)
@@ -104,8 +125,8 @@ class Hub:
         build = root / "build"
         corpus = write_jsonl(build / "corpus.jsonl", tiny_corpus(60))
         self.tokenizer_dir = build / "tokenizer"
-        models.train_tokenizer([str(corpus)], str(self.tokenizer_dir), text_field="text", vocab_size=300,
-                               max_chars=10**6)
+        train_tokenizer([str(corpus)], str(self.tokenizer_dir), text_field="text", vocab_size=300,
+                        max_chars=10**6)
         self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
 
         # the proxy: main and a pinned tag v1 are different commits with different weights
@@ -359,7 +380,7 @@ def test_proxy_mistral_and_its_tokenizer_fetched_offline(offline, tmp_path):
 
     from lqs.proxy import load_proxy
 
-    models.fetch_tokenizer({"repo": MISTRAL}, str(tmp_path / "tokenizer"))
+    fetch_tokenizer(str(tmp_path / "tokenizer"), source={"repo": MISTRAL})
     models.fetch_model({"repo": MISTRAL}, str(tmp_path / "proxy"), causal_lm=True,
                        tokenizer_dir=str(tmp_path / "tokenizer"))
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
@@ -432,7 +453,7 @@ def test_scorer_checkpoint_fetched(offline, tmp_path, where):
 
     source = {"repo": SCORER} if where == "hub" else {"path": str(offline.scorer_dir)}
     out = tmp_path / "scorer"
-    models.fetch_scorer(source, str(out))
+    fetch_scorer(str(out), source=source)
     assert {"scorer.json", "head.safetensors", "config.json", "model.safetensors", "tokenizer.json"} <= \
         {p.name for p in out.iterdir()}
     assert not (out / "metrics.json").exists()
@@ -443,14 +464,14 @@ def test_scorer_checkpoint_fetched(offline, tmp_path, where):
 
 def test_not_a_scorer_checkpoint(offline, tmp_path):
     with pytest.raises(ValueError, match=r"'test-org/tiny-mistral' is not a scorer checkpoint.*scorer\.json"):
-        models.fetch_scorer({"repo": MISTRAL}, str(tmp_path / "scorer"))
+        fetch_scorer(str(tmp_path / "scorer"), source={"repo": MISTRAL})
 
 
 def test_local_directories_accepted_where_a_repo_id_is(offline, tmp_path):
     local = offline.scorer_dir
     models.fetch_model({"path": str(local)}, str(tmp_path / "a"), causal_lm=False)
     models.fetch_model({"repo": str(local)}, str(tmp_path / "b"), causal_lm=False)
-    models.fetch_tokenizer({"repo": str(local)}, str(tmp_path / "t"))
+    fetch_tokenizer(str(tmp_path / "t"), source={"repo": str(local)})
     assert (tmp_path / "a" / "model.safetensors").is_file() and (tmp_path / "b" / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="model directory not found"):
         models.fetch_model({"path": str(tmp_path / "nowhere")}, str(tmp_path / "c"), causal_lm=False)
@@ -490,7 +511,7 @@ def _fetch_error(source: dict, out: Path, fetch: str) -> str:
         if fetch == "model":
             models.fetch_model(source, str(out), causal_lm=True)
         else:
-            models.fetch_scorer(source, str(out))
+            fetch_scorer(str(out), source=source)
     assert not out.exists()
     return str(error.value)
 
@@ -536,11 +557,12 @@ def test_hub_pickle_holding_more_than_tensors_is_refused(offline, tmp_path):
 
 def test_cli_refuses_a_local_pickle_in_one_line(hub, tmp_path, caplog):
     model_dir = _pickled_model_dir(hub, tmp_path / "model", planted=tmp_path / "pickle-ran")
-    code, _ = lqs_main(caplog, "fetch-model", "--out-dir", tmp_path / "out",
-                       "--settings", json.dumps({"source": {"path": str(model_dir)}, "causal_lm": True}))
+    settings = {"source": {"path": str(model_dir)}, "causal_lm": True, "trust_remote_code": False}
+    code, _ = lqs_main(caplog, "fetch-proxy", "--tokenizer-dir", model_dir, "--out-dir", tmp_path / "out",
+                       "--settings", json.dumps(settings))
     assert code == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "fetch-model failed: model" in errors[0] and "are refused" in errors[0]
+    assert len(errors) == 1 and "fetch-proxy failed: model" in errors[0] and "are refused" in errors[0]
     assert "\n" not in errors[0] and not (tmp_path / "pickle-ran").exists()
 
 
@@ -549,7 +571,7 @@ def test_cli_refuses_a_local_pickle_in_one_line(hub, tmp_path, caplog):
 
 
 def test_target_from_hub_dataset_offline(offline, tmp_path):
-    from lqs.target import fetch_target, prepare_target, target_texts
+    from lqs.target import target_texts
 
     out = tmp_path / "source.parquet"
     assert fetch_target(LIMA, str(out), split="train") == len(LIMA_TRAIN)
@@ -583,11 +605,11 @@ def test_target_local_file_and_directory(offline, tmp_path):
 @pytest.mark.parametrize("call, repo, page", [
     (lambda out: models.fetch_model({"repo": "org/not-cached"}, out, causal_lm=True), "org/not-cached",
      "https://huggingface.co/org/not-cached"),
-    (lambda out: models.fetch_tokenizer({"repo": "org/not-cached", "revision": "v3"}, out), "org/not-cached",
+    (lambda out: fetch_tokenizer(out, source={"repo": "org/not-cached", "revision": "v3"}), "org/not-cached",
      "https://huggingface.co/org/not-cached"),
-    (lambda out: models.fetch_scorer({"repo": "org/not-cached"}, out), "org/not-cached",
+    (lambda out: fetch_scorer(out, source={"repo": "org/not-cached"}), "org/not-cached",
      "https://huggingface.co/org/not-cached"),
-    (lambda out: __import__("lqs.target").target.fetch_target("org/no-data", out), "org/no-data",
+    (lambda out: fetch_target("org/no-data", out), "org/no-data",
      "https://huggingface.co/datasets/org/no-data"),
 ], ids=["model", "tokenizer", "scorer", "dataset"])
 def test_offline_and_not_cached(offline, tmp_path, call, repo, page):
@@ -602,11 +624,11 @@ def test_offline_and_not_cached(offline, tmp_path, call, repo, page):
 @pytest.mark.parametrize("call, repo, page, words", [
     (lambda out: models.fetch_model({"repo": "org/gated"}, out, causal_lm=True), "org/gated",
      "https://huggingface.co/org/gated", "is gated"),
-    (lambda out: models.fetch_tokenizer({"repo": "org/missing"}, out), "org/missing",
+    (lambda out: fetch_tokenizer(out, source={"repo": "org/missing"}), "org/missing",
      "https://huggingface.co/org/missing", "does not exist"),
     (lambda out: models.fetch_model({"repo": MISTRAL, "revision": "no-such-revision"}, out, causal_lm=True),
      MISTRAL, f"https://huggingface.co/{MISTRAL}", "revision 'no-such-revision' does not exist"),
-    (lambda out: __import__("lqs.target").target.fetch_target("org/gated-data", out), "org/gated-data",
+    (lambda out: fetch_target("org/gated-data", out), "org/gated-data",
      "https://huggingface.co/datasets/org/gated-data", "is gated"),
 ], ids=["gated-model", "missing-repo", "missing-revision", "gated-dataset"])
 def test_hub_access_errors(mock_hub, tmp_path, call, repo, page, words):
@@ -628,10 +650,11 @@ def test_online_fetch_checks_access_then_uses_the_cache(mock_hub, tmp_path):
 
 
 def test_cli_reports_access_error_and_exits_1(offline, tmp_path, caplog):
-    settings = json.dumps({"source": {"repo": "org/not-cached"}, "causal_lm": True})
-    code, log = lqs_main(caplog, "fetch-model", "--out-dir", tmp_path / "out", "--settings", settings)
+    settings = json.dumps({"source": {"repo": "org/not-cached"}, "causal_lm": False, "seed": 0,
+                           "trust_remote_code": False})
+    code, log = lqs_main(caplog, "fetch-scorer-base", "--out-dir", tmp_path / "out", "--settings", settings)
     assert code == 1, log
-    assert "fetch-model failed" in log
+    assert "fetch-scorer-base failed" in log
     assert_access_message(log, "org/not-cached", "https://huggingface.co/org/not-cached")
 
 

@@ -28,6 +28,7 @@ from helpers import (
     rule_counts,
     set_key,
     snakemake,
+    stage_function,
     tiny_config,
     tiny_corpus,
     tiny_scorer,
@@ -37,6 +38,9 @@ from helpers import (
 from lqs import corpus, output
 from lqs import select as sel
 from lqs.scorer import load, scoring_windows
+from lqs.stages import select_order as select_order_stage
+
+select_order = stage_function(select_order_stage)
 
 FIELDS = ["score", "n_tokens", "n_windows", "truncated"]
 
@@ -172,9 +176,9 @@ def test_selection_from_gz_and_parquet_equals_jsonl_in_many_passes(tmp_path, mon
                     ordering=dict(method="folding", folds=3, seed=0), score_field="score")
 
     def run(name, fmt):
-        return sel.select_order(str(tmp_path / f"scored.{fmt}"), [str(shard)], str(tmp_path / f"{name}.{fmt}"),
-                                str(tmp_path / f"{name}.order.parquet"), str(tmp_path / f"{name}.json"),
-                                output_format=fmt, **settings)
+        return select_order(str(tmp_path / f"scored.{fmt}"), [str(shard)], str(tmp_path / f"{name}.{fmt}"),
+                            str(tmp_path / f"{name}.order.parquet"), str(tmp_path / f"{name}.json"),
+                            output_format=fmt, **settings)
 
     run("reference", "jsonl")
     monkeypatch.setattr(sel, "SELECT_MEMORY", 5 * 40)  # about 5 records per pass: 6 passes
@@ -260,7 +264,7 @@ def test_per_shard_gather_never_reads_the_corpus_and_removes_stale_parts(per_sha
     stat = corpus_file.stat()
     corpus_file.write_bytes(b"PAR1 not a parquet file")  # a gather that read it would fail
     os.utime(corpus_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # an earlier run's part, listed in the manifest of the parts the workflow wrote (lqs.gather)
+    # an earlier run's part, listed in the manifest of the parts the workflow wrote (lqs.stages.gather_scores)
     stale = wd / "scored" / "part-7.parquet"
     stale.write_bytes(b"an earlier run's part")
     manifest = json.loads((wd / "results" / "output_parts.json").read_text())

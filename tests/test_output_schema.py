@@ -22,6 +22,7 @@ from helpers import (
     rule_counts,
     set_key,
     snakemake,
+    stage_function,
     tiny_config,
     tiny_corpus,
     write_jsonl,
@@ -30,12 +31,19 @@ from helpers import score_error as lqs_score
 from transformers import XGLMConfig, XGLMModel
 
 from lqs import corpus, output
-from lqs.models import train_tokenizer
-from lqs.output_schema import output_schema
-from lqs.score import score_shard
 from lqs.scorer import ScorerModel, save_scorer
-from lqs.select import select_order
-from lqs.tokenize import load_tokenizer, tokenize_shard
+from lqs.stages import output_schema as output_schema_stage
+from lqs.stages import score_shard as score_shard_stage
+from lqs.stages import select_order as select_order_stage
+from lqs.stages import tokenize_shard as tokenize_shard_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
+from lqs.tokenize import load_tokenizer
+
+output_schema = stage_function(output_schema_stage)
+score_shard = stage_function(score_shard_stage)
+select_order = stage_function(select_order_stage)
+tokenize_shard = stage_function(tokenize_shard_stage)
+train_tokenizer = stage_function(train_tokenizer_stage)
 
 SELECT_ALL = dict(selection=dict(method="top", ratio=1.0, threshold=None, temperature=1.0, seed=0),
                   ordering=dict(method="folding", folds=3, seed=0), score_field="score")

@@ -5,6 +5,7 @@ Snakemake process was killed is finished by a plain rerun; absurd shard counts s
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -32,8 +33,8 @@ from helpers import (
 )
 
 from lqs import config as lqs_config
-from lqs import gather
 from lqs.paths import path_conflicts
+from lqs.stages import gather_scores as gather
 
 SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
 
@@ -121,17 +122,18 @@ def test_the_demo_inputs_the_workflow_writes_are_no_conflict(tmp_path, monkeypat
     its own outputs, not a user's data; a user's corpus there is refused."""
     monkeypatch.chdir(tmp_path)
     config = defaults(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
-    lqs_config.resolve_outputs(config, [])
+    outputs, _ = lqs_config.resolve_outputs(config, [])
     own = ["results/demo/corpus.jsonl", "results/demo/target.jsonl"]
-    assert lqs_config.path_errors(config, "results", own) == []
+    assert lqs_config.path_errors(config, outputs, "results", own) == []
     config["corpus"]["path"] = "results/mine.jsonl"
-    assert lqs_config.path_errors(config, "results", own) == [
+    assert lqs_config.path_errors(config, outputs, "results", own) == [
         ("results/ (the workflow's own files): 'results' contains corpus.path ('results/mine.jsonl'): the run"
         " would overwrite its input or read its own output back as input; choose another path")]
     (tmp_path / "eval.jsonl").write_text("{}\n")
     config["corpus"]["path"], config["efficacy"]["eval_source"] = own[0], "eval.jsonl"
     config["selection"]["path"] = "eval.jsonl"
-    assert lqs_config.path_errors(config, "results", own)[0].startswith(
+    outputs, _ = lqs_config.resolve_outputs(config, [])
+    assert lqs_config.path_errors(config, outputs, "results", own)[0].startswith(
         "selection.path: 'eval.jsonl' is the same path as efficacy.eval_source ('eval.jsonl')")
 
 
@@ -185,7 +187,7 @@ def test_config_mappings_on_the_command_line_keep_numbers_and_null(tiny_workflow
                        'output={"path": null}')
     jobs, _ = parse_plan(result.stdout)
     assert rule_counts(jobs)["tokenize_shard"] == 4
-    gather_command = next(line for line in result.stdout.splitlines() if "lqs gather " in line)
+    gather_command = next(line for line in result.stdout.splitlines() if "lqs gather-scores " in line)
     assert "--out scored.jsonl " in gather_command and "--out null" not in result.stdout
 
 
@@ -197,24 +199,26 @@ def test_output_format_follows_the_output_paths_extension(tmp_path):
     parquet_corpus = [str(tmp_path / "corpus.parquet")]
     config = defaults({"corpus": {"path": parquet_corpus}, "scorer": {"checkpoint": "s"},
                        "output": {"path": "pq_scored.jsonl"}})
-    assert lqs_config.resolve_outputs(config, parquet_corpus) == []
-    assert config["output"]["format"] == "jsonl" and config["selection"]["path"] == "selected.jsonl"
+    unchanged = copy.deepcopy(config)
+    outputs, errors = lqs_config.resolve_outputs(config, parquet_corpus)
+    assert errors == [] and config == unchanged  # the config stays as the user wrote it
+    assert outputs.format == "jsonl" and outputs.selection_path == "selected.jsonl"
 
     config = defaults({"corpus": {"path": parquet_corpus}, "scorer": {"checkpoint": "s"},
                        "selection": {"path": "chosen.jsonl.gz"}})
-    assert lqs_config.resolve_outputs(config, parquet_corpus) == []
-    assert config["output"]["format"] == "jsonl.gz" and config["output"]["path"] == "scored.jsonl.gz"
+    outputs, errors = lqs_config.resolve_outputs(config, parquet_corpus)
+    assert errors == [] and outputs.format == "jsonl.gz" and outputs.path == "scored.jsonl.gz"
 
     config = defaults({"corpus": {"path": parquet_corpus}, "scorer": {"checkpoint": "s"},
                        "output": {"path": "pq_scored.jsonl", "format": "parquet"},
                        "selection": {"path": "chosen.parquet"}})
-    assert lqs_config.resolve_outputs(config, parquet_corpus) == [
+    assert lqs_config.resolve_outputs(config, parquet_corpus)[1] == [
         ("output.path: 'pq_scored.jsonl' names a jsonl file, but the output is parquet (output.format is parquet);"
         " make the extension and output.format agree")]
 
     config = defaults({"corpus": {"path": parquet_corpus}, "scorer": {"checkpoint": "s"},
                        "output": {"path": "pq_scored.jsonl"}, "selection": {"path": "chosen.parquet"}})
-    assert lqs_config.resolve_outputs(config, parquet_corpus) == [
+    assert lqs_config.resolve_outputs(config, parquet_corpus)[1] == [
         ("selection.path: 'chosen.parquet' names a parquet file, but the output is jsonl (output.format null takes"
         " it from output.path 'pq_scored.jsonl'); make the extension and output.format agree")]
 
@@ -226,7 +230,7 @@ def test_a_jsonl_output_path_on_a_parquet_corpus_is_planned_as_jsonl(tiny_workfl
     edit_config(tiny_workflow, set_key("corpus", "path", "data/corpus.parquet"))
     edit_config(tiny_workflow, set_key("output", {"path": "pq_scored.jsonl"}))
     shell = snakemake(tiny_workflow, "-n", "-p").stdout
-    gather_command = next(line for line in shell.splitlines() if "lqs gather " in line)
+    gather_command = next(line for line in shell.splitlines() if "lqs gather-scores " in line)
     assert "--out pq_scored.jsonl" in gather_command and '"output_format": "jsonl"' in gather_command
 
     edit_config(tiny_workflow, set_key("output", "format", "parquet"))

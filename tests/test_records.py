@@ -17,13 +17,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import GOOD as SENTENCES
-from helpers import make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+from helpers import make_workflow, snakemake, stage_function, tiny_config, tiny_corpus, write_jsonl
 
 from lqs import cli, corpus
 from lqs.corpus import BadFileError, BadRecordError
-from lqs.gather import gather_scores
-from lqs.models import train_tokenizer
-from lqs.tokenize import tokenize_shard
+from lqs.stages import gather_scores as gather_scores_stage
+from lqs.stages import tokenize_shard as tokenize_shard_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
+
+gather_scores = stage_function(gather_scores_stage)
+tokenize_shard = stage_function(tokenize_shard_stage)
+train_tokenizer = stage_function(train_tokenizer_stage)
 
 MODES = ["error", "skip"]
 GOOD = [json.dumps({"text": f"Document number {i} reads well.", "i": i}) for i in range(3)]

@@ -18,12 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import GOOD, copy_workflow, edit_config, set_key, snakemake, tiny_corpus
+from helpers import GOOD, copy_workflow, edit_config, set_key, snakemake, stage_function, tiny_corpus
 from transformers import MistralConfig, MistralForCausalLM
 
 from lqs import corpus
 from lqs.proxy import load_proxy
 from lqs.runtime import NonFiniteError
+from lqs.stages import grad_stats as grad_stats_stage
+from lqs.stages import train_scorer as train_scorer_stage
+
+grad_stats = stage_function(grad_stats_stage)
+train_scorer = stage_function(train_scorer_stage)
 
 # gather takes 0.2 s on the tiny workflow, too short to hit there: it has its own test below.
 LONG_STAGES = ["trajectory", "grad-stats", "train-scorer", "score-shard"]
@@ -109,12 +114,13 @@ def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
         pd.DataFrame({"doc_id": ids, "score": ids / n, "truncated": False, "n_tokens": 3, "n_windows": 1,
                       "fingerprint": fingerprints[ids]}).to_parquet(tmp_path / f"s{shard}.parquet")
         (tmp_path / f"r{shard}.jsonl").write_text("")
-    settings = json.dumps({"num_shards": 2, "text_field": "text", "max_chars": 1000, "score_field": "score"})
+    settings = json.dumps({"num_shards": 2, "text_field": "text", "max_chars": 1000, "score_field": "score",
+                           "output_format": "jsonl", "extra_fields": [], "layout": "single"})
 
     def gather(out: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "lqs", "gather", str(corpus_path), "--score-paths", "s0.parquet", "s1.parquet",
-             "--reject-paths", "r0.jsonl", "r1.jsonl", "--out", out, "--rejects-out", f"{out}.rejects",
+            [sys.executable, "-m", "lqs", "gather-scores", str(corpus_path), "--score-paths", "s0.parquet",
+             "s1.parquet", "--reject-paths", "r0.jsonl", "r1.jsonl", "--out", out, "--rejects-out", f"{out}.rejects",
              "--summary-out", f"{out}.summary", "--benchmarks-dir", ".", "--settings", settings],
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -191,8 +197,6 @@ def test_schema_keeps_trust_remote_code_off_by_default():
 def test_non_finite_per_sample_gradient_names_step_and_sample(tmp_path):
     from safetensors.torch import save_file
 
-    from lqs.grad_stats import grad_stats
-
     model_dir = _tiny_model_dir(tmp_path / "model")
     model = load_proxy(str(model_dir))
     tensors = {f"theta.{n}": p.detach().clone() for n, p in model.named_parameters()}
@@ -202,7 +206,7 @@ def test_non_finite_per_sample_gradient_names_step_and_sample(tmp_path):
         tmp_path / "samples.parquet")
     with pytest.raises(NonFiniteError, match=r"step 3, sample_id 7"):
         grad_stats(str(tmp_path / "samples.parquet"), str(tmp_path / "step-3.safetensors"), str(model_dir),
-                   str(tmp_path / "out.parquet"), step=3, part=0, num_parts=1, device="cpu")
+                   str(tmp_path / "out.parquet"), step=3, part=0, num_parts=1, micro_batch=8, device="cpu")
     assert not (tmp_path / "out.parquet").exists()
 
 
@@ -296,8 +300,6 @@ def test_good_target_lines(tiny_workflow):
 
 @pytest.mark.workflow
 def test_non_finite_scorer_training_names_epoch_step_and_sample(completed_workflow, tmp_path):
-    from lqs.train_scorer import train_scorer
-
     results = completed_workflow / "results"
     labels = pd.read_parquet(results / "annotation/labels.parquet")
     victim = int(labels.loc[labels["split"] == "train", "sample_id"].iloc[3])

@@ -13,8 +13,9 @@ import yaml
 from helpers import snakemake
 
 from lqs import report
-from lqs.cli import counters
+from lqs.cli import SCORE_COUNTERS, counters
 from lqs.runtime import stats_message
+from lqs.stage import PIPELINE, load
 
 FIGURES = ["trajectory.png", "labels.png", "scorer.png", "scores.png", "stages.png"]
 CAPTIONS = ["the costate norm", "Label distribution over the proxy set", "validation Spearman correlation",
@@ -86,7 +87,7 @@ def test_stage_stats_are_summed_per_rule_in_pipeline_order(tmp_path):
         "tokenize_shard/0.log": _stats_line("tokenize-shard", 0.25, {"documents": 60, "tokens": 8000, "windows": 300}),
         "fetch_proxy.log": "2026-01-01 00:00:00,000 INFO lqs: fetch-model done in 3.0 s\n",  # an older run's
         "plots.log": _stats_line("plots", 9.0, {}),  # the figures' own, from an earlier run
-        "gather_scores.log": _stats_line("gather", 0.1, {"documents": 120})[:-20],  # cut short: killed
+        "gather_scores.log": _stats_line("gather-scores", 0.1, {"documents": 120})[:-20],  # cut short: killed
     })
     stats = report.read_stage_stats(logs)
     assert list(stats) == ["tokenize_shard", "grad_stats", "score_shard", "select_order", "zz_custom"]
@@ -100,12 +101,19 @@ def test_stage_stats_are_summed_per_rule_in_pipeline_order(tmp_path):
 
 
 def test_cli_counters_name_each_stages_unit():
-    assert counters("score-shard", {"scored": 60, "truncated": 2, "tokens": 900}) == {"documents": 60, "tokens": 900}
-    assert counters("sample-proxy", 48) == {"samples": 48}  # a stage that returns its one count
-    assert counters("train-scorer", {"best_epoch": 1, "samples_trained": 72}) == {"samples": 72}
-    assert counters("fetch-model", None) == {}
-    assert list(counters("tokenize-shard", {"windows": 3, "tokens": 9, "documents": 1, "rejected": 0})) == [
+    def declared(rule: str) -> dict:
+        return load(rule).counters  # the stage's declaration (lqs.stage.Stage)
+
+    assert counters(declared("score_shard"), {"scored": 60, "truncated": 2, "tokens": 900}) == {
+        "documents": 60, "tokens": 900}
+    assert counters(declared("sample_proxy"), 48) == {"samples": 48}  # a stage that returns its one count
+    assert counters(declared("train_scorer"), {"best_epoch": 1, "samples_trained": 72}) == {"samples": 72}
+    assert counters(declared("fetch_proxy"), None) == {}
+    assert list(counters(declared("tokenize_shard"), {"windows": 3, "tokens": 9, "documents": 1, "rejected": 0})) == [
         "documents", "tokens", "windows"]  # the first is the throughput's unit
+    # `lqs score`, the user's command and not a stage, has its own (lqs.cli.SCORE_COUNTERS)
+    assert counters(SCORE_COUNTERS, {"documents_scored": 5, "documents_read": 6, "tokens": 70}) == {
+        "documents": 5, "tokens": 70}
 
 
 def _captured(monkeypatch) -> list:
@@ -181,7 +189,7 @@ def test_trajectory_marks_the_annotated_steps_and_scorer_the_kept_epoch(tmp_path
 def test_every_stage_of_a_run_logs_its_own_time_and_counters(completed_workflow):
     stats = report.read_stage_stats(completed_workflow / "results" / "logs")
     wall = report.benchmark_seconds(completed_workflow / "results" / "benchmarks")
-    assert list(stats) == [n for n in report.STAGE_ORDER if n in wall]  # every job's rule, in pipeline order
+    assert list(stats) == [n for n in PIPELINE if n in wall]  # every job's rule, in pipeline order
     for rule, rule_stats in stats.items():
         assert rule_stats.jobs == len(list((completed_workflow / "results" / "benchmarks" / rule).glob("*.tsv")))
         # Own time: without the process start and imports that the job's wall time has.

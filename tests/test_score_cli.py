@@ -16,14 +16,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import score_error as lqs_score
-from helpers import tiny_corpus, write_jsonl
+from helpers import stage_function, tiny_corpus, write_jsonl
 from transformers import MistralConfig, MistralModel, XGLMConfig, XGLMModel
 
 import lqs.score
 import lqs.scorer
-from lqs import cli, corpus, models
+from lqs import cli, corpus
 from lqs.scorer import ScorerModel, save_scorer
+from lqs.stages import fetch_scorer as fetch_scorer_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import load_tokenizer
+
+fetch_scorer = stage_function(fetch_scorer_stage)
+train_tokenizer = stage_function(train_tokenizer_stage)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +48,8 @@ def _ids(tokenizer) -> dict:
 def scorer_dir(tmp_path_factory) -> Path:
     """A tiny XGLM scorer checkpoint, as train_scorer saves it."""
     d = tmp_path_factory.mktemp("scorer")
-    models.train_tokenizer([str(write_jsonl(d / "train.jsonl", tiny_corpus(40)))], str(d / "tokenizer"),
-                           text_field="text", vocab_size=300, max_chars=10**6)
+    train_tokenizer([str(write_jsonl(d / "train.jsonl", tiny_corpus(40)))], str(d / "tokenizer"),
+                    text_field="text", vocab_size=300, max_chars=10**6)
     tokenizer = load_tokenizer(d / "tokenizer")
     torch.manual_seed(0)
     backbone = XGLMModel(XGLMConfig(d_model=32, ffn_dim=64, num_layers=1, attention_heads=2,
@@ -233,7 +238,7 @@ def test_swapped_backbone_is_refused(scorer_dir, tmp_path, caplog):
     code, error = lqs_score(caplog, _input(tmp_path), "--scorer", ckpt, "--out", tmp_path / "s.jsonl")
     assert code == 1 and str(ckpt / "model.safetensors") in error and not (tmp_path / "s.jsonl").exists()
     with pytest.raises(ValueError, match="model.safetensors is not the file"):
-        models.fetch_scorer({"path": str(ckpt)}, str(tmp_path / "fetched"))
+        fetch_scorer(str(tmp_path / "fetched"), source={"path": str(ckpt)})
     assert not (tmp_path / "fetched").exists()
 
 
@@ -246,7 +251,7 @@ def test_checkpoint_without_digests_loads_with_a_warning(scorer_dir, tmp_path, c
         scores = lqs.scorer.load(ckpt, device="cpu").score(["some text"])
     assert scores == pytest.approx(lqs.scorer.load(scorer_dir, device="cpu").score(["some text"]))
     assert any("records no digests of its weights" in r.getMessage() for r in caplog.records)
-    models.fetch_scorer({"path": str(ckpt)}, str(tmp_path / "fetched"))  # a fetched copy gets them
+    fetch_scorer(str(tmp_path / "fetched"), source={"path": str(ckpt)})  # a fetched copy gets them
     assert "weights_sha256" in json.loads((tmp_path / "fetched" / "scorer.json").read_text())
 
 

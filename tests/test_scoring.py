@@ -1,5 +1,5 @@
 """Tests for the data scorer and the scoring stages: lqs.scorer (save/load, batched scoring),
-lqs.score (score_shard), lqs.gather (gather_scores) and lqs.train_scorer (docs/stages.md,
+lqs.batch_scoring and lqs.stages.score_shard, lqs.stages.gather_scores and lqs.stages.train_scorer (docs/stages.md,
 docs/maths.md#the-data-scorer)."""
 
 from __future__ import annotations
@@ -20,19 +20,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import write_jsonl
+from helpers import stage_function, write_jsonl
 from scipy import stats
 from transformers import AutoTokenizer, MistralConfig, MistralModel, XGLMConfig, XGLMModel
 
-import lqs.score
+import lqs.batch_scoring
 import lqs.scorer
-import lqs.train_scorer
+from lqs.batch_scoring import SCORES_SCHEMA
 from lqs.corpus import iter_records
-from lqs.gather import gather_scores
-from lqs.models import train_tokenizer
-from lqs.score import SCORES_SCHEMA, score_shard
 from lqs.scorer import ScorerModel, Window, save_scorer, token_budget_batches
-from lqs.tokenize import tokenize_shard, tokenize_windows
+from lqs.stages import gather_scores as gather_scores_stage
+from lqs.stages import score_shard as score_shard_stage
+from lqs.stages import tokenize_shard as tokenize_shard_stage
+from lqs.stages import train_scorer as train_scorer_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
+from lqs.tokenize import tokenize_windows
+
+gather_scores = stage_function(gather_scores_stage)
+score_shard = stage_function(score_shard_stage)
+tokenize_shard = stage_function(tokenize_shard_stage)
+train_scorer = stage_function(train_scorer_stage)
+train_tokenizer = stage_function(train_tokenizer_stage)
 
 MAX_LENGTH = 16  # the scorer's window length
 MAX_CHARS = 100_000
@@ -496,14 +504,14 @@ def test_accepted_documents_stream_in_order(tok_dir, tmp_path, batch_rows):
                    text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
     column = pq.read_table(tokenized)["doc_id"].to_numpy()
     assert len(column) > len(np.unique(column))  # documents of several windows: batches split them
-    got = list(lqs.score.accepted_documents(str(tokenized), batch_rows=batch_rows))
+    got = list(lqs.batch_scoring.accepted_documents(str(tokenized), batch_rows=batch_rows))
     np.testing.assert_array_equal(np.concatenate([ids for ids, _ in got]), np.unique(column))
     fingerprints = {r.doc_id: r.fingerprint for r in iter_records([str(path)])}
     assert np.concatenate([f for _, f in got]).tolist() == [fingerprints[i] for i in np.unique(column).tolist()]
     shuffled = tmp_path / "shuffled.parquet"
     pq.write_table(pq.read_table(tokenized).take(np.random.default_rng(0).permutation(len(column))), shuffled)
     with pytest.raises(RuntimeError, match="shuffled.parquet: document ids are not in input order"):
-        list(lqs.score.accepted_documents(str(shuffled), batch_rows=batch_rows))
+        list(lqs.batch_scoring.accepted_documents(str(shuffled), batch_rows=batch_rows))
 
 
 def test_score_shard_prefetch_gives_the_same_scores(tok_dir, scorer_dirs, tmp_path):
@@ -528,7 +536,7 @@ def test_score_shard_logs_the_time_split_and_tokens(tok_dir, scorer_dirs, scorer
     tokenized = tmp_path / "tok.parquet"
     tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
                    text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
-    with caplog.at_level("INFO", logger="lqs.score"):
+    with caplog.at_level("INFO", logger="lqs.stages.score_shard"):
         counts = score_shard([str(path)], str(tokenized), scorer_dirs["xglm"], str(tmp_path / "scores.parquet"),
                              shard=0, num_shards=1, text_field="text", max_chars=MAX_CHARS, max_tokens=40,
                              max_windows_per_doc=None, chunk_docs=3, device="cpu", prefetch=prefetch)
@@ -563,15 +571,15 @@ def test_in_order_keeps_order_and_submits_ahead():
         return futures[i]
 
     got = []
-    for i, value in lqs.score.in_order(iter(range(6)), submit, depth=2):
+    for i, value in lqs.batch_scoring.in_order(iter(range(6)), submit, depth=2):
         assert submitted == list(range(min(6, i + 3)))  # up to 2 submitted beyond the one in use
         got.append((i, value))
     assert got == [(i, i * i) for i in range(6)]
-    assert list(lqs.score.in_order(iter([]), submit, depth=2)) == []
+    assert list(lqs.batch_scoring.in_order(iter([]), submit, depth=2)) == []
 
 
 def test_split_counts_time_per_part():
-    split = lqs.score.Split()
+    split = lqs.batch_scoring.Split()
     with split("a"):
         time.sleep(0.02)
     assert list(split.iterate("b", (time.sleep(0.01) or i for i in range(3)))) == [0, 1, 2]
@@ -601,8 +609,8 @@ def test_forward_flops_count_every_product(scorers):
 
 
 def test_chunked():
-    assert list(lqs.score.chunked(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(lqs.score.chunked(iter([]), 3)) == []
+    assert list(lqs.batch_scoring.chunked(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(lqs.batch_scoring.chunked(iter([]), 3)) == []
 
 
 def test_prefetched_computes_the_next_item_while_the_current_one_is_used():
@@ -664,11 +672,11 @@ def test_spearman_matches_scipy():
         n = int(rng.integers(3, 60))
         a = rng.integers(0, 6, n).astype(float)  # many ties
         b = a + rng.integers(-3, 4, n)
-        assert lqs.train_scorer.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+        assert lqs.scorer.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
         c = rng.normal(size=n)
-        assert lqs.train_scorer.spearman(c, b) == pytest.approx(stats.spearmanr(c, b).statistic, abs=1e-12)
-    assert lqs.train_scorer.spearman(np.ones(5), np.arange(5.0)) == 0.0
-    assert lqs.train_scorer.spearman(np.arange(5.0), np.arange(5.0)[::-1]) == pytest.approx(-1.0)
+        assert lqs.scorer.spearman(c, b) == pytest.approx(stats.spearmanr(c, b).statistic, abs=1e-12)
+    assert lqs.scorer.spearman(np.ones(5), np.arange(5.0)) == 0.0
+    assert lqs.scorer.spearman(np.arange(5.0), np.arange(5.0)[::-1]) == pytest.approx(-1.0)
 
 
 def _training_data(tmp_path: Path, n: int = 40) -> tuple[Path, Path, list[str], np.ndarray, np.ndarray]:
@@ -707,7 +715,7 @@ TRAIN_SETTINGS = dict(lr=3e-3, epochs=3, batch_size=8, warmup_steps=2, weight_de
 def test_train_scorer(base_dir, tmp_path):
     samples, labels, texts, score, split = _training_data(tmp_path)
     out = tmp_path / "scorer"
-    summary = lqs.train_scorer.train_scorer(str(samples), str(labels), base_dir, str(out), **TRAIN_SETTINGS)
+    summary = train_scorer(str(samples), str(labels), base_dir, str(out), **TRAIN_SETTINGS)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(summary))
     assert (metrics["train_samples"], metrics["valid_samples"]) == ((split == "train").sum(), (split == "valid").sum())
@@ -725,7 +733,7 @@ def test_train_scorer(base_dir, tmp_path):
     pred = np.array(scorer.score(valid_texts))
     np.testing.assert_allclose(pred, [_brute_score(scorer, t) for t in valid_texts], rtol=0, atol=1e-5)
     target = score[split == "valid"]
-    assert metrics["valid_spearman"] == pytest.approx(lqs.train_scorer.spearman(pred, target), abs=1e-9)
+    assert metrics["valid_spearman"] == pytest.approx(lqs.scorer.spearman(pred, target), abs=1e-9)
     assert metrics["valid_spearman"] == pytest.approx(stats.spearmanr(pred, target).statistic, abs=1e-9)
     assert metrics["valid_mse"] == pytest.approx(float(np.mean((pred - target) ** 2)), abs=1e-5)
 
@@ -735,16 +743,16 @@ def test_train_scorer_keeps_the_best_epoch(base_dir, tmp_path, monkeypatch):
     samples, labels, *_ = _training_data(tmp_path)
     forced = iter([0.2, 0.9, 0.5])
     states = []
-    real_predict = lqs.train_scorer.predict
+    real_predict = train_scorer_stage.predict
 
     def recording_predict(model, *args, **kwargs):
         states.append(copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
         return real_predict(model, *args, **kwargs)
 
-    monkeypatch.setattr(lqs.train_scorer, "predict", recording_predict)
-    monkeypatch.setattr(lqs.train_scorer, "spearman", lambda a, b: next(forced))
+    monkeypatch.setattr(train_scorer_stage, "predict", recording_predict)
+    monkeypatch.setattr(train_scorer_stage, "spearman", lambda a, b: next(forced))
     out = tmp_path / "scorer"
-    summary = lqs.train_scorer.train_scorer(str(samples), str(labels), base_dir, str(out), **TRAIN_SETTINGS)
+    summary = train_scorer(str(samples), str(labels), base_dir, str(out), **TRAIN_SETTINGS)
     assert summary["best_epoch"] == 1 and summary["valid_spearman"] == 0.9
     assert len(states) == 3
     loaded = lqs.scorer.load(out, device="cpu").model.state_dict()

@@ -15,10 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_workflow, edit_config, plan, rule_counts, set_key, snakemake
+from helpers import copy_workflow, edit_config, plan, rule_counts, set_key, snakemake, stage_function
 
 from lqs import select as sel
+from lqs.stages import select_order as select_order_stage
 from lqs.tokenize import SHARD_SCHEMA
+
+select_order = stage_function(select_order_stage)
 
 SELECTION = dict(method="top", ratio=1.0, threshold=None, temperature=1.0, seed=0)
 ORDERING = dict(method="folding", folds=3, seed=0)
@@ -211,9 +214,9 @@ def make_inputs(root: Path, n_read: int = 30, rejected=(3, 4, 17), num_shards: i
 def run_stage(root: Path, inputs: dict, selection=None, ordering=None, **paths):
     args = dict(out=str(root / "selected.jsonl"), order_out=str(root / "selection" / "order.parquet"),
                 summary_out=str(root / "selection" / "summary.json")) | paths
-    return sel.select_order(str(root / "scored.jsonl"), inputs["shards"], **args,
-                            selection=SELECTION | (selection or {}), ordering=ORDERING | (ordering or {}),
-                            score_field="score")
+    return select_order(str(root / "scored.jsonl"), inputs["shards"], **args,
+                        selection=SELECTION | (selection or {}), ordering=ORDERING | (ordering or {}),
+                        score_field="score")
 
 
 @pytest.mark.parametrize("row_group_size", [1, 2, 1000])
@@ -349,7 +352,8 @@ def test_cli_runs_the_stage_and_reports_errors_without_traceback(tmp_path):
     out = tmp_path / "selected.jsonl"
 
     def cli(selection):
-        settings = json.dumps(dict(selection=SELECTION | selection, ordering=ORDERING, score_field="score"))
+        settings = json.dumps(dict(selection=SELECTION | selection, ordering=ORDERING, score_field="score",
+                                   output_format="jsonl", layout="single"))
         return subprocess.run([sys.executable, "-m", "lqs", "select-order", "--scored", str(tmp_path / "scored.jsonl"),
                                "--shard-paths", *inputs["shards"], "--out", str(out),
                                "--order-out", str(tmp_path / "o.parquet"),

@@ -354,7 +354,7 @@ def test_hub_corpus_is_pinned_at_dag_build_and_jobs_get_the_pinned_urls(tmp_path
     tokenize = shell_commands(result.stdout, "tokenize_shard")
     assert sorted(c.split()[2] for c in tokenize) == pinned  # per_file: one shard per file, statically
     gather = shell_commands(result.stdout, "gather_scores")
-    assert gather and gather[0].startswith(f"lqs gather {pinned[0]} {pinned[1]} --score-paths")
+    assert gather and gather[0].startswith(f"lqs gather-scores {pinned[0]} {pinned[1]} --score-paths")
     [train_tokenizer] = shell_commands(result.stdout, "train_tokenizer")
     assert train_tokenizer.startswith(f"lqs train-tokenizer {pinned[0]} {pinned[1]} --out-dir")
     assert "input: results/models/tokenizer" in result.stdout  # no corpus file among the inputs

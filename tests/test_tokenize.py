@@ -1,5 +1,5 @@
 """Tests for windowing and the token stages: lqs.tokenize (window_bounds, tokenize_windows,
-tokenize_shard), lqs.sample (sample_proxy, draw_windows) and lqs.target (prepare_target)
+tokenize_shard), lqs.sample (draw_windows) and stage sample_proxy, lqs.target and stage prepare_target
 (docs/stages.md, docs/reliability.md)."""
 
 from __future__ import annotations
@@ -13,11 +13,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_jsonl
+from helpers import stage_function, write_jsonl
 
 from lqs import corpus, sample, target
-from lqs.models import train_tokenizer
-from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, special_tokens, tokenize_shard, tokenize_windows, window_bounds
+from lqs.stages import prepare_target as prepare_target_stage
+from lqs.stages import sample_proxy as sample_proxy_stage
+from lqs.stages import tokenize_shard as tokenize_shard_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
+from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, special_tokens, tokenize_windows, window_bounds
+
+prepare_target = stage_function(prepare_target_stage)
+sample_proxy = stage_function(sample_proxy_stage)
+tokenize_shard = stage_function(tokenize_shard_stage)
+train_tokenizer = stage_function(train_tokenizer_stage)
 
 SENTENCES = [
     "The function returns a new list sorted in ascending order.",
@@ -348,7 +356,7 @@ def test_sample_proxy(tok, tok_dir, shards, tmp_path):
     assert max(windows_per_doc.values()) > 1 and min(windows_per_doc.values()) == 1
     size = 25
     out = tmp_path / "samples.parquet"
-    assert sample.sample_proxy(paths, tok_dir, str(out), size=size, seed=7) == size
+    assert sample_proxy(paths, tok_dir, str(out), size=size, seed=7) == size
     table = pq.read_table(out)
     assert table.column_names == ["sample_id", "doc_id", "window", "input_ids", "text"]
     samples = table.to_pylist()
@@ -363,10 +371,10 @@ def test_sample_proxy(tok, tok_dir, shards, tmp_path):
             assert s["text"] == json.loads(lines[s["doc_id"]])["text"]
     # seeded: the same seed gives the same file, another seed another draw
     again = tmp_path / "again.parquet"
-    sample.sample_proxy(paths, tok_dir, str(again), size=size, seed=7)
+    sample_proxy(paths, tok_dir, str(again), size=size, seed=7)
     assert pq.read_table(again).equals(table)
     other = tmp_path / "other.parquet"
-    sample.sample_proxy(paths, tok_dir, str(other), size=size, seed=8)
+    sample_proxy(paths, tok_dir, str(other), size=size, seed=8)
     assert [(s["doc_id"], s["window"]) for s in pq.read_table(other).to_pylist()] != keys
 
 
@@ -374,9 +382,9 @@ def test_sample_proxy_too_large(tok_dir, shards, tmp_path):
     paths, _ = shards
     total = len(_shard_rows(paths))
     out = tmp_path / "samples.parquet"
-    assert sample.sample_proxy(paths, tok_dir, str(out), size=total, seed=0) == total  # exactly all is fine
+    assert sample_proxy(paths, tok_dir, str(out), size=total, seed=0) == total  # exactly all is fine
     with pytest.raises(ValueError, match=f"cannot draw {total + 1} .*only {total} windows"):
-        sample.sample_proxy(paths, tok_dir, str(tmp_path / "too_many.parquet"), size=total + 1, seed=0)
+        sample_proxy(paths, tok_dir, str(tmp_path / "too_many.parquet"), size=total + 1, seed=0)
     assert not (tmp_path / "too_many.parquet").exists()
 
 
@@ -436,7 +444,7 @@ def test_prepare_target(tok, tok_dir, tmp_path):
     source = write_jsonl(tmp_path / "lima.jsonl", records[:3] + [""] + records[3:])  # a blank line is skipped
     out = tmp_path / "tokens.parquet"
     max_length = 12
-    assert target.prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=max_length) == 7
+    assert prepare_target(str(source), tok_dir, str(out), text_field="text", max_length=max_length) == 7
     ids = pq.read_table(out)["input_ids"].to_pylist()
     texts = ["\n".join(t.replace("\n", " ") for t in r["conversations"]) if "conversations" in r else r["text"]
              for r in records]
@@ -444,8 +452,8 @@ def test_prepare_target(tok, tok_dir, tmp_path):
     assert all(len(x) <= max_length for x in ids)
     assert any(len(tokenize_windows(tok, [t], max_length)[0]) > 1 for t in texts)  # long ones are cut
     out2 = tmp_path / "tokens2.parquet"
-    assert target.prepare_target(str(source), tok_dir, str(out2), text_field="text", max_length=max_length,
-                                 max_samples=2) == 2
+    assert prepare_target(str(source), tok_dir, str(out2), text_field="text", max_length=max_length,
+                          max_samples=2) == 2
     assert pq.read_table(out2)["input_ids"].to_pylist() == ids[:2]
     # JSON array and Parquet sources give the same texts
     as_json = tmp_path / "lima.json"
@@ -460,14 +468,14 @@ def test_prepare_target_errors(tok_dir, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n  \n")
     with pytest.raises(ValueError, match="empty"):
-        target.prepare_target(str(empty), tok_dir, str(out), text_field="text", max_length=16)
+        prepare_target(str(empty), tok_dir, str(out), text_field="text", max_length=16)
     bad_json = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, "", '{"conversations": ["a",'])
     with pytest.raises(ValueError, match=re.escape(f"{bad_json}:3") + ".*invalid JSON"):
-        target.prepare_target(str(bad_json), tok_dir, str(out), text_field="text", max_length=16)
+        prepare_target(str(bad_json), tok_dir, str(out), text_field="text", max_length=16)
     bad_record = write_jsonl(tmp_path / "bad2.jsonl", [{"text": "ok"}, {"conversations": [1, 2]}])
     with pytest.raises(ValueError, match=re.escape(f"{bad_record}:2") + ".*not a list of strings"):
-        target.prepare_target(str(bad_record), tok_dir, str(out), text_field="text", max_length=16)
+        prepare_target(str(bad_record), tok_dir, str(out), text_field="text", max_length=16)
     no_text = write_jsonl(tmp_path / "bad3.jsonl", [{"text": "ok"}, {"text": "fine"}, {"text": " "}])
     with pytest.raises(ValueError, match=re.escape(f"{no_text}:3") + ".*empty text"):
-        target.prepare_target(str(no_text), tok_dir, str(out), text_field="text", max_length=16)
+        prepare_target(str(no_text), tok_dir, str(out), text_field="text", max_length=16)
     assert not out.exists()

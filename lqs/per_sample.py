@@ -1,5 +1,5 @@
-"""Stage `grad_stats`: per-sample gradient statistics at one annotated step
-(docs/maths.md#per-sample-gradient-statistics).
+"""Per-sample gradient statistics at one annotated step (docs/maths.md#per-sample-gradient-statistics;
+the stage: lqs.stages.grad_stats).
 
 For each proxy sample x of one part of the proxy set, at step t:
     n_t(x) = ‖∇ℓ(x; θ_t)‖        d_t(x) = ⟨∇ℓ(x; θ_t), λ_{t+1}⟩
@@ -29,11 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lqs import distributed
-from lqs.io import read_parquet, write_table
-from lqs.proxy import Params, attention, collate, load_proxy, norm, sample_losses, set_params, set_tf32
-from lqs.runtime import NonFiniteError
-from lqs.trajectory import load_step
+from lqs.proxy import Params, attention, collate, sample_losses
 
 log = logging.getLogger(__name__)
 
@@ -291,38 +287,3 @@ def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Pa
         norms[order] = torch.cat(sqs).clamp(min=0).sqrt().cpu().numpy()
         products[order] = torch.cat(dots).cpu().numpy()
     return norms, products
-
-
-def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, *, step: int, part: int,
-               num_parts: int, stats_dtype: str = "fp32", micro_batch: int = 8, method: str = "auto",
-               tf32: bool = False, device: str = "auto", trust_remote_code: bool = False) -> dict[str, int]:
-    """Writes the stats of one part of the proxy set at one step; under torchrun each rank
-    computes every world-th sample of the part and rank 0 writes them all. Returns the part's
-    samples and their tokens.
-    tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)."""
-    ctx = distributed.setup(device)
-    set_tf32(tf32)
-    table = read_parquet(samples_path, ["sample_id", "input_ids"])
-    rows = part_rows(len(table), part, num_parts)
-    table = table.take(pa.array(rows, pa.int64()))
-    model = load_proxy(proxy_dir, ctx.device, trust_remote_code)
-    theta, lam = load_step(step_path, ctx.device)
-    set_params(model, theta)
-    ids = table["input_ids"].to_pylist()
-    mine = ids[ctx.rank::ctx.world]
-    norms, dots = np.zeros(len(rows)), np.zeros(len(rows))
-    for rank, (n, d) in enumerate(distributed.all_gather(ctx, per_sample_stats(
-            model, mine, lam, stats_dtype, ctx.device, micro_batch, method, progress=ctx.main))):
-        norms[rank::ctx.world], dots[rank::ctx.world] = n, d
-    sample_ids = table["sample_id"].to_numpy()
-    bad = np.flatnonzero(~(np.isfinite(norms) & np.isfinite(dots)))
-    if len(bad):
-        raise NonFiniteError(f"non-finite per-sample gradient at step {step}, sample_id "
-                             f"{int(sample_ids[bad[0]])} ({len(bad)} such samples in this part)")
-    lam_norm = norm(lam)
-    if ctx.main:
-        write_table(out, pa.table({
-            "sample_id": sample_ids, "step": np.full(len(rows), step, np.int32), "grad_norm": norms,
-            "dot": dots, "lambda_norm": np.full(len(rows), lam_norm)}, schema=STATS_SCHEMA))
-    distributed.teardown(ctx)
-    return {"samples": len(rows), "tokens": sum(map(len, ids))}

@@ -1,4 +1,5 @@
-"""Stage `gather_scores`: input records + shard scores -> the scored output, rejects, summary.
+"""Stage `gather_scores`: input records + shard scores -> the scored output, rejects, summary
+(docs/stages.md#gather_scores).
 
 Layout single: streams the input once, in order, pulling each document's score from its shard's
 (doc-id ordered) score file, so memory does not grow with the corpus, into one file in
@@ -14,10 +15,12 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from lqs import corpus, output, sources
 from lqs.io import atomic_open, benchmark_seconds, parquet_batches, read_json, write_json
+from lqs.stage import Arg, Stage
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +140,19 @@ def remove_stale_parts(out_dir: str, part_paths: Sequence[str], manifest: str | 
     return removed
 
 
+@dataclass(frozen=True)
+class Settings:
+    num_shards: int | str  # corpus.num_shards
+    text_field: str  # corpus.text_field
+    max_chars: int  # corpus.max_chars
+    output_format: str  # output.format
+    score_field: str  # output.score_field
+    extra_fields: Sequence[str]  # output.extra_fields
+    layout: str  # output.layout
+
+
 def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], reject_paths: Sequence[str],
-                  out: str, rejects_out: str, summary_out: str, *, num_shards: int | str,
-                  text_field: str, max_chars: int, score_field: str, stats_paths: Sequence[str] = (),
-                  output_format: str = "jsonl", layout: str = "single", extra_fields: Sequence[str] = (),
+                  out: str, rejects_out: str, summary_out: str, settings: Settings, stats_paths: Sequence[str] = (),
                   part_paths: Sequence[str] = (), benchmarks_dir: str | None = None,
                   scorer_metrics: str | None = None, annotation_info: str | None = None,
                   proxy_model: str | None = None, output_schema: str | None = None) -> dict:
@@ -149,6 +161,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
     here, from the score shards and rejects, and the corpus is not read again. `output_schema`:
     the output_schema stage's file, for a Parquet output (without it, as outside the workflow,
     the schema is settled here, by the same function, from the corpus)."""
+    s = settings
     # rejects lines: of records by doc id; of unreadable files (doc_id null) by file, as every
     # shard that opened one lists it
     rejected, rejected_files = {}, {}
@@ -162,29 +175,29 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
                     rejected[entry["doc_id"]] = line
     order = {p: i for i, p in enumerate(map(sources.source_name, corpus_paths))}
     summary: dict = {}
-    if layout == "single":
+    if s.layout == "single":
         input_schema = None
-        if output_format == "parquet":
+        if s.output_format == "parquet":
             input_schema = output.read_schema(output_schema) if output_schema else output.corpus_schema(
-                corpus_paths, text_field, max_chars, corpus.output_fields(score_field, extra_fields))
+                corpus_paths, s.text_field, s.max_chars, corpus.output_fields(s.score_field, s.extra_fields))
         read, scored, truncated, with_records = _write_single(
-            corpus_paths, score_paths, rejected, out, output_format=output_format, num_shards=num_shards,
-            text_field=text_field, max_chars=max_chars, score_field=score_field, extra_fields=extra_fields,
+            corpus_paths, score_paths, rejected, out, output_format=s.output_format, num_shards=s.num_shards,
+            text_field=s.text_field, max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
             input_schema=input_schema)
         if scored + len(rejected) != read:
             raise RuntimeError(f"read {read} documents but scored {scored} and rejected {len(rejected)}")
         summary["empty_files"] = [p for p in order if p not in with_records and p not in rejected_files]
-    elif layout == "per_shard":
+    elif s.layout == "per_shard":
         missing = [p for p in part_paths if not Path(p).is_file()]
         if missing:
             raise RuntimeError(f"the score jobs' part files are missing: {', '.join(missing)}; rerun their shards")
         shard_stats = [read_json(p) for p in stats_paths]  # what each score job counted
-        scored, truncated = (sum(s[k] for s in shard_stats) for k in ("scored", "truncated"))
+        scored, truncated = (sum(stats[k] for stats in shard_stats) for k in ("scored", "truncated"))
         read = scored + len(rejected)
         summary["parts"] = [str(p) for p in part_paths]
         summary["removed_stale_parts"] = remove_stale_parts(out, part_paths, Path(summary_out).parent / PARTS_MANIFEST)
     else:
-        raise ValueError(f"output.layout must be single or per_shard, not {layout!r}")
+        raise ValueError(f"output.layout must be single or per_shard, not {s.layout!r}")
     files = sorted(rejected_files, key=lambda p: order.get(p, len(order)))
     with atomic_open(rejects_out) as f:  # the unreadable files first, in corpus order, then the records
         f.writelines(rejected_files[p] for p in files)
@@ -193,7 +206,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
     summary |= {
         "rejected_files": files,
         "documents_read": read, "documents_scored": scored, "documents_rejected": len(rejected),
-        "documents_truncated": truncated, "output": str(out), "format": output_format, "layout": layout,
+        "documents_truncated": truncated, "output": str(out), "format": s.output_format, "layout": s.layout,
         "rejects": str(rejects_out), "stage_seconds": stage_seconds(benchmarks_dir), "proxy_model": proxy_model,
     }
     by_source = _merged_by_source(stats_paths)
@@ -205,3 +218,16 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
         summary["annotation"] = read_json(annotation_info)
     write_json(summary_out, summary)
     return summary
+
+
+STAGE = Stage(
+    help="join the scores with the input into the scored output (or count a per_shard output's parts)",
+    run=gather_scores,
+    args=(Arg("corpus_paths", "*"), Arg("--score-paths", "+"), Arg("--reject-paths", "+"),
+          Arg("--stats-paths", "*", required=False), Arg("--part-paths", "*", required=False), Arg("--out"),
+          Arg("--rejects-out"), Arg("--summary-out"), Arg("--benchmarks-dir"),
+          Arg("--output-schema", required=False), Arg("--scorer-metrics", required=False),
+          Arg("--annotation-info", required=False), Arg("--proxy-model", required=False)),
+    settings=Settings,
+    counters={"documents": "documents_read"},
+)

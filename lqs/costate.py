@@ -1,5 +1,5 @@
-"""Stage `trajectory`: SGD on the proxy LM and its costate λ, exactly as
-docs/maths.md#the-trajectory-and-the-costate.
+"""The SGD trajectory of the proxy LM and its costate λ, exactly as
+docs/maths.md#the-trajectory-and-the-costate (the stage: lqs.stages.trajectory).
 
     θ_{t+1} = θ_t − η ∇L_t(θ_t)                                   t = 0 … T−1
     λ_T = ∇J(θ_T)
@@ -11,7 +11,7 @@ exist at once (in host memory when the model is on a GPU). Hessian-vector produc
 (double backward, attention on SDPA's math kernel); they need several times the memory of a
 gradient per sample, so they run in their own micro-batches, by default the largest that fits
 the GPU (measured on the first one).
-Writes step-{t}.safetensors with θ_t and λ_{t+1} for every annotated step t.
+A step file, step-{t}.safetensors, holds θ_t and λ_{t+1} of an annotated step t.
 """
 
 from __future__ import annotations
@@ -21,32 +21,14 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pyarrow as pa
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
-from lqs.io import atomic_path, read_parquet, write_table
-from lqs.proxy import (
-    Params,
-    collate,
-    get_params,
-    load_proxy,
-    loss_and_grad,
-    norm,
-    sample_losses,
-    set_params,
-    set_tf32,
-    twice_differentiable,
-)
-from lqs.runtime import NonFiniteError, resolve_device
-from lqs.sample import draw_windows
+from lqs.io import read_parquet
+from lqs.proxy import Params, collate, get_params, loss_and_grad, norm, sample_losses, set_params, twice_differentiable
+from lqs.runtime import NonFiniteError
 
 log = logging.getLogger(__name__)
-
-
-def annotated_steps(steps: int, interval: int) -> list[int]:
-    return [t for t in range(steps) if t % interval == 0]
 
 
 def step_file(out_dir: str | Path, t: int) -> Path:
@@ -222,61 +204,6 @@ def solve(
 
 def read_token_lists(path: str, column: str = "input_ids") -> list[list[int]]:
     return read_parquet(path, [column])[column].to_pylist()
-
-
-def run_trajectory(
-    proxy_dir: str,
-    shard_paths: Sequence[str],
-    target_path: str,
-    out_dir: str,
-    *,
-    lr: float,
-    steps: int,
-    interval: int,
-    batch_size: int,
-    seed: int,
-    micro_batch: int = 16,
-    hvp_micro_batch: int | None = None,
-    tf32: bool = False,
-    device: str = "auto",
-    trust_remote_code: bool = False,
-) -> dict[str, int]:
-    """Draws the training batches from the corpus, solves the trajectory and costate, and writes
-    step-{t}.safetensors for t in S, log.parquet and batches.parquet under `out_dir`. Returns
-    the SGD steps and the training samples in their batches.
-    tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)."""
-    device = resolve_device(device)
-    set_tf32(tf32)
-    out_dir = Path(out_dir)
-    draws = draw_windows(shard_paths, steps * batch_size, seed, allow_repeats=True,
-                         what="training batch samples")
-    rows = draws.to_pylist()
-    batches = [[r["input_ids"] for r in rows[t * batch_size:(t + 1) * batch_size]] for t in range(steps)]
-    batch_rows = [[{"doc_id": r["doc_id"], "window": r["window"]}
-                   for r in rows[t * batch_size:(t + 1) * batch_size]] for t in range(steps)]
-    target = read_token_lists(target_path)
-    if not target:
-        raise ValueError(f"{target_path}: the target set is empty")
-    model = load_proxy(proxy_dir, device, trust_remote_code)
-
-    def save(t: int, theta: Params, lam: Params) -> None:
-        tensors = {f"theta.{k}": v.contiguous() for k, v in theta.items()}
-        tensors |= {f"lambda.{k}": v.contiguous() for k, v in lam.items()}
-        with atomic_path(step_file(out_dir, t)) as tmp:
-            save_file(tensors, str(tmp), metadata={"step": str(t), "lr": repr(lr)})
-
-    record = solve(model, batches, target, lr, set(annotated_steps(steps, interval)), save,
-                   micro_batch=micro_batch, hvp_micro_batch=hvp_micro_batch, batch_rows=batch_rows,
-                   device=device, progress=True)
-    write_table(out_dir / "log.parquet", pa.table(record, schema=pa.schema([
-        ("step", pa.int32()), ("train_loss", pa.float64()), ("target_loss", pa.float64()),
-        ("lambda_norm", pa.float64())])))
-    positions = [p for _ in range(steps) for p in range(batch_size)]
-    write_table(out_dir / "batches.parquet", pa.table({
-        "step": pa.array([t for t in range(steps) for _ in range(batch_size)], pa.int32()),
-        "position": pa.array(positions, pa.int32()),
-        "doc_id": draws["doc_id"], "window": draws["window"], "input_ids": draws["input_ids"]}))
-    return {"steps": steps, "samples": steps * batch_size}
 
 
 def load_step(path: str | Path, device="cpu") -> tuple[Params, Params]:

@@ -1,4 +1,6 @@
-"""Stage `train_scorer`: fit the data scorer to the normalised labels (docs/maths.md#the-data-scorer).
+"""Stage `train_scorer`: train the data scorer on the labels (docs/stages.md#train_scorer).
+
+The scorer's model and the fit are docs/maths.md#the-data-scorer's.
 
 MSE on the labels, AdamW, cosine schedule with warmup, gradient clipping; validation Spearman
 after every epoch, and the best epoch's weights are the checkpoint.
@@ -9,27 +11,34 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from lqs import distributed
 from lqs.io import atomic_dir, read_parquet, write_json
 from lqs.runtime import NonFiniteError
-from lqs.scorer import ScorerModel, Window, forward_batch, load_backbone, save_scorer, token_budget_batches
+from lqs.scorer import ScorerModel, Window, forward_batch, load_backbone, save_scorer, spearman, token_budget_batches
+from lqs.stage import MODELS, Arg, Stage
 from lqs.tokenize import load_tokenizer, tokenize_windows
 
 log = logging.getLogger(__name__)
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties); 0 when either side is constant."""
-    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
+@dataclass(frozen=True)
+class Settings:
+    lr: float  # scorer.lr: AdamW's peak learning rate
+    epochs: int  # scorer.epochs
+    batch_size: int  # scorer.batch_size: samples per step (the global batch under torchrun)
+    warmup_steps: int  # scorer.warmup_steps: of the cosine schedule
+    weight_decay: float  # scorer.weight_decay: of the matrices (not of biases and norms)
+    clip: float  # scorer.clip: the gradient norm clipped to
+    max_length: int  # scorer.max_length: a sample is scored on its first window of this many tokens
+    seed: int  # scorer.seed: torch's draws (the head, dropout) and the batch order
+    device: str  # device
+    trust_remote_code: bool  # models.trust_remote_code
 
 
 def _batches(windows: list[Window], batch_size: int, rng: np.random.Generator | None):
@@ -47,16 +56,16 @@ def predict(model, windows: list[Window], pad_id: int, device, max_tokens: int =
     return out
 
 
-def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: str, *, lr: float,
-                 epochs: int, batch_size: int, warmup_steps: int, weight_decay: float, clip: float,
-                 max_length: int, seed: int, device: str = "auto", trust_remote_code: bool = False) -> dict:
+def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: str, settings: Settings) -> dict:
     """Trains the scorer; under torchrun, with DDP: each rank takes a slice of every global batch
     and the loss is scaled so that the averaged gradient is the global batch's, as in one process."""
     from transformers import get_cosine_schedule_with_warmup
 
-    ctx = distributed.setup(device)
+    s = settings
+    epochs, batch_size, max_length = s.epochs, s.batch_size, s.max_length
+    ctx = distributed.setup(s.device)
     device = ctx.device
-    torch.manual_seed(seed)
+    torch.manual_seed(s.seed)
     samples = read_parquet(samples_path, columns=["sample_id", "text"]).to_pandas()
     labels = read_parquet(labels_path).to_pandas()
     data = samples.merge(labels, on="sample_id", validate="one_to_one")
@@ -71,15 +80,15 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
     windows = {name: [Window(int(i), first[i]) for i in rows] for name, rows in splits.items()}
     targets = {name: data["score"].to_numpy(np.float32)[rows] for name, rows in splits.items()}
 
-    model = ScorerModel(load_backbone(base_dir, trust_remote_code)).to(device)
+    model = ScorerModel(load_backbone(base_dir, s.trust_remote_code)).to(device)
     trained = model if ctx.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
     steps_per_epoch = math.ceil(len(windows["train"]) / batch_size)
-    schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, epochs * steps_per_epoch)
-    rng = np.random.default_rng(seed)  # the same on every rank: one global batch order
+    schedule = get_cosine_schedule_with_warmup(optimizer, s.warmup_steps, epochs * steps_per_epoch)
+    rng = np.random.default_rng(s.seed)  # the same on every rank: one global batch order
     target_train = torch.as_tensor(targets["train"])
 
     history, best = [], {"valid_spearman": -math.inf}
@@ -102,7 +111,7 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
                                      + (f"; non-finite label for sample_id {bad[0]}" if bad else ""))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
             optimizer.step()
             schedule.step()
             losses.append(global_loss)
@@ -138,3 +147,14 @@ def _predict_sharded(ctx: distributed.Context, model, windows: list[Window], pad
     for rank, part in enumerate(distributed.all_gather(ctx, values)):
         out[rank::ctx.world] = part
     return out
+
+
+STAGE = Stage(
+    help="train the data scorer on the labels",
+    run=train_scorer,
+    args=(Arg("samples_path"), Arg("labels_path"), Arg("base_dir"), Arg("--out-dir")),
+    settings=Settings,
+    counters={"samples": "samples_trained"},
+    preload=MODELS,
+    distributed=True,
+)

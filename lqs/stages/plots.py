@@ -1,0 +1,44 @@
+"""Stage `plots`: figures of a finished run for `snakemake --report` (docs/stages.md#plots).
+
+The figures are lqs.report's: trajectory.png, labels.png, scorer.png, scores.png, stages.png.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lqs.report import plot_labels, plot_scorer, plot_scores, plot_stages, plot_trajectory
+from lqs.stage import Arg, Stage
+
+
+@dataclass(frozen=True)
+class Settings:
+    score_field: str  # output.score_field
+    annotated_steps: Sequence[int]  # annotation.steps, interval: the steps annotated (rules/common.smk ANNOTATED_STEPS)
+
+
+def plots(out_dir: str, benchmarks_dir: str, scored: Sequence[str], settings: Settings,
+          trajectory_log: str | None = None, labels: str | None = None, scorer_metrics: str | None = None,
+          logs_dir: str | None = None) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if trajectory_log:
+        plot_trajectory(trajectory_log, out / "trajectory.png", settings.annotated_steps)
+    if labels:
+        plot_labels(labels, out / "labels.png")
+    if scorer_metrics:
+        plot_scorer(scorer_metrics, out / "scorer.png")
+    plot_scores(scored, settings.score_field, out / "scores.png")
+    plot_stages(logs_dir, benchmarks_dir, out / "stages.png")
+
+
+STAGE = Stage(
+    help="figures of a finished run for snakemake --report",
+    run=plots,
+    args=(Arg("out_dir"), Arg("--benchmarks-dir"), Arg("--logs-dir", required=False), Arg("--scored", "+"),
+          Arg("--trajectory-log", required=False), Arg("--labels", required=False),
+          Arg("--scorer-metrics", required=False)),
+    settings=Settings,
+)
