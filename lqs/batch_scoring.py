@@ -8,6 +8,7 @@ model / write) and tokens/s of a run's log line (`Meter`).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import os
 import time
@@ -49,12 +50,17 @@ def accepted_documents(tokenized_shard: str, batch_rows: int = 65536) -> Iterato
         yield ids[first], batch.column(1).to_numpy()[first]
 
 
-def accepted_records(records: Iterator[corpus.Record], tokenized_shard: str) -> Iterator[corpus.Record]:
+def accepted_records(records: Iterator[corpus.Record],
+                     tokenized_shard: str | Sequence[str]) -> Iterator[corpus.Record]:
     """The records tokenization accepted. Both streams come in input order: a merge, never a
     lookup table. Stops at an accepted document that is gone or is now a bad record; one whose
-    fingerprint differs from the tokenized shard's is an error (the corpus was edited since)."""
-    accepted = ((int(i), int(f)) for ids, fingerprints in accepted_documents(tokenized_shard)
-                for i, f in zip(ids, fingerprints))
+    fingerprint differs from the tokenized shard's is an error (the corpus was edited since).
+    Several tokenized shards (the whole corpus's records, every shard's): their accepted
+    documents are merged, in doc id order, which is input order."""
+    shards = [tokenized_shard] if isinstance(tokenized_shard, str) else list(tokenized_shard)
+    accepted = heapq.merge(*(((int(i), int(f)) for ids, fingerprints in accepted_documents(shard)
+                              for i, f in zip(ids, fingerprints)) for shard in shards))
+    tokenized_shard = shards[0] if len(shards) == 1 else "the tokenized shards"
     next_id, fingerprint = next(accepted, (None, None))
     for record in records:
         if next_id is None or record.doc_id is None or record.doc_id < next_id:

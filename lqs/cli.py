@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Mapping
 
+from lqs.defaults import default
 from lqs.distributed import relaunch_under_torchrun
 from lqs.runtime import setup_logging, stats_message
 from lqs.stage import MODELS, PIPELINE, Stage, command, load
@@ -94,16 +95,17 @@ def add_score_command(sub) -> None:
                    "read-only output is never replaced, and no output may be an input")
     p.add_argument("--format", choices=list(FORMATS),
                    help="default: by the --out extension, else parquet for Parquet input and jsonl otherwise")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--score-field", default="score", help="name of the added score field (default: score)")
+    p.add_argument("--text-field", default=default("corpus.text_field"))
+    p.add_argument("--score-field", default=default("output.score_field"),
+                   help=f"name of the added score field (default: {default('output.score_field')})")
     p.add_argument("--extra-fields", type=lambda v: [f for f in v.split(",") if f], default=[],
                    help=f"comma-separated per-document fields to add: {', '.join(EXTRA_FIELDS)}")
-    p.add_argument("--on-bad-record", choices=["error", "skip"], default="error",
+    p.add_argument("--on-bad-record", choices=["error", "skip"], default=default("corpus.on_bad_record"),
                    help="error: stop naming file and line; skip: write the record and reason to --rejects")
     p.add_argument("--rejects", help="rejects file for --on-bad-record skip (default: <out>.rejects.jsonl)")
     p.add_argument("--max-chars", type=positive_int, default=MAX_CHARS, help="longer documents are bad records")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--device", default=default("device"), help="auto (cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default=default("inference.dtype"),
                    help="auto: bf16 on a GPU, fp32 on a CPU")
     p.add_argument("--max-tokens", type=positive_int, help="tokens per batch (default: by GPU memory; 4096 on a CPU)")
     p.add_argument("--max-windows-per-doc", type=positive_int, help="score only a document's first N windows")

@@ -185,6 +185,10 @@ def consistency_errors(config: Mapping) -> list[str]:
     selection = config.get("selection", {})
     if selection.get("method") == "threshold" and selection.get("threshold") is None:
         errors.append("selection.threshold: required when selection.method is threshold")
+    arms = config.get("efficacy", {}).get("arms", [])
+    if len(arms) > 1 and "conventional" not in arms:
+        errors.append(f"efficacy.arms: {', '.join(arms)} without conventional, the arm every other is compared "
+                      "with; add conventional (or run one arm)")
     return errors
 
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lqs import sources
+from lqs.defaults import default
 from lqs.io import parquet_file
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def is_parquet(path: str | Path) -> bool:
     return str(path).endswith((".parquet", ".pq"))
 
 
-MAX_CHARS = 10_000_000  # the default of corpus.max_chars (config/schema.yaml)
+MAX_CHARS = default("corpus.max_chars")
 
 # How messages name a setting: the workflow's config keys, unless the caller names its own
 # (`lqs score` its flags: lqs.score.SCORE_FLAGS) with `settings_named`.

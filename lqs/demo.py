@@ -23,7 +23,7 @@ from typing import Any
 
 # Stdlib modules (pure Python or C-accelerated) that import quietly on Linux; sorted. About 110 of
 # them are needed for ~2,300 distinct docstrings of >= 80 characters, enough for the default
-# demo (config/schema.yaml: demo.num_docs 2,000, of which 60% or 1,200 are docstrings, and
+# demo (lqs/schema.yaml: demo.num_docs 2,000, of which 60% or 1,200 are docstrings, and
 # demo.num_target 200) with each docstring used once. Modules that fail to import are skipped.
 # `sys` is left out on purpose: its hooks are runtime state (pytest replaces sys.unraisablehook).
 DEMO_MODULES: tuple[str, ...] = (

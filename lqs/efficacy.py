@@ -9,6 +9,8 @@ window 0: the document truncated to corpus.max_length), read in the arm's order:
   conventional   a uniformly random selection of the scored documents, shuffled
   lqs            select_order's training set in its training order (selection/order.parquet)
   lqs_shuffled   the same documents, shuffled
+  classifier     as many documents as the lqs arm, the top ones by a target-vs-corpus text
+                 classifier's score (efficacy_classifier's order.parquet, lqs/classifier.py), shuffled
 
 B is `efficacy.tokens`, by default the lqs arm's tokens. A stream stops after exactly B tokens
 (its last document cut short); when B exceeds an arm's documents, the stream walks through them
@@ -17,13 +19,14 @@ documents is held out of every arm: their windows are the corpus evaluation set.
 evaluation set is the target's held-out part (prepare_target) or `efficacy.eval_source`.
 
 The run seed seeds the model's initialisation, the conventional draw and the shuffle, so for a
-seed every arm starts from the same weights: arms are compared pairwise over seeds.
+seed every arm starts from the same weights: arms are compared pairwise over seeds
+(`paired_difference`), and `caption` states the comparisons in words for the report.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,8 @@ import pyarrow.compute as pc
 
 from lqs.io import parquet_batches, read_parquet
 
-ARMS = ("conventional", "lqs", "lqs_shuffled")
+ARMS = ("conventional", "lqs", "lqs_shuffled", "classifier")  # efficacy.arms' values, in the summary's order
+LQS_ARMS = ("lqs", "lqs_shuffled")  # compared with the classifier arm too (vs_classifier)
 CURVE_SCHEMA = pa.schema([("arm", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
                           ("tokens_seen", pa.int64()), ("target_loss", pa.float64()),
                           ("corpus_loss", pa.float64()), ("train_loss", pa.float64())])
@@ -73,22 +77,25 @@ def read_windows(shard_paths: Sequence[str], doc_ids: np.ndarray) -> dict[int, n
     return out
 
 
-def read_order(path: str, known: np.ndarray) -> np.ndarray:
-    """The lqs arm's documents in training order, checked against the tokenized corpus."""
+def read_order(path: str, known: np.ndarray, producer: str = "select_order") -> np.ndarray:
+    """An arm's documents in training order (the lqs arm's, or the classifier's), checked against
+    the tokenized corpus; `producer` is the rule that wrote them."""
     order = read_parquet(path, ["doc_id"])["doc_id"].to_numpy()
     if len(np.unique(order)) != len(order):
-        raise ValueError(f"{path}: a document appears more than once (rerun select_order)")
+        raise ValueError(f"{path}: a document appears more than once (rerun {producer})")
     unknown = order[~np.isin(order, known)]
     if len(unknown):
-        raise ValueError(f"{path}: doc_id {unknown[0]} is not in the tokenized corpus (rerun select_order)")
+        raise ValueError(f"{path}: doc_id {unknown[0]} is not in the tokenized corpus (rerun {producer})")
     return order
 
 
-def arm_documents(arm: str, seed: int, corpus_ids: np.ndarray, order: np.ndarray,
-                  held_out: np.ndarray) -> np.ndarray:
+def arm_documents(arm: str, seed: int, corpus_ids: np.ndarray, order: np.ndarray, held_out: np.ndarray,
+                  classifier_order: np.ndarray | None = None) -> np.ndarray:
     """The arm's document sequence, before the token budget, held-out documents removed. The
     conventional arm is a seeded permutation of the whole corpus: any prefix of it is a uniformly
-    random selection, already shuffled."""
+    random selection, already shuffled. `order` is the lqs arm's (selection/order.parquet);
+    the classifier arm's documents are `classifier_order`'s (efficacy_classifier's), which must be
+    as many as the lqs arm's, shuffled."""
     rng = np.random.default_rng(seed)
     if arm == "conventional":
         return rng.permutation(corpus_ids[~np.isin(corpus_ids, held_out)])
@@ -97,6 +104,15 @@ def arm_documents(arm: str, seed: int, corpus_ids: np.ndarray, order: np.ndarray
         return lqs
     if arm == "lqs_shuffled":
         return rng.permutation(lqs)
+    if arm == "classifier":
+        if classifier_order is None:
+            raise ValueError("the classifier arm needs the classifier's documents (efficacy_classifier's "
+                             "order.parquet)")
+        docs = classifier_order[~np.isin(classifier_order, held_out)]
+        if len(docs) != len(lqs):
+            raise ValueError(f"the classifier arm has {len(docs)} documents outside the evaluation set but the lqs arm "
+                             f"{len(lqs)}: the classifier's order is stale (rerun efficacy_classifier)")
+        return rng.permutation(docs)
     raise ValueError(f"unknown efficacy arm {arm!r} (one of {', '.join(ARMS)})")
 
 
@@ -135,6 +151,64 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps - 1))
     return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- paired statistics
+
+
+def stderr(values: np.ndarray) -> float | None:
+    """Standard error of the mean, std(ddof=1) / √n (None for one value)."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+
+
+def paired_difference(arm: str, other: str, target: Mapping[str, np.ndarray],
+                      corpus: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """`arm` − `other`, paired by seed: `target[a]` and `corpus[a]` hold arm a's final losses,
+    one per seed, in the same seed order for every arm. The mean of the per-seed differences and
+    its standard error, for the target and the corpus loss, and in how many seeds each arm had
+    the lower target loss (a tie counts for neither)."""
+    diff, corpus_diff = target[arm] - target[other], corpus[arm] - corpus[other]
+    return {"target_loss_diff": float(diff.mean()), "stderr": stderr(diff),
+            "corpus_loss_diff": float(corpus_diff.mean()), "corpus_stderr": stderr(corpus_diff),
+            "seeds_won": {arm: int((diff < 0).sum()), other: int((diff > 0).sum())}}
+
+
+def verdict(diff: float, se: float | None) -> str:
+    """A difference in words: "no difference" when |diff| < 2 standard errors (or it is 0)."""
+    if se is None:
+        return "one seed, so no standard error"
+    if diff == 0 or abs(diff) < 2 * se:
+        return "no difference"
+    return "lower" if diff < 0 else "higher"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}".replace("-", "\N{MINUS SIGN}")
+
+
+def caption(summary: Mapping[str, Any]) -> str:
+    """One paragraph stating the summary's paired differences (vs_conventional, vs_classifier)
+    with their standard errors and verdicts, and the seeds each arm won."""
+    seeds = summary["seeds"]
+    plural = "s" * (seeds > 1)
+    comparisons = [(arm, other, d) for key, other in (("vs_conventional", "conventional"),
+                                                      ("vs_classifier", "classifier"))
+                   for arm, d in summary.get(key, {}).items()]
+    if not comparisons:
+        return (f"Measured over {seeds} seed{plural}: only the {', '.join(summary['arms'])} arm ran, so there is "
+                "nothing to compare (efficacy.arms).")
+
+    def one(arm: str, other: str, diff: float, se: float | None) -> str:
+        return f"{arm} − {other} {_signed(diff)}" + (f" ± {se:.3f}" if se is not None else "") + \
+            f": {verdict(diff, se)}"
+
+    target = "; ".join(f"{one(a, o, d['target_loss_diff'], d['stderr'])} ({a} lower in {d['seeds_won'][a]} of "
+                       f"{seeds} seed{plural}, {o} in {d['seeds_won'][o]})" for a, o, d in comparisons)
+    corpus = "; ".join(one(a, o, d["corpus_loss_diff"], d["corpus_stderr"]) for a, o, d in comparisons)
+    return (f"Measured over {seeds} seed{plural}, at the last evaluation, on {summary['budget']:,} training tokens "
+            "per arm; a difference is the mean over seeds of the paired per-seed differences ± its standard error "
+            "(negative: the first arm's loss is lower), and one smaller than two standard errors is reported as no "
+            f"difference. Held-out target loss: {target}. Held-out corpus loss: {corpus}.")
 
 
 # ---------------------------------------------------------------- training

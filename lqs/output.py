@@ -331,10 +331,11 @@ class ScoredWriter:
     """Writes scored records, a chunk at a time, into one file that appears (atomically) when the
     writer is closed without an error (or to standard output, path "-"). `fields` are the new
     members in order: the score field, then the extra fields; `input_schema`, for Parquet, is the
-    corpus's (corpus_schema), which every row must fit exactly."""
+    corpus's (corpus_schema), which every row must fit exactly; `metadata`, the Parquet file's
+    key-value metadata (the provenance block: lqs.provenance.parquet_metadata)."""
 
     def __init__(self, path: str | Path, format: str, fields: Sequence[str],
-                 input_schema: pa.Schema | None = None):
+                 input_schema: pa.Schema | None = None, metadata: Mapping[bytes, bytes] | None = None):
         self.path, self.format, self.fields = Path(path), check_format(format), list(fields)
         self.input_schema = input_schema
         self.rows = 0
@@ -348,7 +349,7 @@ class ScoredWriter:
             if input_schema is None:
                 raise ValueError("a Parquet output needs the corpus's schema (lqs.output.corpus_schema), settled "
                                  "before any record is written")
-            self._schema = pa.schema(list(input_schema) + self._new_columns(input_schema))
+            self._schema = pa.schema(list(input_schema) + self._new_columns(input_schema), metadata=metadata)
             self._columns = columns_of(input_schema)
         if str(path) == "-":
             self._file = sys.stdout.buffer

@@ -3,6 +3,8 @@
 trajectory.png  train and target loss, ‖λ_t‖ per SGD step, the annotated steps marked
 labels.png      distribution of the raw and normalised labels
 scorer.png      scorer training loss and validation Spearman per epoch, the kept epoch marked
+fidelity.png    the scorer's predictions against the exact labels of the validation samples, with
+                the selection's top-r cuts (lqs.fidelity)
 scores.png      corpus score histogram, overall and per source
 stages.png      time and throughput per stage, from each stage's stats line in its log
                 (lqs.cli), beside its jobs' wall time from the benchmark files
@@ -29,6 +31,7 @@ import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from lqs.fidelity import top_cut, top_indices  # noqa: E402
 from lqs.io import atomic_path, benchmark_seconds, parquet_batches, read_parquet  # noqa: E402
 from lqs.output import read_lines  # noqa: E402
 from lqs.runtime import STATS_PREFIX  # noqa: E402
@@ -98,6 +101,53 @@ def plot_scorer(metrics_path: str, out: Path) -> None:
     loss_ax.legend(fontsize=8)
     for ax in (loss_ax, rho_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _save(fig, out)
+
+
+def plot_fidelity(predictions_path: str | Path, fidelity: dict | None, out: Path) -> None:
+    """The kept epoch's prediction against the exact label of each validation sample (the
+    scorer's valid_predictions.parquet); with the selection's fidelity block (lqs.fidelity
+    selection_fidelity, from results/selection/summary.json), the labels' and the predictions'
+    top-k cuts, the samples coloured by which top-k holds them, and the overlap in the title."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    path = Path(predictions_path)
+    if not path.is_file():
+        ax.text(0.5, 0.5, f"no {path.name}\n(a scorer trained before it was written:\nsnakemake --forcerun "
+                "train_scorer)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        _save(fig, out)
+        return
+    table = read_parquet(path, columns=["label", "prediction"])
+    labels, predictions = (table.column(c).to_numpy() for c in ("label", "prediction"))
+    fidelity = fidelity or {}
+    k = fidelity.get("k")
+    title = f"Scorer on {len(labels)} held-out proxy samples"
+    if fidelity.get("spearman") is not None:
+        title += f"\nSpearman ρ = {fidelity['spearman']:.3f}"
+    if k:
+        title += (f"; top-r overlap {fidelity['overlap']}/{k} = {fidelity['fraction']:.2f} "
+                  f"(chance {fidelity['chance']:.2f}, r = {fidelity['ratio']:.3g})")
+        in_labels, in_predictions = (np.zeros(len(labels), bool) for _ in range(2))
+        in_labels[top_indices(labels, k)] = True
+        in_predictions[top_indices(predictions, k)] = True
+        groups = [(in_labels & in_predictions, "tab:green", "in both top-r (kept, as exact LQS would)"),
+                  (in_labels & ~in_predictions, "tab:red", "labels' top-r only (exact LQS keeps, scorer drops)"),
+                  (~in_labels & in_predictions, "tab:orange", "scorer's top-r only (kept, exact LQS drops)"),
+                  (~in_labels & ~in_predictions, "tab:gray", "neither")]
+        for mask, color, label in groups:
+            ax.scatter(labels[mask], predictions[mask], s=12, color=color, alpha=0.7,
+                       label=f"{label} ({int(mask.sum())})")
+        label_cut, prediction_cut = top_cut(labels, k), top_cut(predictions, k)
+        if label_cut is not None:
+            ax.axvline(label_cut, color="tab:red", linestyle="--", linewidth=1)
+            ax.axhline(prediction_cut, color="tab:orange", linestyle="--", linewidth=1)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)  # below: no point hidden
+    else:
+        ax.scatter(labels, predictions, s=12, color="tab:blue", alpha=0.7)
+        if fidelity.get("note"):
+            title += "\n(no top-r overlap: see scorer_fidelity.note)"
+    ax.set(xlabel="exact label (normalised LQS score)", ylabel="scorer prediction", title=title)
+    ax.title.set_fontsize(9)
     _save(fig, out)
 
 
@@ -229,9 +279,11 @@ def plot_stages(logs_dir: str | None, benchmarks_dir: str | None, out: Path) -> 
 
 
 def plot_efficacy(curves: pd.DataFrame, summary: dict, out: Path) -> None:
-    """Mean over seeds of each arm's losses at each evaluation, with the seeds' range shaded."""
+    """Mean over seeds of each arm's losses at each evaluation, with the seeds' range shaded; the
+    arms in the summary's order (lqs.efficacy.ARMS), classifier included when it ran."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for arm, runs in curves.groupby("arm", sort=False):
+    for arm in summary["arms"]:
+        runs = curves[curves["arm"] == arm]
         at = runs.assign(point=runs.groupby("seed").cumcount()).groupby("point")
         tokens = at["tokens_seen"].mean()
         vs = summary["vs_conventional"].get(arm)

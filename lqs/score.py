@@ -18,8 +18,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lqs import corpus, output
+from lqs import corpus, output, provenance
 from lqs.batch_scoring import Meter, loaded_scorer, scored_chunks
+from lqs.defaults import default
 from lqs.io import TokenRate, atomic_open
 from lqs.output import ScoredWriter
 
@@ -119,14 +120,14 @@ SCORE_FLAGS = {"on_bad_record": "--on-bad-record", "max_chars": "--max-chars", "
 
 
 @corpus.settings_named(SCORE_FLAGS)
-def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str = "text", score_field: str = "score",
-                format: str | None = None, overwrite: bool = False,
-                on_bad_record: str = "error", rejects: str | None = None, extra_fields: Sequence[str] = (),
-                max_chars: int = corpus.MAX_CHARS, revision: str | None = None, device: str = "auto",
-                dtype: str = "auto",
-                max_tokens: int | None = None, max_windows_per_doc: int | None = None, chunk_docs: int = 4096,
-                tokenizer_workers: int | None = None, trust_remote_code: bool = False, progress: bool = True
-                ) -> dict[str, Any]:
+def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str = default("corpus.text_field"),
+                score_field: str = default("output.score_field"), format: str | None = None, overwrite: bool = False,
+                on_bad_record: str = default("corpus.on_bad_record"), rejects: str | None = None,
+                extra_fields: Sequence[str] = (), max_chars: int = default("corpus.max_chars"),
+                revision: str | None = None, device: str = default("device"), dtype: str = default("inference.dtype"),
+                max_tokens: int | None = None, max_windows_per_doc: int | None = None,
+                chunk_docs: int = default("inference.chunk_docs"), tokenizer_workers: int | None = None,
+                trust_remote_code: bool = False, progress: bool = True) -> dict[str, Any]:
     """`lqs score`: every record of `inputs` (files, globs, directories, URLs, as corpus.path takes
     them, or "-": JSONL on standard input) scored into `out` (or "-": standard output, JSONL), in
     input order, by the batched path of score_shard. Bad records stop the run (error) or go to
@@ -134,12 +135,13 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
     before any scoring (check_outputs); an existing one is replaced only with `overwrite`, and
     an earlier rejects file is replaced or removed with the output. Nothing scored (every
     record rejected) is a RuntimeError, raised once the output and rejects are written."""
-    from lqs.config import corpus_files
+    from lqs.config import corpus_sources
 
     start = time.perf_counter()
     if "-" in inputs and len(inputs) > 1:
         raise ValueError("standard input (-) is read alone: give either - or files")
-    files = ["-"] if list(inputs) == ["-"] else corpus_files(list(inputs))
+    sources = ["-"] if list(inputs) == ["-"] else corpus_sources(list(inputs)).files
+    files = [source if source == "-" else source.path for source in sources]
     format = format_of(out, format, files)
     if on_bad_record not in ("error", "skip"):
         raise ValueError(f"--on-bad-record must be error or skip, not {on_bad_record!r}")
@@ -161,13 +163,24 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
             raise ValueError("a Parquet output's schema is settled in a first pass over the input, and standard input "
                              "(-) cannot be read twice: give the input as a file, or --format jsonl or jsonl.gz")
         input_schema = output.corpus_schema(files, text_field, max_chars, output_fields)
+    local_scorer = resolve_scorer(scorer, revision)
+    # the provenance block's configuration: the options that can change a score or a scored record
+    # (which records are scored, with which windows, batches, precision and fields); not the paths,
+    # --overwrite, --tokenizer-workers or --no-progress. The scorer is in the block by its weights.
+    options = dict(text_field=text_field, max_chars=max_chars, on_bad_record=on_bad_record, score_field=score_field,
+                   extra_fields=list(extra_fields), format=format, device=device, dtype=dtype, max_tokens=max_tokens,
+                   max_windows_per_doc=max_windows_per_doc, chunk_docs=chunk_docs,
+                   trust_remote_code=trust_remote_code)
+    block = provenance.block(provenance.config_sha256(options), local_scorer, sources,
+                             None if Path(scorer).is_dir() else provenance.hub_source(scorer, local_scorer))
     bar = tqdm(desc="score", unit="doc", mininterval=2, disable=not progress)
     rate = TokenRate(bar)
     with contextlib.ExitStack() as stack:
         scorer_, pool, workers = stack.enter_context(loaded_scorer(
-            resolve_scorer(scorer, revision), device, dtype, trust_remote_code, None, tokenizer_workers))
+            local_scorer, device, dtype, trust_remote_code, None, tokenizer_workers))
         rejected = stack.enter_context(_Rejects(rejects))
-        writer = stack.enter_context(ScoredWriter(out, format, [score_field, *extra_fields], input_schema))
+        writer = stack.enter_context(ScoredWriter(out, format, [score_field, *extra_fields], input_schema,
+                                                  provenance.parquet_metadata(block)))
         records = corpus.iter_records(files, text_field, max_chars, output_fields=output_fields)
         records = checked_records(output.fitting(records, input_schema), on_bad_record, rejected)
         for chunk, result in scored_chunks(scorer_, pool, workers, records, meter, chunk_docs=chunk_docs,
@@ -184,7 +197,7 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
     summary = {"documents_read": meter.documents + rejected.rejected, "documents_scored": meter.documents,
                "documents_rejected": rejected.rejected, "documents_truncated": meter.truncated,
                "tokens": meter.tokens, "output": out, "format": format,
-               "rejects": rejects if rejected.rejected else None}
+               "rejects": rejects if rejected.rejected else None, provenance.SUMMARY_KEY: block}
     if meter.by_source:
         summary["mean_score_by_source"] = {k: t / n for k, (t, n) in sorted(meter.by_source.items())}
     return summary

@@ -14,7 +14,7 @@ import gzip
 import itertools
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -242,10 +242,13 @@ def _windows(positions: np.ndarray, bytes_per_record: float) -> Iterator[np.ndar
         yield positions[start:start + step]
 
 
-def write_selected(records: ScoredRecords, positions: np.ndarray, out: str) -> None:
+def write_selected(records: ScoredRecords, positions: np.ndarray, out: str,
+                   metadata: Mapping[bytes, bytes] | None = None) -> None:
     """The records at `positions` (storage order indices), in that order, into `out` in the
     records' format. JSONL: each line copied by its offset. jsonl.gz and Parquet cannot be read at
-    an offset: each piece of the order (SELECT_MEMORY bytes) is gathered in one pass over the files."""
+    an offset: each piece of the order (SELECT_MEMORY bytes) is gathered in one pass over the files.
+    `metadata`: merged into a Parquet output's key-value metadata (the scored output's), replacing
+    its keys (the provenance block: lqs.provenance.parquet_metadata)."""
     if records.format == "jsonl":
         fds = [os.open(p, os.O_RDONLY) for p in records.paths]
         try:
@@ -266,6 +269,8 @@ def write_selected(records: ScoredRecords, positions: np.ndarray, out: str) -> N
                                                     fileobj=stack.enter_context(open(tmp, "wb"))))
         else:
             schema = parquet_file(records.paths[0]).schema_arrow
+            if metadata:
+                schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
             dst = stack.enter_context(parquet_writer(out, schema))
         for window in _windows(positions, records.bytes_per_record):
             slot = np.full(n, -1, np.int64)

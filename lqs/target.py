@@ -166,6 +166,15 @@ def _write_ids(path: str, ids: list[list[int]]) -> None:
     write_table(path, pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32()))}))
 
 
+def target_split(source: str, *, text_field: str, split: str = "train", revision: str | None = None,
+                 max_samples: int | None = None, eval_fraction: float = 0.0,
+                 seed: int = 0) -> tuple[list[str], list[str]]:
+    """(J's texts, held-out texts) of the target set: its first max_samples records, split by
+    split_target. The one place both are decided: prepare_target tokenizes them, and the efficacy
+    experiment's classifier arm trains on J's texts."""
+    return split_target(target_texts(source, text_field, split, revision)[:max_samples], eval_fraction, seed)
+
+
 def tokenize_target(source: str, tokenizer_dir: str, out: str, *, text_field: str, max_length: int,
                     split: str = "train", revision: str | None = None, max_samples: int | None = None,
                     eval_out: str | None = None, eval_fraction: float = 0.0, seed: int = 0) -> int:
@@ -174,8 +183,8 @@ def tokenize_target(source: str, tokenizer_dir: str, out: str, *, text_field: st
     source's first max_samples records. Returns the number of J's samples."""
     if eval_fraction > 0 and eval_out is None:
         raise ValueError("target.eval_fraction > 0 needs a file for the held-out part (--eval-out)")
-    texts, held_out = split_target(target_texts(source, text_field, split, revision)[:max_samples],
-                                   eval_fraction, seed)
+    texts, held_out = target_split(source, text_field=text_field, split=split, revision=revision,
+                                   max_samples=max_samples, eval_fraction=eval_fraction, seed=seed)
     tokenizer = load_tokenizer(tokenizer_dir)
     if eval_out is not None:
         _write_ids(eval_out, [w[0] for w in tokenize_windows(tokenizer, held_out, max_length)])

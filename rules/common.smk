@@ -3,13 +3,14 @@ import os
 import shlex
 import sys
 
-import yaml
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from snakemake.logging import logger
 from snakemake.utils import validate
 
 from lqs import config as lqs_config
+from lqs import defaults as lqs_defaults
 from lqs import output as lqs_output
+from lqs import provenance as lqs_provenance
 from lqs import sources as lqs_sources
 
 RESULTS = "results"
@@ -22,14 +23,13 @@ DEMO_FILES = [f"{RESULTS}/demo/corpus.jsonl", f"{RESULTS}/demo/target.jsonl"]
 def config_errors():
     """Merges the overrides as docs/configuration.md says, then validates: every problem on one
     line naming its key, and settings that contradict each other, all before any job."""
-    with open(workflow.source_path("../config/schema.yaml")) as f:
-        schema = yaml.safe_load(f)
+    schema = lqs_defaults.schema()
     # sources first: they are copied from the overrides, whose --config values are still strings
     lqs_config.replace_model_sources(config, workflow.config_settings.overwrite_config)
     lqs_config.coerce_cli_values(config, workflow.config_settings.config, schema)
     errors = lqs_config.schema_errors(config, schema)
     if not errors:
-        validate(config, "../config/schema.yaml")  # fills in the defaults
+        validate(config, lqs_defaults.SCHEMA_PATH)  # fills in the defaults
         errors = lqs_config.consistency_errors(config)
     return errors
 
@@ -172,15 +172,36 @@ FETCH_PRIORITY = 100
 
 # Target `efficacy` (docs/stages.md#the-efficacy-experiment), not part of `all`.
 EFFICACY = config["efficacy"]
-EFFICACY_ARMS = ["conventional", "lqs", "lqs_shuffled"]
+EFFICACY_ARMS = EFFICACY["arms"]  # efficacy.arms, as configured (lqs.efficacy.ARMS: every arm)
 EVAL_SOURCE = EFFICACY["eval_source"]
 # An explicit evaluation set: a local file or directory, or else a hub data set id.
 EVAL_FROM_HUB = EVAL_SOURCE is not None and not lqs_config.is_local_source(EVAL_SOURCE, RESULTS)
 EVAL_DIR = f"{RESULTS}/efficacy/eval"
+# prepare_target's settings that decide which target texts are J's: the classifier's positives.
+CLASSIFIER_TARGET_KEYS = ("text_field", "split", "revision", "max_samples", "eval_fraction", "seed")
+CLASSIFIER_ORDER = f"{RESULTS}/efficacy/classifier/order.parquet"
+EFFICACY_CAPTION = f"{RESULTS}/efficacy/caption.rst"
+# the workflow's own report/efficacy.rst, as a local path (not the source cache's copy)
+EFFICACY_CAPTION_TEMPLATE = os.path.normpath(
+    workflow.current_basedir.join("../report/efficacy.rst").get_path_or_uri(secret_free=True)
+)
 
 ANNOTATION = config["annotation"]
 ANNOTATED_STEPS = lqs_config.annotated_steps(ANNOTATION["steps"], ANNOTATION["interval"])
 PROXY_PARTS = list(range(config["proxy"]["num_parts"]))
+
+
+# The provenance blocks' configuration digests (lqs/provenance.py, docs/reliability.md#provenance):
+# computed once, each over the configuration its output depends on (scores: the scored output and
+# results/summary.json; selection; efficacy); a rule passes its output's in its params, so that an
+# edit outside it reruns nothing.
+CONFIG_DIGESTS = lqs_provenance.config_digests(config, output_format=OUTPUT["format"], demo_files=DEMO_FILES)
+
+
+def provenance_settings(wildcards):
+    """A scoring job's provenance settings: the scores' configuration digest, and the versions of
+    its remote corpus files that no commit pins (the same as its params' corpus_versions)."""
+    return dict(config_sha256=CONFIG_DIGESTS["scores"], corpus_versions=json.loads(corpus_versions(wildcards)))
 
 
 def scored_record_settings():
@@ -216,6 +237,11 @@ def efficacy_target_eval(wildcards):
         " annotation's J) and efficacy.eval_source is not set; set target.eval_fraction > 0 or give"
         " efficacy.eval_source"
     )
+
+
+def efficacy_arm_order(wildcards):
+    """efficacy_train's documents for the classifier arm (efficacy_classifier's); none for the others."""
+    return [CLASSIFIER_ORDER] if wildcards.arm == "classifier" else []
 
 
 def efficacy_proxy(wildcards):

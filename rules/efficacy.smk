@@ -62,10 +62,48 @@ rule efficacy_corpus_eval:
         "lqs efficacy-corpus-eval {input} --out {output} --settings {params.settings:q} > {log} 2>&1"
 
 
+# The classifier arm (efficacy.arms): a target-vs-corpus text classifier, trained and run on CPU.
+# Positives: J's target texts, read as prepare_target reads them; negatives: corpus documents
+# outside the corpus evaluation set. Every accepted document's score is kept (scores.parquet).
+rule efficacy_classifier:
+    input:
+        corpus=corpus_inputs,
+        shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
+        target=[f"{RESULTS}/target/source.parquet"] if TARGET_FROM_HUB else target_source_file,
+        order=f"{RESULTS}/selection/order.parquet",
+        corpus_eval=f"{EVAL_DIR}/corpus.parquet",
+    output:
+        scores=f"{RESULTS}/efficacy/classifier/scores.parquet",
+        order=f"{RESULTS}/efficacy/classifier/order.parquet",
+    params:
+        corpus=corpus_arguments,
+        corpus_versions=corpus_versions,
+        target=f"{RESULTS}/target/source.parquet" if TARGET_FROM_HUB else TARGET_SOURCE,
+        settings=as_settings(
+            **corpus_settings(),
+            **{f"target_{k}": config["target"][k] for k in CLASSIFIER_TARGET_KEYS},
+            negatives=EFFICACY["classifier_negatives"],
+        ),
+    log:
+        f"{RESULTS}/logs/efficacy_classifier.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/efficacy_classifier/all.tsv"
+    resources:
+        mem_mb=8000,
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs efficacy-classifier {params.corpus} --tokenized-shards {input.shards} --target {params.target:q}"
+        " --order {input.order} --corpus-eval {input.corpus_eval} --scores-out {output.scores}"
+        " --order-out {output.order} --settings {params.settings:q} > {log} 2>&1"
+
+
 rule efficacy_train:
     input:
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
+        # the lqs arm's documents, which set the budget B; the classifier arm's are arm_order
         order=f"{RESULTS}/selection/order.parquet",
+        arm_order=efficacy_arm_order,
         target_eval=efficacy_target_eval,
         corpus_eval=f"{EVAL_DIR}/corpus.parquet",
         tokenizer=f"{MODELS}/tokenizer",
@@ -85,6 +123,7 @@ rule efficacy_train:
             trust_remote_code=TRUST_REMOTE_CODE,
         ),
         proxy=lambda wildcards, input: f"--proxy-dir {input.proxy}" if input.proxy else "",
+        arm_order=lambda wildcards, input: f"--arm-order {input.arm_order}" if input.arm_order else "",
     log:
         f"{RESULTS}/logs/efficacy_train/{{arm}}-{{seed}}.log",
     benchmark:
@@ -97,7 +136,7 @@ rule efficacy_train:
         "../envs/lqs.yaml"
     shell:
         "lqs efficacy-train {input.shards} --order {input.order} --target-eval {input.target_eval}"
-        " --corpus-eval {input.corpus_eval} --tokenizer-dir {input.tokenizer} {params.proxy}"
+        " --corpus-eval {input.corpus_eval} --tokenizer-dir {input.tokenizer} {params.proxy} {params.arm_order}"
         " --arm {wildcards.arm} --seed {wildcards.seed} --out {output}"
         " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
 
@@ -109,20 +148,32 @@ rule efficacy:
         ),
         target_eval=efficacy_target_eval,
         corpus_eval=f"{EVAL_DIR}/corpus.parquet",
+        # its counts and CPU seconds, recorded in the summary
+        classifier=[CLASSIFIER_ORDER] if "classifier" in EFFICACY_ARMS else [],
+        # its provenance block's scorer and corpus
+        selection_summary=f"{RESULTS}/selection/summary.json",
+        # the caption's fixed text; the stage adds a paragraph stating the measured differences
+        caption_template=EFFICACY_CAPTION_TEMPLATE,
     output:
         summary=f"{RESULTS}/efficacy/summary.json",
         curves=f"{RESULTS}/efficacy/curves.parquet",
-        plot=report(f"{RESULTS}/efficacy/curves.png", caption="../report/efficacy.rst", category="Efficacy"),
+        # The report's caption is the caption this job writes, so that it can give the numbers
+        # (a Snakemake caption is read when the report is made; an absolute path is taken as is).
+        plot=report(f"{RESULTS}/efficacy/curves.png", caption=os.path.abspath(EFFICACY_CAPTION), category="Efficacy"),
+        caption=EFFICACY_CAPTION,
     params:
+        classifier=lambda wildcards, input: f"--classifier {input.classifier}" if input.classifier else "",
         # Recorded in summary.json with the results they produced.
         settings=as_settings(
             seeds=EFFICACY["seeds"],
+            arms=EFFICACY_ARMS,
             settings={
                 "efficacy": EFFICACY,
                 "target": {k: config["target"][k] for k in ("eval_fraction", "seed")},
                 "selection": SELECTION,
                 "ordering": config["ordering"],
             },
+            config_sha256=CONFIG_DIGESTS["efficacy"],
         ),
     log:
         f"{RESULTS}/logs/efficacy.log",
@@ -133,4 +184,5 @@ rule efficacy:
     shell:
         "lqs efficacy {input.runs} --target-eval {input.target_eval} --corpus-eval {input.corpus_eval}"
         " --summary-out {output.summary} --curves-out {output.curves} --plot-out {output.plot}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --caption-template {input.caption_template:q} --caption-out {output.caption} {params.classifier}"
+        " --selection-summary {input.selection_summary} --settings {params.settings:q} > {log} 2>&1"

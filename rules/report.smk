@@ -8,10 +8,12 @@ rule plots:
         trajectory_log=f"{RESULTS}/annotation/trajectory/log.parquet",
         labels=f"{RESULTS}/annotation/labels.parquet",
         scorer=f"{RESULTS}/scorer",
+        selection=f"{RESULTS}/selection/summary.json",
     output:
         trajectory=report(f"{RESULTS}/plots/trajectory.png", caption="../report/trajectory.rst", category="Annotation"),
         labels=report(f"{RESULTS}/plots/labels.png", caption="../report/labels.rst", category="Annotation"),
         scorer=report(f"{RESULTS}/plots/scorer.png", caption="../report/scorer.rst", category="Scorer"),
+        fidelity=report(f"{RESULTS}/plots/fidelity.png", caption="../report/fidelity.rst", category="Scorer"),
         scores=report(f"{RESULTS}/plots/scores.png", caption="../report/scores.rst", category="Corpus scores"),
         stages=report(f"{RESULTS}/plots/stages.png", caption="../report/stages.rst", category="Cost"),
     params:
@@ -26,4 +28,5 @@ rule plots:
     shell:
         "lqs plots {params.out_dir} --benchmarks-dir {params.benchmarks} --logs-dir {params.logs}"
         " --scored {input.scored} --trajectory-log {input.trajectory_log} --labels {input.labels}"
-        " --scorer-metrics {input.scorer}/metrics.json --settings {params.settings:q} > {log} 2>&1"
+        " --scorer-metrics {input.scorer}/metrics.json --scorer-dir {input.scorer}"
+        " --selection-summary {input.selection} --settings {params.settings:q} > {log} 2>&1"

@@ -60,7 +60,7 @@ rule score_shard:
             **config["inference"],
             device=config["device"],
             trust_remote_code=TRUST_REMOTE_CODE,
-            **(scored_record_settings() if PER_SHARD_OUTPUT else {}),
+            **(scored_record_settings() | provenance_settings(wildcards) if PER_SHARD_OUTPUT else {}),
         ),
         part=lambda wildcards, output: f"--part-out {shlex.quote(output.part[0])}" if PER_SHARD_OUTPUT else "",
         output_schema=output_schema_flag,
@@ -93,6 +93,8 @@ rule gather_scores:
         metrics=gather_model_inputs("metrics"),
         annotation=gather_model_inputs("annotation"),
         proxy=gather_model_inputs("proxy"),
+        # the scorer's weights, for the provenance block
+        scorer=f"{RESULTS}/scorer",
     output:
         # update(): Snakemake keeps the previous results until this job succeeds (it backs them
         # up and restores them if the job fails) instead of deleting them before it starts.
@@ -100,9 +102,12 @@ rule gather_scores:
         rejects=update(OUTPUT["rejects_path"]),
         summary=update(f"{RESULTS}/summary.json"),
     params:
-        corpus="" if PER_SHARD_OUTPUT else corpus_arguments,
-        corpus_versions="" if PER_SHARD_OUTPUT else corpus_versions,
-        settings=as_settings(**corpus_settings(), **scored_record_settings(), layout=OUTPUT["layout"]),
+        # every layout: per_shard only sizes the files (the provenance block), never reads them
+        corpus=corpus_arguments,
+        corpus_versions=corpus_versions,
+        settings=lambda wildcards: as_settings(
+            **corpus_settings(), **scored_record_settings(), layout=OUTPUT["layout"], **provenance_settings(wildcards)
+        ),
         # the scored file, or the directory of the parts (per_shard)
         out=lambda wildcards, input, output: os.path.dirname(input.parts[0]) if PER_SHARD_OUTPUT else output.scored[0],
         benchmarks=f"{RESULTS}/benchmarks",
@@ -118,4 +123,4 @@ rule gather_scores:
         "lqs gather-scores {params.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
         " --stats-paths {input.stats} --part-paths {input.parts} --out {params.out:q}"
         " --rejects-out {output.rejects} --summary-out {output.summary} --benchmarks-dir {params.benchmarks}"
-        " {params.output_schema} {params.models} --settings {params.settings:q} > {log} 2>&1"
+        " {params.output_schema} {params.models} --scorer-dir {input.scorer} --settings {params.settings:q} > {log} 2>&1"

@@ -2,6 +2,11 @@ rule select_order:
     input:
         scored=SCORED_FILES,
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
+        # the trained scorer's validation predictions, for its fidelity at this cut (none for a
+        # pretrained scorer: no labels)
+        scorer=[] if SCORER_CHECKPOINT else f"{RESULTS}/scorer",
+        # gather_scores' summary: its provenance block's scorer and corpus
+        scores_summary=f"{RESULTS}/summary.json",
     output:
         # update(): kept until the rerun succeeds, restored if it fails (as gather_scores')
         selected=update(SELECTION["path"]),
@@ -15,7 +20,9 @@ rule select_order:
             score_field=OUTPUT["score_field"],
             output_format=OUTPUT["format"],
             layout=OUTPUT["layout"],
+            config_sha256=CONFIG_DIGESTS["selection"],
         ),
+        scorer=lambda wildcards, input: f"--scorer-dir {shlex.quote(input.scorer)}" if input.scorer else "",
     log:
         f"{RESULTS}/logs/select_order.log",
     benchmark:
@@ -24,4 +31,5 @@ rule select_order:
         "../envs/lqs.yaml"
     shell:
         "lqs select-order --scored {input.scored} --shard-paths {input.shards} --out {output.selected} --order-out {output.order}"
-        " --summary-out {output.summary} --settings {params.settings:q} > {log} 2>&1"
+        " --summary-out {output.summary} {params.scorer} --scores-summary {input.scores_summary}"
+        " --settings {params.settings:q} > {log} 2>&1"

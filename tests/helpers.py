@@ -293,7 +293,7 @@ TEST_SETTINGS = {
     "hvp_micro_batch": None, "tf32": False, "stats_dtype": "fp32", "trust_remote_code": False,
     "split": "train", "revision": None, "max_samples": None, "eval_fraction": 0.0, "seed": 0,
     "output_format": "jsonl", "layout": "single", "chunk_docs": 4096, "dtype": "auto", "device": "auto",
-    "tokenizer_workers": None,
+    "tokenizer_workers": None, "config_sha256": None, "corpus_versions": {},
 }
 
 

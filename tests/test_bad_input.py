@@ -397,7 +397,8 @@ def _gather_argv(tmp_path: Path, out: Path) -> list[str]:
             "--out", str(out), "--rejects-out", str(tmp_path / "rejects.jsonl"), "--summary-out",
             str(tmp_path / "summary.json"), "--benchmarks-dir", str(tmp_path), "--settings",
             json.dumps({"num_shards": 1, "text_field": "text", "max_chars": 100, "score_field": "score",
-                        "output_format": "jsonl", "extra_fields": [], "layout": "single"})]
+                        "output_format": "jsonl", "extra_fields": [], "layout": "single",
+                        "config_sha256": None, "corpus_versions": {}})]
 
 
 def _one_error(caplog, argv: list[str]) -> str:

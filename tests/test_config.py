@@ -18,13 +18,13 @@ from helpers import ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, wr
 
 from lqs import config as lqs_config
 
-SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+SCHEMA = yaml.safe_load((ROOT / "lqs" / "schema.yaml").read_text())
 
 
 def with_defaults(config: dict) -> dict:
     from snakemake.utils import validate
 
-    validate(config, str(ROOT / "config" / "schema.yaml"))
+    validate(config, str(ROOT / "lqs" / "schema.yaml"))
     return config
 
 
@@ -162,7 +162,9 @@ def valid_config(**sections) -> dict:
     ({"proxy": {"size": 48, "num_parts": 10**9}}, "proxy.num_parts (1000000000) is larger than proxy.size (48)"),
     ({"scorer": {"valid_size": 48}}, "scorer.valid_size (48) must be smaller than proxy.size (48)"),
     ({"selection": {"method": "threshold"}}, "selection.threshold: required when selection.method is threshold"),
-], ids=["interval>steps", "num_parts>size", "valid_size>=size", "threshold-missing"])
+    ({"efficacy": {"arms": ["lqs", "classifier"]}},
+     "efficacy.arms: lqs, classifier without conventional, the arm every other is compared with"),
+], ids=["interval>steps", "num_parts>size", "valid_size>=size", "threshold-missing", "arms-without-conventional"])
 def test_contradictory_settings(sections, message):
     errors = lqs_config.consistency_errors(valid_config(**sections))
     assert len(errors) == 1 and errors[0].startswith(message), errors
@@ -171,6 +173,8 @@ def test_contradictory_settings(sections, message):
 def test_consistent_settings_pass():
     assert lqs_config.consistency_errors(valid_config(scorer={"valid_size": 47}, device="cuda:0")) == []
     assert lqs_config.consistency_errors(valid_config(scorer={"valid_size": 0.99})) == []
+    for arms in (["classifier"], ["conventional", "classifier"], ["lqs_shuffled", "conventional"]):
+        assert lqs_config.consistency_errors(valid_config(efficacy={"arms": arms})) == []
 
 
 def test_corpus_file_listed_twice_is_read_once(tmp_path, caplog):

@@ -21,9 +21,9 @@ demo_data = stage_function(demo_data_stage)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"python_docs", "shuffled_words", "boilerplate", "random_chars"}
-# The rule's settings by default: config/schema.yaml's demo.num_docs, num_target and seed.
+# The rule's settings by default: lqs/schema.yaml's demo.num_docs, num_target and seed.
 DEFAULTS = {key: value["default"] for key, value in yaml.safe_load(
-    (REPO_ROOT / "config" / "schema.yaml").read_text())["properties"]["demo"]["properties"].items()}
+    (REPO_ROOT / "lqs" / "schema.yaml").read_text())["properties"]["demo"]["properties"].items()}
 
 
 def _read_jsonl(path: Path) -> list[dict]:

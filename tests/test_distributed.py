@@ -43,6 +43,9 @@ def test_scorer_training_with_two_processes_matches_one(completed_workflow, tmp_
     for a, b in zip(one["history"], two["history"]):  # batch 7 over 2 ranks: uneven slices too
         for key in ("train_loss", "valid_mse", "valid_spearman"):
             assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a, b)
+    p1, p2 = (pd.read_parquet(tmp_path / f"scorer-{n}/valid_predictions.parquet") for n in (1, 2))
+    pd.testing.assert_frame_equal(p1[["sample_id", "label"]], p2[["sample_id", "label"]])  # every sample, once
+    np.testing.assert_allclose(p1["prediction"], p2["prediction"], rtol=1e-4, atol=1e-5)
     w1, w2 = (load_file(str(tmp_path / f"scorer-{n}/model.safetensors")) for n in (1, 2))
     for name in w1:
         if name.endswith("k_proj.bias"):

@@ -1,7 +1,10 @@
 """The efficacy experiment (docs/stages.md#the-efficacy-experiment): the target's held-out split
-(lqs.target), the arms' token streams, steps and schedule against brute-force constructions,
-training (losses against a plain per-document computation, determinism, two gloo processes =
-one), the summary's paired statistics, and `snakemake efficacy` end to end on the tiny workflow."""
+(lqs.target), the arms' documents (the classifier arm's: as many as lqs's, none held out), token
+streams, steps and schedule against brute-force constructions, training (the same budget B for
+every arm, losses against a plain per-document computation, determinism, two gloo processes =
+one), the summary's paired statistics (vs_conventional, vs_classifier, seeds won) against brute
+force and its caption, and `snakemake efficacy` end to end on the tiny workflow, four arms (the
+classifier stage itself: test_efficacy_classifier.py)."""
 
 from __future__ import annotations
 
@@ -76,8 +79,15 @@ def data(tmp_path_factory) -> dict:
     pq.write_table(pa.table({"input_ids": pa.array([rng.integers(4, VOCAB, int(n)).tolist() for n in (5, 9, 3, 12)],
                                                    pa.list_(pa.int32()))}), d / "target.parquet")
     assert efficacy_corpus_eval(shards, str(d / "corpus_eval.parquet"), docs=6) == 6
+    # the classifier arm's documents: as many as the lqs arm's outside the held-out ones (as
+    # efficacy_classifier writes them), mostly others
+    held = pq.read_table(d / "corpus_eval.parquet")["doc_id"].to_numpy()
+    n = int((~np.isin(order, held)).sum())
+    top = rng.permutation(all_ids[~np.isin(all_ids, held)])[:n]
+    pq.write_table(pa.table({"doc_id": pa.array(top, pa.int64()), "score": -np.arange(n, dtype=np.float64)}),
+                   d / "classifier_order.parquet")
     return {"dir": d, "shards": shards, "order": str(d / "order.parquet"), "target": str(d / "target.parquet"),
-            "corpus_eval": str(d / "corpus_eval.parquet")}
+            "corpus_eval": str(d / "corpus_eval.parquet"), "classifier_order": str(d / "classifier_order.parquet")}
 
 
 def _windows0(shards) -> dict[int, list[int]]:
@@ -87,7 +97,8 @@ def _windows0(shards) -> dict[int, list[int]]:
 
 def _train(data, tok_dir, out: Path, arm: str, seed: int = 0, **changes) -> pd.DataFrame:
     efficacy_train(data["shards"], data["order"], data["target"], data["corpus_eval"], tok_dir, str(out),
-                   arm=arm, seed=seed, **(TRAIN | changes))
+                   arm=arm, seed=seed, arm_order=data["classifier_order"] if arm == "classifier" else None,
+                   **(TRAIN | changes))
     return pd.read_parquet(out)
 
 
@@ -196,6 +207,17 @@ def test_arm_documents(data):
     conventional = [efficacy.arm_documents("conventional", s, ids, order, held) for s in (0, 0, 1)]
     assert sorted(conventional[0]) == sorted(set(ids) - set(held))
     assert conventional[0].tolist() == conventional[1].tolist() != conventional[2].tolist()
+    # the classifier arm: its own documents, as many as lqs's, never a held-out one, shuffled by the seed
+    top = pq.read_table(data["classifier_order"])["doc_id"].to_numpy()
+    with_held = np.concatenate([top, held[:2]])  # held-out documents in its order are dropped too
+    arm = [efficacy.arm_documents("classifier", s, ids, order, held, with_held) for s in (0, 0, 1)]
+    assert sorted(arm[0]) == sorted(top) and len(arm[0]) == len(lqs) and not set(arm[0]) & set(held)
+    assert arm[0].tolist() == arm[1].tolist() != arm[2].tolist() and arm[0].tolist() != top.tolist()
+    with pytest.raises(ValueError, match="the classifier arm has 7 documents outside the evaluation set but the lqs "
+                                         f"arm {len(lqs)}: .*rerun efficacy_classifier"):
+        efficacy.arm_documents("classifier", 0, ids, order, held, top[:7])
+    with pytest.raises(ValueError, match="the classifier arm needs the classifier's documents"):
+        efficacy.arm_documents("classifier", 0, ids, order, held)
     with pytest.raises(ValueError, match="unknown efficacy arm"):
         efficacy.arm_documents("random", 0, ids, order, held)
 
@@ -217,19 +239,22 @@ def test_arms_train_on_exactly_equal_tokens(data, tok_dir, tmp_path):
     held = set(pq.read_table(data["corpus_eval"])["doc_id"].to_pylist())
     length = dict(zip(ids.tolist(), lengths.tolist()))
     budget = sum(length[d] for d in order if d not in held)  # the lqs arm's window-0 tokens
+    top = pq.read_table(data["classifier_order"])["doc_id"].to_pylist()
     available = {"conventional": sum(n for d, n in length.items() if d not in held), "lqs": budget,
-                 "lqs_shuffled": budget}
-    assert available["conventional"] < 4 * budget
+                 "lqs_shuffled": budget, "classifier": sum(length[d] for d in top)}
+    assert available["conventional"] < 4 * budget and available["classifier"] != budget
     for tokens, want in ((None, budget), (4 * budget, 4 * budget)):  # 4x: every arm needs several epochs
-        seen = {}
+        seen, distinct = {}, {}
         for arm in efficacy.ARMS:
             curve = _train(data, tok_dir, tmp_path / f"{arm}.parquet", arm, tokens=tokens)
             seen[arm] = curve["tokens_seen"].iloc[-1]
             info = json.loads(pq.read_schema(tmp_path / f"{arm}.parquet").metadata[b"efficacy"])
-            assert info["budget"] == info["tokens"] == want
+            assert info["budget"] == info["tokens"] == want  # the same B for every arm, the lqs arm's by default
             assert info["epochs"] == math.ceil(want / available[arm])
             assert curve["step"].tolist() == sorted(set(list(range(0, info["steps"] + 1, 2)) + [info["steps"]]))
+            distinct[arm] = info["distinct_documents"]
         assert seen == dict.fromkeys(efficacy.ARMS, want)
+    assert distinct["lqs"] == distinct["classifier"] == len(top)  # several epochs: every document of the arm
 
 
 def test_training_losses_against_a_per_document_computation(data, tok_dir, tmp_path):
@@ -300,6 +325,17 @@ def test_bad_inputs_are_clear_errors(data, tok_dir, tmp_path):
     assert not (tmp_path / "out.parquet").exists()
 
 
+def test_the_classifier_arm_needs_its_documents_and_only_it(data, tok_dir, tmp_path):
+    with pytest.raises(ValueError, match="the classifier arm needs the classifier's documents"):
+        efficacy_train(**_args(data, tok_dir, tmp_path, arm="classifier"))
+    with pytest.raises(ValueError, match="arm lqs: --arm-order is for the classifier arm only"):
+        efficacy_train(**_args(data, tok_dir, tmp_path, arm_order=data["classifier_order"]))
+    bad = tmp_path / "classifier.parquet"
+    pq.write_table(pa.table({"doc_id": pa.array([3], pa.int64())}), bad)
+    with pytest.raises(ValueError, match=r"doc_id 3 is not in the tokenized corpus \(rerun efficacy_classifier\)"):
+        efficacy_train(**_args(data, tok_dir, tmp_path, arm="classifier", arm_order=str(bad)))
+
+
 def _args(data, tok_dir, tmp_path, **changes) -> dict:
     return {"shard_paths": data["shards"], "order": data["order"], "target_eval": data["target"],
             "corpus_eval": data["corpus_eval"], "tokenizer_dir": tok_dir, "out": str(tmp_path / "out.parquet"),
@@ -326,9 +362,8 @@ def test_two_processes_match_one(data, tok_dir, tmp_path):
 # ---------------------------------------------------------------- summary
 
 
-def test_summary_statistics_are_paired_by_seed(data, tmp_path):
-    rng = np.random.default_rng(4)
-    final = {(arm, seed): rng.normal(3, 0.2, 2) for arm in efficacy.ARMS for seed in range(3)}
+def _runs(tmp_path, final: dict) -> list[str]:
+    """Made-up run files: each (arm, seed) with a step-0 evaluation and a final (target, corpus) loss."""
     paths = []
     for (arm, seed), (t, c) in final.items():
         rows = [{"arm": arm, "seed": seed, "step": 0, "tokens_seen": 0, "target_loss": 9.0, "corpus_loss": 9.0,
@@ -339,26 +374,104 @@ def test_summary_statistics_are_paired_by_seed(data, tmp_path):
         paths.append(str(tmp_path / f"{arm}-{seed}.parquet"))
         table = pa.Table.from_pylist(rows, schema=efficacy.CURVE_SCHEMA)
         pq.write_table(table.replace_schema_metadata({"efficacy": json.dumps(info)}), paths[-1])
-    out = {k: str(tmp_path / f"out.{k}") for k in ("json", "parquet", "png")}
-    efficacy_summary(paths, data["target"], data["corpus_eval"], out["json"], out["parquet"], out["png"],
-                     seeds=3, settings={"lr": 1})
+    return paths
+
+
+def _brute_paired(final, arm, other, seeds) -> dict:
+    """arm − other, seed by seed, with plain loops."""
+    t = [final[arm, s][0] - final[other, s][0] for s in range(seeds)]
+    c = [final[arm, s][1] - final[other, s][1] for s in range(seeds)]
+
+    def se(d):
+        return math.sqrt(sum((x - sum(d) / len(d)) ** 2 for x in d) / (len(d) - 1)) / math.sqrt(len(d))
+
+    return {"target_loss_diff": sum(t) / seeds, "stderr": se(t), "corpus_loss_diff": sum(c) / seeds,
+            "corpus_stderr": se(c), "seeds_won": {arm: sum(x < 0 for x in t), other: sum(x > 0 for x in t)}}
+
+
+def test_summary_statistics_are_paired_by_seed(data, tmp_path):
+    rng = np.random.default_rng(4)
+    seeds = 5
+    final = {(arm, seed): rng.normal(3, 0.2, 2) for arm in efficacy.ARMS for seed in range(seeds)}
+    final["lqs", 2] = final["classifier", 2].copy()  # a tie: won by neither
+    template = tmp_path / "caption.rst"
+    template.write_text("The figure's fixed text.\n")
+    paths = _runs(tmp_path, final)
+    classifier_order = tmp_path / "classifier_order.parquet"
+    cost = {"positives": 4, "negatives": 4, "documents": 60, "selected": 23, "seed": 0,
+            "cpu_seconds": {"read_negatives": 0.1, "train": 0.2, "score": 0.3}, "seconds": 1.0}
+    pq.write_table(pa.table({"doc_id": pa.array([1], pa.int64())}).replace_schema_metadata(
+        {"classifier": json.dumps(cost)}), classifier_order)
+    out = {k: str(tmp_path / f"out.{k}") for k in ("json", "parquet", "png", "rst")}
+    returned = efficacy_summary(paths, data["target"], data["corpus_eval"], out["json"], out["parquet"], out["png"],
+                                caption_template=str(template), caption_out=out["rst"],
+                                classifier=str(classifier_order), seeds=seeds, arms=list(efficacy.ARMS),
+                                settings={"lr": 1})
     summary = json.loads(Path(out["json"]).read_text())
-    assert set(summary) == {"arms", "vs_conventional", "seeds", "budget", "eval", "settings"}
+    assert returned == summary and list(returned["arms"]) == list(efficacy.ARMS)  # the figure's order
+    assert set(summary) == {"arms", "vs_conventional", "vs_classifier", "seeds", "budget", "eval", "classifier",
+                            "caption", "settings", "provenance"}
     assert summary["eval"] == {"target_samples": 4, "corpus_documents": 6} and summary["budget"] == 500
+    assert summary["classifier"] == cost
     for arm in efficacy.ARMS:
-        t = [final[arm, s][0] for s in range(3)]
+        t = [final[arm, s][0] for s in range(seeds)]
         assert summary["arms"][arm]["target_loss"] == pytest.approx({"mean": np.mean(t), "std": np.std(t, ddof=1)})
         assert summary["arms"][arm]["tokens"] == 500
-    for arm in ("lqs", "lqs_shuffled"):
-        d = [final[arm, s][0] - final["conventional", s][0] for s in range(3)]
-        got = summary["vs_conventional"][arm]
-        assert got["target_loss_diff"] == pytest.approx(np.mean(d))
-        assert got["stderr"] == pytest.approx(np.std(d, ddof=1) / math.sqrt(3))
-    assert set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled"}
-    assert len(pd.read_parquet(out["parquet"])) == 18 and Path(out["png"]).stat().st_size > 0
+    assert set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled", "classifier"}
+    assert set(summary["vs_classifier"]) == {"lqs", "lqs_shuffled"}
+    for key, other in (("vs_conventional", "conventional"), ("vs_classifier", "classifier")):
+        for arm, got in summary[key].items():
+            want = _brute_paired(final, arm, other, seeds)
+            assert got["seeds_won"] == want.pop("seeds_won")
+            assert {k: v for k, v in got.items() if k != "seeds_won"} == pytest.approx(want)
+    won = summary["vs_classifier"]["lqs"]["seeds_won"]
+    assert won["lqs"] + won["classifier"] == seeds - 1  # the tie
+    assert len(pd.read_parquet(out["parquet"])) == 2 * 4 * seeds and Path(out["png"]).stat().st_size > 0
+    # the caption: the fixed text, then the paragraph of the summary, whose numbers it states
+    caption = Path(out["rst"]).read_text()
+    assert caption == "The figure's fixed text.\n\n" + summary["caption"] + "\n"
+    d = summary["vs_classifier"]["lqs_shuffled"]
+    number = f"{d['target_loss_diff']:+.3f}".replace("-", "−")
+    words = efficacy.verdict(d["target_loss_diff"], d["stderr"])
+    assert (f"lqs_shuffled − classifier {number} ± {d['stderr']:.3f}: {words}"
+            f" (lqs_shuffled lower in {d['seeds_won']['lqs_shuffled']} of {seeds} seeds, classifier in "
+            f"{d['seeds_won']['classifier']})") in summary["caption"]
     with pytest.raises(ValueError, match="no curve for arm, seed"):
         efficacy_summary(paths[:-1], data["target"], data["corpus_eval"], out["json"], out["parquet"], out["png"],
-                         seeds=3, settings={})
+                         seeds=seeds, arms=list(efficacy.ARMS), settings={})
+
+
+def test_summary_of_fewer_arms(data, tmp_path):
+    final = {(arm, seed): (3.0 + seed / 10, 4.0) for arm in ("conventional", "lqs") for seed in range(2)}
+    out = {k: str(tmp_path / f"out.{k}") for k in ("json", "parquet", "png")}
+    summary = efficacy_summary(_runs(tmp_path, final), data["target"], data["corpus_eval"], out["json"],
+                               out["parquet"], out["png"], seeds=2, arms=["lqs", "conventional"], settings={})
+    assert list(summary["arms"]) == ["conventional", "lqs"] and "vs_classifier" not in summary
+    assert summary["vs_conventional"]["lqs"]["seeds_won"] == {"lqs": 0, "conventional": 0}  # equal in every seed
+    assert "lqs − conventional +0.000 ± 0.000: no difference (lqs lower in 0 of 2 seeds, conventional in 0)" \
+        in summary["caption"]
+    one = {("classifier", 0): (3.0, 4.0)}
+    summary = efficacy_summary(_runs(tmp_path, one), data["target"], data["corpus_eval"], out["json"],
+                               out["parquet"], out["png"], seeds=1, arms=["classifier"], settings={})
+    assert summary["vs_conventional"] == {} and summary["vs_classifier"] == {}
+    assert "only the classifier arm ran" in summary["caption"]
+
+
+@pytest.mark.parametrize("diff, se, words", [(-0.118, 0.008, "lower"), (0.3, 0.1, "higher"),
+                                             (-0.15, 0.08, "no difference"), (0.19, 0.1, "no difference"),
+                                             (-0.2, 0.1, "lower"), (0.1, None, "one seed"), (0.0, 0.0, "no difference"),
+                                             (-0.01, 0.0, "lower")])
+def test_the_caption_says_no_difference_within_two_standard_errors(diff, se, words):
+    assert efficacy.verdict(diff, se).startswith(words)
+    d = {"target_loss_diff": diff, "stderr": se, "corpus_loss_diff": 0.5, "corpus_stderr": 0.01,
+         "seeds_won": {"lqs": 2, "conventional": 1}}
+    text = efficacy.caption({"seeds": 3, "budget": 76922, "arms": {"conventional": {}, "lqs": {}},
+                             "vs_conventional": {"lqs": d}})
+    number = f"{diff:+.3f}".replace("-", "−") + (f" ± {se:.3f}" if se is not None else "")
+    assert (f"Held-out target loss: lqs − conventional {number}: {efficacy.verdict(diff, se)} (lqs lower in 2 of 3 "
+            "seeds, conventional in 1).") in text
+    assert "Held-out corpus loss: lqs − conventional +0.500 ± 0.010: higher." in text
+    assert "76,922 training tokens per arm" in text and "\n" not in text
 
 
 # ---------------------------------------------------------------- snakemake efficacy, end to end
@@ -392,10 +505,15 @@ def test_snakemake_efficacy_end_to_end(completed_workflow, tmp_path):
     # Not part of `all`; the selection must select for lqs and conventional to differ.
     assert not [r for r in _job_stats(snakemake(workdir, "-n").stdout) if r.startswith("efficacy")]
     seeds = 2
-    _with_config(workdir, selection={"ratio": 0.5},
-                 efficacy={"seeds": seeds, "batch_tokens": 128, "eval_every": 4, "corpus_eval_docs": 8})
+    # efficacy.arms without the classifier: no classifier job
+    _with_config(workdir, selection={"ratio": 0.5}, efficacy={"seeds": seeds, "arms": ["lqs", "conventional"]})
     planned = _job_stats(snakemake(workdir, "-n", "efficacy").stdout)
-    assert planned == {"select_order": 1, "efficacy_corpus_eval": 1, "efficacy_train": 3 * seeds, "efficacy": 1}
+    assert planned == {"select_order": 1, "efficacy_corpus_eval": 1, "efficacy_train": 2 * seeds, "efficacy": 1}
+    _with_config(workdir, efficacy={"seeds": seeds, "batch_tokens": 128, "eval_every": 4, "corpus_eval_docs": 8,
+                                    "arms": list(efficacy.ARMS)})
+    planned = _job_stats(snakemake(workdir, "-n", "efficacy").stdout)
+    assert planned == {"select_order": 1, "efficacy_corpus_eval": 1, "efficacy_classifier": 1,
+                       "efficacy_train": 4 * seeds, "efficacy": 1}
     snakemake(workdir, "efficacy")
 
     # the target's held-out split: the seeded texts, tokenized; none of them reaches J
@@ -414,15 +532,30 @@ def test_snakemake_efficacy_end_to_end(completed_workflow, tmp_path):
 
     summary = json.loads((results / "efficacy/summary.json").read_text())
     curves = pd.read_parquet(results / "efficacy/curves.parquet")
-    assert set(summary["arms"]) == set(efficacy.ARMS) and set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled"}
+    assert set(summary["arms"]) == set(efficacy.ARMS)
+    assert set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled", "classifier"}
+    assert set(summary["vs_classifier"]) == {"lqs", "lqs_shuffled"}
     assert summary["seeds"] == seeds and summary["eval"] == {"target_samples": 1, "corpus_documents": 8}
     final = curves.groupby(["arm", "seed"]).tail(1)
-    assert len(final) == 3 * seeds and set(final["tokens_seen"]) == {summary["budget"]}  # exactly equal tokens
+    assert len(final) == 4 * seeds and set(final["tokens_seen"]) == {summary["budget"]}  # exactly equal tokens
     order = pq.read_table(results / "selection/order.parquet")["doc_id"].to_numpy()
     held_docs = pq.read_table(results / "efficacy/eval/corpus.parquet")["doc_id"].to_numpy()
     ids, lengths = efficacy.document_lengths(sorted(map(str, results.glob("corpus/shard-*.parquet"))))
     assert summary["budget"] == lengths[np.isin(ids, order[~np.isin(order, held_docs)])].sum()
     assert 0 < len(order) < len(ids)
+    # the classifier: trained on J's 11 texts against as many corpus documents; every document
+    # scored; its arm as many documents as lqs's, none held out
+    scores = pq.read_table(results / "efficacy/classifier/scores.parquet")
+    assert sorted(scores["doc_id"].to_pylist()) == sorted(ids.tolist())
+    top = pq.read_table(results / "efficacy/classifier/order.parquet")["doc_id"].to_numpy()
+    assert len(top) == (~np.isin(order, held_docs)).sum() and not np.isin(top, held_docs).any()
+    assert {k: summary["classifier"][k] for k in ("positives", "negatives", "selected")} == \
+        {"positives": 11, "negatives": 11, "selected": len(top)}
+    caption = (results / "efficacy/caption.rst").read_text()
+    assert caption == (workdir / "report/efficacy.rst").read_text().rstrip() + "\n\n" + summary["caption"] + "\n"
+    report = snakemake(workdir, "efficacy", "--report", "report.html")  # the figure's caption is that file
+    assert "ERROR" not in report.stdout + report.stderr
+    assert f"Measured over {seeds} seeds" in (workdir / "report.html").read_text(errors="replace")
     for arm in efficacy.ARMS:
         got = summary["arms"][arm]
         losses = final[final["arm"] == arm]["target_loss"]
@@ -434,14 +567,14 @@ def test_snakemake_efficacy_end_to_end(completed_workflow, tmp_path):
     write_jsonl(workdir / "data/eval.jsonl", [{"text": f"An evaluation text number {i}."} for i in range(3)])
     _with_config(workdir, efficacy={"eval_source": "data/eval.jsonl"})
     planned = _job_stats(snakemake(workdir, "-n", "efficacy").stdout)
-    assert planned == {"prepare_eval_source": 1, "efficacy_train": 3 * seeds, "efficacy": 1}
+    assert planned == {"prepare_eval_source": 1, "efficacy_train": 4 * seeds, "efficacy": 1}
     snakemake(workdir, "results/efficacy/eval/target.parquet")
     eval_texts = target.target_texts(str(workdir / "data/eval.jsonl"))
     assert pq.read_table(results / "efficacy/eval/target.parquet")["input_ids"].to_pylist() == \
         [w[0] for w in tokenize_windows(tok, eval_texts, 32)]
     _with_config(workdir, efficacy={"eval_source": "someone/eval-set", "eval_split": "validation"})
     planned = _job_stats(snakemake(workdir, "-n", "efficacy").stdout)  # a hub data set: fetched first
-    assert planned == {"fetch_eval_source": 1, "prepare_eval_source": 1, "efficacy_train": 3 * seeds, "efficacy": 1}
+    assert planned == {"fetch_eval_source": 1, "prepare_eval_source": 1, "efficacy_train": 4 * seeds, "efficacy": 1}
     # no evaluation set at all: a clear error before any job
     _with_config(workdir, efficacy={"eval_source": None}, target={"eval_fraction": 0})
     run = snakemake(workdir, "-n", "efficacy", check=False)

@@ -457,6 +457,10 @@ def test_scorer_checkpoint_fetched(offline, tmp_path, where):
     assert {"scorer.json", "head.safetensors", "config.json", "model.safetensors", "tokenizer.json"} <= \
         {p.name for p in out.iterdir()}
     assert not (out / "metrics.json").exists()
+    # a hub checkpoint's copy records the repo and the commit it was fetched at (the provenance blocks')
+    commit = (offline.cache / f"models--{SCORER.replace('/', '--')}" / "refs" / "main").read_text()
+    assert json.loads((out / "scorer.json").read_text()).get("source") == \
+        ({"repo": SCORER, "revision": commit} if where == "hub" else None)
     texts = ["Use a context manager to release resources.", "abc def ghi " * 20]
     assert load(str(out), device="cpu").score(texts) == \
         pytest.approx(load(str(offline.scorer_dir), device="cpu").score(texts), abs=1e-5)
@@ -767,8 +771,13 @@ def test_scorer_checkpoint_workflow_offline(hub, tmp_path):
     assert [r["id"] for r in scored] == [d["id"] for d in tiny_corpus(24)]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["documents_scored"] == 24
+    commit = (hub.cache / f"models--{SCORER.replace('/', '--')}" / "refs" / "main").read_text()
+    scorer = summary["provenance"]["scorer"]  # the provenance block names the hub repo and commit
+    assert (scorer["repo"], scorer["revision"]) == (SCORER, commit)
     assert "scorer_valid_spearman" not in summary and "annotation" not in summary
     assert summary["proxy_model"] is None
+    # no labels, so no fidelity to measure: null, not an error
+    assert json.loads((results / "selection" / "summary.json").read_text())["scorer_fidelity"] is None
     assert not (results / "annotation").exists() and not (results / "models" / "proxy").exists()
     # the corpus was tokenized with the checkpoint's own tokenizer
     from transformers import AutoTokenizer

@@ -258,6 +258,28 @@ def test_per_shard_extra_fields_are_what_was_scored(per_shard_parquet):
 
 
 @pytest.mark.workflow
+def test_per_shard_parquet_outputs_carry_the_provenance_block(per_shard_parquet, tmp_path):
+    """Each part (written by its score_shard job), results/summary.json and the training set carry
+    the provenance block (lqs/provenance.py); an efficacy edit replans nothing, no GPU job included."""
+    from lqs import provenance
+    from lqs.scorer import weights_digests
+
+    wd = per_shard_parquet
+    block = json.loads((wd / "results" / "summary.json").read_text())["provenance"]
+    assert block["corpus"] == [{"path": f"data/{name}", "bytes": (wd / "data" / name).stat().st_size,
+                                "revision": None} for name in ("a.parquet", "b.parquet")]
+    assert block["scorer"]["weights_sha256"] == weights_digests(wd / "results" / "scorer")
+    for shard in (0, 1):
+        assert provenance.read_parquet_block(wd / "scored" / f"part-{shard}.parquet") == block
+    selection = json.loads((wd / "results" / "selection" / "summary.json").read_text())["provenance"]
+    assert provenance.read_parquet_block(wd / "selected.parquet") == selection
+    assert selection == {**block, "config_sha256": selection["config_sha256"]} != block
+    copy = copy_workflow(wd, tmp_path)
+    edit_config(copy, set_key("efficacy", "seeds", 7))
+    assert planned(copy) == {}
+
+
+@pytest.mark.workflow
 def test_per_shard_gather_never_reads_the_corpus_and_removes_stale_parts(per_shard_parquet, tmp_path):
     wd = copy_workflow(per_shard_parquet, tmp_path)
     corpus_file = wd / "data" / "b.parquet"

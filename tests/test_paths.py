@@ -36,7 +36,7 @@ from lqs import config as lqs_config
 from lqs.paths import path_conflicts
 from lqs.stages import gather_scores as gather
 
-SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+SCHEMA = yaml.safe_load((ROOT / "lqs" / "schema.yaml").read_text())
 
 
 def refused(workdir: Path, *args: str) -> str:
@@ -51,7 +51,7 @@ def refused(workdir: Path, *args: str) -> str:
 def defaults(config: dict) -> dict:
     from snakemake.utils import validate
 
-    validate(config, str(ROOT / "config" / "schema.yaml"))
+    validate(config, str(ROOT / "lqs" / "schema.yaml"))
     return config
 
 

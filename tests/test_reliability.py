@@ -115,7 +115,8 @@ def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
                       "fingerprint": fingerprints[ids]}).to_parquet(tmp_path / f"s{shard}.parquet")
         (tmp_path / f"r{shard}.jsonl").write_text("")
     settings = json.dumps({"num_shards": 2, "text_field": "text", "max_chars": 1000, "score_field": "score",
-                           "output_format": "jsonl", "extra_fields": [], "layout": "single"})
+                           "output_format": "jsonl", "extra_fields": [], "layout": "single",
+                           "config_sha256": None, "corpus_versions": {}})
 
     def gather(out: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -190,7 +191,7 @@ def test_remote_code_is_not_run_by_default(tmp_path):
 def test_schema_keeps_trust_remote_code_off_by_default():
     import yaml
 
-    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/schema.yaml").read_text())
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "lqs/schema.yaml").read_text())
     assert schema["properties"]["models"]["properties"]["trust_remote_code"]["default"] is False
 
 

@@ -17,9 +17,9 @@ from lqs.cli import SCORE_COUNTERS, counters
 from lqs.runtime import stats_message
 from lqs.stage import PIPELINE, load
 
-FIGURES = ["trajectory.png", "labels.png", "scorer.png", "scores.png", "stages.png"]
+FIGURES = ["trajectory.png", "labels.png", "scorer.png", "fidelity.png", "scores.png", "stages.png"]
 CAPTIONS = ["the costate norm", "Label distribution over the proxy set", "validation Spearman correlation",
-            "Corpus scores", "Cost per stage"]
+            "Scorer fidelity where the selection cuts", "Corpus scores", "Cost per stage"]
 
 
 def _copy(completed: Path, dest: Path) -> Path:

@@ -736,6 +736,13 @@ def test_train_scorer(base_dir, tmp_path):
     assert metrics["valid_spearman"] == pytest.approx(lqs.scorer.spearman(pred, target), abs=1e-9)
     assert metrics["valid_spearman"] == pytest.approx(stats.spearmanr(pred, target).statistic, abs=1e-9)
     assert metrics["valid_mse"] == pytest.approx(float(np.mean((pred - target) ** 2)), abs=1e-5)
+    # beside the checkpoint: its predictions of the validation samples, their labels exactly as given
+    valid = pd.read_parquet(out / "valid_predictions.parquet")
+    assert valid["sample_id"].tolist() == [i + 100 for i in range(len(texts)) if split[i] == "valid"]
+    assert valid["label"].tolist() == target.tolist()  # as the labels file has them, float64
+    np.testing.assert_allclose(valid["prediction"], pred, rtol=0, atol=1e-5)  # sample_id order is valid_texts'
+    assert lqs.scorer.spearman(valid["prediction"].to_numpy(), valid["label"].to_numpy()) == \
+        pytest.approx(metrics["valid_spearman"], abs=1e-12)
 
 
 def test_train_scorer_keeps_the_best_epoch(base_dir, tmp_path, monkeypatch):
@@ -759,3 +766,7 @@ def test_train_scorer_keeps_the_best_epoch(base_dir, tmp_path, monkeypatch):
     assert any(not torch.equal(states[1][k], states[2][k]) for k in states[1])  # training did change them
     for name, value in loaded.items():
         torch.testing.assert_close(value, states[1][name], rtol=0, atol=0, msg=name)
+    # the validation predictions kept are the kept epoch's: the checkpoint's own
+    valid = pd.read_parquet(out / "valid_predictions.parquet")
+    texts = pd.read_parquet(samples).set_index("sample_id").loc[valid["sample_id"], "text"].tolist()
+    np.testing.assert_allclose(valid["prediction"], lqs.scorer.load(out, device="cpu").score(texts), rtol=0, atol=1e-5)

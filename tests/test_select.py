@@ -353,7 +353,7 @@ def test_cli_runs_the_stage_and_reports_errors_without_traceback(tmp_path):
 
     def cli(selection):
         settings = json.dumps(dict(selection=SELECTION | selection, ordering=ORDERING, score_field="score",
-                                   output_format="jsonl", layout="single"))
+                                   output_format="jsonl", layout="single", config_sha256=None))
         return subprocess.run([sys.executable, "-m", "lqs", "select-order", "--scored", str(tmp_path / "scored.jsonl"),
                                "--shard-paths", *inputs["shards"], "--out", str(out),
                                "--order-out", str(tmp_path / "o.parquet"),

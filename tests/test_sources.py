@@ -409,6 +409,8 @@ def test_hub_corpus_run_scores_as_the_local_run_and_a_new_commit_reruns(complete
     assert (workdir / "scored.jsonl").read_bytes() == (completed_workflow / "scored.jsonl").read_bytes()
     summary = json.loads((workdir / "results" / "summary.json").read_text())
     assert summary["documents_read"] == len(tiny_corpus()) and summary["empty_files"] == []
+    assert summary["provenance"]["corpus"] == [{"path": f"hf://datasets/test-org/same-corpus@{commit}/data/corpus.jsonl",
+                                                "bytes": None, "revision": commit}]  # the pinned commit
     reads = [r for r in hub.requests() if "/resolve/" in r]
     # 2 x tokenize_shard, 2 x score_shard, gather; the DAG build's score-field check
     assert len(reads) >= 6 and all(r.endswith(f"/resolve/{commit}/data/corpus.jsonl") for r in reads)

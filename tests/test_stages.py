@@ -50,7 +50,7 @@ def test_the_declaration_names_its_entry_function_and_settings(rule):
     assert stage.run.__name__ == rule and stage.run.__module__ == f"lqs.stages.{rule}"
     if stage.settings is not None:
         assert dataclasses.is_dataclass(stage.settings)
-        # the defaults live in config/schema.yaml, whose values the rule's params carry; None marks a
+        # the defaults live in lqs/schema.yaml, whose values the rule's params carry; None marks a
         # setting the rule passes only in some configurations
         assert all(f.default in (dataclasses.MISSING, None) and f.default_factory is dataclasses.MISSING
                    for f in dataclasses.fields(stage.settings)), rule

@@ -353,7 +353,8 @@ def test_scorer_checkpoint_needs_no_models_section(tmp_path, scorer_checkpoint):
     arch = {"model_type": "mistral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
             "num_attention_heads": 2, "num_key_value_heads": 1}
     edit_config(tmp_path, set_key("efficacy", "model", arch))
-    assert planned(tmp_path, "efficacy")["efficacy_train"] == 9  # 3 arms x 3 seeds
+    efficacy_plan = planned(tmp_path, "efficacy")
+    assert efficacy_plan["efficacy_train"] == 12 and efficacy_plan["efficacy_classifier"] == 1  # 4 arms x 3 seeds
 
     # without the checkpoint, the models are required: one line naming the key
     edit_config(tmp_path, set_key("scorer", "checkpoint", None))

@@ -56,9 +56,12 @@ def _read_ids(path: str, what: str) -> list[np.ndarray]:
 
 
 def efficacy_train(shard_paths: Sequence[str], order: str, target_eval: str, corpus_eval: str, tokenizer_dir: str,
-                   out: str, arm: str, seed: int, settings: Settings, proxy_dir: str | None = None) -> dict:
+                   out: str, arm: str, seed: int, settings: Settings, proxy_dir: str | None = None,
+                   arm_order: str | None = None) -> dict:
     """Trains one arm for one seed and writes its curve (arm, seed, step, tokens_seen,
     target_loss, corpus_loss, train_loss) at step 0, every `efficacy.eval_every` steps and at the end.
+    `order` is the lqs arm's (it sets the budget B); `arm_order` the classifier arm's documents
+    (efficacy_classifier's order.parquet), for that arm only.
 
     A step's loss is the token-weighted mean next-token cross-entropy of its documents (padded,
     never concatenated); AdamW, linear warmup then cosine decay to 10%, gradients clipped to
@@ -78,7 +81,10 @@ def efficacy_train(shard_paths: Sequence[str], order: str, target_eval: str, cor
     held_out = read_parquet(corpus_eval, ["doc_id"])["doc_id"].to_numpy()
     order_ids, length_of = read_order(order, corpus_ids), pd.Series(lengths, index=corpus_ids)
     budget = settings.tokens or int(length_of[arm_documents("lqs", seed, corpus_ids, order_ids, held_out)].sum())
-    docs = arm_documents(arm, seed, corpus_ids, order_ids, held_out)
+    if arm_order is not None and arm != "classifier":
+        raise ValueError(f"arm {arm}: --arm-order is for the classifier arm only")
+    classifier_ids = read_order(arm_order, corpus_ids, "efficacy_classifier") if arm_order is not None else None
+    docs = arm_documents(arm, seed, corpus_ids, order_ids, held_out, classifier_ids)
     if budget == 0 or len(docs) == 0:
         raise ValueError(f"{order}: the {'lqs' if budget == 0 else arm} arm has no document to train on (none "
                          "selected, or all of them held out by efficacy.corpus_eval_docs)")
@@ -156,7 +162,8 @@ STAGE = Stage(
     help="train one efficacy arm from scratch for one seed, with its loss curves",
     run=efficacy_train,
     args=(Arg("shard_paths", "+"), Arg("--order"), Arg("--target-eval"), Arg("--corpus-eval"), Arg("--tokenizer-dir"),
-          Arg("--proxy-dir", required=False), Arg("--arm"), Arg("--seed", type=int), Arg("--out")),
+          Arg("--proxy-dir", required=False), Arg("--arm-order", required=False), Arg("--arm"), Arg("--seed", type=int),
+          Arg("--out")),
     settings=Settings,
     counters={"tokens": "tokens", "steps": "steps"},
     preload=MODELS,

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lqs import provenance
 from lqs.io import atomic_dir
-from lqs.models import FOREIGN_WEIGHTS, refuse_local_pickles, resolve_source
+from lqs.models import FOREIGN_WEIGHTS, local_source, refuse_local_pickles, resolve_source
 from lqs.stage import MODELS, Arg, Stage
 
 
@@ -22,7 +23,9 @@ def fetch_scorer(out_dir: str, settings: Settings) -> None:
     written by train_scorer) loaded and written again as `out_dir`: float32 safetensors backbone,
     its tokenizer, head.safetensors and scorer.json. Loading it here, on the CPU, means a
     checkpoint that is not one, or whose weights are not those it was saved with (lqs.scorer
-    check_weights), fails before any scoring job starts; the copy records its own digests."""
+    check_weights), fails before any scoring job starts; the copy records its own digests, and a
+    hub checkpoint's copy the repo and the commit it was fetched at (scorer.json `source`, for the
+    provenance blocks: lqs.provenance); a local one keeps the source its scorer.json records, if any."""
     from lqs import scorer as scorer_lib
 
     source = settings.source
@@ -35,8 +38,11 @@ def fetch_scorer(out_dir: str, settings: Settings) -> None:
                          f"{' or '.join(missing)} (a checkpoint has scorer.json, head.safetensors, the "
                          "backbone's config and safetensors weights, and its tokenizer)")
     loaded = scorer_lib.load(local, device="cpu", trust_remote_code=settings.trust_remote_code)
+    config = dict(loaded.config)
+    if local_source(source) is None:  # from the hub: the snapshot's commit, whatever revision named it
+        config[provenance.SCORER_SOURCE] = provenance.hub_source(source["repo"], local)
     with atomic_dir(out_dir) as tmp:
-        scorer_lib.save_scorer(loaded.model, loaded.tokenizer, tmp, loaded.config)
+        scorer_lib.save_scorer(loaded.model, loaded.tokenizer, tmp, config)
 
 
 STAGE = Stage(

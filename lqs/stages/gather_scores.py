@@ -14,11 +14,11 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lqs import corpus, output, sources
+from lqs import corpus, output, provenance, sources
 from lqs.io import atomic_open, benchmark_seconds, parquet_batches, read_json, write_json
 from lqs.stage import Arg, Stage
 
@@ -58,14 +58,14 @@ def _changed_since_rejected(record: corpus.Record, entry_line: str) -> bool:
 
 
 def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, num_shards, text_field, max_chars,
-                  score_field, extra_fields, input_schema=None) -> tuple[int, int, int, set[str]]:
+                  score_field, extra_fields, input_schema=None, metadata=None) -> tuple[int, int, int, set[str]]:
     """Streams the corpus once, in input order, joining each document's values from its shard's
     (doc-id ordered) score file, into one output file. (read, scored, truncated, files with records)"""
     shard_scores = [_scores(p) for p in score_paths]
     read = scored = truncated = 0
     with_records = set()
     names = ["score", *extra_fields]  # the score files' columns, written as score_field and extra_fields
-    with output.ScoredWriter(out, output_format, [score_field, *extra_fields], input_schema) as writer:
+    with output.ScoredWriter(out, output_format, [score_field, *extra_fields], input_schema, metadata) as writer:
         chunk, columns = [], {name: [] for name in names}
         for record in corpus.iter_records(corpus_paths, text_field, max_chars, num_shards=num_shards):
             if record.doc_id is None:  # an unreadable file, no documents: tokenize_shard listed it in the rejects
@@ -149,19 +149,28 @@ class Settings:
     score_field: str  # output.score_field
     extra_fields: Sequence[str]  # output.extra_fields
     layout: str  # output.layout
+    # the provenance block's (lqs.provenance): the scored output's configuration digest
+    # (rules/common.smk CONFIG_DIGESTS) and the versions of the remote corpus files
+    config_sha256: str | None
+    corpus_versions: Mapping[str, str]
 
 
 def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], reject_paths: Sequence[str],
                   out: str, rejects_out: str, summary_out: str, settings: Settings, stats_paths: Sequence[str] = (),
                   part_paths: Sequence[str] = (), benchmarks_dir: str | None = None,
                   scorer_metrics: str | None = None, annotation_info: str | None = None,
-                  proxy_model: str | None = None, output_schema: str | None = None) -> dict:
+                  proxy_model: str | None = None, output_schema: str | None = None,
+                  scorer_dir: str | None = None) -> dict:
     """layout single: the corpus and the scores into one output file `out`. layout per_shard: the
     score jobs wrote `part_paths` (in the directory `out`) themselves; only the counts are gathered
     here, from the score shards and rejects, and the corpus is not read again. `output_schema`:
     the output_schema stage's file, for a Parquet output (without it, as outside the workflow,
-    the schema is settled here, by the same function, from the corpus)."""
+    the schema is settled here, by the same function, from the corpus). The provenance block of
+    the corpus files (given with either layout: per_shard only sizes them), the scorer `scorer_dir`
+    and the configuration digest goes into the summary and a Parquet output's metadata."""
     s = settings
+    block = provenance.block(s.config_sha256, scorer_dir,
+                             [sources.CorpusFile(p, s.corpus_versions.get(p)) for p in corpus_paths])
     # rejects lines: of records by doc id; of unreadable files (doc_id null) by file, as every
     # shard that opened one lists it
     rejected, rejected_files = {}, {}
@@ -183,7 +192,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
         read, scored, truncated, with_records = _write_single(
             corpus_paths, score_paths, rejected, out, output_format=s.output_format, num_shards=s.num_shards,
             text_field=s.text_field, max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
-            input_schema=input_schema)
+            input_schema=input_schema, metadata=provenance.parquet_metadata(block))
         if scored + len(rejected) != read:
             raise RuntimeError(f"read {read} documents but scored {scored} and rejected {len(rejected)}")
         summary["empty_files"] = [p for p in order if p not in with_records and p not in rejected_files]
@@ -216,6 +225,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
         summary["scorer_valid_spearman"] = read_json(scorer_metrics)["valid_spearman"]
     if annotation_info:
         summary["annotation"] = read_json(annotation_info)
+    summary[provenance.SUMMARY_KEY] = block
     write_json(summary_out, summary)
     return summary
 
@@ -227,7 +237,8 @@ STAGE = Stage(
           Arg("--stats-paths", "*", required=False), Arg("--part-paths", "*", required=False), Arg("--out"),
           Arg("--rejects-out"), Arg("--summary-out"), Arg("--benchmarks-dir"),
           Arg("--output-schema", required=False), Arg("--scorer-metrics", required=False),
-          Arg("--annotation-info", required=False), Arg("--proxy-model", required=False)),
+          Arg("--annotation-info", required=False), Arg("--proxy-model", required=False),
+          Arg("--scorer-dir", required=False)),
     settings=Settings,
     counters={"documents": "documents_read"},
 )

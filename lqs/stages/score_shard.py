@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 from tqdm import tqdm
 
-from lqs import corpus, output
+from lqs import corpus, output, provenance, sources
 from lqs.batch_scoring import SCORES_SCHEMA, Meter, accepted_documents, accepted_records, loaded_scorer, scored_chunks
 from lqs.io import TokenRate, parquet_writer, write_json
 from lqs.output import ScoredWriter
@@ -45,6 +45,10 @@ class Settings:
     output_format: str | None = None  # output.format
     score_field: str | None = None  # output.score_field
     extra_fields: Sequence[str] | None = None  # output.extra_fields
+    # a Parquet part's provenance block (lqs.provenance): the scored output's configuration digest
+    # (rules/common.smk CONFIG_DIGESTS) and the versions of the shard's remote corpus files
+    config_sha256: str | None = None
+    corpus_versions: Mapping[str, str] | None = None
 
 
 def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, settings: Settings,
@@ -53,14 +57,19 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
     """Writes the shard's scores to `out` (SCORES_SCHEMA), its counts and per-source score sums to
     `stats_out` (JSON), and with `part_out` (output.layout per_shard) its scored records, in input
     order, in output.format; a Parquet part with the whole corpus's schema, the output_schema
-    stage's file `output_schema`, so that every part has the same one. `prefetch`: as
-    lqs.batch_scoring.loaded_scorer (default: on a GPU)."""
+    stage's file `output_schema`, so that every part has the same one, and the provenance block
+    in its metadata. `prefetch`: as lqs.batch_scoring.loaded_scorer (default: on a GPU)."""
     s = settings
     start = time.perf_counter()
     meter = Meter()
     with meter.split("read"):
         num_accepted = sum(len(ids) for ids, _ in accepted_documents(tokenized_shard))
         input_schema = output.read_schema(output_schema) if part_out and output_schema else None
+        metadata = None
+        if part_out and s.output_format == "parquet":
+            versions = s.corpus_versions or {}
+            metadata = provenance.parquet_metadata(provenance.block(
+                s.config_sha256, scorer_dir, [sources.CorpusFile(p, versions.get(p)) for p in corpus_paths]))
     records = accepted_records(corpus.iter_records(corpus_paths, s.text_field, s.max_chars, s.shard, s.num_shards),
                                tokenized_shard)
     bar = tqdm(total=num_accepted, desc=f"score shard {s.shard}", unit="doc", mininterval=5)
@@ -70,7 +79,7 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
                                                                   prefetch, s.tokenizer_workers))
         writer = stack.enter_context(parquet_writer(out, SCORES_SCHEMA))
         part = stack.enter_context(ScoredWriter(part_out, s.output_format, [s.score_field, *s.extra_fields],
-                                                input_schema)) if part_out else None
+                                                input_schema, metadata)) if part_out else None
         for chunk, result in scored_chunks(scorer, pool, workers, records, meter, chunk_docs=s.chunk_docs,
                                            max_tokens=s.max_tokens, max_windows_per_doc=s.max_windows_per_doc):
             with meter.split("write"):

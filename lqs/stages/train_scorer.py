@@ -3,7 +3,9 @@
 The scorer's model and the fit are docs/maths.md#the-data-scorer's.
 
 MSE on the labels, AdamW, cosine schedule with warmup, gradient clipping; validation Spearman
-after every epoch, and the best epoch's weights are the checkpoint.
+after every epoch, and the best epoch's weights are the checkpoint. Beside it, that epoch's
+predictions of the validation samples with their exact labels, valid_predictions.parquet: what the
+selection's fidelity (lqs.fidelity, stage select_order) and the report's figure are measured on.
 """
 
 from __future__ import annotations
@@ -14,17 +16,23 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 from tqdm import tqdm
 
 from lqs import distributed
-from lqs.io import atomic_dir, read_parquet, write_json
+from lqs.fidelity import VALID_PREDICTIONS
+from lqs.io import atomic_dir, read_parquet, write_json, write_table
 from lqs.runtime import NonFiniteError
 from lqs.scorer import ScorerModel, Window, forward_batch, load_backbone, save_scorer, spearman, token_budget_batches
 from lqs.stage import MODELS, Arg, Stage
 from lqs.tokenize import load_tokenizer, tokenize_windows
 
 log = logging.getLogger(__name__)
+
+# VALID_PREDICTIONS, in the checkpoint directory: the kept epoch's predictions of the validation
+# samples, beside their labels (docs/stages.md#train_scorer).
+VALID_SCHEMA = pa.schema([("sample_id", pa.int64()), ("label", pa.float64()), ("prediction", pa.float64())])
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,9 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
     first = [w[0] for w in tokenize_windows(tokenizer, data["text"].tolist(), max_length)]
     splits = {name: np.flatnonzero(data["split"].to_numpy() == name) for name in ("train", "valid")}
     windows = {name: [Window(int(i), first[i]) for i in rows] for name, rows in splits.items()}
-    targets = {name: data["score"].to_numpy(np.float32)[rows] for name, rows in splits.items()}
+    # trained on float32 labels; validated against the labels as written (float64), which
+    # valid_predictions.parquet holds
+    valid_labels = data["score"].to_numpy(np.float64)[splits["valid"]]
 
     model = ScorerModel(load_backbone(base_dir, s.trust_remote_code)).to(device)
     trained = model if ctx.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
@@ -89,7 +99,7 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
     steps_per_epoch = math.ceil(len(windows["train"]) / batch_size)
     schedule = get_cosine_schedule_with_warmup(optimizer, s.warmup_steps, epochs * steps_per_epoch)
     rng = np.random.default_rng(s.seed)  # the same on every rank: one global batch order
-    target_train = torch.as_tensor(targets["train"])
+    target_train = torch.as_tensor(data["score"].to_numpy(np.float32)[splits["train"]])
 
     history, best = [], {"valid_spearman": -math.inf}
     for epoch in range(epochs):
@@ -117,15 +127,18 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
             losses.append(global_loss)
         valid_pred = _predict_sharded(ctx, model, windows["valid"], pad_id)
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-                   "valid_mse": float(np.mean((valid_pred - targets["valid"]) ** 2)),
-                   "valid_spearman": spearman(valid_pred, targets["valid"])}
+                   "valid_mse": float(np.mean((valid_pred - valid_labels) ** 2)),
+                   "valid_spearman": spearman(valid_pred, valid_labels)}
         history.append(metrics)
         log.info("epoch %d: train loss %.4f, valid mse %.4f, valid spearman %.4f", epoch,
                  metrics["train_loss"], metrics["valid_mse"], metrics["valid_spearman"])
         if metrics["valid_spearman"] > best["valid_spearman"]:
-            best = {**metrics, "state": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})}
+            best = {**metrics, "state": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}),
+                    "predictions": valid_pred}
 
     model.load_state_dict(best.pop("state"))
+    valid_predictions = pa.table([data["sample_id"].to_numpy(np.int64)[splits["valid"]], valid_labels,
+                                  best.pop("predictions")], schema=VALID_SCHEMA)
     summary = {"best_epoch": best["epoch"], "valid_spearman": best["valid_spearman"],
                "valid_mse": best["valid_mse"], "history": history, "processes": ctx.world,
                "train_samples": len(windows["train"]), "valid_samples": len(windows["valid"]),
@@ -135,6 +148,7 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
             save_scorer(model.cpu(), tokenizer, tmp, {"max_length": max_length, "pooling": "mean",
                                                       "label": "lqs normalised score"})
             write_json(tmp / "metrics.json", summary)
+            write_table(tmp / VALID_PREDICTIONS, valid_predictions.sort_by("sample_id"))
     distributed.teardown(ctx)
     return summary
 
