@@ -182,7 +182,8 @@ def plot_scores(scored_paths: Sequence[str], score_field: str, out: Path, bins: 
         axes[1].hist(values, bins=edges, histtype="step", linewidth=1.5, density=True,
                      label=f"{source} (mean {np.mean(values):.2f})")
     axes[1].set(xlabel="score", ylabel="density", title="By source")
-    axes[1].legend(fontsize=8)
+    if by_source:  # no documents scored: nothing to label
+        axes[1].legend(fontsize=8)
     _save(fig, out)
 
 
