@@ -212,6 +212,12 @@ def corpus_files(patterns: str | Sequence[str]) -> list[str]:
     return [file.path for file in corpus_sources(patterns).files]
 
 
+def names_a_source(model: Mapping) -> bool:
+    """Whether a models.* entry says where to fetch it from (a hub `repo` or a local `path`)
+    rather than how to build it (`arch`; or, for models.tokenizer, `{}`: the proxy's own)."""
+    return bool({"repo", "path"} & set(model))
+
+
 def annotated_steps(steps: int, interval: int) -> list[int]:
     """The annotated steps S: every interval-th SGD step t < steps (annotation.steps and
     annotation.interval). The one place they are computed: the workflow (rules/common.smk) and

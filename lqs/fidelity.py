@@ -19,8 +19,8 @@ VALID_PREDICTIONS = "valid_predictions.parquet"
 
 
 def top_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest values, ties broken by index ascending."""
-    return np.lexsort((np.arange(len(values)), -values))[:k]
+    """Indices of the k highest values, ties broken by index ascending (as lqs.select's top)."""
+    return np.argsort(-np.asarray(values), kind="stable")[:k]
 
 
 def top_overlap(labels: np.ndarray, predictions: np.ndarray, ratio: float) -> dict:

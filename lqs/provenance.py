@@ -84,12 +84,13 @@ def hub_source(repo: str, snapshot_dir: str | os.PathLike) -> dict[str, str | No
     return {"repo": repo, "revision": name if _COMMIT.fullmatch(name) else None}
 
 
-def scorer_entry(scorer_dir: str | os.PathLike | None,
-                 source: Mapping[str, str | None] | None = None) -> dict[str, Any] | None:
+def scorer_entry(scorer_dir: str | os.PathLike | None, source: Mapping[str, str | None] | None = None,
+                 digests: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """The SHA-256 of each safetensors file of a scorer checkpoint as it is now (lqs.scorer
     weights_digests, what scorer.json records and loading checks), its scoring settings (scorer.json
     but the digests and source: max_length and pooling, which the weights do not fix), and the hub
-    repo and commit it was fetched from: `source`, else what its scorer.json records."""
+    repo and commit it was fetched from: `source`, else what its scorer.json records. `digests`:
+    those lqs.scorer.load has just checked (Scorer.weights_sha256), not hashed again."""
     if scorer_dir is None:
         return None
     from lqs.scorer import SCORER_CONFIG, WEIGHTS_DIGESTS, weights_digests
@@ -107,8 +108,8 @@ def scorer_entry(scorer_dir: str | os.PathLike | None,
     if source is None:
         source = config.get(SCORER_SOURCE) if isinstance(config.get(SCORER_SOURCE), dict) else {}
     settings = {k: v for k, v in config.items() if k not in (WEIGHTS_DIGESTS, SCORER_SOURCE)}
-    return {"weights_sha256": weights_digests(path), "settings": settings, "repo": source.get("repo"),
-            "revision": source.get("revision")}
+    return {"weights_sha256": dict(digests) if digests else weights_digests(path), "settings": settings,
+            "repo": source.get("repo"), "revision": source.get("revision")}
 
 
 def corpus_entries(files: Sequence[Any]) -> list[dict[str, Any]]:
@@ -140,11 +141,12 @@ def corpus_entries(files: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def block(config_digest: str | None, scorer_dir: str | os.PathLike | None, corpus_files: Sequence[Any],
-          scorer_source: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+          scorer_source: Mapping[str, str | None] | None = None,
+          scorer_digests: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The provenance block (see the module's docstring) with the configuration's digest given
-    (config_digests'), as a workflow job makes it."""
+    (config_digests'), as a workflow job makes it; `scorer_digests` as scorer_entry's `digests`."""
     return {"lqs_version": lqs_version(), "config_sha256": config_digest,
-            "scorer": scorer_entry(scorer_dir, scorer_source), "corpus": corpus_entries(corpus_files)}
+            "scorer": scorer_entry(scorer_dir, scorer_source, scorer_digests), "corpus": corpus_entries(corpus_files)}
 
 
 def provenance(config: Mapping | None, scorer_dir: str | os.PathLike | None,
@@ -206,6 +208,8 @@ def scores_config(config: Mapping[str, Any], output_format: str,
     proxy's, the annotation's or the scorer training's keys, so they are left out. `output_format`:
     the resolved output.format; `demo_files`: the files rule demo_data writes (demo.* counts when
     the corpus or the target set is one of them)."""
+    from lqs.config import names_a_source
+
     c = config
     sections: dict[str, Any] = {
         "device": c["device"],
@@ -223,7 +227,7 @@ def scores_config(config: Mapping[str, Any], output_format: str,
     else:
         models = c["models"]
         proxy, tokenizer = models["proxy"], models["tokenizer"]
-        if {"repo", "path"} & set(tokenizer):  # a tokenizer of its own
+        if names_a_source(tokenizer):  # a tokenizer of its own
             tokenizer = {k: v for k, v in tokenizer.items() if k != "vocab_size"}
         elif "arch" in proxy:  # trained on the corpus
             tokenizer = {"vocab_size": tokenizer.get("vocab_size")}

@@ -171,13 +171,14 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
                    extra_fields=list(extra_fields), format=format, device=device, dtype=dtype, max_tokens=max_tokens,
                    max_windows_per_doc=max_windows_per_doc, chunk_docs=chunk_docs,
                    trust_remote_code=trust_remote_code)
-    block = provenance.block(provenance.config_sha256(options), local_scorer, sources,
-                             None if Path(scorer).is_dir() else provenance.hub_source(scorer, local_scorer))
     bar = tqdm(desc="score", unit="doc", mininterval=2, disable=not progress)
     rate = TokenRate(bar)
     with contextlib.ExitStack() as stack:
         scorer_, pool, workers = stack.enter_context(loaded_scorer(
             local_scorer, device, dtype, trust_remote_code, None, tokenizer_workers))
+        block = provenance.block(provenance.config_sha256(options), local_scorer, sources,
+                                 None if Path(scorer).is_dir() else provenance.hub_source(scorer, local_scorer),
+                                 scorer_digests=scorer_.weights_sha256)  # as loading checked them
         rejected = stack.enter_context(_Rejects(rejects))
         writer = stack.enter_context(ScoredWriter(out, format, [score_field, *extra_fields], input_schema,
                                                   provenance.parquet_metadata(block)))

@@ -171,11 +171,12 @@ def save_scorer(model: ScorerModel, tokenizer, out_dir: str | Path, config: dict
     (out_dir / SCORER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def check_weights(path: Path, config: dict) -> None:
+def check_weights(path: Path, config: dict) -> dict[str, str] | None:
     """Refuses weights that are not those the checkpoint was saved with (a backbone swapped for
     another of the same width would load and score silently). A checkpoint saved before the
     digests were recorded is loaded with a warning. Hashing reads the weights once more (~1.6 GB/s
-    measured: ~0.3 s for a 125M-parameter float32 backbone; the page cache then serves the load)."""
+    measured: ~0.3 s for a 125M-parameter float32 backbone; the page cache then serves the load).
+    Returns the digests checked (None for such an older checkpoint)."""
     recorded = config.get(WEIGHTS_DIGESTS)
     if recorded is None:
         log.warning("%s: its %s records no digests of its weights (a checkpoint saved before lqs recorded "
@@ -190,6 +191,7 @@ def check_weights(path: Path, config: dict) -> None:
             raise ValueError(f"{path / name} is not the file this scorer checkpoint was saved with (its SHA-256 "
                              f"is not the one in {path / SCORER_CONFIG}): the weights were changed or replaced; "
                              "restore the checkpoint's own files, or train or fetch the scorer again")
+    return found
 
 
 def compute_dtype(name: str, device: torch.device) -> str:
@@ -343,6 +345,7 @@ class Scorer:
         self.max_length = int(config["max_length"])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tokens_scored = 0  # running total, for throughput meters
+        self.weights_sha256: dict[str, str] | None = None  # as load checked them (lqs.provenance reuses them)
 
     @functools.cached_property
     def max_tokens(self) -> int:
@@ -442,9 +445,11 @@ def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False
     if not config_path.exists():
         raise FileNotFoundError(f"{path} is not a scorer checkpoint (no {SCORER_CONFIG})")
     config = json.loads(config_path.read_text())
-    check_weights(path, config)
+    digests = check_weights(path, config)
     device = resolve_device(device)
     model = ScorerModel(load_backbone(str(path), trust_remote_code))
     model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
     tokenizer = load_tokenizer(path)
-    return Scorer(model.to(device).eval(), tokenizer, config, device, dtype)
+    scorer = Scorer(model.to(device).eval(), tokenizer, config, device, dtype)
+    scorer.weights_sha256 = digests
+    return scorer

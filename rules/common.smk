@@ -143,7 +143,7 @@ SCORER_BASE = None if SCORER_CHECKPOINT else config["models"]["scorer"]
 TOKENIZER_SOURCE = (
     None
     if SCORER_CHECKPOINT
-    else config["models"]["tokenizer"] if {"repo", "path"} & set(config["models"]["tokenizer"]) else PROXY
+    else config["models"]["tokenizer"] if lqs_config.names_a_source(config["models"]["tokenizer"]) else PROXY
 )
 # A pretrained scorer checkpoint: a local directory, or a hub repo (with an optional revision).
 CHECKPOINT_SOURCE = (
@@ -160,7 +160,7 @@ CHECKPOINT_SOURCE = (
 # models.tokenizer names one; anything else is fetched. (results/scorer: train_scorer, or
 # fetch_scorer with scorer.checkpoint.)
 PRETRAIN_PROXY = PROXY is not None and "arch" in PROXY
-TRAIN_TOKENIZER = PRETRAIN_PROXY and not {"repo", "path"} & set(config["models"]["tokenizer"])
+TRAIN_TOKENIZER = PRETRAIN_PROXY and not lqs_config.names_a_source(config["models"]["tokenizer"])
 TARGET_SOURCE = config["target"]["source"]
 # The target set comes from the hub unless it is a local file or directory (or built by the demo).
 TARGET_FROM_HUB = not lqs_config.is_local_source(TARGET_SOURCE, RESULTS)

@@ -65,11 +65,6 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
     with meter.split("read"):
         num_accepted = sum(len(ids) for ids, _ in accepted_documents(tokenized_shard))
         input_schema = output.read_schema(output_schema) if part_out and output_schema else None
-        metadata = None
-        if part_out and s.output_format == "parquet":
-            versions = s.corpus_versions or {}
-            metadata = provenance.parquet_metadata(provenance.block(
-                s.config_sha256, scorer_dir, [sources.CorpusFile(p, versions.get(p)) for p in corpus_paths]))
     records = accepted_records(corpus.iter_records(corpus_paths, s.text_field, s.max_chars, s.shard, s.num_shards),
                                tokenized_shard)
     bar = tqdm(total=num_accepted, desc=f"score shard {s.shard}", unit="doc", mininterval=5)
@@ -78,6 +73,12 @@ def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: s
         scorer, pool, workers = stack.enter_context(loaded_scorer(scorer_dir, s.device, s.dtype, s.trust_remote_code,
                                                                   prefetch, s.tokenizer_workers))
         writer = stack.enter_context(parquet_writer(out, SCORES_SCHEMA))
+        metadata = None
+        if part_out and s.output_format == "parquet":  # the weights' digests as loading checked them
+            versions = s.corpus_versions or {}
+            metadata = provenance.parquet_metadata(provenance.block(
+                s.config_sha256, scorer_dir, [sources.CorpusFile(p, versions.get(p)) for p in corpus_paths],
+                scorer_digests=scorer.weights_sha256))
         part = stack.enter_context(ScoredWriter(part_out, s.output_format, [s.score_field, *s.extra_fields],
                                                 input_schema, metadata)) if part_out else None
         for chunk, result in scored_chunks(scorer, pool, workers, records, meter, chunk_docs=s.chunk_docs,
