@@ -12,6 +12,7 @@ of the model with bf16 weights: no autocast casts, a bf16 residual stream).
     python benchmarks/annotation.py --preset paper-160m --runs fp32:8 bf16:16 bf16:32
     python benchmarks/annotation.py --preset paper-160m --skip-baseline --profile bf16:16
     python benchmarks/annotation.py --preset paper-160m --skip-baseline --runs --trajectory
+    python benchmarks/annotation.py --skip-baseline --compile                # compiled vs eager
     python benchmarks/annotation.py --demo-results results            # bf16-vs-fp32 labels of the demo
 """
 
@@ -30,7 +31,7 @@ import numpy as np
 import psutil
 import torch
 
-from lqs.costate import fit_hvp_micro_batch, hvp, solve
+from lqs.costate import _axpy, fit_hvp_micro_batch, hvp, solve
 from lqs.labels import raw_scores
 from lqs.per_sample import per_sample_stats
 from lqs.proxy import get_params, loss_and_grad, norm, set_params, set_tf32
@@ -124,20 +125,75 @@ def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to(torch.bfloat16)
 
 
-def stats(model, samples, lam, device, method: str, precision: str, micro_batch: int):
+def stats(model, samples, lam, device, method: str, precision: str, micro_batch: int, compile: bool = False):
     set_tf32(precision == "tf32")
     dtype = "bf16" if precision.startswith("bf16") else "fp32"
     model = bf16_copy(model) if precision == "bf16w" else model
-    return per_sample_stats(model, samples, lam, dtype, device, micro_batch, method)
+    return per_sample_stats(model, samples, lam, dtype, device, micro_batch, method, compile=compile)
 
 
-def measure(model, samples, lam, device, method: str, precision: str, micro_batch: int) -> dict:
-    """Throughput and peak memory above the starting point (model, samples and λ excluded)."""
-    stats(model, samples[:micro_batch], lam, device, method, precision, micro_batch)  # warm-up
+def measure(model, samples, lam, device, method: str, precision: str, micro_batch: int,
+            compile: bool = False) -> dict:
+    """Throughput and peak memory above the starting point (model, samples and λ excluded). The
+    warm-up covers the last, smaller micro-batch too: compiling happens there, not in the timing."""
+    warm_up = samples[:micro_batch + len(samples) % micro_batch]
+    stats(model, warm_up, lam, device, method, precision, micro_batch, compile)
     with Peak(device) as p:
-        norms, dots = stats(model, samples, lam, device, method, precision, micro_batch)
-    return {"run": f"{method} {precision}:{micro_batch}", "samples_per_s": len(samples) / p.seconds,
-            "peak_gib": p.peak_bytes / 2**30, "norms": norms, "dots": dots, "precision": precision}
+        norms, dots = stats(model, samples, lam, device, method, precision, micro_batch, compile)
+    return {"run": f"{method} {precision}:{micro_batch}" + (" compiled" if compile else ""),
+            "samples_per_s": len(samples) / p.seconds, "peak_gib": p.peak_bytes / 2**30, "norms": norms,
+            "dots": dots, "precision": precision}
+
+
+def compiled_vs_eager(model, samples, lam, device, runs: list[tuple[str, int]], lam_norm: float,
+                      repeats: int = 2) -> dict:
+    """Each run eager and compiled (annotation.compile) side by side, alternating `repeats` times
+    (the fastest of each counts: a shared host's load moves single timings): samples/s of each,
+    their ratio, the largest difference between them and, for bf16 runs, each one's Spearman
+    (one-step lqs labels) against the eager fp32 run (measured here if not a run)."""
+    out, fp32 = {}, None
+    for precision, micro_batch in runs:
+        pair = [measure(model, samples, lam, device, "fast", precision, micro_batch, compile)
+                for _ in range(repeats) for compile in (False, True)]
+        eager, fast = (max(pair[i::2], key=lambda r: r["samples_per_s"]) for i in (0, 1))
+        diff = agreement(fast, eager, lam_norm)
+        row = {"eager_samples_per_s": eager["samples_per_s"], "compiled_samples_per_s": fast["samples_per_s"],
+               "ratio": fast["samples_per_s"] / eager["samples_per_s"],
+               "max_rel_norm_diff": diff["max_rel_norm_diff"],
+               "max_dot_diff_over_max_dot": diff["max_dot_diff_over_max_dot"]}
+        if precision == "fp32":
+            fp32 = fp32 or eager
+        elif precision.startswith("bf16"):
+            fp32 = fp32 or measure(model, samples, lam, device, "fast", "fp32", micro_batch)
+            row |= {"spearman_lqs_vs_fp32_eager": agreement(eager, fp32, lam_norm)["spearman_lqs_one_step"],
+                    "spearman_lqs_vs_fp32_compiled": agreement(fast, fp32, lam_norm)["spearman_lqs_one_step"]}
+        out[eager["run"]] = row
+        print(f"{eager['run']:>16} eager {row['eager_samples_per_s']:7.2f} samples/s, compiled "
+              f"{row['compiled_samples_per_s']:7.2f}: ratio {row['ratio']:.2f}; max rel diff norm "
+              f"{row['max_rel_norm_diff']:.1e}, dot {row['max_dot_diff_over_max_dot']:.1e}"
+              + (f"; Spearman(lqs) vs fp32: eager {row['spearman_lqs_vs_fp32_eager']:.5f}, compiled "
+                 f"{row['spearman_lqs_vs_fp32_compiled']:.5f}" if "spearman_lqs_vs_fp32_eager" in row else ""))
+    return out
+
+
+def axpy_fused_vs_eager(model, device, repeats: int = 20) -> dict:
+    """The trajectory's θ update (lqs.costate._axpy over the model's parameters), per-tensor
+    against multi-tensor kernels: ms of each and their largest difference."""
+    theta = get_params(model)
+    grad = {n: torch.randn_like(v) for n, v in theta.items()}
+    out = {}
+    for fused in (False, True):
+        _axpy(-1e-3, grad, theta, fused)  # warm-up
+        with Peak(device) as p:
+            for _ in range(repeats):
+                result = _axpy(-1e-3, grad, theta, fused)
+        out["fused_ms" if fused else "eager_ms"] = 1e3 * p.seconds / repeats
+        out["fused" if fused else "eager"] = result
+    eager, fused = out.pop("eager"), out.pop("fused")
+    out["max_abs_diff"] = max(float((eager[n] - fused[n]).abs().max()) for n in eager)
+    print(f"trajectory axpy over θ: eager {out['eager_ms']:.2f} ms, multi-tensor {out['fused_ms']:.2f} ms, "
+          f"max |diff| {out['max_abs_diff']:.1e}")
+    return out
 
 
 def agreement(run: dict, ref: dict, lam_norm: float) -> dict:
@@ -244,6 +300,9 @@ def main() -> None:
                         help="no vmap baseline (at 160M on a CPU it takes very long)")
     parser.add_argument("--profile", type=parse_run, default=None, metavar="PRECISION:MICRO_BATCH",
                         help="print the top kernels of the fast path in this configuration")
+    parser.add_argument("--compile", action="store_true",
+                        help="each run of --runs eager and compiled side by side (annotation.compile), and the "
+                             "trajectory's θ update per-tensor and multi-tensor")
     parser.add_argument("--trajectory", action="store_true", help="time the trajectory stage's parts")
     parser.add_argument("--trajectory-micro-batch", type=int, default=8)
     parser.add_argument("--demo-results", default=None, help="a finished demo's results/ directory")
@@ -259,7 +318,8 @@ def main() -> None:
     print(f"device {name}, {params / 1e6:.1f}M parameters, {len(samples)} samples × {preset['seq']} tokens")
     result: dict = {"device": name, "runs": {}}
     lam_norm = norm(lam)
-    runs = [measure(model, samples, lam, device, "fast", *run) for run in args.runs]
+    # --compile measures the runs itself, each eager beside compiled
+    runs = [] if args.compile else [measure(model, samples, lam, device, "fast", *run) for run in args.runs]
     if not args.skip_baseline:
         runs.append(measure(model, samples, lam, device, "vmap", "fp32", 8))
     flops_per_sample = 6 * params * preset["seq"]  # forward + backward, model FLOPs
@@ -278,6 +338,9 @@ def main() -> None:
     if not args.skip_baseline:
         base = runs[-1]["samples_per_s"]
         result["speedup_vs_vmap"] = {r["run"]: r["samples_per_s"] / base for r in runs[:-1]}
+    if args.compile:
+        result["compiled_vs_eager"] = compiled_vs_eager(model, samples, lam, device, args.runs, lam_norm)
+        result["trajectory_axpy"] = axpy_fused_vs_eager(model, device)
     if args.profile:
         profile(model, samples, lam, device, *args.profile)
     if args.trajectory:

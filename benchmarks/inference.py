@@ -8,20 +8,18 @@ generated mix of lengths — in one session; prints documents/s, tokens/s and th
 test). The batched path runs capped at one window per document (the reference's work) in fp32
 and in bf16 (the backbone's weights in bf16), and then on every window of long documents, split
 into tokenizing and the model alone (per batch budget, with MFU); on a GPU it
-counts the host syncs of score_windows. --score-shard-docs then runs tokenize_shard and
-score_shard, as the workflow does, on that many documents cut from the web texts, and prints
-score_shard's log line: its split (read / tokenize / model / write) and tokens/s end to end.
+counts the host syncs of score_windows. The workflow's stages on a shard (tokenize_scorer_shard,
+then score_shard on its windows): benchmarks/score_shard.py.
 
     python benchmarks/inference.py                          # CPU: a small XGLM scorer
     python benchmarks/inference.py --scorer results/scorer  # a trained checkpoint instead
-    python benchmarks/inference.py --preset xglm-125m --compare-max-tokens 65536 --score-shard-docs 100000
+    python benchmarks/inference.py --preset xglm-125m --compare-max-tokens 65536
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import random
 import tempfile
 import time
@@ -134,38 +132,6 @@ def synthetic_corpus(path: Path, texts: list[str], n: int) -> None:
             f.write(json.dumps({"text": text[start:start + length]}) + "\n")
 
 
-def run_score_shard(workdir: Path, scorer_dir: Path, texts: list[str], n: int, max_tokens: int | None) -> dict:
-    """tokenize_shard, then score_shard as the workflow runs them on n documents; score_shard's
-    own log line (the split) is returned with the wall times."""
-    from lqs.stages import score_shard as score_shard_stage
-    from lqs.stages import tokenize_shard as tokenize_shard_stage
-
-    corpus, tokenized = workdir / "shard.jsonl", workdir / "tokenized.parquet"
-    synthetic_corpus(corpus, texts, n)
-    settings = dict(num_shards=1, text_field="text", max_chars=10**7)
-    tokenize_settings = tokenize_shard_stage.Settings(max_length=1024, on_bad_record="skip", score_field="score",
-                                                      extra_fields=(), **settings)
-    (_, tokenize_s) = timed(lambda: tokenize_shard_stage.tokenize_shard(
-        [str(corpus)], str(scorer_dir), 0, str(tokenized), str(workdir / "rejects.jsonl"), tokenize_settings))
-    score_settings = score_shard_stage.Settings(shard=0, max_tokens=max_tokens, max_windows_per_doc=None,
-                                                chunk_docs=4096, dtype="auto", tokenizer_workers=None, device="auto",
-                                                trust_remote_code=False, **settings)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger(score_shard_stage.__name__)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        counts, score_s = timed(lambda: score_shard_stage.score_shard(
-            [str(corpus)], str(tokenized), str(scorer_dir), str(workdir / "scores.parquet"), score_settings))
-    finally:
-        logger.removeHandler(handler)
-    return {"documents": n, "tokenize_shard_s": tokenize_s, "score_shard_s": score_s, **counts,
-            "tokens_per_s_end_to_end": counts["tokens"] / score_s,
-            "log": records[-1].getMessage() if records else None}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=PRESETS)
@@ -179,8 +145,6 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="default: the scorer's, per device")
     parser.add_argument("--compare-max-tokens", type=int, nargs="*", default=[],
                         help="batch budgets to time beside the default")
-    parser.add_argument("--score-shard-docs", type=int, default=0,
-                        help="then run tokenize_shard and score_shard on this many documents")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
@@ -198,10 +162,6 @@ def main() -> None:
               f"max_length {scorer.max_length}, stock attention: {stock.backbone.config._attn_implementation}, "
               f"default batch budget {every.max_tokens} tokens")
         result = run(args, texts, scorer, scorer_bf16, every, stock, cuda)
-        if args.score_shard_docs:
-            result["score_shard"] = run_score_shard(Path(tmp), Path(path), texts, args.score_shard_docs,
-                                                    args.max_tokens)
-            print(result["score_shard"]["log"])
     result |= {"device": name, "default_max_tokens": every.max_tokens}
     text = json.dumps(result, indent=2)
     print(text)

@@ -74,6 +74,12 @@ def accepted_records(records: Iterator[corpus.Record],
         next_id, fingerprint = next(accepted, (None, None))
 
 
+def record_source(record: corpus.Record) -> str | None:
+    """The record's "source" field, when it is a string: the summary's scores by source."""
+    source = record.fields.get("source") if record.fields else None
+    return source if isinstance(source, str) else None
+
+
 def chunked(items: Iterator[T], size: int) -> Iterator[list[T]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
@@ -145,13 +151,13 @@ class Meter:
     flops: float = 0.0
     by_source: dict[str, list[float]] = field(default_factory=dict)  # source -> [sum of scores, documents]
 
-    def add(self, chunk: list[corpus.Record], result: ChunkScores) -> None:
-        self.documents += len(chunk)
+    def add(self, sources: Sequence[str | None], result: ChunkScores) -> None:
+        """A chunk's results, with each document's "source" field (None where it has no string one)."""
+        self.documents += len(sources)
         self.truncated += sum(result.truncated)
         self.tokens += sum(result.n_tokens)
-        for record, score in zip(chunk, result.scores):
-            source = record.fields.get("source") if record.fields else None
-            if isinstance(source, str):
+        for source, score in zip(sources, result.scores):
+            if source is not None:
                 total = self.by_source.setdefault(source, [0.0, 0])
                 total[0] += score
                 total[1] += 1
@@ -160,14 +166,17 @@ class Meter:
         return {"scored": self.documents, "truncated": self.truncated, "tokens": self.tokens}
 
     def report(self, what: str, wall: float, workers: int | None) -> str:
+        """The log line; "tokenize" only for a run that tokenized (`lqs score`: score_shard reads
+        windows tokenized beforehand, its "read" the time it waited for them)."""
         seconds = self.split.seconds
         where = f" in {workers} processes beside the model" if workers else ""
         waited = max(0.0, seconds["next chunk"] - seconds["read"] - (0 if workers else seconds["tokenize"]))
+        tokenized = (f"tokenize {seconds['tokenize']:.3g} s{where} (waited for {waited:.3g} s), "
+                     if seconds["tokenize"] or workers else "")
         model = max(seconds["model"], 1e-9)
         return (f"{what}: {self.documents} documents, {self.tokens} tokens in {wall:.3g} s (model loaded and "
                 f"output written): {self.tokens / wall:.0f} tokens/s end to end; read {seconds['read']:.3g} s, "
-                f"tokenize {seconds['tokenize']:.3g} s{where} (waited for {waited:.3g} s), "
-                f"model {seconds['model']:.3g} s "
+                f"{tokenized}model {seconds['model']:.3g} s "
                 f"({self.tokens / model:.0f} tokens/s, {self.flops / model / 1e12:.3g} TFLOP/s), "
                 f"write {seconds['write']:.3g} s")
 
@@ -200,7 +209,7 @@ def scored_chunks(scorer, pool, workers: int, records: Iterator[corpus.Record], 
             n_windows[w.doc] += 1
         meter.flops += scorer.forward_flops(len(w.ids) for w in windows)
         result = ChunkScores(scores, truncated, n_tokens, n_windows)
-        meter.add(chunk, result)
+        meter.add([record_source(r) for r in chunk], result)
         yield chunk, result
 
 

@@ -41,20 +41,36 @@ def key_path(parts: Iterable[Any]) -> str:
 # merging
 
 
-def replace_model_sources(config: dict, overrides: Mapping[str, Any]) -> None:
-    """Where `overrides` (the merged --configfile files and --config) name a model's source,
-    that model becomes the override's entry alone: `repo` replaces a default `arch`, and so on.
-    `models.tokenizer` given in an override replaces the default's entirely (`{}`: the proxy's
-    own tokenizer)."""
-    models = overrides.get("models")
-    if not isinstance(models, Mapping) or not isinstance(config.get("models"), dict):
+def replace_model_sources(config: dict, overrides: Sequence[Mapping[str, Any]]) -> None:
+    """`overrides` are the --configfile files, in order, then --config. Where one of them names a
+    model's source, that model becomes its entry alone (`repo` replaces an earlier `arch`, and so
+    on), and later overrides without a source merge into it. `models.tokenizer` given in an
+    override replaces the default's entirely (`{}`: the proxy's own tokenizer)."""
+    if not isinstance(config.get("models"), dict):
         return
-    for name in ("proxy", "scorer"):
-        given = models.get(name)
-        if isinstance(given, Mapping) and MODEL_SOURCE_KEYS & set(given):
-            config["models"][name] = copy.deepcopy(dict(given))
-    if "tokenizer" in models:
-        config["models"]["tokenizer"] = copy.deepcopy(models["tokenizer"])
+    for name in ("proxy", "scorer", "tokenizer"):
+        entry = None  # as merged, unless an override replaces it
+        for override in overrides:
+            models = override.get("models")
+            given = models.get(name) if isinstance(models, Mapping) else None
+            if not isinstance(given, Mapping):
+                continue
+            replaces = MODEL_SOURCE_KEYS & set(given) or (name == "tokenizer" and (entry is None or not given))
+            if replaces:
+                entry = copy.deepcopy(dict(given))
+            elif entry is not None:
+                _merge(entry, given)
+        if entry is not None:
+            config["models"][name] = entry
+
+
+def _merge(into: dict, given: Mapping) -> None:
+    """`given` merged into `into` key by key, nested mappings merged too (as Snakemake merges)."""
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
 
 
 def _schema_at(schema: Mapping, parts: Sequence[str]) -> Mapping | None:

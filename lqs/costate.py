@@ -12,6 +12,9 @@ exist at once (in host memory when the model is on a GPU). Hessian-vector produc
 gradient per sample, so they run in their own micro-batches, by default the largest that fits
 the GPU (measured on the first one).
 A step file, step-{t}.safetensors, holds θ_t and λ_{t+1} of an annotated step t.
+Fused (annotation.compile): the parameter-dict arithmetic (the updates of θ and λ, the HVP's
+sum over micro-batches) runs in multi-tensor (torch._foreach_*) kernels, a few launches for all
+of θ on a GPU instead of one per tensor.
 """
 
 from __future__ import annotations
@@ -35,15 +38,19 @@ def step_file(out_dir: str | Path, t: int) -> Path:
     return Path(out_dir) / f"step-{t}.safetensors"
 
 
-def _axpy(a: float, x: Params, y: Params) -> Params:
-    """a·x + y"""
+def _axpy(a: float, x: Params, y: Params, fused: bool = False) -> Params:
+    """a·x + y; fused: in multi-tensor kernels (equal to rounding: a·x + y may be one fused
+    multiply-add there)"""
+    if fused:
+        return dict(zip(y, torch._foreach_add(list(y.values()), [x[k] for k in y], alpha=a)))
     return {k: y[k] + a * x[k] for k in y}
 
 
 def hvp(model: torch.nn.Module, samples: Sequence[Sequence[int]], v: Params, micro_batch: int,
-        device=None) -> Params:
+        device=None, fused: bool = False) -> Params:
     """∇²L(θ) v for L the mean sample loss over `samples`, θ the model's current parameters:
-    Σ over micro-batches of ∇(∇L_mb · v), exact for any micro-batch size."""
+    Σ over micro-batches of ∇(∇L_mb · v), exact for any micro-batch size. fused: the sum over
+    micro-batches in multi-tensor kernels (the same additions)."""
     names = list(v)
     params = dict(model.named_parameters())
     plist = [params[n] for n in names]
@@ -54,8 +61,12 @@ def hvp(model: torch.nn.Module, samples: Sequence[Sequence[int]], v: Params, mic
             loss = sample_losses(model, ids, mask).sum() / len(samples)
             grads = torch.autograd.grad(loss, plist, create_graph=True)
             dot = sum((g * v[n]).sum() for g, n in zip(grads, names))
-            for n, h in zip(names, torch.autograd.grad(dot, plist)):
-                out[n] += h
+            hs = torch.autograd.grad(dot, plist)
+            if fused:
+                torch._foreach_add_(list(out.values()), list(hs))
+            else:
+                for n, h in zip(names, hs):
+                    out[n] += h
     return out
 
 
@@ -130,11 +141,13 @@ def solve(
     batch_rows: Sequence[Sequence[dict]] | None = None,
     device=None,
     progress: bool = False,
+    fused: bool = False,
 ) -> dict[str, list]:
     """Runs the forward SGD and the backward costate; calls on_save(t, θ_t, λ_{t+1}) for t in
     save_steps. Returns the per-step log (train loss, target loss, ‖λ_t‖).
     micro_batch: samples per gradient pass; hvp_micro_batch: per Hessian-vector product pass
-    (None: the largest ≤ micro_batch that fits, see fit_hvp_micro_batch)."""
+    (None: the largest ≤ micro_batch that fits, see fit_hvp_micro_batch); fused: the updates
+    of θ and λ and the HVP's sum in multi-tensor kernels (the same values to rounding)."""
     T = len(batches)
     c = checkpoint_every or max(1, math.isqrt(T - 1) + 1 if T > 1 else 1)
     batch_rows = batch_rows or [[{"position": i} for i in range(len(b))] for b in batches]
@@ -149,7 +162,7 @@ def solve(
         _check_finite(model, batches[t], batch_rows[t], t, "training", loss, grad, micro_batch, device)
         record["train_loss"][t] = loss
         bar.update()
-        return _axpy(-lr, grad, theta)
+        return _axpy(-lr, grad, theta, fused)
 
     def target_grad(theta: Params, t: int) -> Params:
         set_params(model, theta)
@@ -195,8 +208,8 @@ def solve(
             set_params(model, theta_t)
             if hvp_micro_batch is None:
                 hvp_micro_batch = fit_hvp_micro_batch(model, batches[t], lam, micro_batch, device)
-            hv = hvp(model, batches[t], lam, hvp_micro_batch, device)
-            lam = _axpy(1.0, target_grad(theta_t, t), _axpy(-lr, hv, lam))
+            hv = hvp(model, batches[t], lam, hvp_micro_batch, device, fused)
+            lam = _axpy(1.0, target_grad(theta_t, t), _axpy(-lr, hv, lam, fused), fused)
             record["lambda_norm"][t] = norm(lam)
     bar.close()
     return record

@@ -10,7 +10,8 @@ Two exact paths:
   linear layer, G_b = Σ_s g_bs a_bsᵀ), reduced straight to ‖G_b‖² and ⟨G_b, Λ⟩ without
   forming the P-vector per sample. Linear (incl. the LM head), embeddings, LayerNorm and
   RMSNorm are covered; a weight shared by several layers (tied embeddings) is summed
-  per sample before it is reduced.
+  per sample before it is reduced. With compile, the reduction of each materialised per-sample
+  gradient to its two sums runs through torch.compile: one fused read instead of two.
 * vmap: torch.func vmap over per-sample grad, chunked: the generic fallback for models with
   other parameterised layers, and the reference.
 Samples are independent in both, so a label can never land on another sample.
@@ -18,6 +19,7 @@ Samples are independent in both, so a label can never land on another sample.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lqs.proxy import Params, attention, collate, sample_losses
+from lqs.runtime import compiled
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +98,11 @@ class _Piece:
             return (g * a).sum(1)
         return g.sum(1, dtype=torch.promote_types(g.dtype, torch.float32))  # bias
 
-    def reduce(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduce(self, lam: torch.Tensor, row_stats) -> tuple[torch.Tensor, torch.Tensor]:
         """(‖G_b‖², ⟨G_b, Λ⟩) for each sample b in the cheapest exact form: for a linear layer
         G_b = Σ_s g_bs a_bsᵀ costs 2·S·n_in·n_out, its Gram form S²·(n_in + n_out); for an
-        embedding, the rows of each sample's tokens summed (a sort, no host sync)."""
+        embedding, the rows of each sample's tokens summed (a sort, no host sync). row_stats:
+        _row_stats or its compiled form, for the materialised G_b."""
         a, g = self.a, self.g
         if self.kind == "linear":
             seq, n_in, n_out = a.shape[1], a.shape[2], g.shape[2]
@@ -115,8 +119,24 @@ class _Piece:
             sq = torch.zeros(batch, dtype=g.dtype, device=g.device).index_add_(0, sample, _squared_norms(summed))
             dot = (g * lam[a]).sum((1, 2))
             return sq, dot
-        flat = self.materialize().flatten(1)
-        return _squared_norms(flat), flat @ lam.flatten()
+        return row_stats(self.materialize().flatten(1), lam.flatten())
+
+
+def _row_stats(rows: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(‖row‖², ⟨row, λ⟩) of each row of (B, N) per-sample gradients, λ flat (N,). Compiled, both
+    sums come from one fused read of the rows (elementwise form: no temporary is written);
+    uncompiled, that form would write a (B, N) temporary, so eager runs the two reductions."""
+    if torch.compiler.is_compiling():
+        return rows.pow(2).sum(1), (rows * lam).sum(1)
+    return _squared_norms(rows), rows @ lam
+
+
+@functools.cache
+def _compiled_row_stats():
+    """_row_stats through torch.compile, built once per process: where compiling fails, one log
+    line says so and the eager form runs. Static shapes: one compilation per parameter shape and
+    micro-batch size (the full one and the last), well under 64 for a transformer."""
+    return compiled(_row_stats, "the per-sample statistics' reductions", shapes=64, fullgraph=True)
 
 
 def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
@@ -159,8 +179,8 @@ class _Reducer:
     used by several layer calls (tied embeddings) is summed per sample over all of its calls
     before it is reduced."""
 
-    def __init__(self, batch: int, lam_by_param: dict[int, torch.Tensor], low: bool, device):
-        self.lam_by_param, self.low = lam_by_param, low
+    def __init__(self, batch: int, lam_by_param: dict[int, torch.Tensor], low: bool, device, row_stats):
+        self.lam_by_param, self.low, self.row_stats = lam_by_param, low, row_stats
         self.sq = torch.zeros(batch, dtype=torch.float64, device=device)
         self.dot = torch.zeros_like(self.sq)
         self.calls: dict[int, int] = defaultdict(int)  # parameter → layer calls in the forward
@@ -174,7 +194,7 @@ class _Reducer:
         for param, piece in _pieces(module, x, g, self.low):
             key = id(param)
             if self.calls[key] == 1:
-                self._accumulate(*piece.reduce(self.lam_by_param[key]))
+                self._accumulate(*piece.reduce(self.lam_by_param[key], self.row_stats))
                 continue
             grad, seen = self.partial.pop(key, (0, 0))
             grad, seen = grad + piece.materialize(), seen + 1
@@ -189,19 +209,19 @@ class _Reducer:
         return self.sq, self.dot
 
     def _reduce_whole(self, key: int, grad: torch.Tensor) -> None:
-        flat = grad.flatten(1)
-        self._accumulate(_squared_norms(flat), flat @ self.lam_by_param[key].flatten())
+        self._accumulate(*self.row_stats(grad.flatten(1), self.lam_by_param[key].flatten()))
 
     def _accumulate(self, sq: torch.Tensor, dot: torch.Tensor) -> None:
         self.sq += sq.double()
         self.dot += dot.double()
 
 
-def _fast_micro_batch(model: nn.Module, ids, mask, lam_by_param: dict[int, torch.Tensor], autocast, low: bool):
+def _fast_micro_batch(model: nn.Module, ids, mask, lam_by_param: dict[int, torch.Tensor], autocast, low: bool,
+                      row_stats):
     """One forward, then one backward that computes activation gradients only (no weight
     gradients). Each layer's pieces are reduced by a hook as soon as its output gradient
     exists, so the activation gradients are never all held at once."""
-    reducer = _Reducer(ids.shape[0], lam_by_param, low, ids.device)
+    reducer = _Reducer(ids.shape[0], lam_by_param, low, ids.device, row_stats)
     roots = []  # calls whose input needs no gradient (embeddings): where the backward ends
 
     def capture(module, args, kwargs, output):
@@ -251,12 +271,14 @@ def _vmap_micro_batch(model: nn.Module, ids, mask, lam: Params, autocast):
 
 def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Params, dtype: str = "fp32",
                      device=None, micro_batch: int = 8, method: str = "auto",
-                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     progress: bool = False, compile: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(‖g(x)‖, ⟨g(x), λ⟩) for each sample, g(x) = ∇ℓ(x; θ) at the model's parameters.
 
     method: "fast", "vmap", or "auto" (fast when it covers every parameter of the model).
     dtype "bf16" runs the model under bf16 autocast and the fast path's per-layer products on
     bf16 operands with fp32 accumulation; norms and dots accumulate in fp32/fp64.
+    compile: the fast path reduces its materialised per-sample gradients with torch.compile'd
+    kernels (the same sums to fp32 rounding; uncompiled, with one log line, where compiling fails).
     """
     if method == "auto":
         method = "fast" if fast_path_covers(model) else "vmap"
@@ -268,6 +290,7 @@ def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Pa
     lam = {n: _at_least_fp32(v.to(device)).to(torch.promote_types(params[n].dtype, torch.float32))
            for n, v in lam.items()}
     lam_by_param = {id(params[n]): v for n, v in lam.items()}
+    row_stats = _compiled_row_stats() if compile else _row_stats
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]))  # similar lengths together
     bar = tqdm(total=len(samples), desc=f"per-sample gradients ({method})", unit="sample",
                disable=not progress, mininterval=5)
@@ -275,7 +298,7 @@ def per_sample_stats(model: nn.Module, samples: Sequence[Sequence[int]], lam: Pa
     for start in range(0, len(order), micro_batch):
         ids, mask = collate([samples[i] for i in order[start:start + micro_batch]], device=device)
         if method == "fast":
-            sq, dot = _fast_micro_batch(model, ids, mask, lam_by_param, autocast, dtype == "bf16")
+            sq, dot = _fast_micro_batch(model, ids, mask, lam_by_param, autocast, dtype == "bf16", row_stats)
         else:
             sq, dot = _vmap_micro_batch(model, ids, mask, lam, autocast)
         sqs.append(sq)

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from lqs.corpus import MAX_CHARS, text_error
 from lqs.proxy import collate
-from lqs.runtime import resolve_device
+from lqs.runtime import compiled, resolve_device
+from lqs.scorer_windows import budget_slices
 from lqs.tokenize import load_tokenizer, tokenize_windows
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ CPU_MAX_TOKENS = 4096  # cache-sized batches (benchmarks/inference.py)
 # GPU batches: as many tokens as fit half the free memory, at most this many. Measured on an H200
 # (125M XGLM, bf16): 65536 tokens 855k tokens/s, 262144 1.30M tokens/s.
 GPU_MAX_TOKENS = 262144
+# Compiled scoring pads a batch's width to a multiple of this: at most max_length / 64 shapes.
+COMPILE_WIDTH_STEP = 64
 
 
 def is_causal(backbone: torch.nn.Module) -> bool:
@@ -335,7 +338,8 @@ class Scorer:
     dtype bf16: the backbone's weights are cast to bf16 and it runs without autocast (measured
     1.5x autocast's speed on a GPU: no fp32 residual stream, no casts); pooling and head fp32."""
 
-    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device, dtype: str = "auto"):
+    def __init__(self, model: ScorerModel, tokenizer, config: dict, device: torch.device, dtype: str = "auto",
+                 compile: bool = False):
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
         self.dtype = compute_dtype(dtype, device)
         if self.dtype == "bf16":
@@ -343,6 +347,11 @@ class Scorer:
             if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
                 log.warning("bf16 on a CPU without bf16 units: expect it to be slower than fp32")
         self.max_length = int(config["max_length"])
+        # score_chunk's forward. Compiled, its batches have static shapes: widths rounded up to a
+        # multiple of COMPILE_WIDTH_STEP (at most max_length) and a row count set by the width.
+        self.width_step = COMPILE_WIDTH_STEP if compile else 1
+        self.forward = (compiled(model, "the scorer's forward", shapes=-(-self.max_length // self.width_step) + 1)
+                        if compile else model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tokens_scored = 0  # running total, for throughput meters
         self.weights_sha256: dict[str, str] | None = None  # as load checked them (lqs.provenance reuses them)
@@ -436,10 +445,40 @@ class Scorer:
             weights[windows[i].doc] += n
         return [t / w for t, w in zip(totals, weights)]
 
+    @torch.inference_mode()
+    def score_chunk(self, chunk, max_tokens: int | None = None) -> np.ndarray:
+        """One score per document of a lqs.scorer_windows.Chunk (windows tokenized beforehand,
+        sorted longest first): the token-weighted mean of its windows' outputs, as score_windows.
+        Batches are contiguous runs of rows at max_tokens (default self.max_tokens); ids go to
+        the device from pinned memory without blocking, the mask is made there from the lengths,
+        and the outputs stay there until the chunk's one host sync."""
+        max_tokens = max(max_tokens or self.max_tokens, self.max_length)
+        outputs = []
+        for start, stop, width, rows in budget_slices(chunk.lengths, max_tokens, self.width_step,
+                                                                 self.max_length):
+            ids, lengths = chunk.padded(start, stop, self.pad_id, width, rows)
+            outputs.append(self._forward_padded(torch.from_numpy(ids), torch.from_numpy(lengths))[:stop - start])
+            self.tokens_scored += int(chunk.offsets[stop] - chunk.offsets[start])
+        values = torch.cat(outputs).cpu().numpy().astype(np.float64) if outputs else np.zeros(0)
+        weights = chunk.lengths.astype(np.float64)
+        num_docs = len(chunk.doc_ids)
+        return (np.bincount(chunk.doc_index, weights * values, num_docs)
+                / np.bincount(chunk.doc_index, weights, num_docs))
 
-def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto") -> Scorer:
+    def _forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            ids, lengths = (t.pin_memory().to(self.device, non_blocking=True) for t in (ids, lengths))
+        mask = (torch.arange(ids.shape[1], device=self.device) < lengths[:, None]).long()
+        fp32_weights = next(self.model.backbone.parameters()).dtype == torch.float32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16" and fp32_weights):
+            return self.forward(ids, mask).float()
+
+
+def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto",
+         compile: bool = False) -> Scorer:
     """Loads a scorer checkpoint directory for inference; `dtype` is auto, fp32 or bf16
-    (see compute_dtype)."""
+    (see compute_dtype); `compile`: Scorer.score_chunk runs a torch.compile'd forward (where
+    compiling fails, the model as it is, said in one log line)."""
     path = Path(path)
     config_path = path / SCORER_CONFIG
     if not config_path.exists():
@@ -450,6 +489,6 @@ def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False
     model = ScorerModel(load_backbone(str(path), trust_remote_code))
     model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
     tokenizer = load_tokenizer(path)
-    scorer = Scorer(model.to(device).eval(), tokenizer, config, device, dtype)
+    scorer = Scorer(model.to(device).eval(), tokenizer, config, device, dtype, compile)
     scorer.weights_sha256 = digests
     return scorer

@@ -4,6 +4,7 @@ import shlex
 import sys
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
+from snakemake.common.configfile import load_configfile
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -25,7 +26,9 @@ def config_errors():
     line naming its key, and settings that contradict each other, all before any job."""
     schema = lqs_defaults.schema()
     # sources first: they are copied from the overrides, whose --config values are still strings
-    lqs_config.replace_model_sources(config, workflow.config_settings.overwrite_config)
+    settings = workflow.config_settings
+    overrides = [load_configfile(path) for path in settings.configfiles] + [settings.config]
+    lqs_config.replace_model_sources(config, overrides)
     lqs_config.coerce_cli_values(config, workflow.config_settings.config, schema)
     errors = lqs_config.schema_errors(config, schema)
     if not errors:
@@ -155,6 +158,10 @@ CHECKPOINT_SOURCE = (
         else {"repo": SCORER_CHECKPOINT, "revision": SCORER["checkpoint_revision"]}
     )
 )
+# The tokenizer the scorer keeps, for tokenize_scorer_shard: the checkpoint's own, or the base's,
+# which train_scorer saves with the trained scorer (score_shard checks that they are the same).
+SCORER_TOKENIZER = f"{RESULTS}/scorer" if SCORER_CHECKPOINT else f"{MODELS}/scorer_base"
+INFERENCE = config["inference"]
 # Which of two rules writes results/models/tokenizer and results/models/proxy (rules/models.smk):
 # an architecture-config proxy is pretrained, with a tokenizer trained on the corpus unless
 # models.tokenizer names one; anything else is fetched. (results/scorer: train_scorer, or

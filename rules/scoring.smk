@@ -35,12 +35,47 @@ rule train_scorer:
         " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
 
 
-rule score_shard:
+# The scorer's windows of a shard, made on a CPU node (the SLURM profile's default partition), so
+# that score_shard's GPU runs the model alone.
+rule tokenize_scorer_shard:
     input:
         corpus=corpus_inputs,
         tokenized=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
+        tokenizer=SCORER_TOKENIZER,
+    output:
+        f"{RESULTS}/scorer_windows/shard-{{shard}}.parquet",
+    params:
+        corpus=corpus_arguments,
+        corpus_versions=corpus_versions,
+        settings=lambda wildcards: as_settings(
+            **corpus_settings(),
+            shard=int(wildcards.shard),
+            # a checkpoint's is in its scorer.json
+            max_length=None if SCORER_CHECKPOINT else SCORER["max_length"],
+            max_windows_per_doc=INFERENCE["max_windows_per_doc"],
+            chunk_docs=INFERENCE["chunk_docs"],
+            trust_remote_code=TRUST_REMOTE_CODE,
+        ),
+    threads: INFERENCE["tokenizer_workers"] or 4
+    log:
+        f"{RESULTS}/logs/tokenize_scorer_shard/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tokenize_scorer_shard/{{shard}}.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        "lqs tokenize-scorer-shard {params.corpus} --tokenized-shard {input.tokenized}"
+        " --tokenizer-dir {input.tokenizer} --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule score_shard:
+    input:
+        windows=f"{RESULTS}/scorer_windows/shard-{{shard}}.parquet",
         scorer=f"{RESULTS}/scorer",
-        # a per_shard Parquet part: the corpus's one schema, so that the parts read as one data set
+        # output.layout per_shard: the shard's records, for its part of the scored records, in the
+        # corpus's one schema (so that the parts read as one data set)
+        corpus=lambda wildcards: corpus_inputs(wildcards) if PER_SHARD_OUTPUT else [],
+        tokenized=[f"{RESULTS}/corpus/shard-{{shard}}.parquet"] if PER_SHARD_OUTPUT else [],
         output_schema=OUTPUT_SCHEMA if PER_SHARD_OUTPUT else [],
     output:
         scores=f"{RESULTS}/scores/shard-{{shard}}.parquet",
@@ -52,17 +87,25 @@ rule score_shard:
             else []
         ),
     params:
-        corpus=corpus_arguments,
-        corpus_versions=corpus_versions,
         settings=lambda wildcards: as_settings(
-            **corpus_settings(),
             shard=int(wildcards.shard),
-            **config["inference"],
+            max_tokens=INFERENCE["max_tokens"],
+            dtype=INFERENCE["dtype"],
+            compile=INFERENCE["compile"],
             device=config["device"],
             trust_remote_code=TRUST_REMOTE_CODE,
-            **(scored_record_settings() | provenance_settings(wildcards) if PER_SHARD_OUTPUT else {}),
+            **(
+                corpus_settings() | scored_record_settings() | provenance_settings(wildcards)
+                if PER_SHARD_OUTPUT
+                else {}
+            ),
         ),
-        part=lambda wildcards, output: f"--part-out {shlex.quote(output.part[0])}" if PER_SHARD_OUTPUT else "",
+        part=lambda wildcards, input, output: (
+            f"{corpus_arguments(wildcards)} --tokenized-shard {shlex.quote(input.tokenized[0])}"
+            f" --part-out {shlex.quote(output.part[0])}"
+            if PER_SHARD_OUTPUT
+            else ""
+        ),
         output_schema=output_schema_flag,
     log:
         f"{RESULTS}/logs/score_shard/{{shard}}.log",
@@ -75,9 +118,8 @@ rule score_shard:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs score-shard {params.corpus} --tokenized-shard {input.tokenized} --scorer-dir {input.scorer}"
-        " --out {output.scores} --stats-out {output.stats} {params.part} {params.output_schema}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs score-shard --windows {input.windows} --scorer-dir {input.scorer} --out {output.scores}"
+        " --stats-out {output.stats} {params.part} {params.output_schema} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule gather_scores:

@@ -56,16 +56,33 @@ def test_a_model_source_in_an_override_replaces_the_defaults_source():
                          "tokenizer": {"vocab_size": 2048}}}
     merged = {"models": {"proxy": {"arch": {"model_type": "mistral"}, "repo": "org/proxy", "revision": "v1"},
                          "scorer": {"arch": {"model_type": "xglm"}}, "tokenizer": {"vocab_size": 2048}}}
-    lqs_config.replace_model_sources(merged, {"models": {"proxy": {"repo": "org/proxy", "revision": "v1"},
-                                                         "tokenizer": {}}})
+    lqs_config.replace_model_sources(merged, [{"models": {"proxy": {"repo": "org/proxy", "revision": "v1"},
+                                                          "tokenizer": {}}}])
     assert merged["models"]["proxy"] == {"repo": "org/proxy", "revision": "v1"}
     assert merged["models"]["scorer"] == config["models"]["scorer"]  # not given: the default's
     assert merged["models"]["tokenizer"] == {}  # given: replaced, {} means the proxy's own
 
     # an override without a source kind (only a revision) merges as usual
     merged = {"models": {"proxy": {"repo": "org/proxy", "revision": "v2"}}}
-    lqs_config.replace_model_sources(merged, {"models": {"proxy": {"revision": "v2"}}})
+    lqs_config.replace_model_sources(merged, [{"models": {"proxy": {"revision": "v2"}}}])
     assert merged["models"]["proxy"] == {"repo": "org/proxy", "revision": "v2"}
+
+
+def test_each_override_in_turn_replaces_the_model_sources_before_it():
+    """--configfile A B: B's `arch` replaces A's `repo` (Snakemake's merge of the two holds both),
+    and a later override without a source (a revision, --config) merges into the one before."""
+    paper = {"models": {"proxy": {"repo": "org/proxy"}, "scorer": {"repo": "org/scorer"}, "tokenizer": {}}}
+    slice_ = {"models": {"proxy": {"arch": {"model_type": "mistral", "hidden_size": 768}},
+                         "tokenizer": {"vocab_size": 32000}}}
+    cli = {"models": {"scorer": {"revision": "v3"}}}
+    merged = {"models": {"proxy": {"repo": "org/proxy", "arch": {"model_type": "mistral", "hidden_size": 768}},
+                         "scorer": {"repo": "org/scorer", "revision": "v3"}, "tokenizer": {"vocab_size": 32000}}}
+    lqs_config.replace_model_sources(merged, [paper, slice_, cli])
+    assert merged["models"] == {"proxy": {"arch": {"model_type": "mistral", "hidden_size": 768}},
+                                "scorer": {"repo": "org/scorer", "revision": "v3"},
+                                "tokenizer": {"vocab_size": 32000}}
+    lqs_config.replace_model_sources(merged, [paper, {"models": {"tokenizer": {}}}])  # {}: the proxy's own
+    assert merged["models"]["tokenizer"] == {}
 
 
 def test_cli_strings_are_read_as_yaml_where_the_schema_wants_no_string():
@@ -92,7 +109,7 @@ def test_paper_config_sets_every_key_the_demo_sets():
 
     merged = json.loads(json.dumps(demo))
     update_config(merged, paper)
-    lqs_config.replace_model_sources(merged, paper)
+    lqs_config.replace_model_sources(merged, [paper])
     merged, alone = with_defaults(merged), with_defaults(json.loads(json.dumps(paper)))
     for config in (merged, alone):
         config.pop("demo")

@@ -61,7 +61,7 @@ def test_grad_stats_with_two_processes_matches_one(completed_workflow, tmp_path)
     results = completed_workflow / "results"
     for nproc in (1, 2):
         settings = json.dumps({"step": 0, "part": 0, "num_parts": 1, "stats_dtype": "fp32", "micro_batch": 1,
-                               "tf32": False, "device": "cpu", "trust_remote_code": False})
+                               "tf32": False, "compile": False, "device": "cpu", "trust_remote_code": False})
         log = _lqs("grad-stats", str(results / "proxy/samples.parquet"),
                    str(results / "annotation/trajectory/step-0.safetensors"), str(results / "models/proxy"),
                    "--out", str(tmp_path / f"stats-{nproc}.parquet"), "--settings", settings, "--nproc", str(nproc),

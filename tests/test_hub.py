@@ -763,8 +763,9 @@ def test_scorer_checkpoint_workflow_offline(hub, tmp_path):
     env = hub.env()
     result = snakemake(workdir, "--configfile", "mine.yaml", env=env)
     # every rule is defined; those of the proxy, annotation and scorer training are not in the DAG
-    assert plan_counts(result) == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 2, "score_shard": 2,
-                                   "gather_scores": 1, "select_order": 1, "all": 1, "total": 9}  # the demo's 2 shards
+    assert plan_counts(result) == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 2,
+                                   "tokenize_scorer_shard": 2, "score_shard": 2, "gather_scores": 1,
+                                   "select_order": 1, "all": 1, "total": 11}  # the demo's 2 shards
 
     results = workdir / "results"
     scored = [json.loads(line) for line in (workdir / "scored.jsonl").read_text().splitlines()]
@@ -794,8 +795,8 @@ def test_scorer_checkpoint_workflow_offline(hub, tmp_path):
 
 PAPER_PLAN = {"fetch_tokenizer": 1, "fetch_proxy": 1, "fetch_scorer_base": 1, "fetch_target": 1,
               "prepare_target": 1, "tokenize_shard": 64, "sample_proxy": 1, "trajectory": 1,
-              "grad_stats": 10 * 16, "lqs_labels": 1, "train_scorer": 1, "score_shard": 64,
-              "gather_scores": 1, "select_order": 1, "all": 1}
+              "grad_stats": 10 * 16, "lqs_labels": 1, "train_scorer": 1, "tokenize_scorer_shard": 64,
+              "score_shard": 64, "gather_scores": 1, "select_order": 1, "all": 1}
 
 
 @pytest.mark.parametrize("checkpoint", [None, "org/lqs-scorer"])
@@ -817,8 +818,9 @@ def test_paper_config_plans_without_network(tmp_path, checkpoint):
     if checkpoint is None:
         assert counts == PAPER_PLAN
     else:
-        assert counts == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 64, "score_shard": 64,
-                          "gather_scores": 1, "select_order": 1, "all": 1}
+        assert counts == {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": 64,
+                          "tokenize_scorer_shard": 64, "score_shard": 64, "gather_scores": 1, "select_order": 1,
+                          "all": 1}
     # every fetch job has a high priority: it is scheduled before anything else that is ready
     jobs = collections.Counter(line.split()[1].rstrip(":") for line in result.stdout.splitlines()
                                if line.startswith(("rule ", "localrule ")))

@@ -25,6 +25,7 @@ from helpers import (
     stage_function,
     tiny_config,
     tiny_corpus,
+    tokenize_and_score_shard,
     write_jsonl,
 )
 from helpers import score_error as lqs_score
@@ -33,14 +34,13 @@ from transformers import XGLMConfig, XGLMModel
 from lqs import corpus, output
 from lqs.scorer import ScorerModel, save_scorer
 from lqs.stages import output_schema as output_schema_stage
-from lqs.stages import score_shard as score_shard_stage
 from lqs.stages import select_order as select_order_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
 from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import load_tokenizer
 
 output_schema = stage_function(output_schema_stage)
-score_shard = stage_function(score_shard_stage)
+score_shard = tokenize_and_score_shard
 select_order = stage_function(select_order_stage)
 tokenize_shard = stage_function(tokenize_shard_stage)
 train_tokenizer = stage_function(train_tokenizer_stage)
@@ -282,7 +282,7 @@ def test_workflow_parquet_output_of_jsonl_records(tokenizer_and_scorer, tmp_path
     write_jsonl(tmp_path / "data" / "target.jsonl",
                 [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
     config = tiny_config("data/corpus.jsonl", "data/target.jsonl")
-    config["corpus"]["on_bad_record"] = "skip"
+    config["corpus"] |= {"num_shards": 2, "on_bad_record": "skip"}
     config["output"] = {"format": "parquet", "layout": "per_shard"}
     config["scorer"]["checkpoint"] = scorer
     make_workflow(tmp_path, config)

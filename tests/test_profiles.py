@@ -83,3 +83,8 @@ def test_local_and_slurm_profiles_keep_their_settings(tmp_path):
     assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
     trajectory = out.split("rule trajectory:")[1].split("\n\n")[0]
     assert "slurm_partition=a100" in trajectory and "gpu=1" in trajectory, trajectory
+    # the scorer's tokenizing on the CPU partition, its scoring on the GPU one
+    tokenize = out.split("rule tokenize_scorer_shard:")[1].split("\n\n")[0]
+    assert "slurm_partition=cpu" in tokenize and "gpu=" not in tokenize, tokenize
+    score = out.split("rule score_shard:")[1].split("\n\n")[0]
+    assert "slurm_partition=a100" in score and "gpu=1" in score, score

@@ -25,6 +25,7 @@ from helpers import (
     tiny_config,
     tiny_corpus,
     tiny_scorer,
+    tokenize_and_score_shard,
     write_jsonl,
 )
 
@@ -34,14 +35,13 @@ from lqs.sources import CorpusFile
 from lqs.stages import fetch_scorer as fetch_scorer_stage
 from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import output_schema as output_schema_stage
-from lqs.stages import score_shard as score_shard_stage
 from lqs.stages import select_order as select_order_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
 
 fetch_scorer = stage_function(fetch_scorer_stage)
 gather_scores = stage_function(gather_scores_stage)
 output_schema = stage_function(output_schema_stage)
-score_shard = stage_function(score_shard_stage)
+score_shard = tokenize_and_score_shard
 select_order = stage_function(select_order_stage)
 tokenize_shard = stage_function(tokenize_shard_stage)
 

@@ -28,6 +28,7 @@ class Settings:
     stats_dtype: str  # annotation.stats_dtype: fp32 or bf16
     micro_batch: int  # annotation.stats_micro_batch: samples per forward pass
     tf32: bool  # annotation.tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)
+    compile: bool  # annotation.compile: the fast path's reductions through torch.compile
     device: str  # device
     trust_remote_code: bool  # models.trust_remote_code
 
@@ -51,7 +52,8 @@ def grad_stats(samples_path: str, step_path: str, proxy_dir: str, out: str, sett
     mine = ids[ctx.rank::ctx.world]
     norms, dots = np.zeros(len(rows)), np.zeros(len(rows))
     for rank, (n, d) in enumerate(distributed.all_gather(ctx, per_sample_stats(
-            model, mine, lam, s.stats_dtype, ctx.device, s.micro_batch, method, progress=ctx.main))):
+            model, mine, lam, s.stats_dtype, ctx.device, s.micro_batch, method, progress=ctx.main,
+            compile=s.compile))):
         norms[rank::ctx.world], dots[rank::ctx.world] = n, d
     sample_ids = table["sample_id"].to_numpy()
     bad = np.flatnonzero(~(np.isfinite(norms) & np.isfinite(dots)))

@@ -1,27 +1,30 @@
 """Stage `score_shard`: score every accepted document of one corpus shard (docs/stages.md#score_shard).
 
-Streams the shard's records in chunks through the batched scorer (lqs.batch_scoring, the path
-`lqs score` shares), so memory does not grow with the input. It scores only the documents that
-tokenization accepted (the others are in its rejects) and, with output.layout per_shard, writes the
-shard's scored records itself. The log ends with the time split (read / tokenize / model / write)
-and the tokens/s.
+Reads the shard's windows, tokenized beforehand on a CPU node (stage tokenize_scorer_shard,
+lqs.scorer_windows), a row group at a time, the next one read in a thread while the model runs:
+the GPU runs the model alone, and memory does not grow with the input. With output.layout
+per_shard it also writes the shard's scored records itself, read from the corpus. The log ends
+with the time split (read / model / write) and the tokens/s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from lqs import corpus, output, provenance, sources
-from lqs.batch_scoring import SCORES_SCHEMA, Meter, accepted_documents, accepted_records, loaded_scorer, scored_chunks
+from lqs import corpus, output, provenance, scorer_windows, sources
+from lqs.batch_scoring import SCORES_SCHEMA, ChunkScores, Meter, accepted_records
 from lqs.io import TokenRate, parquet_writer, write_json
 from lqs.output import ScoredWriter
+from lqs.scorer import load, prefetched
 from lqs.stage import MODELS, Arg, Stage
 
 log = logging.getLogger(__name__)
@@ -29,19 +32,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Settings:
-    num_shards: int | str  # corpus.num_shards
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
     shard: int  # the job's shard (wildcard)
     max_tokens: int | None  # inference.max_tokens
-    max_windows_per_doc: int | None  # inference.max_windows_per_doc
-    chunk_docs: int  # inference.chunk_docs
     dtype: str  # inference.dtype
-    tokenizer_workers: int | None  # inference.tokenizer_workers
+    compile: bool  # inference.compile
     device: str  # device
     trust_remote_code: bool  # models.trust_remote_code
     # output.layout per_shard only, with --part-out: the rule passes them then alone (the part is the
-    # only file they change), so that editing them does not rescore a single-layout run
+    # only file they change, and the corpus is read only for it), so that editing them does not
+    # rescore a single-layout run
+    num_shards: int | str | None = None  # corpus.num_shards
+    text_field: str | None = None  # corpus.text_field
+    max_chars: int | None = None  # corpus.max_chars
     output_format: str | None = None  # output.format
     score_field: str | None = None  # output.score_field
     extra_fields: Sequence[str] | None = None  # output.extra_fields
@@ -51,62 +53,80 @@ class Settings:
     corpus_versions: Mapping[str, str] | None = None
 
 
-def score_shard(corpus_paths: Sequence[str], tokenized_shard: str, scorer_dir: str, out: str, settings: Settings,
-                stats_out: str | None = None, part_out: str | None = None, output_schema: str | None = None,
-                prefetch: bool | None = None) -> dict[str, int]:
-    """Writes the shard's scores to `out` (SCORES_SCHEMA), its counts and per-source score sums to
-    `stats_out` (JSON), and with `part_out` (output.layout per_shard) its scored records, in input
-    order, in output.format; a Parquet part with the whole corpus's schema, the output_schema
-    stage's file `output_schema`, so that every part has the same one, and the provenance block
-    in its metadata. `prefetch`: as lqs.batch_scoring.loaded_scorer (default: on a GPU)."""
+def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, stats_out: str | None = None,
+                corpus_paths: Sequence[str] = (), tokenized_shard: str | None = None, part_out: str | None = None,
+                output_schema: str | None = None) -> dict[str, int]:
+    """Writes the scores of the documents of `windows` (tokenize_scorer_shard's file) to `out`
+    (SCORES_SCHEMA), its counts and per-source score sums to `stats_out` (JSON), and with
+    `part_out` (output.layout per_shard) the scored records of `corpus_paths` that `tokenized_shard`
+    accepted, in input order, in output.format; a Parquet part with the whole corpus's schema, the
+    output_schema stage's file `output_schema`, so that every part has the same one, and the
+    provenance block in its metadata."""
     s = settings
     start = time.perf_counter()
     meter = Meter()
-    with meter.split("read"):
-        num_accepted = sum(len(ids) for ids, _ in accepted_documents(tokenized_shard))
-        input_schema = output.read_schema(output_schema) if part_out and output_schema else None
-    records = accepted_records(corpus.iter_records(corpus_paths, s.text_field, s.max_chars, s.shard, s.num_shards),
-                               tokenized_shard)
-    bar = tqdm(total=num_accepted, desc=f"score shard {s.shard}", unit="doc", mininterval=5)
+    bar = tqdm(desc=f"score shard {s.shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     with contextlib.ExitStack() as stack:
-        scorer, pool, workers = stack.enter_context(loaded_scorer(scorer_dir, s.device, s.dtype, s.trust_remote_code,
-                                                                  prefetch, s.tokenizer_workers))
+        scorer = load(scorer_dir, s.device, s.trust_remote_code, s.dtype, s.compile)
+        scorer_windows.check_made_for(windows, scorer.tokenizer, scorer.max_length)
         writer = stack.enter_context(parquet_writer(out, SCORES_SCHEMA))
-        metadata = None
-        if part_out and s.output_format == "parquet":  # the weights' digests as loading checked them
-            versions = s.corpus_versions or {}
-            metadata = provenance.parquet_metadata(provenance.block(
-                s.config_sha256, scorer_dir, [sources.CorpusFile(p, versions.get(p)) for p in corpus_paths],
-                scorer_digests=scorer.weights_sha256))
-        part = stack.enter_context(ScoredWriter(part_out, s.output_format, [s.score_field, *s.extra_fields],
-                                                input_schema, metadata)) if part_out else None
-        for chunk, result in scored_chunks(scorer, pool, workers, records, meter, chunk_docs=s.chunk_docs,
-                                           max_tokens=s.max_tokens, max_windows_per_doc=s.max_windows_per_doc):
+        part, records = None, None
+        if part_out:
+            records = accepted_records(corpus.iter_records(corpus_paths, s.text_field, s.max_chars, s.shard,
+                                                           s.num_shards), tokenized_shard)
+            metadata = None
+            if s.output_format == "parquet":  # the weights' digests as loading checked them
+                versions = s.corpus_versions or {}
+                metadata = provenance.parquet_metadata(provenance.block(
+                    s.config_sha256, scorer_dir, [sources.CorpusFile(p, versions.get(p)) for p in corpus_paths],
+                    scorer_digests=scorer.weights_sha256))
+            part = stack.enter_context(ScoredWriter(part_out, s.output_format, [s.score_field, *s.extra_fields],
+                                                    output.read_schema(output_schema) if output_schema else None,
+                                                    metadata))
+        for chunk in meter.split.iterate("read", prefetched(scorer_windows.read_chunks(windows), lambda c: c)):
+            with meter.split("model"):  # ends with the chunk's one host sync: the GPU time is in it
+                scores = scorer.score_chunk(chunk, s.max_tokens)
+            meter.flops += scorer.forward_flops(chunk.lengths.tolist())
+            result = ChunkScores(scores.tolist(), chunk.truncated.tolist(), chunk.tokens_per_doc().tolist(),
+                                 chunk.windows_per_doc().tolist())
+            meter.add(chunk.sources, result)
             with meter.split("write"):
-                writer.write_table(pa.table({"doc_id": [r.doc_id for r in chunk], "score": result.scores,
-                                             "truncated": result.truncated, "n_tokens": result.n_tokens,
-                                             "n_windows": result.n_windows,
-                                             "fingerprint": [r.fingerprint for r in chunk]}, schema=SCORES_SCHEMA))
-                if part is not None:
-                    part.write(chunk, result.columns(s.score_field, s.extra_fields))
-            bar.update(len(chunk))
-            rate.add(meter.tokens - rate.tokens)
-        if meter.documents != num_accepted:
-            raise RuntimeError(f"shard {s.shard}: tokenization accepted {num_accepted} documents but "
-                               f"{meter.documents} were found to score; was the corpus changed?")
+                writer.write_table(pa.table({"doc_id": chunk.doc_ids, "score": scores, "truncated": chunk.truncated,
+                                             "n_tokens": result.n_tokens, "n_windows": result.n_windows,
+                                             "fingerprint": chunk.fingerprints}, schema=SCORES_SCHEMA))
+            if part is not None:
+                with meter.split("read"):
+                    chunk_records = _records_of(chunk, records, windows)
+                with meter.split("write"):
+                    part.write(chunk_records, result.columns(s.score_field, s.extra_fields))
+            bar.update(len(chunk.doc_ids))
+            rate.add(chunk.tokens)
+        if records is not None and (extra := next(records, None)) is not None:
+            raise RuntimeError(f"{extra.where}: accepted by tokenization but not in {windows}; {corpus.RETOKENIZE}")
         if stats_out:
             write_json(stats_out, {"shard": s.shard, **meter.counts(), "by_source": meter.by_source})
     bar.close()
-    log.info(meter.report(f"shard {s.shard}", time.perf_counter() - start, workers if pool is not None else None))
+    log.info(meter.report(f"shard {s.shard}", time.perf_counter() - start, None))
     return meter.counts()
 
 
+def _records_of(chunk: scorer_windows.Chunk, records, windows: str) -> list[corpus.Record]:
+    """The chunk's documents' records, from the accepted records in input order: the same
+    documents, with the fingerprints the windows were made from."""
+    found = list(itertools.islice(records, len(chunk.doc_ids)))
+    if (len(found) != len(chunk.doc_ids) or not np.array_equal([r.doc_id for r in found], chunk.doc_ids)
+            or not np.array_equal([r.fingerprint for r in found], chunk.fingerprints)):
+        where = found[0].where if found else "the corpus"
+        raise RuntimeError(f"{where}: the corpus changed since {windows} was tokenized from it; {corpus.RETOKENIZE}")
+    return found
+
+
 STAGE = Stage(
-    help="score the documents of one corpus shard",
+    help="score the documents of one corpus shard from its windows (a GPU job)",
     run=score_shard,
-    args=(Arg("corpus_paths", "+"), Arg("--tokenized-shard"), Arg("--scorer-dir"), Arg("--out"),
-          Arg("--stats-out", required=False), Arg("--part-out", required=False),
+    args=(Arg("--windows"), Arg("--scorer-dir"), Arg("--out"), Arg("--stats-out", required=False),
+          Arg("corpus_paths", "*"), Arg("--tokenized-shard", required=False), Arg("--part-out", required=False),
           Arg("--output-schema", required=False)),
     settings=Settings,
     counters={"documents": "scored", "tokens": "tokens"},

@@ -33,6 +33,7 @@ class Settings:
     micro_batch: int  # annotation.micro_batch: samples per gradient pass
     hvp_micro_batch: int | None  # annotation.hvp_micro_batch: per Hessian-vector product pass (None: fitted)
     tf32: bool  # annotation.tf32: float32 matrix products on TF32 tensor cores (GPU; see proxy.set_tf32)
+    compile: bool  # annotation.compile: θ and λ updates in multi-tensor kernels (lqs.costate.solve's fused)
     device: str  # device
     trust_remote_code: bool  # models.trust_remote_code
 
@@ -71,7 +72,7 @@ def trajectory(
 
     record = solve(model, batches, target, s.lr, set(annotated_steps(steps, s.interval)), save,
                    micro_batch=s.micro_batch, hvp_micro_batch=s.hvp_micro_batch, batch_rows=batch_rows,
-                   device=device, progress=True)
+                   device=device, progress=True, fused=s.compile)
     write_table(out_dir / "log.parquet", pa.table(record, schema=pa.schema([
         ("step", pa.int32()), ("train_loss", pa.float64()), ("target_loss", pa.float64()),
         ("lambda_norm", pa.float64())])))

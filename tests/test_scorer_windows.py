@@ -1,0 +1,169 @@
+"""The scorer's windows file (lqs.scorer_windows), stage tokenize_scorer_shard, and score_shard's
+model-only loop on it: Scorer.score_chunk, its compiled forward and that forward's fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from helpers import stage_function, tiny_corpus, tiny_scorer, write_jsonl
+
+import lqs.scorer
+from lqs import runtime, scorer_windows
+from lqs.scorer import Window, token_budget_batches
+from lqs.stages import tokenize_scorer_shard as tokenize_scorer_shard_stage
+from lqs.stages import tokenize_shard as tokenize_shard_stage
+
+tokenize_scorer_shard = stage_function(tokenize_scorer_shard_stage)
+tokenize_shard = stage_function(tokenize_shard_stage)
+
+
+@pytest.fixture(scope="module")
+def scorer_dir(tmp_path_factory):
+    return tiny_scorer(tmp_path_factory.mktemp("scorer"))
+
+
+@pytest.fixture(scope="module")
+def shard(scorer_dir, tmp_path_factory):
+    """A corpus (with a bad record, which tokenization rejects) and its tokenized shard."""
+    root = tmp_path_factory.mktemp("shard")
+    records = tiny_corpus(30, seed=3)
+    records[4] = {"id": "bad", "text": "   "}
+    corpus = write_jsonl(root / "corpus.jsonl", records)
+    tokenize_shard([str(corpus)], str(scorer_dir), 0, str(root / "tok.parquet"), str(root / "rejects.jsonl"),
+                   max_length=32, on_bad_record="skip")
+    return corpus, root / "tok.parquet", records
+
+
+def _windows(scorer_dir, shard, out, **settings):
+    corpus, tokenized, _ = shard
+    settings = {"max_length": None, "chunk_docs": 8, "max_windows_per_doc": None} | settings
+    return tokenize_scorer_shard([str(corpus)], str(tokenized), str(scorer_dir), str(out), shard=0, **settings)
+
+
+def test_the_windows_are_the_scorers_longest_first_in_chunks_of_documents(scorer_dir, shard, tmp_path):
+    _, _, records = shard
+    counts = _windows(scorer_dir, shard, tmp_path / "w.parquet", max_windows_per_doc=2)
+    scorer = lqs.scorer.load(scorer_dir, "cpu")
+    accepted = [(i, r) for i, r in enumerate(records) if i != 4]
+    file = pq.ParquetFile(tmp_path / "w.parquet")
+    assert file.num_row_groups == -(-len(accepted) // 8)  # chunk_docs documents per row group
+    meta = json.loads(file.schema_arrow.metadata[scorer_windows.METADATA_KEY])
+    assert meta["max_length"] == 32 == scorer.max_length and meta["max_windows_per_doc"] == 2
+    rows = 0
+    for group, chunk in zip(range(file.num_row_groups), scorer_windows.read_chunks(str(tmp_path / "w.parquet"))):
+        table = file.read_row_group(group).to_pydict()
+        lengths = [len(ids) for ids in table["input_ids"]]
+        assert lengths == sorted(lengths, reverse=True)
+        mine = accepted[group * 8:(group + 1) * 8]
+        assert chunk.doc_ids.tolist() == [i for i, _ in mine]
+        windows, truncated = scorer.windows([r["text"] for _, r in mine], 2)
+        # the same windows as the in-process tokenizer's, each with its document and index in it
+        index = {}
+        expected = [(mine[w.doc][0], index.setdefault(w.doc, []).append(w) or len(index[w.doc]) - 1, w.ids)
+                    for w in windows]
+        assert sorted(zip(table["doc_id"], table["window"], table["input_ids"])) == sorted(expected)
+        assert chunk.truncated.tolist() == truncated
+        assert chunk.sources == [r["source"] for _, r in mine]
+        assert chunk.fingerprints.tolist() == list(dict.fromkeys(
+            f for f in pq.read_table(shard[1]).to_pydict()["fingerprint"]))[group * 8:(group + 1) * 8]
+        rows += len(lengths)
+    assert counts == {"documents": len(accepted), "windows": rows, "tokens": counts["tokens"]}
+
+
+def test_budget_slices_are_the_token_budget_batches_of_sorted_rows():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = np.sort(rng.integers(1, 40, rng.integers(1, 30)))[::-1]
+        budget = int(rng.integers(1, 200))
+        expected = list(token_budget_batches([Window(0, [0] * n) for n in lengths], budget))
+        got = [list(range(a, b)) for a, b, width, rows in scorer_windows.budget_slices(lengths, budget)]
+        assert got == expected
+        for a, b, width, rows in scorer_windows.budget_slices(lengths, budget, step=16):
+            assert width % 16 == 0 and width >= lengths[a] and rows * width <= max(budget, width)
+            assert b - a <= rows
+
+
+def test_padded_rows_hold_each_windows_ids_then_padding():
+    lengths = np.array([4, 2, 1])
+    ids = np.arange(1, 8)
+    chunk = scorer_windows.Chunk(doc_ids=np.array([0]), fingerprints=np.array([0]), truncated=np.array([False]),
+                                 sources=[None], doc_index=np.zeros(3, np.int64), lengths=lengths,
+                                 offsets=np.concatenate(([0], np.cumsum(lengths))), ids=ids)
+    padded, got_lengths = chunk.padded(1, 3, pad_id=0, width=5, rows=4)
+    assert padded.tolist() == [[5, 6, 0, 0, 0], [7, 0, 0, 0, 0], [0] * 5, [0] * 5]
+    assert got_lengths.tolist() == [2, 1, 0, 0]
+
+
+def test_score_chunk_is_the_token_weighted_mean_of_each_documents_windows(scorer_dir, shard, tmp_path):
+    """Brute force: each window alone through the model, weighted by its tokens."""
+    _windows(scorer_dir, shard, tmp_path / "w.parquet", max_windows_per_doc=3)
+    scorer = lqs.scorer.load(scorer_dir, "cpu")
+    for chunk in scorer_windows.read_chunks(str(tmp_path / "w.parquet")):
+        got = scorer.score_chunk(chunk, max_tokens=64)
+        totals, weights = np.zeros(len(chunk.doc_ids)), np.zeros(len(chunk.doc_ids))
+        for row in range(len(chunk.lengths)):
+            ids = chunk.ids[chunk.offsets[row]:chunk.offsets[row + 1]].copy()
+            with torch.no_grad():
+                value = scorer.model(torch.as_tensor(ids)[None], torch.ones(1, len(ids))).item()
+            totals[chunk.doc_index[row]] += len(ids) * value
+            weights[chunk.doc_index[row]] += len(ids)
+        np.testing.assert_allclose(got, totals / weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("what", ["another tokenizer", "another max_length"])
+def test_score_shard_refuses_windows_made_for_another_scorer(scorer_dir, shard, tmp_path, what):
+    if what == "another max_length":
+        _windows(scorer_dir, shard, tmp_path / "w.parquet", max_length=24)
+    else:
+        other = tmp_path / "other"
+        corpus = write_jsonl(other / "c.jsonl", [{"text": "zzz qqq " * (i + 1)} for i in range(30)])
+        stage_function(__import__("lqs.stages.train_tokenizer", fromlist=["STAGE"]))(
+            [str(corpus)], str(other / "tok"), vocab_size=280)
+        scorer_json = json.loads((scorer_dir / "scorer.json").read_text())
+        (other / "tok" / "scorer.json").write_text(json.dumps(scorer_json))
+        _windows(other / "tok", shard, tmp_path / "w.parquet")
+    scorer = lqs.scorer.load(scorer_dir, "cpu")
+    with pytest.raises(ValueError, match="was tokenized for another scorer.*rule tokenize_scorer_shard"):
+        scorer_windows.check_made_for(str(tmp_path / "w.parquet"), scorer.tokenizer, scorer.max_length)
+
+
+def test_the_tokenizer_digest_is_that_of_a_saved_copy(scorer_dir, tmp_path):
+    tokenizer = lqs.scorer.load(scorer_dir, "cpu").tokenizer
+    tokenizer.save_pretrained(tmp_path / "copy")
+    copy = lqs.tokenize.load_tokenizer(tmp_path / "copy")
+    assert scorer_windows.tokenizer_digest(copy) == scorer_windows.tokenizer_digest(tokenizer)
+
+
+def test_compiled_scoring_gives_the_uncompiled_scores(scorer_dir, shard, tmp_path):
+    """inference.compile: static shapes (widths padded to 64, rows to the budget) through
+    torch.compile; the scores are the eager path's."""
+    _windows(scorer_dir, shard, tmp_path / "w.parquet")
+    eager, compiled = (lqs.scorer.load(scorer_dir, "cpu", compile=c) for c in (False, True))
+    for chunk in scorer_windows.read_chunks(str(tmp_path / "w.parquet")):
+        np.testing.assert_allclose(compiled.score_chunk(chunk, 256), eager.score_chunk(chunk, 256), rtol=1e-5,
+                                   atol=1e-6)
+    assert compiled.forward.call is not compiled.forward.fn  # it did compile, and did not fall back
+
+
+def test_where_compiling_fails_the_model_runs_uncompiled_with_one_warning(monkeypatch, caplog):
+    calls = []
+
+    def broken_compile(fn, **options):
+        def call(*args):
+            calls.append(args)
+            raise RuntimeError("Compiler: cc not found\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    forward = runtime.compiled(lambda x: x * 2, "a test function", shapes=3)
+    with caplog.at_level(logging.WARNING, logger="lqs.runtime"):
+        assert [forward(torch.tensor(i)).item() for i in range(3)] == [0, 2, 4]
+    assert len(calls) == 1  # tried once, then uncompiled
+    assert [r.getMessage() for r in caplog.records] == [
+        "torch.compile is unavailable for a test function (RuntimeError: Compiler: cc not found): "
+        "running it uncompiled"]
