@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 from pathlib import Path
 
 import helpers
@@ -16,6 +19,19 @@ def pytest_runtest_setup(item):
     helpers.marked_workflow = item.get_closest_marker("workflow") is not None
 
 
+def pytest_collection_modifyitems(items):
+    """Test files in the order xdist hands them out (pyproject.toml: --no-loadscope-reorder): the
+    SLURM test's first, as its run mostly waits on SLURM while the other worker fills the cores;
+    then the files that start Snakemake or torchrun; the files of fast tests last, so that both
+    workers run out of work together. The order within a file is kept."""
+    rank = {}
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        own = 0 if "slurm" in marks else 1 if marks & {"workflow", "distributed"} else 2
+        rank[item.path] = min(rank.get(item.path, own), own)
+    items.sort(key=lambda item: rank[item.path])
+
+
 @pytest.fixture
 def tiny_workflow(tmp_path: Path) -> Path:
     """A tiny workflow, not yet run: corpus data/corpus.jsonl, target data/target.jsonl."""
@@ -28,14 +44,23 @@ def tiny_workflow(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def completed_workflow(tmp_path_factory) -> Path:
-    """A tiny workflow run to completion once per test session. Tests must not modify it;
-    copy it (shutil.copytree) to change anything."""
-    workdir = tmp_path_factory.mktemp("completed")
-    write_jsonl(workdir / "data" / "corpus.jsonl", tiny_corpus())
-    write_jsonl(workdir / "data" / "target.jsonl",
-                         [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
-    make_workflow(workdir, tiny_config("data/corpus.jsonl", "data/target.jsonl"))
-    snakemake(workdir)
+    """A tiny workflow run to completion once per test run: under xdist, the first worker to ask
+    runs it in the run's shared temporary directory (under a file lock) and the others wait for
+    it. Tests must not modify it; copy it (shutil.copytree) to change anything."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # pytest-N/, above each worker's popen-gwN/
+    workdir, done = root / "completed", root / "completed.done"
+    with open(root / "completed.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # what a failed run left
+            write_jsonl(workdir / "data" / "corpus.jsonl", tiny_corpus())
+            write_jsonl(workdir / "data" / "target.jsonl",
+                        [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
+            make_workflow(workdir, tiny_config("data/corpus.jsonl", "data/target.jsonl"))
+            snakemake(workdir)
+            done.touch()
     return workdir
 
 

@@ -59,7 +59,7 @@ def tiny_config(corpus_path: str | list[str], target_path: str) -> dict:
                 tie_word_embeddings=False)
     return {
         "device": "cpu",
-        "corpus": {"path": corpus_path, "num_shards": 2, "max_length": 32},
+        "corpus": {"path": corpus_path, "num_shards": 1, "max_length": 32},
         "target": {"source": target_path, "max_length": 32},
         "models": {
             "tokenizer": {"vocab_size": 320},
@@ -68,8 +68,8 @@ def tiny_config(corpus_path: str | list[str], target_path: str) -> dict:
             "scorer": {"arch": dict(model_type="xglm", d_model=32, ffn_dim=64, num_layers=1,
                                     attention_heads=2, max_position_embeddings=64)},
         },
-        "proxy": {"size": 48, "num_parts": 2},
-        "annotation": {"lr": 0.05, "steps": 4, "interval": 2, "batch_size": 4},
+        "proxy": {"size": 48, "num_parts": 1},
+        "annotation": {"lr": 0.05, "steps": 4, "interval": 4, "batch_size": 4},
         "scorer": {"lr": 0.001, "epochs": 2, "batch_size": 8, "warmup_steps": 2, "max_length": 32,
                    "valid_size": 0.25},
     }
@@ -293,7 +293,8 @@ TEST_SETTINGS = {
     "hvp_micro_batch": None, "tf32": False, "stats_dtype": "fp32", "trust_remote_code": False,
     "split": "train", "revision": None, "max_samples": None, "eval_fraction": 0.0, "seed": 0,
     "output_format": "jsonl", "layout": "single", "chunk_docs": 4096, "dtype": "auto", "device": "auto",
-    "tokenizer_workers": None, "config_sha256": None, "corpus_versions": {},
+    "tokenizer_workers": None, "config_sha256": None, "corpus_versions": {}, "compile": False,
+    "max_windows_per_doc": None,
 }
 
 
@@ -312,3 +313,27 @@ def stage_function(module):
 
     call.__name__ = stage.run.__name__
     return call
+
+
+def tokenize_and_score_shard(corpus_paths, tokenized_shard, scorer_dir, out, stats_out=None, part_out=None,
+                             output_schema=None, **settings):
+    """Stages tokenize_scorer_shard then score_shard on one shard, as the workflow runs them (the
+    windows in scorer_windows/ beside `out`): `settings` are either stage's; returns score_shard's counts."""
+    import dataclasses
+
+    from lqs.stages import score_shard, tokenize_scorer_shard
+
+    windows = Path(out).parent / "scorer_windows" / Path(out).name
+    windows.parent.mkdir(exist_ok=True)
+    tokenize_names = {f.name for f in dataclasses.fields(tokenize_scorer_shard.Settings)}
+    score_names = {f.name for f in dataclasses.fields(score_shard.Settings)}
+    unknown = set(settings) - tokenize_names - score_names
+    assert not unknown, f"settings of neither stage: {unknown}"
+    stage_function(tokenize_scorer_shard)(
+        list(corpus_paths), str(tokenized_shard), str(scorer_dir), str(windows),
+        **({"max_length": None} | {k: v for k, v in settings.items() if k in tokenize_names}))
+    return stage_function(score_shard)(
+        str(windows), str(scorer_dir), str(out), stats_out=stats_out,
+        **({"corpus_paths": list(corpus_paths), "tokenized_shard": str(tokenized_shard), "part_out": part_out}
+           if part_out else {}),
+        output_schema=output_schema, **{k: v for k, v in settings.items() if k in score_names})

@@ -217,6 +217,7 @@ def per_shard_parquet(tmp_path_factory, completed_workflow) -> Path:
     write_jsonl(workdir / "data" / "target.jsonl",
                 [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
     config = tiny_config("data/*.parquet", "data/target.jsonl")
+    config["corpus"]["num_shards"] = 2
     config["output"] = {"layout": "per_shard", "extra_fields": ["n_tokens", "n_windows", "truncated"]}
     config["scorer"]["checkpoint"] = str(completed_workflow / "results" / "scorer")
     make_workflow(workdir, config)
@@ -346,6 +347,7 @@ def test_an_output_path_of_the_wrong_kind_fails_at_dag_build(tiny_workflow, layo
 @pytest.mark.workflow
 def test_per_shard_plan_lists_every_part(tiny_workflow):
     edit_config(tiny_workflow, lambda c: c.setdefault("output", {}).update(layout="per_shard", format="jsonl.gz"))
+    edit_config(tiny_workflow, set_key("corpus", "num_shards", 2))
     result = snakemake(tiny_workflow, "-n", "-p")
     assert "scored/part-0.jsonl.gz" in result.stdout and "scored/part-1.jsonl.gz" in result.stdout
     assert "selected.jsonl.gz" in result.stdout

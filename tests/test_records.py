@@ -171,7 +171,7 @@ def test_unreadable_parquet_file_in_a_workflow_run(tmp_path, completed_workflow)
     target = write_jsonl(tmp_path / "data" / "target.jsonl",
                          [{"conversations": [f"Question {i}?", SENTENCES[i % len(SENTENCES)]]} for i in range(12)])
     config = tiny_config(["data/a.parquet", "data/bad.parquet", "data/b.parquet"], str(target.relative_to(tmp_path)))
-    config["corpus"]["on_bad_record"] = "skip"
+    config["corpus"] |= {"num_shards": 2, "on_bad_record": "skip"}
     # scoring with the finished run's scorer: the corpus stages are what this test is about
     config["scorer"]["checkpoint"] = str(completed_workflow / "results" / "scorer")
     make_workflow(tmp_path, config)

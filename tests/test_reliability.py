@@ -234,7 +234,7 @@ def test_bad_records_are_counted_through_the_workflow(tiny_workflow):
     blob = gzip.compress("".join(json.dumps(r) + "\n" for r in good).encode())
     (data / "cut.jsonl.gz").write_bytes(blob[: len(blob) // 2])
     config = yaml.safe_load((tiny_workflow / "config/config.yaml").read_text())
-    config["corpus"] |= {"path": ["data/corpus.jsonl", "data/empty.jsonl", "data/cut.jsonl.gz"],
+    config["corpus"] |= {"path": ["data/corpus.jsonl", "data/empty.jsonl", "data/cut.jsonl.gz"], "num_shards": 2,
                          "on_bad_record": "skip", "max_chars": 20_000}
     (tiny_workflow / "config/config.yaml").write_text(yaml.safe_dump(config))
     targets = [f"results/corpus/{kind}-{s}.{ext}" for s in (0, 1) for kind, ext in

@@ -1,4 +1,4 @@
-"""The report builds with every figure, and an unfinished scoring run redoes only its shards."""
+"""The report builds with every figure; the stage stats and the figures' marks."""
 
 from __future__ import annotations
 
@@ -40,26 +40,6 @@ def test_report_has_every_figure_with_its_caption(completed_workflow, tmp_path):
         assert name in html, name
     for caption in CAPTIONS:
         assert caption in html, caption
-
-
-def _planned(workdir: Path) -> dict[str, int]:
-    run = snakemake(workdir, "-n", "--rerun-incomplete", cores=None)
-    out = run.stdout + run.stderr
-    stats = out.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:] if "Job stats:" in out else []
-    return {name: int(count) for name, count in (line.split() for line in stats) if name != "total"}
-
-
-@pytest.mark.workflow
-def test_unfinished_scoring_redoes_only_unfinished_shards(completed_workflow, tmp_path):
-    workdir = _copy(completed_workflow, tmp_path / "wf")
-    assert _planned(workdir) == {}
-    # Killed while scoring shard 1: its output never appeared (outputs appear only when complete),
-    # and gather never ran; shard 0 had finished.
-    for done_later in ("results/scores/shard-1.parquet", "scored.jsonl", "rejects.jsonl", "results/summary.json"):
-        (workdir / done_later).unlink()
-    assert _planned(workdir) == {"score_shard": 1, "gather_scores": 1, "select_order": 1, "all": 1}
-    snakemake(workdir)
-    assert (workdir / "scored.jsonl").read_bytes() == (completed_workflow / "scored.jsonl").read_bytes()
 
 
 # Stage stats (lqs.cli's last log line of every stage) and the figures' marks.

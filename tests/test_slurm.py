@@ -4,7 +4,8 @@ scripts/slurm-local-cluster.sh starts a one-node cluster (Debian's slurm-wlm and
 installs them): partitions `cpu` and `a100`, no default partition, Gres=gpu:a100:2 backed by
 stand-in devices, accounting off, MinJobAge of an hour. The tiny workflow runs through
 `--profile profiles/slurm`, plus an override profile that changes only what a 2-core test machine
-needs: memory requests (the shipped ones are a real cluster's) and the job-status polling.
+needs: memory requests (the shipped ones are a real cluster's), threads capped at the node's CPUs,
+and the job-status polling.
 
 Checked per SLURM job, from `scontrol show job` (what SLURM allocated) and from what the job's
 `lqs` saw of its environment (a wrapper first on PATH records it): every GPU rule ran in `a100`
@@ -155,9 +156,9 @@ def test_require_slurm_runs_where_the_cluster_is_its_own(monkeypatch, tmp_path, 
         require_slurm(**kwargs)
 
 
-def cluster(command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(CLUSTER_SCRIPT), command], capture_output=True, text=True,
-                          timeout=120)
+def cluster(command: str, nice: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run(["nice", "-n", str(nice), "bash", str(CLUSTER_SCRIPT), command], capture_output=True,
+                          text=True, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +167,9 @@ def slurm_cluster():
     require_slurm()
     running = cluster("status").returncode == 0
     if not running:
-        started = cluster("start")
+        # Its daemons, and so its jobs, ahead of the other tests' processes (niceness -5): each
+        # job's end is seen at a status check, so a job slowed past one waits for the next.
+        started = cluster("start", nice=-5)
         if started.returncode != 0:
             pytest.fail(f"{CLUSTER_SCRIPT.name} start failed:\n{started.stdout}\n{started.stderr}",
                         pytrace=False)
@@ -177,7 +180,10 @@ def slurm_cluster():
 
 def override_profile(path: Path, rules: set[str]) -> Path:
     """A profile given after profiles/slurm (later profiles win, key by key): the shipped
-    resources with every memory request set to TEST_MEM_MB, and fast status polling."""
+    resources with every memory request set to TEST_MEM_MB, threads at most the node's CPUs
+    (a job asking more would wait forever), and fast status polling."""
+    node_cpus = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True,
+                                   check=True).stdout.split()[0])
     shipped = yaml.safe_load((PROFILE / "config.yaml").read_text())
     default_resources = dict(shipped["default-resources"], mem_mb=TEST_MEM_MB)
     set_resources = {rule: dict(shipped.get("set-resources", {}).get(rule, {}), mem_mb=TEST_MEM_MB)
@@ -185,6 +191,7 @@ def override_profile(path: Path, rules: set[str]) -> Path:
     override = {
         "default-resources": default_resources,
         "set-resources": set_resources,
+        "max-threads": node_cpus,
         # No accounting database here: squeue (MinJobAge 1 h) instead of sacct; poll often.
         "slurm-status-command": "squeue",
         "slurm-init-seconds-before-status-checks": 1,

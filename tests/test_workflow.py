@@ -40,12 +40,14 @@ from lqs.corpus import iter_records
 
 pytestmark = pytest.mark.workflow  # every test here runs Snakemake or reads completed_workflow
 
-# tiny_config: annotation steps 4, interval 2, batch 4; proxy 48 windows in 2 parts; 2 shards.
-ANNOTATED_STEPS = [0, 2]
-NUM_PARTS = 2
-NUM_SHARDS = 2
+# tiny_config: annotation steps 4, interval 4, batch 4; proxy 48 windows in 1 part; 1 shard. A test about
+# several shards sets SEVERAL_SHARDS (several steps and parts: the stages' tests, test_annotation.py).
+ANNOTATED_STEPS = [0]
+NUM_PARTS = 1
+NUM_SHARDS = 1
+SEVERAL_SHARDS = 2
 MAIN_RULES = {"tokenize_shard", "sample_proxy", "trajectory", "grad_stats", "lqs_labels",
-              "train_scorer", "score_shard"}
+              "train_scorer", "tokenize_scorer_shard", "score_shard"}
 def bad_corpus() -> tuple[list[str], dict[int, str]]:
     """The tiny corpus with four bad records; returns the JSONL lines and {line number: reason}."""
     lines = [json.dumps(d) for d in tiny_corpus()]
@@ -108,7 +110,7 @@ def test_summary(completed_workflow):
 
     annotation = summary["annotation"]
     assert {k: annotation[k] for k in ("lr", "steps", "interval", "score")} == \
-        {"lr": 0.05, "steps": 4, "interval": 2, "score": "lqs"}
+        {"lr": 0.05, "steps": 4, "interval": 4, "score": "lqs"}
 
     stage_seconds = summary["stage_seconds"]
     assert MAIN_RULES <= set(stage_seconds)
@@ -240,13 +242,17 @@ SCORING = {"score_shard": NUM_SHARDS, "gather_scores": 1, "select_order": 1, "al
     (set_key("scorer", "lr", 0.002), {"train_scorer": 1, **SCORING}, "train_scorer"),
     (set_key("inference", "max_tokens", 1024), SCORING, "score_shard"),
     (set_key("inference", "dtype", "bf16"), SCORING, "score_shard"),
+    # the scorer's windows change: they are made again on the CPU, then scored
+    (set_key("inference", "max_windows_per_doc", 2), {"tokenize_scorer_shard": NUM_SHARDS, **SCORING},
+     "tokenize_scorer_shard"),
     # tokenize_shard rejects a record that already has the field: which records are accepted changes
     (set_key("output", "score_field", "lqs_score"),
      {"tokenize_shard": NUM_SHARDS, "sample_proxy": 1, "pretrain_proxy": 1, "trajectory": 1, **ALL_STATS,
-      "lqs_labels": 1, "train_scorer": 1, **SCORING}, "tokenize_shard"),
+      "lqs_labels": 1, "train_scorer": 1, "tokenize_scorer_shard": NUM_SHARDS, **SCORING}, "tokenize_shard"),
     (set_key("demo", "seed", 1), {}, None),  # demo_data is not in this DAG
 ], ids=["annotation.lr", "annotation.score", "annotation.stats_dtype", "scorer.lr",
-        "inference.max_tokens", "inference.dtype", "output.score_field", "demo.seed"])
+        "inference.max_tokens", "inference.dtype", "inference.max_windows_per_doc", "output.score_field",
+        "demo.seed"])
 def test_config_edit_plans_exactly_the_affected_stages(completed_workflow, tmp_path, edit, expected,
                                                        changed):
     workdir = copy_workflow(completed_workflow, tmp_path)
@@ -296,17 +302,18 @@ def test_bad_records_error_names_file_and_line(tiny_workflow):
     lines, bad = bad_corpus()
     write_jsonl(tiny_workflow / "data" / "corpus.jsonl", lines)
     edit_config(tiny_workflow, set_key("corpus", "on_bad_record", "error"))
-    shards = [f"results/corpus/shard-{s}.parquet" for s in range(NUM_SHARDS)]
+    edit_config(tiny_workflow, set_key("corpus", "num_shards", SEVERAL_SHARDS))
+    shards = [f"results/corpus/shard-{s}.parquet" for s in range(SEVERAL_SHARDS)]
     result = snakemake(tiny_workflow, "--keep-going", *shards, check=False)
     assert result.returncode != 0, result.stdout + result.stderr
 
     first_bad = min(bad)
     logs = {s: (tiny_workflow / "results" / "logs" / "tokenize_shard" / f"{s}.log").read_text()
-            for s in range(NUM_SHARDS)}
+            for s in range(SEVERAL_SHARDS)}
     assert f"data/corpus.jsonl:{first_bad}" in "".join(logs.values())
     for shard, log in logs.items():
         # doc ids count records from 0, so line n is doc n-1, in shard (n-1) mod 2
-        shard_first = min(n for n in bad if (n - 1) % NUM_SHARDS == shard)
+        shard_first = min(n for n in bad if (n - 1) % SEVERAL_SHARDS == shard)
         assert f"data/corpus.jsonl:{shard_first}" in log, log
         assert bad[shard_first] in log, log
         assert not (tiny_workflow / shards[shard]).exists()
@@ -316,8 +323,9 @@ def test_bad_records_error_names_file_and_line(tiny_workflow):
 # 6. a pretrained scorer (scorer.checkpoint): no proxy, no annotation, no scorer training
 
 
-CHECKPOINT_PLAN = {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": NUM_SHARDS,
-                   "score_shard": NUM_SHARDS, "gather_scores": 1, "select_order": 1, "all": 1}
+CHECKPOINT_PLAN = {"fetch_scorer": 1, "fetch_tokenizer": 1, "tokenize_shard": SEVERAL_SHARDS,
+                   "tokenize_scorer_shard": SEVERAL_SHARDS, "score_shard": SEVERAL_SHARDS, "gather_scores": 1,
+                   "select_order": 1, "all": 1}
 UNUSED_WITH_CHECKPOINT = {"train_tokenizer", "fetch_proxy", "pretrain_proxy", "fetch_scorer_base", "train_scorer"}
 
 
@@ -338,7 +346,7 @@ def test_scorer_checkpoint_needs_no_models_section(tmp_path, scorer_checkpoint):
     """A config of only a corpus and a checkpoint (no models, no target) plans the scoring; the
     efficacy target, which needs an architecture, says so at DAG build."""
     write_jsonl(tmp_path / "data" / "corpus.jsonl", tiny_corpus(24))
-    make_workflow(tmp_path, {"corpus": {"path": "data/corpus.jsonl", "num_shards": NUM_SHARDS},
+    make_workflow(tmp_path, {"corpus": {"path": "data/corpus.jsonl", "num_shards": SEVERAL_SHARDS},
                              "scorer": {"checkpoint": str(scorer_checkpoint)}})
     plan = planned(tmp_path)
     assert plan == CHECKPOINT_PLAN
@@ -411,9 +419,9 @@ def test_editing_one_corpus_file_retokenizes_only_its_shard(per_file_workflow, t
 
     jobs = plan(workdir)
     # shard 1 changed: it is retokenized and rescored (by the same scorer); shard 0 stands
-    assert rule_counts(jobs) == {"tokenize_shard": 1, "score_shard": 1, "gather_scores": 1, "select_order": 1,
-                                 "all": 1}
-    assert [j["wildcards"] for j in jobs if "shard" in j["wildcards"]] == [{"shard": "1"}] * 2
+    assert rule_counts(jobs) == {"tokenize_shard": 1, "tokenize_scorer_shard": 1, "score_shard": 1,
+                                 "gather_scores": 1, "select_order": 1, "all": 1}
+    assert [j["wildcards"] for j in jobs if "shard" in j["wildcards"]] == [{"shard": "1"}] * 3
     tokenize = [j for j in jobs if j["rule"] == "tokenize_shard"]
     assert tokenize[0]["reason"] == "Updated input files: data/corpus-b.jsonl"
     assert not any("data/corpus-a.jsonl" in j["reason"] for j in jobs)
@@ -426,6 +434,19 @@ def test_editing_one_corpus_file_retokenizes_only_its_shard(per_file_workflow, t
     for rule in ("pretrain_proxy", "sample_proxy", "trajectory"):
         [job] = [block for block in dry_run.split("\n\n") if f"rule {rule}:" in block]
         assert "results/corpus/shard-0.parquet" in job and "results/corpus/shard-1.parquet" in job, job
+
+
+def test_unfinished_scoring_redoes_only_unfinished_shards(per_file_workflow, tmp_path):
+    workdir = copy_workflow(per_file_workflow, tmp_path)
+    assert planned(workdir, "--rerun-incomplete") == {}
+    # Killed while scoring shard 1: its output never appeared (outputs appear only when complete),
+    # and gather never ran; shard 0 had finished.
+    for done_later in ("results/scores/shard-1.parquet", "scored.jsonl", "rejects.jsonl", "results/summary.json"):
+        (workdir / done_later).unlink()
+    assert planned(workdir, "--rerun-incomplete") == {"score_shard": 1, "gather_scores": 1, "select_order": 1,
+                                                      "all": 1}
+    snakemake(workdir)
+    assert (workdir / "scored.jsonl").read_bytes() == (per_file_workflow / "scored.jsonl").read_bytes()
 
 
 def test_failed_rerun_of_gather_keeps_the_previous_results(completed_workflow, tmp_path):
