@@ -10,10 +10,11 @@
 * the whole sample → stats → labels chain under permutation and re-sharding of the proxy set;
 * NonFiniteError naming the step.
 
-Models are tiny architectures built from transformers configs, in float64 where the comparison
-is with a brute force (the production path runs them in float32). Tolerances: see TOL64 and
-STATS_TOL. With micro_batch 1 every sample is computed alone, so re-sharding must be bit-exact;
-with padded micro-batches the regrouping changes float32 rounding (~1e-7), nothing more.
+Models are tiny architectures built from transformers configs (tests/tiny_lm.py), in float64
+where the comparison is with a brute force (the production path runs them in float32).
+Tolerances: see TOL64 and STATS_TOL. With micro_batch 1 every sample is computed alone, so
+re-sharding must be bit-exact; with padded micro-batches the regrouping changes float32 rounding
+(~1e-7), nothing more.
 """
 
 from __future__ import annotations
@@ -30,11 +31,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import stage_function
 from safetensors.torch import load_file
-from torch.func import functional_call
-from transformers import AutoModelForCausalLM, MistralConfig, XGLMConfig
+from tiny_lm import (
+    LR,
+    VOCAB,
+    T,
+    brute_sample_stats,
+    own_loss,
+    random_samples,
+    rel_err,
+    run_solve,
+    tiny_mistral,
+    tiny_xglm,
+)
+from transformers import AutoModelForCausalLM
 
 from lqs.costate import fit_hvp_micro_batch, hvp, load_step, solve, step_file
 from lqs.labels import normalize, raw_scores, split
@@ -49,40 +60,10 @@ grad_stats = stage_function(grad_stats_stage)
 lqs_labels = stage_function(lqs_labels_stage)
 trajectory = stage_function(trajectory_stage)
 
-VOCAB = 50
-T = 4
-LR = 0.5
-
 
 # ---------------------------------------------------------------------------------------------
-# tiny models, samples and an independent loss
+# tiny models (tiny_lm.py), tolerances and an independent loss
 # ---------------------------------------------------------------------------------------------
-
-def tiny_mistral(dtype=torch.float64, tie: bool = False, seed: int = 0, attn: str = "eager") -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                        tie_word_embeddings=tie)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
-    return _roughen(model, seed).to(dtype).eval()
-
-
-def tiny_xglm(dtype=torch.float64, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = XGLMConfig(vocab_size=VOCAB, d_model=16, ffn_dim=32, num_layers=1, attention_heads=2,
-                     max_position_embeddings=64)  # ties its embeddings by default
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    return _roughen(model, seed).to(dtype).eval()
-
-
-def _roughen(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Larger random weights than the HF init (std 0.02): more varied per-sample gradients."""
-    gen = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
-
 
 MODELS = {"mistral": lambda **kw: tiny_mistral(**kw), "xglm": lambda **kw: tiny_xglm(**kw)}
 
@@ -116,36 +97,12 @@ def float64_default():
     torch.set_default_dtype(old)
 
 
-def random_samples(n: int, lo: int = 2, hi: int = 12) -> list[list[int]]:
-    """Random token sequences of lo..hi tokens (global torch RNG: seed it first)."""
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(lo, hi + 1, ()))
-        out.append(torch.randint(0, VOCAB, (length,)).tolist())
-    return out
-
-
-def own_loss(model, params: dict | None, sample: list[int]) -> torch.Tensor:
-    """ℓ(x): mean next-token cross-entropy of x[1:] given x[:-1], one unpadded sample, written
-    independently of lqs.proxy."""
-    ids = torch.tensor(sample, dtype=torch.long)
-    if params is None:
-        logits = model(input_ids=ids[None]).logits[0, :-1]
-    else:
-        logits = functional_call(model, params, args=(), kwargs={"input_ids": ids[None]}).logits[0, :-1]
-    return F.cross_entropy(logits, ids[1:])
-
-
 def own_mean_loss(model, params: dict, samples) -> torch.Tensor:
     return torch.stack([own_loss(model, params, s) for s in samples]).mean()
 
 
 def flat(d: dict, names) -> torch.Tensor:
     return torch.cat([d[n].reshape(-1) for n in names])
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp(min=1e-300))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,20 +136,6 @@ def brute_costate(model, theta_s: dict, s: int, batches, target, lr: float) -> d
 def target_grad(model, theta: dict, target) -> dict:
     leaf = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
     return dict(zip(leaf, torch.autograd.grad(own_mean_loss(model, leaf, target), list(leaf.values()))))
-
-
-def run_solve(model, theta0, batches, target, checkpoint_every):
-    set_params(model, theta0)
-    saved = {}
-
-    def on_save(t, theta, lam):
-        assert t not in saved, f"step {t} saved twice"
-        saved[t] = ({k: v.detach().clone() for k, v in theta.items()},
-                    {k: v.detach().clone() for k, v in lam.items()})
-
-    record = solve(model, batches, target, LR, set(range(T)), on_save, micro_batch=2,
-                   checkpoint_every=checkpoint_every)
-    return saved, record
 
 
 @pytest.mark.parametrize("arch", ["mistral", "xglm"])
@@ -336,23 +279,6 @@ def test_bf16_stats_agree_with_fp32():
 # ---------------------------------------------------------------------------------------------
 # 2. per-sample statistics
 # ---------------------------------------------------------------------------------------------
-
-def brute_sample_stats(model, samples, lam: dict) -> tuple[np.ndarray, np.ndarray]:
-    """‖g(x)‖ and ⟨g(x), λ⟩ from each sample's full flattened gradient over the distinct
-    parameter tensors (a tied tensor once, with both of its uses' contributions)."""
-    unique: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) not in unique:
-            unique[id(p)] = (p, lam[name])
-    params = [p for p, _ in unique.values()]
-    lam_flat = torch.cat([v.reshape(-1).double() for _, v in unique.values()])
-    norms, dots = [], []
-    for s in samples:
-        g = torch.cat([x.reshape(-1).double() for x in torch.autograd.grad(own_loss(model, None, s), params)])
-        norms.append(float(g.norm()))
-        dots.append(float(g @ lam_flat))
-    return np.array(norms), np.array(dots)
-
 
 @pytest.mark.parametrize("arch,tie,attn", [("mistral", False, "eager"), ("mistral", True, "eager"),
                                            ("mistral", False, "sdpa"), ("xglm", True, "eager")])

@@ -1,10 +1,9 @@
 """The scorer's windows file (lqs.scorer_windows), stage tokenize_scorer_shard, and score_shard's
-model-only loop on it: Scorer.score_chunk, its compiled forward and that forward's fallback."""
+model-only loop on it: Scorer.score_chunk (its compiled forward: tests/test_compiled.py)."""
 
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,7 +12,7 @@ import torch
 from helpers import stage_function, tiny_corpus, tiny_scorer, write_jsonl
 
 import lqs.scorer
-from lqs import runtime, scorer_windows
+from lqs import scorer_windows
 from lqs.scorer import Window, token_budget_batches
 from lqs.stages import tokenize_scorer_shard as tokenize_scorer_shard_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
@@ -137,33 +136,3 @@ def test_the_tokenizer_digest_is_that_of_a_saved_copy(scorer_dir, tmp_path):
     tokenizer.save_pretrained(tmp_path / "copy")
     copy = lqs.tokenize.load_tokenizer(tmp_path / "copy")
     assert scorer_windows.tokenizer_digest(copy) == scorer_windows.tokenizer_digest(tokenizer)
-
-
-def test_compiled_scoring_gives_the_uncompiled_scores(scorer_dir, shard, tmp_path):
-    """inference.compile: static shapes (widths padded to 64, rows to the budget) through
-    torch.compile; the scores are the eager path's."""
-    _windows(scorer_dir, shard, tmp_path / "w.parquet")
-    eager, compiled = (lqs.scorer.load(scorer_dir, "cpu", compile=c) for c in (False, True))
-    for chunk in scorer_windows.read_chunks(str(tmp_path / "w.parquet")):
-        np.testing.assert_allclose(compiled.score_chunk(chunk, 256), eager.score_chunk(chunk, 256), rtol=1e-5,
-                                   atol=1e-6)
-    assert compiled.forward.call is not compiled.forward.fn  # it did compile, and did not fall back
-
-
-def test_where_compiling_fails_the_model_runs_uncompiled_with_one_warning(monkeypatch, caplog):
-    calls = []
-
-    def broken_compile(fn, **options):
-        def call(*args):
-            calls.append(args)
-            raise RuntimeError("Compiler: cc not found\nmore detail")
-        return call
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    forward = runtime.compiled(lambda x: x * 2, "a test function", shapes=3)
-    with caplog.at_level(logging.WARNING, logger="lqs.runtime"):
-        assert [forward(torch.tensor(i)).item() for i in range(3)] == [0, 2, 4]
-    assert len(calls) == 1  # tried once, then uncompiled
-    assert [r.getMessage() for r in caplog.records] == [
-        "torch.compile is unavailable for a test function (RuntimeError: Compiler: cc not found): "
-        "running it uncompiled"]

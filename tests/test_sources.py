@@ -1,7 +1,7 @@
 """Corpus sources (lqs.sources): directories, fsspec URLs and Hugging Face data sets (hf://).
 
 Offline throughout: fsspec's memory:// and file:// filesystems, and for hf:// the fake Hub of
-test_hub.py (huggingface_hub's HTTP client answered in-process, and in the workflow's
+fake_hub.py (huggingface_hub's HTTP client answered in-process, and in the workflow's
 subprocesses through a sitecustomize.py) serving data set repos laid out as the hub cache: the
 same HfFileSystem requests (repo info, tree, paths-info, resolve with ranges) that a real run makes.
 """
@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from fake_hub import FAKE_TOKEN, HUB_MOCK, add_to_hub_cache
 from helpers import GOOD, ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
-from test_hub import FAKE_TOKEN, HUB_MOCK, add_to_hub_cache
 
 from lqs import config as lqs_config
 from lqs import corpus, sources

@@ -1,7 +1,11 @@
-"""annotation.compile (docs/configuration.md#compiled-kernels-annotationcompile): the per-sample
-statistics' reductions through torch.compile and the trajectory's multi-tensor updates give the
-eager paths' values on a CPU (inductor compiles with the installed C++ compiler); where compiling
-fails, the eager path runs and one warning says so, once per process."""
+"""torch.compile in lqs (lqs.runtime.compiled; docs/configuration.md#compiled-kernels-annotationcompile).
+
+annotation.compile: the per-sample statistics' reductions through torch.compile and the
+trajectory's multi-tensor updates give the eager paths' values on a CPU (inductor compiles with
+the installed C++ compiler). inference.compile: the scorer's forward at static shapes gives the
+uncompiled scores. Where compiling fails, the eager path runs and one warning says so, once per
+process. In one file, so that one test process pays inductor's first-compile setup (precompiled
+headers, CPU feature probes: ~15 s on a fresh cache) for all of them."""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ import logging
 import numpy as np
 import pytest
 import torch
-from test_annotation import LR, T, brute_sample_stats, random_samples, rel_err, run_solve, tiny_mistral
+from helpers import stage_function, tiny_corpus, tiny_scorer, write_jsonl
+from tiny_lm import LR, T, brute_sample_stats, random_samples, rel_err, run_solve, tiny_mistral
 
-from lqs import per_sample
+import lqs.scorer
+from lqs import per_sample, runtime, scorer_windows
 from lqs.costate import _axpy, hvp, solve
 from lqs.per_sample import per_sample_stats
 from lqs.proxy import get_params, set_params
+from lqs.stages import tokenize_scorer_shard, tokenize_shard
 
 # The fast path's fp32 exactness (tests/test_annotation.py's STATS_TOL): compiled against eager,
 # and against the float64 brute force.
@@ -143,3 +150,50 @@ def test_fused_trajectory_equals_eager():
         assert [x is None for x in record[key]] == [x is None for x in eager_record[key]], key
         assert [x for x in record[key] if x is not None] == pytest.approx(
             [x for x in eager_record[key] if x is not None], rel=1e-5), key
+
+
+# ---------------------------------------------------------------- inference.compile
+
+
+@pytest.fixture(scope="module")
+def scorer_and_windows(tmp_path_factory):
+    """A tiny scorer and the windows file tokenize_scorer_shard makes for it from a small corpus."""
+    root = tmp_path_factory.mktemp("scoring")
+    scorer_dir = tiny_scorer(root)
+    corpus = write_jsonl(root / "corpus.jsonl", tiny_corpus(30, seed=3))
+    stage_function(tokenize_shard)([str(corpus)], str(scorer_dir), 0, str(root / "tok.parquet"),
+                                   str(root / "rejects.jsonl"), max_length=32, on_bad_record="error")
+    stage_function(tokenize_scorer_shard)([str(corpus)], str(root / "tok.parquet"), str(scorer_dir),
+                                          str(root / "windows.parquet"), shard=0, max_length=None, chunk_docs=8,
+                                          max_windows_per_doc=None)
+    return scorer_dir, root / "windows.parquet"
+
+
+def test_compiled_scoring_gives_the_uncompiled_scores(scorer_and_windows):
+    """inference.compile: static shapes (widths padded to 64, rows to the budget) through
+    torch.compile; the scores are the eager path's."""
+    scorer_dir, windows = scorer_and_windows
+    eager, compiled = (lqs.scorer.load(scorer_dir, "cpu", compile=c) for c in (False, True))
+    for chunk in scorer_windows.read_chunks(str(windows)):
+        np.testing.assert_allclose(compiled.score_chunk(chunk, 256), eager.score_chunk(chunk, 256), rtol=1e-5,
+                                   atol=1e-6)
+    assert compiled.forward.call is not compiled.forward.fn  # it did compile, and did not fall back
+
+
+def test_where_compiling_fails_the_model_runs_uncompiled_with_one_warning(monkeypatch, caplog):
+    calls = []
+
+    def broken_compile(fn, **options):
+        def call(*args):
+            calls.append(args)
+            raise RuntimeError("Compiler: cc not found\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    forward = runtime.compiled(lambda x: x * 2, "a test function", shapes=3)
+    with caplog.at_level(logging.WARNING, logger="lqs.runtime"):
+        assert [forward(torch.tensor(i)).item() for i in range(3)] == [0, 2, 4]
+    assert len(calls) == 1  # tried once, then uncompiled
+    assert [r.getMessage() for r in caplog.records] == [
+        "torch.compile is unavailable for a test function (RuntimeError: Compiler: cc not found): "
+        "running it uncompiled"]
