@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import job_server
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,10 +138,12 @@ def _snakemake_main(workdir: str, argv: list[str], env: dict, fresh: bool, nice:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, cores: int | None = 2, env: dict | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess:
+              timeout: float = 600, real_lqs: bool = False) -> subprocess.CompletedProcess:
     """`snakemake --cores 2 *args` in `workdir` (cores=None: no --cores, the profiles decide), in
     this environment or in `env`. Fails the test if Snakemake fails (unless check=False) or runs
-    over `timeout` seconds (then it is terminated: SIGTERM, as Ctrl-C, cancels its SLURM jobs)."""
+    over `timeout` seconds (then it is terminated: SIGTERM, as Ctrl-C, cancels its SLURM jobs).
+    The jobs' `lqs` is the job server's stand-in (tests/job_server.py); real_lqs: the console
+    script itself."""
     if not marked_workflow:
         raise AssertionError("this test starts Snakemake: mark it @pytest.mark.workflow")
     argv = [*(["--cores", str(cores)] if cores else []), *map(str, args)]
@@ -148,8 +151,11 @@ def snakemake(workdir: Path, *args: str, check: bool = True, cores: int | None =
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         for path in (out, err):  # there to read even if the process fails before it writes them
             Path(path).touch()
+        run_env = dict(os.environ if env is None else env)
+        if not real_lqs:
+            run_env = job_server.environment(run_env)
         process = _FORKSERVER.Process(target=_snakemake_main, args=(
-            str(workdir), argv, dict(os.environ if env is None else env), env is not None,
+            str(workdir), argv, run_env, env is not None,
             os.getpriority(os.PRIO_PROCESS, 0), out, err))
         process.start()
         try:

@@ -277,5 +277,5 @@ def test_jobs_find_lqs_without_an_activated_venv(tmp_path):
     make_workflow(tmp_path, tiny_config(str(corpus.relative_to(tmp_path)), "data/target.jsonl"))
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no venv, no pyenv shims: no `lqs` on PATH
     assert shutil.which("lqs", path=env["PATH"]) is None
-    snakemake(tmp_path, "results/models/tokenizer", cores=1, env=env, timeout=300)
+    snakemake(tmp_path, "results/models/tokenizer", cores=1, env=env, timeout=300, real_lqs=True)
     assert (tmp_path / "results" / "models" / "tokenizer" / "tokenizer.json").exists()

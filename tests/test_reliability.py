@@ -84,7 +84,8 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
         stop = threading.Event()
         killer = threading.Thread(target=_kill_when_started, args=(stage, workdir, rng.uniform(0.3, 1.5), killed, stop))
         killer.start()
-        run = snakemake(workdir, "--rerun-incomplete", check=False)
+        # The real `lqs`: without its seconds of imports, a tiny job ends before the kill lands.
+        run = snakemake(workdir, "--rerun-incomplete", check=False, real_lqs=True)
         stop.set()
         killer.join()
         if run.returncode != 0:  # a kill that lands after the job ended interrupts nothing

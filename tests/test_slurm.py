@@ -265,7 +265,7 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
     with concurrent.futures.ThreadPoolExecutor(1) as background:
         # The SLURM run (terminated after RUN_TIMEOUT_S: snakemake cancels its SLURM jobs)...
         slurm_run = background.submit(snakemake, workdir, "--profile", PROFILE, "--profile", overrides, cores=None,
-                                      env=env, check=False, timeout=RUN_TIMEOUT_S)
+                                      env=env, check=False, timeout=RUN_TIMEOUT_S, real_lqs=True)
         # ...and meanwhile the local reference run (shared with other tests), niced: the SLURM
         # run mostly waits for status checks, but its jobs come first when they need the CPUs.
         niceness = os.getpriority(os.PRIO_PROCESS, 0)
