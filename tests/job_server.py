@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -53,6 +54,8 @@ PRELOAD = (
 _HEADER = struct.Struct("!I")
 # What a job runs, "module:function" (tests/test_job_server.py runs a probe); lqs.cli:main if unset.
 ENTRY_VARIABLE = "LQS_JOB_SERVER_ENTRY"
+# A server with no job for this many seconds ends (default 60).
+IDLE_VARIABLE = "LQS_JOB_SERVER_IDLE_SECONDS"
 # The modules a server imports before serving, comma-separated, instead of PRELOAD.
 PRELOAD_VARIABLE = "LQS_JOB_SERVER_PRELOAD"
 
@@ -229,7 +232,8 @@ def _run_job(request: dict, fds: list[int]) -> None:
 
 def serve(base: str, owner: int) -> None:
     """Imports the libraries, then forks a child per stand-in that connects to `base`.sock, until
-    the test process `owner` ends (or SIGTERM)."""
+    the test process `owner` ends (or SIGTERM), or no job came for IDLE_SECONDS (the server of
+    one test's environment would otherwise hold its memory to the end of the run)."""
     import importlib
 
     preload = os.environ[PRELOAD_VARIABLE].split(",") if PRELOAD_VARIABLE in os.environ else PRELOAD
@@ -246,9 +250,16 @@ def serve(base: str, owner: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     jobs: dict[int, socket.socket] = {}  # child pid -> its stand-in's connection
     watched: dict[socket.socket, int] = {}  # connections still open -> child pid
+    idle_seconds = float(os.environ.get(IDLE_VARIABLE, 60))
+    idle_since, closing = time.monotonic(), False
     try:
         while _alive(owner):
+            if not jobs and not closing and time.monotonic() - idle_since > idle_seconds:
+                os.unlink(base + ".sock")  # no stand-in connects from now on; those that did are served
+                closing = True
             readable, _, _ = select.select([listener, *watched], [], [], 0.02)
+            if closing and not jobs and listener not in readable:
+                break
             for ready in readable:
                 if ready is listener:
                     conn, _ = listener.accept()
@@ -292,10 +303,11 @@ def serve(base: str, owner: int) -> None:
                     except OSError:
                         pass
                 conn.close()
+                idle_since = time.monotonic()
     finally:
         for pid in jobs:
             _signal(pid, signal.SIGKILL)
-        for suffix in (".sock", ".pid"):
+        for suffix in (".sock", ".pid", ".starting"):  # the next job of this environment starts another
             try:
                 os.unlink(base + suffix)
             except OSError:

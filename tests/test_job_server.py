@@ -100,3 +100,24 @@ def test_a_killed_stand_in_takes_its_job_with_it(probe):
     while job in _children(server):
         assert time.monotonic() < deadline, f"job {job} outlived its stand-in"
         time.sleep(0.02)
+
+
+def test_an_idle_server_ends_and_the_next_job_starts_another(probe, tmp_path):
+    env, alone, _ = probe
+    env = {**env, job_server.IDLE_VARIABLE: "0.5"}  # a server of its own, idle after half a second
+    base = Path(env["LQS_JOB_SERVER"]) / job_server.env_key(env)
+    servers = []
+    for _ in range(2):
+        assert subprocess.run(["lqs", "exit", "0"], env=env).returncode == 0  # the real one; starts a server
+        deadline = time.monotonic() + 60
+        while not Path(f"{base}.sock").exists():
+            assert time.monotonic() < deadline, Path(f"{base}.log").read_text()
+            time.sleep(0.02)
+        servers.append(int(Path(f"{base}.pid").read_text()))
+        assert subprocess.run(["lqs", "exit", "0"], env=env).returncode == 0  # served
+        while Path(f"{base}.pid").exists():  # idle: ends, and lets the next job start another
+            assert time.monotonic() < deadline, "the idle server did not end"
+            time.sleep(0.05)
+        assert not Path(f"{base}.sock").exists() and not Path(f"{base}.starting").exists()
+    assert servers[0] != servers[1]
+
