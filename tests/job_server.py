@@ -3,23 +3,22 @@ transformers and pyarrow once.
 
 A fresh `lqs` job spends 2.5 to 4.5 s of CPU importing those libraries, and most jobs of the tiny
 workflow run for under a second after that: over the suite's ~130 jobs, the imports were half of
-its CPU time. helpers.snakemake() puts a stand-in `lqs` first on the PATH of the runs it starts in
-the test's own environment; the stand-in passes its arguments, environment, working directory,
-niceness, umask and standard streams to the server, which forks a child that runs
+its CPU time. helpers.snakemake() puts a stand-in `lqs` first on the PATH of the runs it starts
+(unless real_lqs); the stand-in passes its arguments, environment, working directory, niceness,
+umask and standard streams to the server of its environment, which forks a child that runs
 `lqs.cli.main` as the console script would, and relays the child's exit status (or the signal
-that ended it) back as the stand-in's own.
+that ended it) back as the stand-in's own. The first job of an environment runs the real
+console script and starts that server; a server ends after a minute without a job.
 
 What stays as in a real process: the job's environment is exactly the stand-in's, its `lqs`
 modules are imported in the child (the server imports only third-party libraries), `__main__` is
 the console script (multiprocessing's spawn re-imports it), and `random`/numpy's global generators
 are reseeded as a new process seeds them. Signals sent to the stand-in (Snakemake's SIGTERM) are
 forwarded to the child, and a stand-in that dies (SIGKILL, a killed process group) takes its
-child with it. A library reads some variables at import (HF_HOME, OMP_NUM_THREADS): a server
-serves only jobs whose environment, PATH and per-test names aside, equals the one it was started
-with; any other job, and every run given an environment of its own (the SLURM test, the
-no-venv test), runs the real console script.
+child with it. Libraries read some variables at import (HF_HOME, OMP_NUM_THREADS, which
+Snakemake sets per job): a server is started in, and serves only, one environment (PATH and the
+names the shell and pytest set aside). tests/test_job_server.py checks these behaviours.
 """
-
 from __future__ import annotations
 
 import atexit

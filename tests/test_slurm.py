@@ -11,6 +11,8 @@ Checked per SLURM job, from `scontrol show job` (what SLURM allocated) and from 
 `lqs` saw of its environment (a wrapper first on PATH records it): every GPU rule ran in `a100`
 with a GPU allocated and CUDA_VISIBLE_DEVICES set, every other rule in `cpu` without a GPU; and
 scored.jsonl is byte for byte the local run's (`completed_workflow`, plain `snakemake --cores 2`).
+The SLURM jobs run the real `lqs` console script and the local run's jobs the job server's
+(tests/job_server.py): the comparison also checks the one against the other.
 
 Where the machine cannot run that cluster (SLURM not installed, not root, or a SLURM already
 configured or running here, which the test must not disturb) the test skips, giving the reason;
