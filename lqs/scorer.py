@@ -301,17 +301,12 @@ def tokenizer_processes(path: str | Path, workers: int) -> Iterator[ProcessPoolE
 
 
 def token_budget_batches(windows: Sequence[Window], max_tokens: int) -> Iterator[list[int]]:
-    """Indices of `windows`, longest first, grouped so that batch size × longest ≤ max_tokens."""
+    """Indices of `windows`, longest first, grouped so that batch size × longest ≤ max_tokens
+    (a lone longer window alone): budget_slices of the windows sorted by length."""
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i].ids))
-    batch: list[int] = []
-    for i in order:
-        longest = len(windows[batch[0]].ids) if batch else len(windows[i].ids)
-        if batch and (len(batch) + 1) * longest > max_tokens:
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
+    lengths = np.array([len(windows[i].ids) for i in order], dtype=np.int64)
+    for start, stop, _, _ in budget_slices(lengths, max_tokens):
+        yield order[start:stop]
 
 
 def check_texts(texts: Iterable[str], max_chars: int = MAX_CHARS) -> list[str]:

@@ -80,3 +80,15 @@ def tok_dir(tmp_path_factory) -> str:
     stage_function(train_tokenizer_stage)([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=300,
                                           max_chars=10**6)
     return str(d / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module's tests (pytestmark usefixtures): tiny models run
+    fastest so, and a busy machine is not oversubscribed."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -78,13 +78,7 @@ TOL64 = {"mistral": 1e-6, "xglm": 1e-10}
 STATS_TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: one intra-op thread is much faster (and far less sensitive to a loaded host)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from tiny_lm import LR, T, brute_sample_stats, random_samples, rel_err, run_solv
 
 import lqs.scorer
 from lqs import per_sample, runtime, scorer_windows
-from lqs.costate import _axpy, hvp, solve
+from lqs.costate import _axpy, hvp
 from lqs.per_sample import per_sample_stats
-from lqs.proxy import get_params, set_params
+from lqs.proxy import get_params
 from lqs.stages import tokenize_scorer_shard, tokenize_shard
 
 # The fast path's fp32 exactness (tests/test_annotation.py's STATS_TOL): compiled against eager,
@@ -31,12 +31,7 @@ STATS_TOL = 1e-5
 WHAT = "the per-sample statistics' reductions"  # as the fallback's warning names them
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +129,7 @@ def test_fused_trajectory_equals_eager():
     target = random_samples(3)
     theta0 = get_params(model)
     eager_saved, eager_record = run_solve(model, theta0, batches, target, None)
-    set_params(model, theta0)
-    saved = {}
-    record = solve(model, batches, target, LR, set(range(T)),
-                   lambda t, th, la: saved.setdefault(t, ({k: v.clone() for k, v in th.items()},
-                                                          {k: v.clone() for k, v in la.items()})),
-                   micro_batch=2, fused=True)
+    saved, record = run_solve(model, theta0, batches, target, None, fused=True)
     assert sorted(saved) == list(range(T))
     for t in range(T):
         for got, want in zip(saved[t], eager_saved[t]):

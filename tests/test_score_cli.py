@@ -31,12 +31,7 @@ fetch_scorer = stage_function(fetch_scorer_stage)
 train_tokenizer = stage_function(train_tokenizer_stage)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 def _ids(tokenizer) -> dict:

@@ -67,13 +67,7 @@ def _texts(n: int, seed: int, max_sentences: int = 5) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and avoids oversubscribing a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 @pytest.fixture(scope="module")

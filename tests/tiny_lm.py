@@ -86,7 +86,7 @@ def brute_sample_stats(model, samples, lam: dict) -> tuple[np.ndarray, np.ndarra
     return np.array(norms), np.array(dots)
 
 
-def run_solve(model, theta0, batches, target, checkpoint_every):
+def run_solve(model, theta0, batches, target, checkpoint_every, fused: bool = False):
     set_params(model, theta0)
     saved = {}
 
@@ -96,5 +96,5 @@ def run_solve(model, theta0, batches, target, checkpoint_every):
                     {k: v.detach().clone() for k, v in lam.items()})
 
     record = solve(model, batches, target, LR, set(range(T)), on_save, micro_batch=2,
-                   checkpoint_every=checkpoint_every)
+                   checkpoint_every=checkpoint_every, fused=fused)
     return saved, record
