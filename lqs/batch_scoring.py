@@ -8,7 +8,6 @@ model / write) and tokens/s of a run's log line (`Meter`).
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import os
 import time
@@ -25,6 +24,7 @@ from lqs import corpus
 from lqs.io import parquet_batches
 from lqs.runtime import resolve_device
 from lqs.scorer import load, tokenizer_processes, windows_in_worker
+from lqs.splits import corpus_doc_ids, corpus_ids_of_shards
 
 T = TypeVar("T")
 
@@ -50,17 +50,26 @@ def accepted_documents(tokenized_shard: str, batch_rows: int = 65536) -> Iterato
         yield ids[first], batch.column(1).to_numpy()[first]
 
 
+def corpus_accepted_documents(tokenized_shards: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """accepted_documents of the shards of a corpus, in order, with the corpus's doc ids (lqs.splits)."""
+    for shard, indices in zip(tokenized_shards, corpus_ids_of_shards(tokenized_shards)):
+        for ids, fingerprints in accepted_documents(shard):
+            yield corpus_doc_ids(ids, indices), fingerprints
+
+
 def accepted_records(records: Iterator[corpus.Record],
                      tokenized_shard: str | Sequence[str]) -> Iterator[corpus.Record]:
     """The records tokenization accepted. Both streams come in input order: a merge, never a
     lookup table. Stops at an accepted document that is gone or is now a bad record; one whose
     fingerprint differs from the tokenized shard's is an error (the corpus was edited since).
-    Several tokenized shards (the whole corpus's records, every shard's): their accepted
-    documents are merged, in doc id order, which is input order."""
-    shards = [tokenized_shard] if isinstance(tokenized_shard, str) else list(tokenized_shard)
-    accepted = heapq.merge(*(((int(i), int(f)) for ids, fingerprints in accepted_documents(shard)
-                              for i, f in zip(ids, fingerprints)) for shard in shards))
-    tokenized_shard = shards[0] if len(shards) == 1 else "the tokenized shards"
+    Several tokenized shards (every shard's, in order, against the whole corpus's records): with
+    the corpus's doc ids, which increase in input order."""
+    if isinstance(tokenized_shard, str):
+        documents = accepted_documents(tokenized_shard)
+    else:
+        documents = corpus_accepted_documents(tokenized_shard)
+        tokenized_shard = "the tokenized shards"
+    accepted = ((int(i), int(f)) for ids, fingerprints in documents for i, f in zip(ids, fingerprints))
     next_id, fingerprint = next(accepted, (None, None))
     for record in records:
         if next_id is None or record.doc_id is None or record.doc_id < next_id:

@@ -24,7 +24,7 @@ import re
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from lqs import sources
 from lqs.defaults import default
 from lqs.io import parquet_file
+from lqs.splits import Split, is_parquet, shard_doc_id
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,30 @@ class BadFileError(BadRecordError):
     """A corpus file that cannot be read at all (truncated or corrupt), named in the message."""
 
 
+class LinesBefore:
+    """The lines of a file before a split's first byte, counted once and only if asked for: a
+    split that starts inside a file knows its records' lines relative to its start, and only a
+    message (or a rejects entry) needs the file's line number."""
+
+    def __init__(self, path: str, start: int):
+        self.path, self.start, self._count = path, start, None
+
+    def __call__(self) -> int:
+        if self._count is None:  # the lines ending before byte start - 1, and the one the split skips
+            count, left = 1, self.start - 1
+            with sources.open_binary(self.path) as f:
+                while left > 0 and (block := f.read(min(left, 1 << 20))):
+                    count += block.count(b"\n")
+                    left -= len(block)
+            self._count = count
+        return self._count
+
+
 @dataclass(frozen=True)
 class Record:
     doc_id: int | None  # None: the whole file cannot be read (line, fields, raw, text are None too)
     path: str
-    line: int | None  # 1-based line (JSONL) or row (Parquet)
+    split_line: int | None  # 1-based line (JSONL) or row (Parquet), from the start of the split read
     fields: dict[str, Any] | None  # the parsed record, None when it could not be parsed
     # the line as read (JSONL) without its line end (and BOM), kept for the output; its bytes
     # when they are not UTF-8 (a bad record)
@@ -61,6 +81,14 @@ class Record:
     text: str | None
     error: str | None
     eol: str = ""  # the line end as read: "\n", "\r\n", or "" (a last line without one)
+    lines_before: LinesBefore | None = field(default=None, compare=False)  # a split that starts inside its file: the lines before it
+
+    @property
+    def line(self) -> int | None:
+        """The record's 1-based line (JSONL) or row (Parquet) in its file."""
+        if self.split_line is None or self.lines_before is None:
+            return self.split_line
+        return self.split_line + self.lines_before()
 
     @property
     def where(self) -> str:
@@ -95,10 +123,6 @@ def require_fingerprints(path: str) -> None:
     an lqs from before fingerprints wrote it."""
     if "fingerprint" not in parquet_file(path).schema_arrow.names:
         raise RuntimeError(f"{path} has no record fingerprints (an older lqs wrote it): {RETOKENIZE}")
-
-
-def is_parquet(path: str | Path) -> bool:
-    return str(path).endswith((".parquet", ".pq"))
 
 
 MAX_CHARS = default("corpus.max_chars")
@@ -151,6 +175,15 @@ def output_fields(score_field: str, extra_fields: Sequence[str] = ()) -> dict[st
     return {score_field: "score_field", **dict.fromkeys(extra_fields, "extra_fields")}
 
 
+def output_field_error(fields: Mapping[str, Any], output_fields: Mapping[str, str]) -> str | None:
+    """Why a record cannot be written with the fields the output adds (it already has one, which
+    the output would hold twice), or None."""
+    for name, key in output_fields.items():
+        if name in fields:
+            return f"the record already has the field {name!r} that {setting(key)} adds; choose another {setting(key)}"
+    return None
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a parsed string, a surrogate is a lone one (pairs are joined)
 
 
@@ -186,28 +219,37 @@ def _check_record(fields: Any, text_field: str, max_chars: int, output_fields: M
         return None, f"missing text field {text_field!r}"
     text = fields[text_field]
     error = text_error(text, max_chars, f"text field {text_field!r}")
-    for name, key in output_fields.items():
-        if not error and name in fields:  # the output would hold it twice
-            error = f"the record already has the field {name!r} that {setting(key)} adds; choose another {setting(key)}"
+    if not error:
+        error = output_field_error(fields, output_fields)
     # only a \u escape makes a surrogate (a UTF-8 line holds none): most lines need no walk
     if not error and line is not None and ("\\ud" in line or "\\uD" in line):
         error = _lone_surrogate(fields)
     return (None, error) if error else (text, None)
 
 
-def _jsonl_lines(path: str) -> Iterator[tuple[int, bytes | None, str | None]]:
-    """(line number, raw bytes with the line end, error) for each non-blank line; a BOM at the
-    start of the file is dropped; a truncated gzip ends in an error."""
-    lineno = 0
-    with sources.open_binary(path) as raw, (gzip.open(raw, "rb") if path.endswith(".gz") else raw) as f:
+def _jsonl_lines(split: Split) -> Iterator[tuple[int, int, bytes | None, str | None]]:
+    """(position, line number from the split's start, raw bytes with the line end, error) for each
+    non-blank line whose first byte lies in the split; a BOM at the start of the file is dropped;
+    a truncated gzip ends in an error. A split that starts inside the file skips the line under
+    way there (its own split reads it to its end) and reads past its stop to end its last line."""
+    path, position, lineno = split.path, split.start, 0
+    with (sources.open_binary(path, seekable=position > 0) as raw,
+          gzip.open(raw, "rb") if path.endswith(".gz") else raw as f):
         try:
+            if position > 0:
+                f.seek(position - 1)
+                position += len(f.readline()) - 1  # to the first line that starts in the split
             for lineno, line in enumerate(f, start=1):
-                if lineno == 1 and line.startswith(BOM):
+                if split.stop is not None and position >= split.stop:
+                    break
+                at = position
+                position += len(line)
+                if at == 0 and line.startswith(BOM):
                     line = line[len(BOM):]
                 if line.strip():
-                    yield lineno, line, None
+                    yield at, lineno, line, None
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-            yield lineno + 1, None, f"corrupt or truncated gzip stream ({e})"
+            yield position, lineno + 1, None, f"corrupt or truncated gzip stream ({e})"
 
 
 def _int(digits: str) -> int | Decimal:
@@ -271,62 +313,49 @@ def _parse_line(raw: bytes, text_field: str, max_chars: int, output_fields: Mapp
     return line, eol, fields if isinstance(fields, dict) else None, text, error
 
 
-FILE_BITS = 40  # per-file sharding: doc_id = file index << FILE_BITS | record index in the file
-
-
-def shard_of(doc_id: int, num_shards: int | str) -> int:
-    return doc_id >> FILE_BITS if num_shards == "per_file" else doc_id % int(num_shards)
-
-
 def iter_records(
-    paths: Sequence[str | Path],
+    splits: Sequence[Split | str | Path],
     text_field: str = "text",
     max_chars: int = 1_000_000,
-    shard: int | None = None,
-    num_shards: int | str = 1,
     output_fields: Mapping[str, str] | None = None,
+    require_records: bool = True,
 ) -> Iterator[Record]:
-    """Yields every record of `paths` in input order, or only those of one shard.
+    """Yields every record of `splits` (lqs.splits.Split, or a path: the whole file) in order.
 
-    `num_shards` is an integer (doc ids count records across all files; a shard is doc_id
-    modulo num_shards; records of other shards are counted but not parsed) or "per_file": a
-    shard is one file, `paths` is then that file alone when `shard` is given, and doc ids are
-    file index << FILE_BITS | record index, so one file's edits never move another's ids.
-    Doc ids increase in input order either way.
-
-    Records are the non-blank lines of a JSONL file and the rows of a Parquet file. A file with
-    none contributes no documents and is logged; if every file is empty, that is an error. A
-    file that cannot be read at all is one Record with doc_id and line None and the reason (in
-    every shard: each job that opens it says so), then a file without records. `output_fields`
-    (see output_fields): a record that already has one is a bad record.
+    Records are the non-blank lines of a JSONL file and the rows of a Parquet file; a record's
+    doc id is the index of its file among the files of `splits` and its position in the file
+    (lqs.splits: the byte its line starts at, or its row), so ids increase in input order and do
+    not depend on any other file. A file with no records contributes no documents and is logged;
+    with `require_records` (a reader of the whole corpus), every file empty is an error. A file
+    that cannot be read at all is one Record with doc_id and line None and the reason, then a file
+    without records. `output_fields` (see output_fields): a record that already has one is a bad
+    record.
     """
-    per_file = num_shards == "per_file"
-    if per_file and shard is not None and len(paths) != 1:
-        raise ValueError("with num_shards: per_file, a shard reads exactly its one file")
-    doc_id, without_records, unreadable = 0, [], []
-    for file_index, path in enumerate(map(sources.source_name, paths), start=shard if per_file and shard else 0):
-        if per_file:
-            doc_id = file_index << FILE_BITS
+    splits = [s if isinstance(s, Split) else Split(str(s)) for s in splits]
+    without_records, unreadable, file_index, previous = [], [], -1, None
+    for split in splits:
+        path = sources.source_name(split.path)
+        split = Split(path, split.start, split.stop, split.parts).resolved()
+        if path != previous:
+            file_index, previous = file_index + 1, path
         records = 0
-        for line, raw, fields, text, error in _file_records(path, text_field, max_chars, output_fields or {}):
+        lines_before = LinesBefore(path, split.start) if split.start and not is_parquet(path) else None
+        for position, line, raw, fields, text, error in _file_records(split, text_field, max_chars, output_fields or {}):
             if line is None:  # the whole file: no records, no doc ids
                 log.warning("%s: %s; it contributes no documents", path, error)
                 unreadable.append(path)
                 yield Record(None, path, None, None, None, None, error)
                 continue
             records += 1
-            if shard is None or per_file or doc_id % int(num_shards) == shard:
-                eol = ""
-                if isinstance(raw, bytes):
-                    raw, eol, fields, text, error = _parse_line(raw, text_field, max_chars, output_fields or {})
-                yield Record(doc_id, path, line, fields, raw, text, error, eol)
-            doc_id += 1
-        if records == 0:
+            eol = ""
+            if isinstance(raw, bytes):
+                raw, eol, fields, text, error = _parse_line(raw, text_field, max_chars, output_fields or {})
+            yield Record(shard_doc_id(file_index, position), path, line, fields, raw, text, error, eol, lines_before)
+        if records == 0 and split.whole:
             if path not in unreadable:
                 log.warning("%s: empty corpus file (no records); it contributes no documents", path)
             without_records.append(path)
-    # a per-file shard sees only its own file: whether all are empty is for the whole corpus to say
-    if paths and len(without_records) == len(paths) and not (per_file and shard is not None):
+    if require_records and splits and len(without_records) == len(splits):
         raise ValueError(f"every corpus file is empty (no records){' or unreadable' if unreadable else ''}: "
                          f"{', '.join(without_records)}")
 
@@ -377,30 +406,34 @@ def _decoded_row(batch: pa.RecordBatch) -> dict[str, Any] | str:
     return row
 
 
-def _file_records(path: str, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
-    """Unparsed JSONL lines (parsed lazily by the caller) or parsed Parquet rows; line None: the
-    file cannot be read at all, and why. A missing file is a FileNotFoundError naming it as
-    given (a URL stays a URL)."""
+def _file_records(split: Split, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
+    """(position, line, raw, fields, text, error) of each record of a split: unparsed JSONL lines
+    (parsed lazily by the caller) or parsed Parquet rows; line None: the file cannot be read at
+    all, and why. A missing file is a FileNotFoundError naming it as given (a URL stays a URL)."""
+    path = split.path
     if not is_parquet(path):
-        for line, raw, error in _jsonl_lines(path):
-            yield line, raw, None, None, error
+        for position, line, raw, error in _jsonl_lines(split):
+            yield position, line, raw, None, None, error
     elif sources.is_url(path):
         with sources.open_binary(path, seekable=True) as f:
-            yield from _parquet_rows(f, text_field, max_chars, output_fields)
+            yield from _parquet_rows(f, split, text_field, max_chars, output_fields)
     elif not Path(path).exists():
         raise FileNotFoundError(f"corpus file not found: {path}")
     else:
-        yield from _parquet_rows(path, text_field, max_chars, output_fields)  # pyarrow reads a local path itself
+        yield from _parquet_rows(path, split, text_field, max_chars, output_fields)  # pyarrow reads a local path
 
 
-def _parquet_rows(source, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
+def _parquet_rows(source, split: Split, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
     parquet, error = _open_parquet(source)
     if error:
-        yield None, None, None, None, error
+        yield None, None, None, None, None, error
         return
-    row = 0
+    metadata = parquet.metadata
+    groups = range(split.start, metadata.num_row_groups if split.stop is None else split.stop)
+    row = sum(metadata.row_group(i).num_rows for i in range(split.start))  # rows before the split
+    first = row
     try:
-        for batch in parquet.iter_batches():
+        for batch in parquet.iter_batches(row_groups=groups) if len(groups) else ():
             try:
                 rows = batch.to_pylist()
             except UnicodeDecodeError:  # a string column holds invalid UTF-8: find its rows
@@ -408,13 +441,13 @@ def _parquet_rows(source, text_field: str, max_chars: int, output_fields: Mappin
             for fields in rows:
                 row += 1
                 if isinstance(fields, str):  # why the row could not be read
-                    yield row, None, None, None, fields
+                    yield row - 1, row, None, None, None, fields
                 else:
-                    yield row, None, fields, *_check_record(fields, text_field, max_chars, output_fields)
+                    yield row - 1, row, None, fields, *_check_record(fields, text_field, max_chars, output_fields)
     except (pa.ArrowException, OSError) as e:  # a damaged page (pyarrow: OSError); the batches before it were read
-        total = parquet.metadata.num_rows
-        yield row + 1, None, None, None, (f"corrupt Parquet file: its rows {row + 1} to {total} of {total} cannot be "
-                                          f"read ({' '.join(str(e).split())})")
+        total = first + sum(metadata.row_group(i).num_rows for i in groups)
+        yield row, row + 1, None, None, None, (f"corrupt Parquet file: its rows {row + 1} to {total} of "
+                                               f"{metadata.num_rows} cannot be read ({' '.join(str(e).split())})")
 
 
 PARQUET_TO_JSON = """\

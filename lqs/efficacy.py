@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lqs.io import parquet_batches, read_parquet
+from lqs.splits import corpus_ids_of_shards, with_corpus_ids
 
 ARMS = ("conventional", "lqs", "lqs_shuffled", "classifier")  # efficacy.arms' values, in the summary's order
 LQS_ARMS = ("lqs", "lqs_shuffled")  # compared with the classifier arm too (vs_classifier)
@@ -47,10 +48,11 @@ CURVE_SCHEMA = pa.schema([("arm", pa.string()), ("seed", pa.int64()), ("step", p
 
 def _first_windows(shard_paths: Sequence[str], doc_ids: np.ndarray | None, columns: list[str]):
     """Record batches of the window-0 rows (of `doc_ids` only, if given): memory is that of the
-    rows kept, not of the corpus."""
+    rows kept, not of the corpus. Doc ids are the corpus's (lqs.splits)."""
     wanted = None if doc_ids is None else pa.array(doc_ids, pa.int64())
-    for path in shard_paths:
+    for path, indices in zip(shard_paths, corpus_ids_of_shards(shard_paths)):
         for batch in parquet_batches(path, ["doc_id", "window", "input_ids"]):
+            batch = with_corpus_ids(batch, indices)
             keep = pc.equal(batch["window"], 0)
             if wanted is not None:
                 keep = pc.and_(keep, pc.is_in(batch["doc_id"], value_set=wanted))

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lqs.io import read_parquet
+from lqs.splits import corpus_ids_of_shards, with_corpus_ids
 
 MIN_TOKENS = 2  # a sample needs at least one next-token prediction
 
@@ -40,12 +41,13 @@ def draw_windows(shard_paths: Sequence[str], n: int, seed: int, *, allow_repeats
     offsets = np.cumsum([0] + [len(e) for e in eligible])
     shard_of = np.searchsorted(offsets, chosen, side="right") - 1
     parts = [None] * n
+    indices = corpus_ids_of_shards(shard_paths)
     for s, path in enumerate(shard_paths):
         picked = np.flatnonzero(shard_of == s)
         if len(picked) == 0:
             continue
         rows = eligible[s][chosen[picked] - offsets[s]]
-        table = read_parquet(path, ["doc_id", "window", "input_ids"]).take(pa.array(rows))
+        table = with_corpus_ids(read_parquet(path, ["doc_id", "window", "input_ids"]), indices[s]).take(pa.array(rows))
         for position, row in zip(picked, table.to_pylist()):
             parts[position] = row
     return pa.Table.from_pylist(parts, schema=pa.schema([

@@ -25,6 +25,7 @@ import pyarrow.json as pajson
 
 from lqs import corpus, output
 from lqs.io import atomic_open, atomic_path, parquet_batches, parquet_file, parquet_writer
+from lqs.splits import corpus_ids_of_shards, with_corpus_ids
 
 ORDER_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("tokens", pa.int64())])
 _CHUNK = 1 << 22
@@ -94,11 +95,11 @@ def read_scored(path: str, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return scores, starts, lengths
 
 
-def _shard_document_tokens(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _shard_document_tokens(path: str, file_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     shard = parquet_file(path)
     for i in range(shard.num_row_groups):  # one at a time: iter_batches reads far ahead
-        group = shard.read_row_group(i, columns=["doc_id", "input_ids"])
+        group = with_corpus_ids(shard.read_row_group(i, columns=["doc_id", "input_ids"]), file_indices)
         doc, length = group.column(0).to_numpy(), pc.list_value_length(group.column(1)).to_numpy()
         if len(doc):  # sum each run of a document's windows: memory holds documents, not windows
             runs = np.flatnonzero(np.concatenate(([True], doc[1:] != doc[:-1])))
@@ -110,10 +111,10 @@ def _shard_document_tokens(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def document_tokens(shard_paths: Sequence[str], by_shard: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(doc ids, tokens per document = the sum of its windows' lengths): doc ids ascending (input
+    """(the corpus's doc ids, tokens per document = the sum of its windows' lengths): ascending (input
     order), or with by_shard, ascending within each shard, shard after shard (a per_shard
     output's order)."""
-    per_shard = [_shard_document_tokens(p) for p in shard_paths]
+    per_shard = [_shard_document_tokens(p, i) for p, i in zip(shard_paths, corpus_ids_of_shards(shard_paths))]
     doc_ids = np.concatenate([ids for ids, _ in per_shard] + [np.zeros(0, np.int64)])
     tokens = np.concatenate([t for _, t in per_shard] + [np.zeros(0, np.int64)])
     if not by_shard:  # (a document's windows in two shards count once)

@@ -51,6 +51,7 @@ class SourceError(ValueError):
 class CorpusFile:
     path: str  # a local path, or a URL (hf:// ones pinned to a commit)
     version: str | None = None  # what identifies a URL's content when no commit does; else None
+    size: int | None = None  # a URL's bytes, as listed (a local file's are read when planning)
 
     @property
     def local(self) -> bool:
@@ -196,8 +197,8 @@ def _fsspec_files(pattern: str) -> list[CorpusFile]:
     if not files:
         raise SourceError(f"corpus.path: {pattern!r} matches no file")
     if list(files) == [path]:  # a single file: named as given
-        return [CorpusFile(pattern, _version(files[path]))]
-    return [CorpusFile(fs.unstrip_protocol(name), _version(info)) for name, info in sorted(files.items())]
+        return [CorpusFile(pattern, _version(files[path]), files[path].get("size"))]
+    return [CorpusFile(fs.unstrip_protocol(name), _version(info), info.get("size")) for name, info in sorted(files.items())]
 
 
 def parse_hub_url(url: str) -> tuple[str, str | None, str]:
@@ -247,11 +248,21 @@ def _hub_files(url: str, pins: dict[str, str], inherited: Mapping[str, str]) -> 
         raise SourceError(f"corpus.path: {url!r} matches no file in {repo} at commit {commit} (revision "
                           f"{revision or constants.DEFAULT_REVISION}); see its files at "
                           f"{repo_page(repo, 'dataset')}/tree/{commit}")
-    return [CorpusFile(f"hf://{name}") for name in sorted(files)]
+    return [CorpusFile(f"hf://{name}", size=files[name].get("size")) for name in sorted(files)]
 
 
 # ----------------------------------------------------------------------------------------------
 # opening
+
+
+def file_size(path: str) -> int:
+    """A corpus file's bytes (local path or URL)."""
+    if not is_url(path):
+        return os.path.getsize(path)
+    import fsspec
+
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    return int(fs.info(fs_path)["size"])
 
 
 def open_binary(path: str, *, seekable: bool = False) -> IO[bytes]:

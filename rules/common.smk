@@ -13,6 +13,7 @@ from lqs import defaults as lqs_defaults
 from lqs import output as lqs_output
 from lqs import provenance as lqs_provenance
 from lqs import sources as lqs_sources
+from lqs import splits as lqs_splits
 
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
@@ -63,7 +64,6 @@ def corpus_and_file_errors():
     files = [f.path for f in corpus.files]
     outputs, errors = lqs_config.resolve_outputs(config, files)
     errors += lqs_config.path_errors(config, outputs, RESULTS, own=DEMO_FILES)
-    errors += lqs_config.shard_errors(config, files)
     written = outputs.by_key() | {"results": f"{RESULTS}/summary.json"}
     return corpus, outputs, errors + lqs_config.file_errors(config, files, written)
 
@@ -87,9 +87,27 @@ def as_settings(**kwargs):
 # activated (SLURM jobs run that interpreter too); with --sdm conda, the rule's environment's own.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f'set -euo pipefail; export PATH="$PATH":{shlex.quote(os.path.dirname(sys.executable))}; ')
-PER_FILE = config["corpus"]["num_shards"] == "per_file"
-NUM_SHARDS = len(CORPUS.files) if PER_FILE else config["corpus"]["num_shards"]
-SHARDS = list(range(NUM_SHARDS))
+# The corpus plan (lqs.splits, docs/stages.md#shards): the shards as input splits, from the listing,
+# file sizes and the footers of the Parquet files it cuts. Written once to a file named by its
+# digest, whose path the jobs inherit ($LQS_CORPUS_PLAN); each job's params carry the digest of the
+# splits it reads, so that only the shards whose splits change rerun.
+PLAN = lqs_splits.build_plan(
+    [f.path for f in CORPUS.files],
+    {f.path: f.version for f in CORPUS.files if f.version},
+    lqs_splits.file_sizes([f.path for f in CORPUS.files], {f.path: f.size for f in CORPUS.files}),
+    config["corpus"]["num_shards"],
+    config["corpus"]["shard_size"],
+)
+os.environ[lqs_splits.PLAN_ENV] = PLAN.write(f"{RESULTS}/corpus/plans")
+SHARDS = [shard.key for shard in PLAN.shards]
+SHARD = {shard.key: shard for shard in PLAN.shards}
+CORPUS_FILE = {f.path: f for f in CORPUS.files}
+ALL_SPLITS_SHA256 = lqs_splits.splits_sha256(split for shard in PLAN.shards for split in shard.splits)
+
+
+wildcard_constraints:
+    shard="[0-9a-f]+",
+
 
 # output.* with its format and path settled (lqs.config.resolve_outputs), and selection.* with its path
 OUTPUT = {**config["output"], "format": OUTPUTS.format, "path": OUTPUTS.path}
@@ -103,30 +121,32 @@ SCORED_FILES = (
 )
 
 
-def job_corpus(wildcards):
-    """The corpus files a job reads: a shard's own file (per_file sharding), else all of them."""
-    if PER_FILE and "shard" in wildcards.keys():
-        return [CORPUS.files[int(wildcards.shard)]]
+def job_files(wildcards):
+    """The corpus files a job reads: its shard's, or (a job without a shard) all of them."""
+    if "shard" in wildcards.keys():
+        return [CORPUS_FILE[path] for path in SHARD[wildcards.shard].files]
     return CORPUS.files
 
 
-# A job's corpus files reach it in two ways. Local ones are inputs (an edit reruns the job); a URL
-# cannot be a Snakemake input, so the command gets every file, in order, from params, and params
-# also hold the version of each URL that no commit pins: a changed file list, hub commit or remote
-# object reruns the job (Snakemake's params trigger).
+# A job's corpus files reach it through the plan file. The local ones the first stage to read
+# them (tokenize_shard; output_schema, train_tokenizer) has as inputs, so that an edit reruns it
+# and what follows; a URL cannot be a Snakemake input, so the params hold the version of each URL
+# that no commit pins: a changed hub commit or remote object reruns the job (the params trigger).
 def corpus_inputs(wildcards):
     """The job's local corpus files, as its input."""
-    return [f.path for f in job_corpus(wildcards) if f.local]
-
-
-def corpus_arguments(wildcards):
-    """The job's corpus files, local paths and URLs, in order, quoted for the shell command."""
-    return " ".join(shlex.quote(f.path) for f in job_corpus(wildcards))
+    return [f.path for f in job_files(wildcards) if f.local]
 
 
 def corpus_versions(wildcards):
     """URL -> version of the job's remote files that no commit pins ({} for local files)."""
-    return json.dumps({f.path: f.version for f in job_corpus(wildcards) if f.version}, sort_keys=True)
+    return json.dumps({f.path: f.version for f in job_files(wildcards) if f.version}, sort_keys=True)
+
+
+def splits_sha256(wildcards):
+    """The digest of the splits a job reads (its shard's, or every shard's): its settings carry it."""
+    if "shard" in wildcards.keys():
+        return lqs_splits.splits_sha256(SHARD[wildcards.shard].splits)
+    return ALL_SPLITS_SHA256
 
 
 def target_source_file(wildcards):
@@ -216,9 +236,10 @@ def scored_record_settings():
     return dict(output_format=OUTPUT["format"], score_field=OUTPUT["score_field"], extra_fields=OUTPUT["extra_fields"])
 
 
-def corpus_settings():
+def corpus_settings(wildcards):
+    """What every corpus reader depends on: the splits it reads, and how records are read."""
     c = config["corpus"]
-    return dict(num_shards=c["num_shards"], text_field=c["text_field"], max_chars=c["max_chars"])
+    return dict(splits_sha256=splits_sha256(wildcards), text_field=c["text_field"], max_chars=c["max_chars"])
 
 
 # Resources scale with the configured sizes: a rough fp32 estimate of the proxy's and scorer's
@@ -270,12 +291,18 @@ def efficacy_proxy(wildcards):
 # record that it cannot hold exactly; Parquet rows always fit it (it unifies their files' schemas),
 # so a Parquet corpus's tokenize jobs do not read it.
 OUTPUT_SCHEMA = [f"{RESULTS}/corpus/output_schema.parquet"] if OUTPUT["format"] == "parquet" else []
-TOKENIZE_SCHEMA = OUTPUT_SCHEMA if lqs_output.default_format([f.path for f in CORPUS.files]) == "jsonl" else []
+# With output.layout per_shard, tokenize_shard rejects the JSONL records the schema cannot hold
+# (score_shard writes the parts); with layout single, gather_scores does.
+TOKENIZE_SCHEMA = (
+    OUTPUT_SCHEMA
+    if PER_SHARD_OUTPUT and lqs_output.default_format([f.path for f in CORPUS.files]) == "jsonl"
+    else []
+)
 
 
 def output_schema_flag(wildcards, input):
-    """`--output-schema FILE` for a job with the output schema among its inputs."""
-    return f"--output-schema {shlex.quote(input.output_schema[0])}" if input.output_schema else ""
+    """`--output-schema FILE` for a job with the output schema among its inputs (a list, quoted by :q)."""
+    return ["--output-schema", input.output_schema[0]] if input.output_schema else []
 
 
 def local_source(source):
@@ -303,11 +330,15 @@ def gather_model_inputs(name):
 def gather_model_arguments(wildcards, input):
     """gather_scores' arguments for the trained scorer's metrics, the annotation and the proxy."""
     if SCORER_CHECKPOINT:
-        return ""
-    return (
-        f"--scorer-metrics {input.metrics}/metrics.json"
-        f" --annotation-info {input.annotation} --proxy-model {input.proxy}"
-    )
+        return []
+    return [
+        "--scorer-metrics",
+        f"{input.metrics}/metrics.json",
+        "--annotation-info",
+        input.annotation,
+        "--proxy-model",
+        input.proxy,
+    ]
 
 
 def get_final_output():

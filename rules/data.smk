@@ -11,7 +11,7 @@ rule demo_data:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs demo-data {output.corpus} {output.target} --settings {params.settings:q} > {log} 2>&1"
+        "lqs demo-data {output.corpus:q} {output.target:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule output_schema:
@@ -20,12 +20,10 @@ rule output_schema:
     output:
         f"{RESULTS}/corpus/output_schema.parquet",
     params:
-        corpus=corpus_arguments,
         corpus_versions=corpus_versions,
-        # the records it reads are those tokenize_shard accepts (an output field in one: a bad record)
-        settings=as_settings(
-            text_field=config["corpus"]["text_field"],
-            max_chars=config["corpus"]["max_chars"],
+        # a record holding an output field is a bad record, which adds no column
+        settings=lambda wildcards: as_settings(
+            **corpus_settings(wildcards),
             score_field=OUTPUT["score_field"],
             extra_fields=OUTPUT["extra_fields"],
         ),
@@ -36,7 +34,7 @@ rule output_schema:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs output-schema {params.corpus} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        'lqs output-schema --plan "$LQS_CORPUS_PLAN" --out {output:q} --settings {params.settings:q} > {log:q} 2>&1'
 
 
 rule tokenize_shard:
@@ -48,15 +46,18 @@ rule tokenize_shard:
         shard=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         rejects=f"{RESULTS}/corpus/rejects-{{shard}}.jsonl",
     params:
-        corpus=corpus_arguments,
         corpus_versions=corpus_versions,
-        settings=as_settings(
-            **corpus_settings(),
+        settings=lambda wildcards: as_settings(
+            **corpus_settings(wildcards),
             max_length=config["corpus"]["max_length"],
             on_bad_record=config["corpus"]["on_bad_record"],
-            # a record that already has a field the output adds is rejected here, not after scoring
-            score_field=OUTPUT["score_field"],
-            extra_fields=OUTPUT["extra_fields"],
+            # output.layout per_shard: a record that already has a field the output adds is rejected
+            # here (score_shard writes the parts); with layout single, gather_scores rejects it
+            **(
+                dict(score_field=OUTPUT["score_field"], extra_fields=OUTPUT["extra_fields"])
+                if PER_SHARD_OUTPUT
+                else {}
+            ),
         ),
         output_schema=output_schema_flag,
     log:
@@ -66,9 +67,9 @@ rule tokenize_shard:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs tokenize-shard {params.corpus} --tokenizer-dir {input.tokenizer} --shard {wildcards.shard}"
-        " --out {output.shard} --rejects {output.rejects} {params.output_schema} --settings {params.settings:q}"
-        " > {log} 2>&1"
+        'lqs tokenize-shard --plan "$LQS_CORPUS_PLAN" --shard {wildcards.shard:q} --tokenizer-dir {input.tokenizer:q}'
+        " --out {output.shard:q} --rejects {output.rejects:q} {params.output_schema:q} --settings {params.settings:q}"
+        " > {log:q} 2>&1"
 
 
 rule prepare_target:
@@ -98,8 +99,8 @@ rule prepare_target:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs prepare-target {params.source:q} --tokenizer-dir {input.tokenizer} --out {output.tokens}"
-        " --eval-out {output.eval_tokens} --settings {params.settings:q} > {log} 2>&1"
+        "lqs prepare-target {params.source:q} --tokenizer-dir {input.tokenizer:q} --out {output.tokens:q}"
+        " --eval-out {output.eval_tokens:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule sample_proxy:
@@ -117,5 +118,5 @@ rule sample_proxy:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs sample-proxy {input.shards} --tokenizer-dir {input.tokenizer} --out {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs sample-proxy {input.shards:q} --tokenizer-dir {input.tokenizer:q} --out {output:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"

@@ -76,11 +76,10 @@ rule efficacy_classifier:
         scores=f"{RESULTS}/efficacy/classifier/scores.parquet",
         order=f"{RESULTS}/efficacy/classifier/order.parquet",
     params:
-        corpus=corpus_arguments,
         corpus_versions=corpus_versions,
         target=f"{RESULTS}/target/source.parquet" if TARGET_FROM_HUB else TARGET_SOURCE,
-        settings=as_settings(
-            **corpus_settings(),
+        settings=lambda wildcards: as_settings(
+            **corpus_settings(wildcards),
             **{f"target_{k}": config["target"][k] for k in CLASSIFIER_TARGET_KEYS},
             negatives=EFFICACY["classifier_negatives"],
         ),
@@ -93,9 +92,9 @@ rule efficacy_classifier:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs efficacy-classifier {params.corpus} --tokenized-shards {input.shards} --target {params.target:q}"
-        " --order {input.order} --corpus-eval {input.corpus_eval} --scores-out {output.scores}"
-        " --order-out {output.order} --settings {params.settings:q} > {log} 2>&1"
+        'lqs efficacy-classifier --plan "$LQS_CORPUS_PLAN" --tokenized-shards {input.shards:q} --target {params.target:q}'
+        " --order {input.order:q} --corpus-eval {input.corpus_eval:q} --scores-out {output.scores:q}"
+        " --order-out {output.order:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule efficacy_train:

@@ -78,11 +78,9 @@ rule train_tokenizer:
     output:
         directory(f"{MODELS}/tokenizer"),
     params:
-        corpus=corpus_arguments,
         corpus_versions=corpus_versions,
         settings=lambda wildcards: as_settings(
-            text_field=config["corpus"]["text_field"],
-            max_chars=config["corpus"]["max_chars"],
+            **corpus_settings(wildcards),
             vocab_size=config["models"]["tokenizer"]["vocab_size"],
             on_bad_record=config["corpus"]["on_bad_record"],  # for a corpus file it cannot read
         ),
@@ -93,7 +91,7 @@ rule train_tokenizer:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs train-tokenizer {params.corpus} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        'lqs train-tokenizer --plan "$LQS_CORPUS_PLAN" --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1'
 
 
 rule pretrain_proxy:

@@ -31,25 +31,22 @@ rule train_scorer:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs train-scorer {input.samples} {input.labels} {input.base} --out-dir {output}"
-        " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
+        "lqs train-scorer {input.samples:q} {input.labels:q} {input.base:q} --out-dir {output:q}"
+        " --nproc {resources.gpu:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # The scorer's windows of a shard, made on a CPU node (the SLURM profile's default partition), so
 # that score_shard's GPU runs the model alone.
 rule tokenize_scorer_shard:
     input:
-        corpus=corpus_inputs,
         tokenized=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         tokenizer=SCORER_TOKENIZER,
     output:
         f"{RESULTS}/scorer_windows/shard-{{shard}}.parquet",
     params:
-        corpus=corpus_arguments,
         corpus_versions=corpus_versions,
         settings=lambda wildcards: as_settings(
-            **corpus_settings(),
-            shard=int(wildcards.shard),
+            **corpus_settings(wildcards),
             # a checkpoint's is in its scorer.json
             max_length=None if SCORER_CHECKPOINT else SCORER["max_length"],
             max_windows_per_doc=INFERENCE["max_windows_per_doc"],
@@ -64,17 +61,16 @@ rule tokenize_scorer_shard:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs tokenize-scorer-shard {params.corpus} --tokenized-shard {input.tokenized}"
-        " --tokenizer-dir {input.tokenizer} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        'lqs tokenize-scorer-shard --plan "$LQS_CORPUS_PLAN" --shard {wildcards.shard:q} --tokenized-shard {input.tokenized:q}'
+        " --tokenizer-dir {input.tokenizer:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule score_shard:
     input:
         windows=f"{RESULTS}/scorer_windows/shard-{{shard}}.parquet",
         scorer=f"{RESULTS}/scorer",
-        # output.layout per_shard: the shard's records, for its part of the scored records, in the
-        # corpus's one schema (so that the parts read as one data set)
-        corpus=lambda wildcards: corpus_inputs(wildcards) if PER_SHARD_OUTPUT else [],
+        # output.layout per_shard: the shard's accepted records, for its part of the scored records, in
+        # the corpus's one schema (so that the parts read as one data set)
         tokenized=[f"{RESULTS}/corpus/shard-{{shard}}.parquet"] if PER_SHARD_OUTPUT else [],
         output_schema=OUTPUT_SCHEMA if PER_SHARD_OUTPUT else [],
     output:
@@ -88,23 +84,21 @@ rule score_shard:
         ),
     params:
         settings=lambda wildcards: as_settings(
-            shard=int(wildcards.shard),
             max_tokens=INFERENCE["max_tokens"],
             dtype=INFERENCE["dtype"],
             compile=INFERENCE["compile"],
             device=config["device"],
             trust_remote_code=TRUST_REMOTE_CODE,
             **(
-                corpus_settings() | scored_record_settings() | provenance_settings(wildcards)
+                corpus_settings(wildcards) | scored_record_settings() | provenance_settings(wildcards)
                 if PER_SHARD_OUTPUT
                 else {}
             ),
         ),
         part=lambda wildcards, input, output: (
-            f"{corpus_arguments(wildcards)} --tokenized-shard {shlex.quote(input.tokenized[0])}"
-            f" --part-out {shlex.quote(output.part[0])}"
+            ["--tokenized-shard", input.tokenized[0], "--part-out", output.part[0]]
             if PER_SHARD_OUTPUT
-            else ""
+            else []
         ),
         output_schema=output_schema_flag,
     log:
@@ -118,14 +112,14 @@ rule score_shard:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs score-shard --windows {input.windows} --scorer-dir {input.scorer} --out {output.scores}"
-        " --stats-out {output.stats} {params.part} {params.output_schema} --settings {params.settings:q} > {log} 2>&1"
+        "lqs score-shard --windows {input.windows:q} --scorer-dir {input.scorer:q} --out {output.scores:q}"
+        ' --shard {wildcards.shard:q} --plan "$LQS_CORPUS_PLAN" --stats-out {output.stats:q} {params.part:q}'
+        " {params.output_schema:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule gather_scores:
     input:
-        # layout per_shard: the parts are written; the corpus is not read again
-        corpus=[] if PER_SHARD_OUTPUT else corpus_inputs,
         scores=expand(f"{RESULTS}/scores/shard-{{shard}}.parquet", shard=SHARDS),
         stats=expand(f"{RESULTS}/scores/shard-{{shard}}.json", shard=SHARDS),
         rejects=expand(f"{RESULTS}/corpus/rejects-{{shard}}.jsonl", shard=SHARDS),
@@ -145,10 +139,13 @@ rule gather_scores:
         summary=update(f"{RESULTS}/summary.json"),
     params:
         # every layout: per_shard only sizes the files (the provenance block), never reads them
-        corpus=corpus_arguments,
         corpus_versions=corpus_versions,
         settings=lambda wildcards: as_settings(
-            **corpus_settings(), **scored_record_settings(), layout=OUTPUT["layout"], **provenance_settings(wildcards)
+            **corpus_settings(wildcards),
+            on_bad_record=config["corpus"]["on_bad_record"],
+            **scored_record_settings(),
+            layout=OUTPUT["layout"],
+            **provenance_settings(wildcards),
         ),
         # the scored file, or the directory of the parts (per_shard)
         out=lambda wildcards, input, output: os.path.dirname(input.parts[0]) if PER_SHARD_OUTPUT else output.scored[0],
@@ -162,7 +159,8 @@ rule gather_scores:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs gather-scores {params.corpus} --score-paths {input.scores} --reject-paths {input.rejects}"
-        " --stats-paths {input.stats} --part-paths {input.parts} --out {params.out:q}"
-        " --rejects-out {output.rejects} --summary-out {output.summary} --benchmarks-dir {params.benchmarks}"
-        " {params.output_schema} {params.models} --scorer-dir {input.scorer} --settings {params.settings:q} > {log} 2>&1"
+        'lqs gather-scores --plan "$LQS_CORPUS_PLAN" --score-paths {input.scores:q} --reject-paths {input.rejects:q}'
+        " --stats-paths {input.stats:q} --part-paths {input.parts:q} --out {params.out:q}"
+        " --rejects-out {output.rejects:q} --summary-out {output.summary:q} --benchmarks-dir {params.benchmarks:q}"
+        " {params.output_schema:q} {params.models:q} --scorer-dir {input.scorer:q} --settings {params.settings:q}"
+        " > {log:q} 2>&1"

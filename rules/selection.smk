@@ -22,7 +22,7 @@ rule select_order:
             layout=OUTPUT["layout"],
             config_sha256=CONFIG_DIGESTS["selection"],
         ),
-        scorer=lambda wildcards, input: f"--scorer-dir {shlex.quote(input.scorer)}" if input.scorer else "",
+        scorer=lambda wildcards, input: ["--scorer-dir", input.scorer] if input.scorer else [],
     log:
         f"{RESULTS}/logs/select_order.log",
     benchmark:
@@ -30,6 +30,6 @@ rule select_order:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs select-order --scored {input.scored} --shard-paths {input.shards} --out {output.selected} --order-out {output.order}"
-        " --summary-out {output.summary} {params.scorer} --scores-summary {input.scores_summary}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs select-order --scored {input.scored:q} --shard-paths {input.shards:q} --out {output.selected:q}"
+        " --order-out {output.order:q} --summary-out {output.summary:q} {params.scorer:q}"
+        " --scores-summary {input.scores_summary:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -40,7 +40,7 @@ from pathlib import Path
 
 # What a job may differ in from its server's environment: Snakemake's shell prefix appends the
 # interpreter's directory to PATH, and the shell and pytest set the others per job and per test.
-IGNORED = frozenset({"PATH", "PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST", "LQS_JOB_SERVER"})
+IGNORED = frozenset({"PATH", "PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST", "LQS_JOB_SERVER", "LQS_CORPUS_PLAN"})
 # Imported by the server before it serves: the libraries the stages import, as they import them.
 PRELOAD = (
     "numpy", "pandas", "pyarrow", "pyarrow.parquet", "pyarrow.dataset", "pyarrow.compute", "pyarrow.json",

@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from lqs import classifier, corpus
-from lqs.batch_scoring import accepted_documents, accepted_records, chunked
+from lqs.batch_scoring import accepted_records, chunked, corpus_accepted_documents
 from lqs.io import read_parquet, write_table
+from lqs.splits import planned_splits
 from lqs.stage import Arg, Stage
 from lqs.target import target_split
 
@@ -35,7 +36,7 @@ SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64())])
 
 @dataclass(frozen=True)
 class Settings:
-    num_shards: int | str  # corpus.num_shards
+    splits_sha256: str  # the digest of every shard's splits (lqs.splits.planned_splits)
     text_field: str  # corpus.text_field
     max_chars: int  # corpus.max_chars
     target_text_field: str  # target.text_field
@@ -58,7 +59,7 @@ def _texts_of(records: Iterator[corpus.Record], doc_ids: np.ndarray) -> list[str
     return texts
 
 
-def efficacy_classifier(corpus_paths: Sequence[str], tokenized_shards: Sequence[str], target: str, order: str,
+def efficacy_classifier(plan: str, tokenized_shards: Sequence[str], target: str, order: str,
                         corpus_eval: str, scores_out: str, order_out: str, settings: Settings) -> dict:
     """Trains the classifier and writes `scores_out` (doc_id, score: the log-odds of being
     target-like, for every accepted document, in input order) and `order_out` (doc_id, score:
@@ -71,8 +72,7 @@ def efficacy_classifier(corpus_paths: Sequence[str], tokenized_shards: Sequence[
                                 revision=s.target_revision, max_samples=s.target_max_samples,
                                 eval_fraction=s.target_eval_fraction, seed=s.target_seed)
     held_out = read_parquet(corpus_eval, ["doc_id"])["doc_id"].to_numpy()
-    accepted = np.concatenate([np.zeros(0, np.int64)] + [ids for shard in tokenized_shards
-                                                         for ids, _ in accepted_documents(shard)])
+    accepted = np.concatenate([np.zeros(0, np.int64)] + [ids for ids, _ in corpus_accepted_documents(tokenized_shards)])
     pool = len(np.setdiff1d(accepted, held_out))
     wanted = len(positives) if s.negatives is None else s.negatives
     if wanted > pool:
@@ -85,8 +85,8 @@ def efficacy_classifier(corpus_paths: Sequence[str], tokenized_shards: Sequence[
     negative_ids = classifier.negative_sample(accepted, held_out, wanted, SEED)
 
     def records() -> Iterator[corpus.Record]:
-        return accepted_records(corpus.iter_records(corpus_paths, s.text_field, s.max_chars, num_shards=s.num_shards),
-                                tokenized_shards)
+        return accepted_records(corpus.iter_records(planned_splits(plan, None, s.splits_sha256), s.text_field,
+                                                    s.max_chars), tokenized_shards)
 
     cpu = {}
     clock = time.process_time()
@@ -129,7 +129,7 @@ def efficacy_classifier(corpus_paths: Sequence[str], tokenized_shards: Sequence[
 STAGE = Stage(
     help="the efficacy experiment's classifier arm: train a target-vs-corpus classifier and score every document",
     run=efficacy_classifier,
-    args=(Arg("corpus_paths", "+"), Arg("--tokenized-shards", "+"), Arg("--target"), Arg("--order"),
+    args=(Arg("--plan"), Arg("--tokenized-shards", "+"), Arg("--target"), Arg("--order"),
           Arg("--corpus-eval"), Arg("--scores-out"), Arg("--order-out")),
     settings=Settings,
     counters={"documents": "documents", "positives": "positives", "negatives": "negatives"},

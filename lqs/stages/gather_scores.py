@@ -10,6 +10,7 @@ per_shard: the score jobs wrote the parts; this job only counts, and never reads
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,8 +19,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lqs import corpus, output, provenance, sources
 from lqs.io import atomic_open, benchmark_seconds, parquet_batches, read_json, write_json
+from lqs.splits import Shard, corpus_doc_ids, corpus_file_indices, planned_shards
 from lqs.stage import Arg, Stage
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,14 @@ def _merged_by_source(stats_paths: Sequence[str]) -> dict[str, float]:
     return {k: total / n for k, (total, n) in sorted(totals.items())}
 
 
+def _with_doc_id(line: str, doc_id: int) -> str:
+    """A rejects line (corpus.Record.reject_entry, doc_id first) with the corpus's doc id for the shard's."""
+    prefix = '{"doc_id": '
+    if not line.startswith(prefix):
+        raise ValueError(f"not a rejects line of lqs: {line[:80]!r}")
+    return prefix + str(doc_id) + line[line.index(",", len(prefix)):]
+
+
 def _changed_since_rejected(record: corpus.Record, entry_line: str) -> bool:
     """Whether `record` differs from the record its rejects entry (a JSON line) holds: a bad
     record fixed since, its file's mtime kept, would otherwise stay out of the output silently
@@ -57,46 +69,60 @@ def _changed_since_rejected(record: corpus.Record, entry_line: str) -> bool:
     return (entry.get("record"), entry.get("record_base64")) != (now.get("record"), now.get("record_base64"))
 
 
-def _write_single(corpus_paths, score_paths, rejected, out, *, output_format, num_shards, text_field, max_chars,
-                  score_field, extra_fields, input_schema=None, metadata=None) -> tuple[int, int, int, set[str]]:
-    """Streams the corpus once, in input order, joining each document's values from its shard's
-    (doc-id ordered) score file, into one output file. (read, scored, truncated, files with records)"""
-    shard_scores = [_scores(p) for p in score_paths]
+def _write_single(shards: Sequence[Shard], score_paths, rejected, out, *, output_format, text_field, max_chars,
+                  score_field, extra_fields, on_bad_record, input_schema=None, metadata=None):
+    """Streams the corpus once, shard by shard in input order, joining each document's values from
+    its shard's (doc-id ordered) score file, into one output file. A scored record that the output
+    cannot take (it already has a field the output adds, or a Parquet output cannot hold it
+    exactly) is a bad record here: an error, or (skip) added to `rejected`, the shard's rejects by
+    local doc id. (read, scored, truncated, files with records)"""
     read = scored = truncated = 0
     with_records = set()
     names = ["score", *extra_fields]  # the score files' columns, written as score_field and extra_fields
+    added = corpus.output_fields(score_field, extra_fields)
+    columns_type = None if input_schema is None else output.columns_of(input_schema)
     with output.ScoredWriter(out, output_format, [score_field, *extra_fields], input_schema, metadata) as writer:
         chunk, columns = [], {name: [] for name in names}
-        for record in corpus.iter_records(corpus_paths, text_field, max_chars, num_shards=num_shards):
-            if record.doc_id is None:  # an unreadable file, no documents: tokenize_shard listed it in the rejects
-                continue
-            read += 1
-            with_records.add(record.path)
-            if record.doc_id in rejected:
-                if _changed_since_rejected(record, rejected[record.doc_id]):
-                    raise RuntimeError(f"{record.where}: the corpus changed since it was tokenized (this record "
-                                       f"differs from the one rejected then); {corpus.RETOKENIZE}")
-                continue
-            shard = corpus.shard_of(record.doc_id, num_shards)
-            doc_id, score, was_truncated, n_tokens, n_windows, fingerprint = next(shard_scores[shard], (None,) * 6)
-            if doc_id != record.doc_id:
-                raise RuntimeError(f"{record.where}: document {record.doc_id} is neither scored nor "
-                                   f"rejected (shard {shard} has {doc_id} next); rerun its shard")
-            if record.error is not None or record.fingerprint != fingerprint:
-                raise RuntimeError(f"{record.where}: the corpus changed since it was scored (this record differs "
-                                   f"from the one scored in {score_paths[shard]}); {corpus.RETOKENIZE}")
-            values = dict(score=score, truncated=bool(was_truncated), n_tokens=n_tokens, n_windows=n_windows)
-            chunk.append(record)
-            for name in names:
-                columns[name].append(values[name])
-            if len(chunk) == 4096:
-                writer.write(chunk, dict(zip(writer.fields, columns.values())))
-                chunk, columns = [], {name: [] for name in names}
-            scored += 1
-            truncated += bool(was_truncated)
+        for shard, score_path, shard_rejected in zip(shards, score_paths, rejected):
+            shard_scores = _scores(score_path)
+            for record in corpus.iter_records(shard.splits, text_field, max_chars, require_records=False):
+                if record.doc_id is None:  # an unreadable file, no documents: tokenize_shard listed it in the rejects
+                    continue
+                read += 1
+                with_records.add(record.path)
+                if record.doc_id in shard_rejected:
+                    if _changed_since_rejected(record, shard_rejected[record.doc_id]):
+                        raise RuntimeError(f"{record.where}: the corpus changed since it was tokenized (this record "
+                                           f"differs from the one rejected then); {corpus.RETOKENIZE}")
+                    continue
+                doc_id, score, was_truncated, n_tokens, n_windows, fingerprint = next(shard_scores, (None,) * 6)
+                if doc_id != record.doc_id:
+                    raise RuntimeError(f"{record.where}: this document is neither scored nor rejected ({score_path} "
+                                       f"has doc id {doc_id} next, not {record.doc_id}); rerun its shard")
+                if record.error is not None or record.fingerprint != fingerprint:
+                    raise RuntimeError(f"{record.where}: the corpus changed since it was scored (this record differs "
+                                       f"from the one scored in {score_path}); {corpus.RETOKENIZE}")
+                error = corpus.output_field_error(record.fields, added)
+                if not error and columns_type is not None and record.raw is not None:
+                    if reason := output.misfit(record.fields, columns_type):
+                        error = f"{reason}; {corpus.setting('format')} jsonl keeps every record as it is"
+                if error:
+                    bad = dataclasses.replace(record, error=error)
+                    corpus.check(bad, on_bad_record)  # raises under on_bad_record: error
+                    shard_rejected[record.doc_id] = corpus.json_line(bad.reject_entry()) + "\n"
+                    continue
+                values = dict(score=score, truncated=bool(was_truncated), n_tokens=n_tokens, n_windows=n_windows)
+                chunk.append(record)
+                for name in names:
+                    columns[name].append(values[name])
+                if len(chunk) == 4096:
+                    writer.write(chunk, dict(zip(writer.fields, columns.values())))
+                    chunk, columns = [], {name: [] for name in names}
+                scored += 1
+                truncated += bool(was_truncated)
+            if next(shard_scores, None) is not None:
+                raise RuntimeError(f"{score_path} holds documents the corpus does not have; rerun scoring")
         writer.write(chunk, dict(zip(writer.fields, columns.values())))
-    if any(next(s, None) is not None for s in shard_scores):
-        raise RuntimeError("score shards hold documents the corpus does not have; rerun scoring")
     return read, scored, truncated, with_records
 
 
@@ -142,9 +168,10 @@ def remove_stale_parts(out_dir: str, part_paths: Sequence[str], manifest: str | 
 
 @dataclass(frozen=True)
 class Settings:
-    num_shards: int | str  # corpus.num_shards
+    splits_sha256: str  # the digest of every shard's splits (lqs.splits.planned_shards)
     text_field: str  # corpus.text_field
     max_chars: int  # corpus.max_chars
+    on_bad_record: str  # corpus.on_bad_record: a record the output cannot take (layout single)
     output_format: str  # output.format
     score_field: str  # output.score_field
     extra_fields: Sequence[str]  # output.extra_fields
@@ -155,34 +182,42 @@ class Settings:
     corpus_versions: Mapping[str, str]
 
 
-def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], reject_paths: Sequence[str],
+def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[str],
                   out: str, rejects_out: str, summary_out: str, settings: Settings, stats_paths: Sequence[str] = (),
                   part_paths: Sequence[str] = (), benchmarks_dir: str | None = None,
                   scorer_metrics: str | None = None, annotation_info: str | None = None,
                   proxy_model: str | None = None, output_schema: str | None = None,
                   scorer_dir: str | None = None) -> dict:
-    """layout single: the corpus and the scores into one output file `out`. layout per_shard: the
-    score jobs wrote `part_paths` (in the directory `out`) themselves; only the counts are gathered
-    here, from the score shards and rejects, and the corpus is not read again. `output_schema`:
-    the output_schema stage's file, for a Parquet output (without it, as outside the workflow,
-    the schema is settled here, by the same function, from the corpus). The provenance block of
-    the corpus files (given with either layout: per_shard only sizes them), the scorer `scorer_dir`
-    and the configuration digest goes into the summary and a Parquet output's metadata."""
+    """layout single: the corpus of the plan `plan` and the scores (`score_paths`, one per shard, in
+    the plan's order) into one output file `out`. layout per_shard: the score jobs wrote
+    `part_paths` (in the directory `out`) themselves; only the counts are gathered here, from the
+    score shards and rejects, and the corpus is not read again. `output_schema`: the output_schema
+    stage's file, for a Parquet output (without it, as outside the workflow, the schema is settled
+    here, by the same function, from the corpus). The provenance block of the corpus files (given
+    with either layout: per_shard only sizes them), the scorer `scorer_dir` and the configuration
+    digest goes into the summary and a Parquet output's metadata. Doc ids in the rejects are the
+    corpus's (lqs.splits)."""
     s = settings
+    shards = planned_shards(plan, s.splits_sha256)
+    if len(shards) != len(score_paths) or len(shards) != len(reject_paths):
+        raise ValueError(f"{len(shards)} shards planned, but {len(score_paths)} score and {len(reject_paths)} rejects "
+                         "files given")
+    corpus_paths = list(dict.fromkeys(sources.source_name(x.path) for shard in shards for x in shard.splits))
     block = provenance.block(s.config_sha256, scorer_dir,
                              [sources.CorpusFile(p, s.corpus_versions.get(p)) for p in corpus_paths])
-    # rejects lines: of records by doc id; of unreadable files (doc_id null) by file, as every
-    # shard that opened one lists it
-    rejected, rejected_files = {}, {}
-    for path in reject_paths:
+    # rejects lines: of records by shard and local doc id; of unreadable files (doc_id null) by file,
+    # as every shard that opened one lists it
+    rejected: list[dict[int, str]] = [{} for _ in shards]
+    rejected_files = {}
+    for shard_rejected, path in zip(rejected, reject_paths):
         with open(path, encoding="utf-8") as f:
             for line in f:
                 entry = json.loads(line)
                 if entry["doc_id"] is None:
                     rejected_files[entry["file"]] = line
                 else:
-                    rejected[entry["doc_id"]] = line
-    order = {p: i for i, p in enumerate(map(sources.source_name, corpus_paths))}
+                    shard_rejected[entry["doc_id"]] = line
+    order = {p: i for i, p in enumerate(corpus_paths)}
     summary: dict = {}
     if s.layout == "single":
         input_schema = None
@@ -190,11 +225,11 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
             input_schema = output.read_schema(output_schema) if output_schema else output.corpus_schema(
                 corpus_paths, s.text_field, s.max_chars, corpus.output_fields(s.score_field, s.extra_fields))
         read, scored, truncated, with_records = _write_single(
-            corpus_paths, score_paths, rejected, out, output_format=s.output_format, num_shards=s.num_shards,
-            text_field=s.text_field, max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
-            input_schema=input_schema, metadata=provenance.parquet_metadata(block))
-        if scored + len(rejected) != read:
-            raise RuntimeError(f"read {read} documents but scored {scored} and rejected {len(rejected)}")
+            shards, score_paths, rejected, out, output_format=s.output_format, text_field=s.text_field,
+            max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
+            on_bad_record=s.on_bad_record, input_schema=input_schema, metadata=provenance.parquet_metadata(block))
+        if scored + sum(map(len, rejected)) != read:
+            raise RuntimeError(f"read {read} documents but scored {scored} and rejected {sum(map(len, rejected))}")
         summary["empty_files"] = [p for p in order if p not in with_records and p not in rejected_files]
     elif s.layout == "per_shard":
         missing = [p for p in part_paths if not Path(p).is_file()]
@@ -202,19 +237,22 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
             raise RuntimeError(f"the score jobs' part files are missing: {', '.join(missing)}; rerun their shards")
         shard_stats = [read_json(p) for p in stats_paths]  # what each score job counted
         scored, truncated = (sum(stats[k] for stats in shard_stats) for k in ("scored", "truncated"))
-        read = scored + len(rejected)
+        read = scored + sum(map(len, rejected))
         summary["parts"] = [str(p) for p in part_paths]
         summary["removed_stale_parts"] = remove_stale_parts(out, part_paths, Path(summary_out).parent / PARTS_MANIFEST)
     else:
         raise ValueError(f"output.layout must be single or per_shard, not {s.layout!r}")
+    file_indices = corpus_file_indices([shard.files for shard in shards])
+    records = sorted((int(corpus_doc_ids(np.asarray([local]), indices)[0]), line)
+                     for shard_rejected, indices in zip(rejected, file_indices) for local, line in shard_rejected.items())
     files = sorted(rejected_files, key=lambda p: order.get(p, len(order)))
     with atomic_open(rejects_out) as f:  # the unreadable files first, in corpus order, then the records
         f.writelines(rejected_files[p] for p in files)
-        f.writelines(rejected[k] for k in sorted(rejected))
+        f.writelines(_with_doc_id(line, doc_id) for doc_id, line in records)
 
     summary |= {
         "rejected_files": files,
-        "documents_read": read, "documents_scored": scored, "documents_rejected": len(rejected),
+        "documents_read": read, "documents_scored": scored, "documents_rejected": len(records),
         "documents_truncated": truncated, "output": str(out), "format": s.output_format, "layout": s.layout,
         "rejects": str(rejects_out), "stage_seconds": stage_seconds(benchmarks_dir), "proxy_model": proxy_model,
     }
@@ -233,7 +271,7 @@ def gather_scores(corpus_paths: Sequence[str], score_paths: Sequence[str], rejec
 STAGE = Stage(
     help="join the scores with the input into the scored output (or count a per_shard output's parts)",
     run=gather_scores,
-    args=(Arg("corpus_paths", "*"), Arg("--score-paths", "+"), Arg("--reject-paths", "+"),
+    args=(Arg("--plan"), Arg("--score-paths", "+"), Arg("--reject-paths", "+"),
           Arg("--stats-paths", "*", required=False), Arg("--part-paths", "*", required=False), Arg("--out"),
           Arg("--rejects-out"), Arg("--summary-out"), Arg("--benchmarks-dir"),
           Arg("--output-schema", required=False), Arg("--scorer-metrics", required=False),

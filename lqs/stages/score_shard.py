@@ -25,6 +25,7 @@ from lqs.batch_scoring import SCORES_SCHEMA, ChunkScores, Meter, accepted_record
 from lqs.io import TokenRate, parquet_writer, write_json
 from lqs.output import ScoredWriter
 from lqs.scorer import load, prefetched
+from lqs.splits import planned_splits
 from lqs.stage import MODELS, Arg, Stage
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Settings:
-    shard: int  # the job's shard (wildcard)
     max_tokens: int | None  # inference.max_tokens
     dtype: str  # inference.dtype
     compile: bool  # inference.compile
@@ -41,7 +41,7 @@ class Settings:
     # output.layout per_shard only, with --part-out: the rule passes them then alone (the part is the
     # only file they change, and the corpus is read only for it), so that editing them does not
     # rescore a single-layout run
-    num_shards: int | str | None = None  # corpus.num_shards
+    splits_sha256: str | None = None  # the digest of the shard's splits (lqs.splits.planned_splits)
     text_field: str | None = None  # corpus.text_field
     max_chars: int | None = None  # corpus.max_chars
     output_format: str | None = None  # output.format
@@ -53,19 +53,20 @@ class Settings:
     corpus_versions: Mapping[str, str] | None = None
 
 
-def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, stats_out: str | None = None,
-                corpus_paths: Sequence[str] = (), tokenized_shard: str | None = None, part_out: str | None = None,
+def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, shard: str = "", stats_out: str | None = None,
+                plan: str | None = None, tokenized_shard: str | None = None, part_out: str | None = None,
                 output_schema: str | None = None) -> dict[str, int]:
     """Writes the scores of the documents of `windows` (tokenize_scorer_shard's file) to `out`
     (SCORES_SCHEMA), its counts and per-source score sums to `stats_out` (JSON), and with
-    `part_out` (output.layout per_shard) the scored records of `corpus_paths` that `tokenized_shard`
+    `part_out` (output.layout per_shard) the scored records of shard `shard` of the corpus plan
+    `plan` that `tokenized_shard`
     accepted, in input order, in output.format; a Parquet part with the whole corpus's schema, the
     output_schema stage's file `output_schema`, so that every part has the same one, and the
     provenance block in its metadata."""
     s = settings
     start = time.perf_counter()
     meter = Meter()
-    bar = tqdm(desc=f"score shard {s.shard}", unit="doc", mininterval=5)
+    bar = tqdm(desc=f"score shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     with contextlib.ExitStack() as stack:
         scorer = load(scorer_dir, s.device, s.trust_remote_code, s.dtype, s.compile)
@@ -73,8 +74,10 @@ def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, sta
         writer = stack.enter_context(parquet_writer(out, SCORES_SCHEMA))
         part, records = None, None
         if part_out:
-            records = accepted_records(corpus.iter_records(corpus_paths, s.text_field, s.max_chars, s.shard,
-                                                           s.num_shards), tokenized_shard)
+            splits = planned_splits(plan, shard, s.splits_sha256)  # with --part-out only: the plan is read then
+            corpus_paths = list(dict.fromkeys(map(sources.source_name, (split.path for split in splits))))
+            records = accepted_records(corpus.iter_records(splits, s.text_field, s.max_chars, require_records=False),
+                                       tokenized_shard)
             metadata = None
             if s.output_format == "parquet":  # the weights' digests as loading checked them
                 versions = s.corpus_versions or {}
@@ -105,9 +108,9 @@ def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, sta
         if records is not None and (extra := next(records, None)) is not None:
             raise RuntimeError(f"{extra.where}: accepted by tokenization but not in {windows}; {corpus.RETOKENIZE}")
         if stats_out:
-            write_json(stats_out, {"shard": s.shard, **meter.counts(), "by_source": meter.by_source})
+            write_json(stats_out, {"shard": shard, **meter.counts(), "by_source": meter.by_source})
     bar.close()
-    log.info(meter.report(f"shard {s.shard}", time.perf_counter() - start, None))
+    log.info(meter.report(f"shard {shard}", time.perf_counter() - start, None))
     return meter.counts()
 
 
@@ -126,7 +129,7 @@ STAGE = Stage(
     help="score the documents of one corpus shard from its windows (a GPU job)",
     run=score_shard,
     args=(Arg("--windows"), Arg("--scorer-dir"), Arg("--out"), Arg("--stats-out", required=False),
-          Arg("corpus_paths", "*"), Arg("--tokenized-shard", required=False), Arg("--part-out", required=False),
+          Arg("--shard", required=False), Arg("--plan", required=False), Arg("--tokenized-shard", required=False), Arg("--part-out", required=False),
           Arg("--output-schema", required=False)),
     settings=Settings,
     counters={"documents": "scored", "tokens": "tokens"},

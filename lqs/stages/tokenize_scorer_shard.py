@@ -9,7 +9,6 @@ lqs.scorer_windows describes: a row group per inference.chunk_docs documents, wi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +18,16 @@ from lqs import corpus, scorer_windows
 from lqs.batch_scoring import accepted_documents, accepted_records, chunked
 from lqs.io import TokenRate, atomic_path
 from lqs.scorer import SCORER_CONFIG, scoring_windows
+from lqs.splits import planned_splits
 from lqs.stage import TOKENIZERS, Arg, Stage
 from lqs.tokenize import load_tokenizer
 
 
 @dataclass(frozen=True)
 class Settings:
-    num_shards: int | str  # corpus.num_shards
+    splits_sha256: str  # the digest of the shard's splits (lqs.splits.planned_splits)
     text_field: str  # corpus.text_field
     max_chars: int  # corpus.max_chars
-    shard: int  # the job's shard (wildcard)
     # scorer.max_length for a scorer the workflow trains; None: the checkpoint's (its scorer.json)
     max_length: int | None
     max_windows_per_doc: int | None  # inference.max_windows_per_doc
@@ -36,22 +35,23 @@ class Settings:
     trust_remote_code: bool  # models.trust_remote_code
 
 
-def tokenize_scorer_shard(corpus_paths: Sequence[str], tokenized_shard: str, tokenizer_dir: str, out: str,
+def tokenize_scorer_shard(plan: str, shard: str, tokenized_shard: str, tokenizer_dir: str, out: str,
                           settings: Settings) -> dict[str, int]:
-    """Writes the scorer's windows of the shard's accepted documents to `out`; returns the
-    documents, windows and tokens written."""
+    """Writes the scorer's windows of the accepted documents of shard `shard` of the corpus plan
+    `plan` to `out`; returns the documents, windows and tokens written."""
     import pyarrow.parquet as pq
 
     s = settings
+    splits = planned_splits(plan, shard, s.splits_sha256)
     tokenizer = load_tokenizer(tokenizer_dir, s.trust_remote_code)
     max_length = s.max_length
     if max_length is None:
         max_length = int(json.loads((Path(tokenizer_dir) / SCORER_CONFIG).read_text())["max_length"])
     num_accepted = sum(len(ids) for ids, _ in accepted_documents(tokenized_shard))
-    records = accepted_records(corpus.iter_records(corpus_paths, s.text_field, s.max_chars, s.shard, s.num_shards),
+    records = accepted_records(corpus.iter_records(splits, s.text_field, s.max_chars, require_records=False),
                                tokenized_shard)
     counts = {"documents": 0, "windows": 0, "tokens": 0}
-    bar = tqdm(desc=f"tokenize shard {s.shard} for the scorer", unit="doc", mininterval=5)
+    bar = tqdm(desc=f"tokenize shard {shard} for the scorer", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     schema = scorer_windows.SCHEMA.with_metadata(scorer_windows.metadata(tokenizer, max_length,
                                                                          s.max_windows_per_doc))
@@ -74,7 +74,7 @@ def tokenize_scorer_shard(corpus_paths: Sequence[str], tokenized_shard: str, tok
             rate.add(tokens)
     bar.close()
     if counts["documents"] != num_accepted:
-        raise RuntimeError(f"shard {s.shard}: tokenization accepted {num_accepted} documents but "
+        raise RuntimeError(f"shard {shard}: tokenization accepted {num_accepted} documents but "
                            f"{counts['documents']} were found to score; was the corpus changed?")
     return counts
 
@@ -82,7 +82,7 @@ def tokenize_scorer_shard(corpus_paths: Sequence[str], tokenized_shard: str, tok
 STAGE = Stage(
     help="tokenize one corpus shard into the scorer's windows (a CPU job)",
     run=tokenize_scorer_shard,
-    args=(Arg("corpus_paths", "+"), Arg("--tokenized-shard"), Arg("--tokenizer-dir"), Arg("--out")),
+    args=(Arg("--plan"), Arg("--shard"), Arg("--tokenized-shard"), Arg("--tokenizer-dir"), Arg("--out")),
     settings=Settings,
     counters={"tokens": "tokens", "documents": "documents", "windows": "windows"},
     preload=TOKENIZERS,

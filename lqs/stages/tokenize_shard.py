@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 from tqdm import tqdm
 
-from lqs import corpus, output
+from lqs import corpus, output, sources
 from lqs.io import TokenRate, atomic_open, parquet_writer
+from lqs.splits import files_metadata, planned_splits
 from lqs.stage import TOKENIZERS, Arg, Stage
 from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, tokenize_windows
 
@@ -18,30 +19,35 @@ BATCH_DOCS = 512  # documents tokenized per call of the tokenizer
 
 @dataclass(frozen=True)
 class Settings:
-    num_shards: int | str  # corpus.num_shards
+    splits_sha256: str  # the digest of the shard's splits (lqs.splits.planned_splits)
     text_field: str  # corpus.text_field
     max_chars: int  # corpus.max_chars
     max_length: int  # corpus.max_length
     on_bad_record: str  # corpus.on_bad_record
-    score_field: str  # output.score_field: a record that already has it is rejected here
-    extra_fields: Sequence[str]  # output.extra_fields, likewise
+    # output.layout per_shard only (its parts are written by score_shard, from this shard's accepted
+    # records): output.score_field and output.extra_fields, a record that already has one rejected
+    # here. With layout single, gather_scores rejects it, so that renaming them rescores nothing.
+    score_field: str | None = None
+    extra_fields: Sequence[str] = ()
 
 
 def tokenize_shard(
-    corpus_paths: Sequence[str],
+    plan: str,
+    shard: str,
     tokenizer_dir: str,
-    shard: int,
     out: str,
     rejects: str,
     settings: Settings,
     output_schema: str | None = None,
     batch_docs: int = BATCH_DOCS,
 ) -> dict[str, int]:
-    """Writes the shard's windows to `out` and its rejected records (and unreadable files) to
-    `rejects` (JSONL). A record that already has a field the output adds (output.score_field,
-    output.extra_fields) is rejected here, before anything is scored, and so is, with `output_schema`
-    (output.format parquet: the output_schema stage's file), a record it cannot hold exactly."""
+    """Writes the windows of shard `shard` of the corpus plan `plan` to `out` (with the shard's
+    files in its metadata, lqs.splits) and its rejected records (and unreadable files) to
+    `rejects` (JSONL). With output.layout per_shard, a record that already has a field the output
+    adds is rejected here, and so is, with `output_schema` (output.format parquet: the
+    output_schema stage's file), a record the output cannot hold exactly."""
     s = settings
+    splits = planned_splits(plan, shard, s.splits_sha256)
     tokenizer = load_tokenizer(tokenizer_dir)
     counts = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
     batch: list[corpus.Record] = []
@@ -62,12 +68,13 @@ def tokenize_shard(
         writer.write_table(pa.table([doc_ids, window_idx, ids, fingerprints], schema=SHARD_SCHEMA))
         batch.clear()
 
-    records = output.fitting(corpus.iter_records(corpus_paths, s.text_field, s.max_chars, shard, s.num_shards,
-                                                 corpus.output_fields(s.score_field, s.extra_fields)),
+    output_fields = corpus.output_fields(s.score_field, s.extra_fields) if s.score_field else {}
+    records = output.fitting(corpus.iter_records(splits, s.text_field, s.max_chars, output_fields, require_records=False),
                              output.read_schema(output_schema) if output_schema else None)
     bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
-    with parquet_writer(out, SHARD_SCHEMA) as writer, atomic_open(rejects) as rejects_file:
+    files = list(dict.fromkeys(map(sources.source_name, (split.path for split in splits))))
+    with parquet_writer(out, SHARD_SCHEMA.with_metadata(files_metadata(files))) as writer, atomic_open(rejects) as rejects_file:
         for record in bar:
             if corpus.check(record, s.on_bad_record):
                 counts["documents"] += 1
@@ -85,7 +92,7 @@ def tokenize_shard(
 STAGE = Stage(
     help="tokenize one corpus shard into windows",
     run=tokenize_shard,
-    args=(Arg("corpus_paths", "+"), Arg("--tokenizer-dir"), Arg("--shard", type=int), Arg("--out"), Arg("--rejects"),
+    args=(Arg("--plan"), Arg("--shard"), Arg("--tokenizer-dir"), Arg("--out"), Arg("--rejects"),
           Arg("--output-schema", required=False)),
     settings=Settings,
     counters={"documents": "documents", "tokens": "tokens", "windows": "windows"},

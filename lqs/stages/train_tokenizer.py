@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lqs import corpus
 from lqs.io import atomic_dir
+from lqs.splits import planned_splits
 from lqs.stage import TOKENIZERS, Arg, Stage
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -15,13 +15,14 @@ MAX_DOCS = 100_000  # the corpus's first records the tokenizer is trained on
 
 @dataclass(frozen=True)
 class Settings:
+    splits_sha256: str  # the digest of every shard's splits (lqs.splits.planned_splits)
     text_field: str  # corpus.text_field
     max_chars: int  # corpus.max_chars
     vocab_size: int  # models.tokenizer.vocab_size
     on_bad_record: str  # corpus.on_bad_record: for a corpus file it cannot read
 
 
-def train_tokenizer(corpus_paths: Sequence[str], out_dir: str, settings: Settings, *,
+def train_tokenizer(plan: str, out_dir: str, settings: Settings, *,
                     max_docs: int = MAX_DOCS) -> None:
     """A byte-level BPE tokenizer trained on the corpus's first `max_docs` records; each sequence
     starts with <s>. The first stage to open the corpus: a file it cannot read stops it
@@ -33,7 +34,7 @@ def train_tokenizer(corpus_paths: Sequence[str], out_dir: str, settings: Setting
 
     def texts():
         read = 0
-        for record in corpus.iter_records(corpus_paths, s.text_field, s.max_chars):
+        for record in corpus.iter_records(planned_splits(plan, None, s.splits_sha256), s.text_field, s.max_chars):
             if record.doc_id is None:  # an unreadable file
                 corpus.check(record, s.on_bad_record)
                 continue
@@ -59,7 +60,7 @@ def train_tokenizer(corpus_paths: Sequence[str], out_dir: str, settings: Setting
 STAGE = Stage(
     help="train a byte-level BPE tokenizer on the corpus",
     run=train_tokenizer,
-    args=(Arg("corpus_paths", "+"), Arg("--out-dir")),
+    args=(Arg("--plan"), Arg("--out-dir")),
     settings=Settings,
     preload=TOKENIZERS,
 )
