@@ -324,45 +324,6 @@ def path_errors(config: Mapping, outputs: Outputs, results: str, own: Iterable[s
     return paths.path_conflicts(inputs, written)
 
 
-# the shortest line a JSONL document can take, less its text field's JSON-quoted name: {<name>:""} and a newline
-_SHORTEST_DOCUMENT = len('{:""}\n')
-
-
-def max_documents(files: Sequence[str], text_field: str) -> int | None:
-    """An upper bound on the corpus's documents, from file sizes and Parquet footers alone: a
-    Parquet file's row count; a plain JSONL file's bytes over the shortest document's. None when a
-    file's count cannot be bounded so (gzip, a URL, a file not there yet)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    shortest = _SHORTEST_DOCUMENT + len(json.dumps(text_field, ensure_ascii=False).encode())
-    total = 0
-    for path in files:
-        if sources.is_url(path) or not os.path.isfile(path) or path.endswith(".gz"):
-            return None
-        if corpus.is_parquet(path):
-            try:
-                total += pq.ParquetFile(path).metadata.num_rows
-            except (pa.ArrowException, OSError):  # not Parquet after all: the tokenize stage names the file
-                return None
-        else:
-            total += (os.path.getsize(path) + 1) // shortest  # the last line needs no newline
-    return total
-
-
-def shard_errors(config: Mapping, files: Sequence[str]) -> list[str]:
-    """corpus.num_shards larger than the corpus can have documents: most shards would be empty,
-    and planning alone would take minutes (checked without reading the records)."""
-    num_shards = config["corpus"]["num_shards"]
-    if num_shards == "per_file" or num_shards == 1:
-        return []
-    bound = max_documents(files, config["corpus"]["text_field"])
-    if bound is None or num_shards <= bound:
-        return []
-    return [(f"corpus.num_shards: {num_shards} is more than the corpus can have documents (at most {bound}, by its"
-             " files' sizes and Parquet row counts); lower it")]
-
-
 def first_record_fields(path: str) -> set[str]:
     """The field names of a corpus file's first record (JSONL, .gz, Parquet; local or a URL),
     read cheaply; empty when there is none or it cannot be parsed (the tokenize stage reports those)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
+import dataclasses
 import datetime
 import functools
 import gzip
@@ -24,7 +25,7 @@ import re
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,8 @@ class Record:
     text: str | None
     error: str | None
     eol: str = ""  # the line end as read: "\n", "\r\n", or "" (a last line without one)
-    lines_before: LinesBefore | None = field(default=None, compare=False)  # a split that starts inside its file: the lines before it
+    # a split that starts inside its file: the lines before it, counted when asked for
+    lines_before: LinesBefore | None = dataclasses.field(default=None, compare=False)
 
     @property
     def line(self) -> int | None:
@@ -340,7 +342,8 @@ def iter_records(
             file_index, previous = file_index + 1, path
         records = 0
         lines_before = LinesBefore(path, split.start) if split.start and not is_parquet(path) else None
-        for position, line, raw, fields, text, error in _file_records(split, text_field, max_chars, output_fields or {}):
+        records_read = _file_records(split, text_field, max_chars, output_fields or {})
+        for position, line, raw, fields, text, error in records_read:
             if line is None:  # the whole file: no records, no doc ids
                 log.warning("%s: %s; it contributes no documents", path, error)
                 unreadable.append(path)

@@ -198,7 +198,8 @@ def _fsspec_files(pattern: str) -> list[CorpusFile]:
         raise SourceError(f"corpus.path: {pattern!r} matches no file")
     if list(files) == [path]:  # a single file: named as given
         return [CorpusFile(pattern, _version(files[path]), files[path].get("size"))]
-    return [CorpusFile(fs.unstrip_protocol(name), _version(info), info.get("size")) for name, info in sorted(files.items())]
+    return [CorpusFile(fs.unstrip_protocol(name), _version(info), info.get("size"))
+            for name, info in sorted(files.items())]
 
 
 def parse_hub_url(url: str) -> tuple[str, str | None, str]:

@@ -11,12 +11,13 @@ How files become shards (`corpus.num_shards`, `corpus.shard_size`):
   N-th of its size; a file across a cut is split there (a gzip file, a Parquet row group or a
   JSONL line goes to the shard it starts in). A shard left with nothing is not planned. The
   shards are named 0 … N-1; adding or removing a file moves the cuts after it.
-- `shard_size: S`: shards of about S bytes whose boundaries depend on the files themselves
+- `shard_size: S`: shards of S bytes on average whose boundaries depend on the files themselves
   (content-defined, as rsync's or restic's chunks do): a split starts a new shard when a hash of
-  its name falls below its share of S (never below S/4 bytes, always past 2 S), and a file larger
-  than S is cut into pieces of at most S. A shard is named by a hash of its first split, so
-  adding, removing or editing one file changes the shard that holds it (rarely its neighbour too),
-  and no other shard's name, files or outputs.
+  its name falls below its share of S (its bytes over S), and a file larger than S is cut into
+  pieces of at most S, each starting a shard. A shard is named by a hash of its first split, so
+  adding, removing or editing one file changes the shard that holds it (and, when the file itself
+  starts or stops starting a shard, the one before it), and no other shard's name, files or
+  outputs. The price: shard sizes vary (about exponentially around S for small files).
 - `num_shards: per_file`: each file one shard, never cut, named by a hash of the file's name.
 
 Documents are named by their file and their position in it: a JSONL line by the byte offset
@@ -28,6 +29,7 @@ corpus's (`corpus_doc_ids`: the file's index in the corpus), which keeps them in
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -240,19 +242,27 @@ def plan_shards(files: Sequence[str], sizes: Sequence[int], num_shards: int | st
 def _equal(files: Sequence[str], sizes: Sequence[float], n: int, groups, unknown: set[str]) -> list[Shard]:
     total = sum(sizes)
     width = total / n if total > 0 else 1.0
+    bounds = [k * width for k in range(1, n)]  # shard k starts at bounds[k - 1]
     members: list[list[tuple[Split, int]]] = [[] for _ in range(n)]
     offset = 0
     for path, size in zip(files, sizes):
-        cuts = []
+        made_for, cuts = [], []  # the shard each cut starts, and the cut in the file
         if is_cuttable(path) and size:
             first, last = math.floor(offset / width) + 1, math.ceil((offset + size) / width)
-            cuts = [c for k in range(first, min(last, n)) if 0 < (c := k * width - offset) < size]
-            cuts = cuts if path in unknown else [c for c in dict.fromkeys(map(round, cuts)) if 0 < c < size]
-        for split, piece in _pieces(path, size, cuts, groups, path in unknown):
-            start = offset + (split.start * size / FRACTION if split.parts else split.start)
-            if is_parquet(path) and not split.whole and not split.parts:
-                start = offset + groups(path).starts[split.start]
-            members[min(int(start // width), n - 1)].append((split, piece))
+            for k in range(first, min(last, n)):
+                cut = k * width - offset if path in unknown else round(k * width) - offset
+                if 0 < cut < size and (not cuts or cut > cuts[-1]):
+                    made_for.append(k)
+                    cuts.append(cut)
+        pieces = _pieces(path, size, cuts, groups, path in unknown)
+        for i, (split, piece) in enumerate(pieces):
+            if is_parquet(path) and not split.whole and not split.parts:  # by the first byte of its first group
+                shard = bisect.bisect_right(bounds, offset + groups(path).starts[split.start])
+            elif i > 0 and len(pieces) == len(cuts) + 1:  # a byte range begins at its cut
+                shard = made_for[i - 1]
+            else:
+                shard = bisect.bisect_right(bounds, offset)
+            members[shard].append((split, piece))
         offset += size
     shards = [Shard(str(k), tuple(s for s, _ in m), round(sum(b for _, b in m))) for k, m in enumerate(members) if m]
     if len(shards) < n:
@@ -270,16 +280,13 @@ def _by_size(files: Sequence[str], sizes: Sequence[float], target: int, groups, 
             pieces = math.ceil(size / target)
             cuts = [size * k // pieces for k in range(1, pieces)]
         units.extend(_pieces(path, size, cuts, groups))
+    # A boundary before a split depends on that split alone (a hash of its name under its share of
+    # the target), never on what came before it: one file's change moves no other boundary.
     shards: list[list[tuple[Split, int]]] = []
-    filled = 0
     for split, size in units:
-        boundary = shards and filled and (filled + size > 2 * target
-                                          or filled >= target / 4 and _unit_hash(split) < size / target)
-        if not shards or boundary:
+        if not shards or _unit_hash(split) < size / target:
             shards.append([])
-            filled = 0
         shards[-1].append((split, size))
-        filled += size
     return [Shard(_key(m[0][0].path, m[0][0].start), tuple(s for s, _ in m), round(sum(b for _, b in m)))
             for m in shards]
 

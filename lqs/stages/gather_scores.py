@@ -244,7 +244,8 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
         raise ValueError(f"output.layout must be single or per_shard, not {s.layout!r}")
     file_indices = corpus_file_indices([shard.files for shard in shards])
     records = sorted((int(corpus_doc_ids(np.asarray([local]), indices)[0]), line)
-                     for shard_rejected, indices in zip(rejected, file_indices) for local, line in shard_rejected.items())
+                     for shard_rejected, indices in zip(rejected, file_indices)
+                     for local, line in shard_rejected.items())
     files = sorted(rejected_files, key=lambda p: order.get(p, len(order)))
     with atomic_open(rejects_out) as f:  # the unreadable files first, in corpus order, then the records
         f.writelines(rejected_files[p] for p in files)

@@ -53,9 +53,9 @@ class Settings:
     corpus_versions: Mapping[str, str] | None = None
 
 
-def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, shard: str = "", stats_out: str | None = None,
-                plan: str | None = None, tokenized_shard: str | None = None, part_out: str | None = None,
-                output_schema: str | None = None) -> dict[str, int]:
+def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, shard: str = "",
+                stats_out: str | None = None, plan: str | None = None, tokenized_shard: str | None = None,
+                part_out: str | None = None, output_schema: str | None = None) -> dict[str, int]:
     """Writes the scores of the documents of `windows` (tokenize_scorer_shard's file) to `out`
     (SCORES_SCHEMA), its counts and per-source score sums to `stats_out` (JSON), and with
     `part_out` (output.layout per_shard) the scored records of shard `shard` of the corpus plan
@@ -129,7 +129,8 @@ STAGE = Stage(
     help="score the documents of one corpus shard from its windows (a GPU job)",
     run=score_shard,
     args=(Arg("--windows"), Arg("--scorer-dir"), Arg("--out"), Arg("--stats-out", required=False),
-          Arg("--shard", required=False), Arg("--plan", required=False), Arg("--tokenized-shard", required=False), Arg("--part-out", required=False),
+          Arg("--shard", required=False), Arg("--plan", required=False),
+          Arg("--tokenized-shard", required=False), Arg("--part-out", required=False),
           Arg("--output-schema", required=False)),
     settings=Settings,
     counters={"documents": "scored", "tokens": "tokens"},

@@ -69,12 +69,13 @@ def tokenize_shard(
         batch.clear()
 
     output_fields = corpus.output_fields(s.score_field, s.extra_fields) if s.score_field else {}
-    records = output.fitting(corpus.iter_records(splits, s.text_field, s.max_chars, output_fields, require_records=False),
-                             output.read_schema(output_schema) if output_schema else None)
+    records = corpus.iter_records(splits, s.text_field, s.max_chars, output_fields, require_records=False)
+    records = output.fitting(records, output.read_schema(output_schema) if output_schema else None)
     bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     files = list(dict.fromkeys(map(sources.source_name, (split.path for split in splits))))
-    with parquet_writer(out, SHARD_SCHEMA.with_metadata(files_metadata(files))) as writer, atomic_open(rejects) as rejects_file:
+    schema = SHARD_SCHEMA.with_metadata(files_metadata(files))
+    with parquet_writer(out, schema) as writer, atomic_open(rejects) as rejects_file:
         for record in bar:
             if corpus.check(record, s.on_bad_record):
                 counts["documents"] += 1
