@@ -9,7 +9,7 @@ from pathlib import Path
 
 import helpers
 import pytest
-from helpers import GOOD, make_workflow, snakemake, stage_function, tiny_config, tiny_corpus, write_jsonl
+from helpers import GOOD, make_workflow, snakemake, tiny_config, tiny_corpus, train_tokenizer, write_jsonl
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -73,12 +73,9 @@ def completed_workflow(tmp_path_factory) -> Path:
 def tok_dir(tmp_path_factory) -> str:
     """A byte-level BPE tokenizer (vocab 300) trained on the tiny corpus; a module that needs
     another one defines its own `tok_dir`."""
-    from lqs.stages import train_tokenizer as train_tokenizer_stage
-
     d = tmp_path_factory.mktemp("tok")
     path = write_jsonl(d / "train.jsonl", tiny_corpus(40))
-    stage_function(train_tokenizer_stage)([str(path)], str(d / "tokenizer"), text_field="text", vocab_size=300,
-                                          max_chars=10**6)
+    train_tokenizer([path], d / "tokenizer", text_field="text", vocab_size=300, max_chars=10**6)
     return str(d / "tokenizer")
 
 

@@ -83,11 +83,9 @@ def tiny_scorer(root: Path) -> Path:
     from transformers import AutoTokenizer, XGLMConfig, XGLMModel
 
     from lqs.scorer import ScorerModel, save_scorer
-    from lqs.stages import train_tokenizer as train_tokenizer_stage
 
     corpus = write_jsonl(root / "corpus.jsonl", tiny_corpus(60))
-    stage_function(train_tokenizer_stage)([str(corpus)], str(root / "tokenizer"), text_field="text", vocab_size=300,
-                                          max_chars=10**6)
+    train_tokenizer([corpus], root / "tokenizer", text_field="text", vocab_size=300, max_chars=10**6)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     torch.manual_seed(5)
     backbone = XGLMModel(XGLMConfig(vocab_size=len(tokenizer), d_model=32, ffn_dim=64, num_layers=1,
@@ -294,7 +292,7 @@ def rule_counts(jobs: list[dict]) -> dict[str, int]:
 # What the tests' calls of a stage function leave out of its Settings (their config's values,
 # close to the schema's defaults); a setting that is not here must be given by the test.
 TEST_SETTINGS = {
-    "num_shards": 1, "text_field": "text", "max_chars": 10_000_000, "on_bad_record": "error",
+    "text_field": "text", "max_chars": 10_000_000, "on_bad_record": "error",
     "score_field": "score", "extra_fields": (),
     "hvp_micro_batch": None, "tf32": False, "stats_dtype": "fp32", "trust_remote_code": False,
     "split": "train", "revision": None, "max_samples": None, "eval_fraction": 0.0, "seed": 0,
@@ -304,27 +302,73 @@ TEST_SETTINGS = {
 }
 
 
+# Settings a stage takes only in some configurations, which the tests leave to the stage's default
+# unless they give them: tokenize_shard checks the output's fields with layout per_shard only.
+LEFT_TO_DEFAULT = {"tokenize_shard": {"score_field", "extra_fields"}}
+
+
 def stage_function(module):
     """A stage's entry function as the tests call it: its settings as keyword arguments (those
     left out from TEST_SETTINGS), built into the stage's Settings."""
     import dataclasses
 
     stage = module.STAGE
-    names = {f.name for f in dataclasses.fields(stage.settings)}
+    fields = dataclasses.fields(stage.settings)
+    names = {f.name for f in fields}
+    defaulted = {f.name for f in fields if f.default is not dataclasses.MISSING} & LEFT_TO_DEFAULT.get(
+        module.__name__.rsplit(".", 1)[-1], set())
 
     def call(*args, **kwargs):
         given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-        given |= {name: TEST_SETTINGS[name] for name in names - set(given)}
+        missing = {name for name in names - set(given) - defaulted if name not in TEST_SETTINGS
+                   and next(f for f in fields if f.name == name).default is dataclasses.MISSING}
+        assert not missing, f"{stage.run.__name__}: give the settings {sorted(missing)} (shard_settings(plan, key))"
+        given |= {name: TEST_SETTINGS[name] for name in names - set(given) - defaulted if name in TEST_SETTINGS}
         return stage.run(*args, settings=stage.settings(**given), **kwargs)
 
     call.__name__ = stage.run.__name__
     return call
 
 
-def tokenize_and_score_shard(corpus_paths, tokenized_shard, scorer_dir, out, stats_out=None, part_out=None,
+def write_plan(directory, paths, num_shards: int | str = 1, shard_size: int | None = None):
+    """The corpus plan of `paths` (in order) as the workflow plans it (lqs.splits.plan_shards, the
+    files' sizes read here), written under `directory`/plans: (the plan file's path, the plan)."""
+    from lqs import sources, splits
+
+    paths = [str(p) for p in paths]
+    sizes = [sources.file_size(p) for p in paths]
+    shards = splits.plan_shards(paths, sizes, num_shards, shard_size)
+    plan = splits.CorpusPlan(tuple(paths), {}, tuple(shards))
+    return plan.write(str(Path(directory) / "plans")), plan
+
+
+def shard_settings(plan, key: str = "0") -> dict:
+    """The settings a stage reading shard `key` of `plan` needs: the digest of its splits."""
+    from lqs import splits
+
+    return {"splits_sha256": splits.splits_sha256(plan.shard(str(key)).splits)}
+
+
+def corpus_settings(plan) -> dict:
+    """The settings a stage reading the whole corpus of `plan` needs: the digest of every shard's splits."""
+    from lqs import splits
+
+    return {"splits_sha256": splits.splits_sha256(x for shard in plan.shards for x in shard.splits)}
+
+
+def train_tokenizer(paths, out_dir, **settings):
+    """Stage train_tokenizer on the corpus `paths` (one shard; its plan beside `out_dir`)."""
+    from lqs.stages import train_tokenizer as train_tokenizer_stage
+
+    plan_path, plan = write_plan(Path(out_dir).parent / f"{Path(out_dir).name}_plan", paths)
+    return stage_function(train_tokenizer_stage)(plan_path, str(out_dir), **(corpus_settings(plan) | settings))
+
+
+def tokenize_and_score_shard(plan_path, plan, shard, tokenized_shard, scorer_dir, out, stats_out=None, part_out=None,
                              output_schema=None, **settings):
-    """Stages tokenize_scorer_shard then score_shard on one shard, as the workflow runs them (the
-    windows in scorer_windows/ beside `out`): `settings` are either stage's; returns score_shard's counts."""
+    """Stages tokenize_scorer_shard then score_shard on shard `shard` of the corpus plan `plan`
+    (written at `plan_path`), as the workflow runs them (the windows in scorer_windows/ beside
+    `out`): `settings` are either stage's; returns score_shard's counts."""
     import dataclasses
 
     from lqs.stages import score_shard, tokenize_scorer_shard
@@ -335,11 +379,15 @@ def tokenize_and_score_shard(corpus_paths, tokenized_shard, scorer_dir, out, sta
     score_names = {f.name for f in dataclasses.fields(score_shard.Settings)}
     unknown = set(settings) - tokenize_names - score_names
     assert not unknown, f"settings of neither stage: {unknown}"
+    shard = str(shard)
+    settings = shard_settings(plan, shard) | settings
     stage_function(tokenize_scorer_shard)(
-        list(corpus_paths), str(tokenized_shard), str(scorer_dir), str(windows),
+        str(plan_path), shard, str(tokenized_shard), str(scorer_dir), str(windows),
         **({"max_length": None} | {k: v for k, v in settings.items() if k in tokenize_names}))
+    if not part_out:  # score_shard takes the corpus settings with --part-out only
+        settings = {k: v for k, v in settings.items() if k != "splits_sha256"}
     return stage_function(score_shard)(
-        str(windows), str(scorer_dir), str(out), stats_out=stats_out,
-        **({"corpus_paths": list(corpus_paths), "tokenized_shard": str(tokenized_shard), "part_out": part_out}
+        str(windows), str(scorer_dir), str(out), shard=shard, stats_out=stats_out,
+        **({"plan": str(plan_path), "tokenized_shard": str(tokenized_shard), "part_out": part_out}
            if part_out else {}),
         output_schema=output_schema, **{k: v for k, v in settings.items() if k in score_names})

@@ -20,10 +20,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import stage_function, write_jsonl
+from helpers import corpus_settings, shard_settings, stage_function, write_jsonl, write_plan
 
-from lqs import cli, corpus, io, labels, sample
+from lqs import cli, corpus, io, labels, sample, splits
+from lqs.batch_scoring import SCORES_SCHEMA
 from lqs.corpus import BadRecordError
+from lqs.splits import FILE_BITS
 from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
 from lqs.tokenize import load_tokenizer
@@ -35,35 +37,40 @@ MODES = ["error", "skip"]
 BOM = b"\xef\xbb\xbf"
 
 
-def _score(doc_id: int) -> float:
-    return doc_id / 8 - 0.5  # exact in binary: its JSON text is predictable
+def _score(ordinal: int) -> float:
+    return ordinal / 8 - 0.5  # exact in binary: its JSON text is predictable
 
 
 def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip", num_shards=1):
-    """tokenize_shard for every shard, made-up scores for the accepted documents, gather_scores.
+    """tokenize_shard for every planned shard, made-up scores for the accepted documents (the i-th
+    record of the corpus, counting the rejected ones, scores _score(i)), gather_scores.
     Returns (summary, scored.jsonl bytes, rejects entries, per-shard tokenize counts)."""
     paths = [str(p) for p in paths]
-    shards = range(len(paths)) if num_shards == "per_file" else range(num_shards)
+    plan_path, plan = write_plan(tmp_path, paths, num_shards)
+    ordinal = {r.doc_id: i for i, r in enumerate(r for r in corpus.iter_records(paths) if r.doc_id is not None)}
     score_paths, reject_paths, counts = [], [], []
-    for shard in shards:
-        inputs = [paths[shard]] if num_shards == "per_file" else paths
+    for shard in (s.key for s in plan.shards):
         windows, rejects = tmp_path / f"tok-{shard}.parquet", tmp_path / f"rejects-{shard}.jsonl"
-        counts.append(tokenize_shard(inputs, tok_dir, shard, str(windows), str(rejects), num_shards=num_shards,
+        counts.append(tokenize_shard(plan_path, shard, tok_dir, str(windows), str(rejects),
                                      text_field="text", max_length=16, on_bad_record=on_bad_record,
-                                     max_chars=10**6))
-        # one row per window: each document's id and record fingerprint, in input order
+                                     max_chars=10**6, **shard_settings(plan, shard)))
+        # one row per window: each document's id (the shard's) and record fingerprint, in input order
         documents = dict(zip(*pq.read_table(windows, columns=["doc_id", "fingerprint"]).to_pydict().values()))
         ids = sorted(documents)
+        corpus_ids = splits.corpus_doc_ids(ids, splits.corpus_file_indices(
+            [s.files for s in plan.shards])[[s.key for s in plan.shards].index(shard)])
         scores = tmp_path / f"scores-{shard}.parquet"
-        pq.write_table(pa.table({"doc_id": pa.array(ids, pa.int64()), "score": [_score(i) for i in ids],
+        pq.write_table(pa.table({"doc_id": pa.array(ids, pa.int64()),
+                                 "score": [_score(ordinal[int(i)]) for i in corpus_ids],
                                  "truncated": [False] * len(ids), "n_tokens": [8] * len(ids),
                                  "n_windows": [1] * len(ids),
                                  "fingerprint": pa.array([documents[i] for i in ids], pa.int64())}), scores)
         score_paths.append(str(scores))
         reject_paths.append(str(rejects))
     out, rejects_out, summary_out = (tmp_path / n for n in ("scored.jsonl", "rejects.jsonl", "summary.json"))
-    summary = gather_scores(paths, score_paths, reject_paths, str(out), str(rejects_out), str(summary_out),
-                            num_shards=num_shards, text_field="text", max_chars=10**6, score_field="score")
+    summary = gather_scores(plan_path, score_paths, reject_paths, str(out), str(rejects_out), str(summary_out),
+                            **corpus_settings(plan), on_bad_record=on_bad_record, text_field="text",
+                            max_chars=10**6, score_field="score")
     rejects = [_strict(line) for line in rejects_out.read_bytes().decode("utf-8").splitlines()]
     return summary, out.read_bytes(), rejects, counts
 
@@ -128,7 +135,8 @@ def test_lone_surrogate_through_tokenize_and_gather(tmp_path, tok_dir, mode):
     summary, out, rejects, counts = _run(tmp_path, [path], tok_dir, mode)
     assert (counts[0]["documents"], counts[0]["rejected"]) == (1, 2)
     entry, _ = rejects
-    assert entry["record"] == bad and (entry["file"], entry["line"], entry["doc_id"]) == (str(path), 2, 1)
+    offset = len(GOOD[0]) + 1  # the corpus's doc id: the line's byte offset
+    assert entry["record"] == bad and (entry["file"], entry["line"], entry["doc_id"]) == (str(path), 2, offset)
     assert "lone UTF-16 surrogate" in entry["reason"]
     assert out == _with_score(GOOD[0].encode(), 0)
     assert (summary["documents_read"], summary["documents_scored"], summary["documents_rejected"]) == (3, 1, 2)
@@ -274,7 +282,9 @@ def test_empty_files_contribute_no_documents(tmp_path, tok_dir, mode, caplog):
     paths = [a, empties[0], empties[1], b, empties[2], empties[3]]
     with caplog.at_level(logging.WARNING, logger="lqs.corpus"):
         records = list(corpus.iter_records(paths))
-    assert [(r.path, r.doc_id, r.error) for r in records] == [(str(a), 0, None), (str(a), 1, None), (str(b), 2, None)]
+    # doc ids: the file's index among those read (empty ones too), then the line's byte offset
+    assert [(r.path, r.doc_id, r.error) for r in records] == \
+        [(str(a), 0, None), (str(a), len(GOOD[0]) + 1, None), (str(b), 3 << FILE_BITS, None)]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [f"{p}: empty corpus file (no records); it contributes no documents" for p in empties]
     summary, out, rejects, counts = _run(tmp_path, paths, tok_dir, mode, num_shards=2)
@@ -287,7 +297,7 @@ def test_empty_files_contribute_no_documents(tmp_path, tok_dir, mode, caplog):
 def test_empty_files_per_file_shards(tmp_path, tok_dir):
     empty = _empty_files(tmp_path)[0]
     a = write_jsonl(tmp_path / "a.jsonl", GOOD)
-    assert list(corpus.iter_records([empty], shard=1, num_shards="per_file")) == []  # one shard of several
+    assert list(corpus.iter_records([empty], require_records=False)) == []  # one shard of several
     summary, out, rejects, counts = _run(tmp_path, [empty, a], tok_dir, "error", num_shards="per_file")
     assert counts[0]["documents"] == 0 and summary["empty_files"] == [str(empty)]
     assert summary["documents_read"] == 3
@@ -299,12 +309,24 @@ def test_a_corpus_of_empty_files_fails(tmp_path, tok_dir, mode):
     message = re.escape("every corpus file is empty (no records): " + ", ".join(str(p) for p in empties))
     with pytest.raises(ValueError, match=message):
         list(corpus.iter_records(empties))
+    # a shard cannot know that the others are empty too: its job writes no windows, and gather_scores,
+    # which reads the whole corpus, says so
+    plan_path, plan = write_plan(tmp_path / "plan", empties, 2)
+    work = tmp_path / "shards"
+    work.mkdir()
+    score_paths, reject_paths = [], []
+    for key in (s.key for s in plan.shards):
+        counts = tokenize_shard(plan_path, key, tok_dir, str(work / f"t-{key}.parquet"), str(work / f"r-{key}.jsonl"),
+                                text_field="text", max_length=16, on_bad_record=mode, max_chars=100,
+                                **shard_settings(plan, key))
+        assert counts["documents"] == counts["rejected"] == 0
+        pq.write_table(SCORES_SCHEMA.empty_table(), work / f"s-{key}.parquet")  # score_shard's, of no document
+        score_paths.append(str(work / f"s-{key}.parquet"))
+        reject_paths.append(str(work / f"r-{key}.jsonl"))
     with pytest.raises(ValueError, match=message):
-        tokenize_shard([str(p) for p in empties], tok_dir, 0, str(tmp_path / "s.parquet"), str(tmp_path / "r.jsonl"),
-                       num_shards=2, text_field="text", max_length=16, on_bad_record=mode, max_chars=100)
-    with pytest.raises(ValueError, match=message):
-        gather_scores([str(p) for p in empties], [], [], str(tmp_path / "o.jsonl"), str(tmp_path / "r.jsonl"),
-                      str(tmp_path / "s.json"), num_shards=1, text_field="text", max_chars=100, score_field="score")
+        gather_scores(plan_path, score_paths, reject_paths, str(tmp_path / "o.jsonl"), str(tmp_path / "r.jsonl"),
+                      str(tmp_path / "s.json"), **corpus_settings(plan), text_field="text", max_chars=100,
+                      score_field="score", on_bad_record=mode)
     assert not list(tmp_path.glob("[osr].*")) and not list(tmp_path.glob(".*.tmp"))  # nothing written
 
 
@@ -340,6 +362,7 @@ def _truncated(path: Path) -> Path:
 def test_truncated_intermediate_parquet_names_the_file(tmp_path, tok_dir, caplog):
     path = write_jsonl(tmp_path / "c.jsonl", GOOD)
     _run(tmp_path, [path], tok_dir)
+    plan_path, plan = write_plan(tmp_path, [path])
     shard, scores = _truncated(tmp_path / "tok-0.parquet"), _truncated(tmp_path / "scores-0.parquet")
     stats = tmp_path / "stats.parquet"
     pq.write_table(pa.table({"sample_id": [0], "step": [0], "grad_norm": [1.0], "dot": [0.5], "lambda_norm": [1.0]}),
@@ -350,10 +373,10 @@ def test_truncated_intermediate_parquet_names_the_file(tmp_path, tok_dir, caplog
                       (lambda: labels.read_stats([str(stats)]), stats),
                       (lambda: io.read_parquet(shard, columns=["doc_id"]), shard),
                       (lambda: list(io.parquet_batches(scores)), scores),
-                      (lambda: gather_scores([str(path)], [str(scores)], [str(tmp_path / "rejects-0.jsonl")],
+                      (lambda: gather_scores(plan_path, [str(scores)], [str(tmp_path / "rejects-0.jsonl")],
                                              str(tmp_path / "o.jsonl"), str(tmp_path / "or.jsonl"),
-                                             str(tmp_path / "os.json"), num_shards=1, text_field="text",
-                                             max_chars=100, score_field="score"), scores)]:
+                                             str(tmp_path / "os.json"), **corpus_settings(plan), text_field="text",
+                                             max_chars=100, score_field="score", on_bad_record="error"), scores)]:
         with pytest.raises(ValueError, match=f"{bad} is not a readable Parquet file .*{hint}"):
             call()
     with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.ERROR):
@@ -376,9 +399,10 @@ def test_damaged_tokenizer_names_its_file(tmp_path, tok_dir, content):
     with pytest.raises(ValueError, match=message):
         load_tokenizer(damaged)
     path = write_jsonl(tmp_path / "c.jsonl", GOOD)
+    plan_path, plan = write_plan(tmp_path, [path])
     with pytest.raises(ValueError, match=message):
-        tokenize_shard([str(path)], str(damaged), 0, str(tmp_path / "s.parquet"), str(tmp_path / "r.jsonl"),
-                       num_shards=1, text_field="text", max_length=16, on_bad_record="skip", max_chars=100)
+        tokenize_shard(plan_path, "0", str(damaged), str(tmp_path / "s.parquet"), str(tmp_path / "r.jsonl"),
+                       text_field="text", max_length=16, on_bad_record="skip", max_chars=100, **shard_settings(plan))
     with pytest.raises(FileNotFoundError, match=f"tokenizer directory not found: {tmp_path / 'nowhere'}"):
         load_tokenizer(tmp_path / "nowhere")
 
@@ -386,18 +410,27 @@ def test_damaged_tokenizer_names_its_file(tmp_path, tok_dir, content):
 # ---------------------------------------------------------------- unwritable outputs
 
 
-def _gather_argv(tmp_path: Path, out: Path) -> list[str]:
+def _gather_argv(tmp_path: Path, out: Path, corpus_path: Path | None = None) -> list[str]:
+    """gather-scores' command line on a corpus of GOOD (its plan names `corpus_path`, else the
+    corpus written here)."""
     path = write_jsonl(tmp_path / "c.jsonl", GOOD)
+    plan_path, plan = write_plan(tmp_path, [path])
+    if corpus_path is not None:  # the plan of a file that is not there (the sizes read from the one that is)
+        plan = splits.CorpusPlan((str(corpus_path),), {}, tuple(
+            splits.Shard(s.key, tuple(splits.Split(str(corpus_path), x.start, x.stop) for x in s.splits), s.size)
+            for s in plan.shards))
+        plan_path = plan.write(str(tmp_path / "other_plans"))
+    records = list(corpus.iter_records([str(path)]))
     scores = tmp_path / "s.parquet"
-    pq.write_table(pa.table({"doc_id": pa.array([0, 1, 2], pa.int64()), "score": [0.0, 0.5, 1.0],
+    pq.write_table(pa.table({"doc_id": pa.array([r.doc_id for r in records], pa.int64()), "score": [0.0, 0.5, 1.0],
                              "truncated": [False] * 3, "n_tokens": [4] * 3, "n_windows": [1] * 3,
-                             "fingerprint": [r.fingerprint for r in corpus.iter_records([str(path)])]}), scores)
+                             "fingerprint": [r.fingerprint for r in records]}), scores)
     (tmp_path / "r.jsonl").write_text("")
-    return ["gather-scores", str(path), "--score-paths", str(scores), "--reject-paths", str(tmp_path / "r.jsonl"),
-            "--out", str(out), "--rejects-out", str(tmp_path / "rejects.jsonl"), "--summary-out",
-            str(tmp_path / "summary.json"), "--benchmarks-dir", str(tmp_path), "--settings",
-            json.dumps({"num_shards": 1, "text_field": "text", "max_chars": 100, "score_field": "score",
-                        "output_format": "jsonl", "extra_fields": [], "layout": "single",
+    return ["gather-scores", "--plan", plan_path, "--score-paths", str(scores), "--reject-paths",
+            str(tmp_path / "r.jsonl"), "--out", str(out), "--rejects-out", str(tmp_path / "rejects.jsonl"),
+            "--summary-out", str(tmp_path / "summary.json"), "--benchmarks-dir", str(tmp_path), "--settings",
+            json.dumps({**corpus_settings(plan), "text_field": "text", "max_chars": 100, "score_field": "score",
+                        "on_bad_record": "error", "output_format": "jsonl", "extra_fields": [], "layout": "single",
                         "config_sha256": None, "corpus_versions": {}})]
 
 
@@ -429,8 +462,7 @@ def test_unwritable_output_is_one_line_naming_the_path(tmp_path, caplog, monkeyp
 
 
 def test_missing_input_is_one_line(tmp_path, caplog):
-    argv = _gather_argv(tmp_path, tmp_path / "scored.jsonl")
-    argv[1] = str(tmp_path / "nowhere.jsonl")
+    argv = _gather_argv(tmp_path, tmp_path / "scored.jsonl", corpus_path=tmp_path / "nowhere.jsonl")
     assert _one_error(caplog, argv) == f"gather-scores failed: corpus file not found: {tmp_path / 'nowhere.jsonl'}"
 
 

@@ -1,4 +1,4 @@
-"""Tests for lqs.corpus: reading JSONL (plain, gzip) and Parquet records, doc ids, sharding,
+"""Tests for lqs.corpus: reading JSONL (plain, gzip) and Parquet records, doc ids, reading splits,
 and bad records with their reasons (docs/stages.md#tokenize_shard,
 docs/reliability.md#bad-records-and-rejects)."""
 
@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lqs import corpus
-from lqs.corpus import FILE_BITS, BadRecordError
+from lqs import corpus, splits
+from lqs.corpus import BadRecordError
+from lqs.splits import FILE_BITS
 
 
 def _docs(prefix: str, n: int) -> list[dict]:
@@ -40,6 +41,16 @@ def _write_parquet(path: Path, records: list[dict], row_group_size: int | None =
     return path
 
 
+def _offsets(lines: list[str], eol: str = "\n") -> list[int]:
+    """The byte offset each line starts at, in a file of `lines` each ended by `eol`: a JSONL
+    record's position, its doc id in the first file read (lqs.splits)."""
+    starts, at = [], 0
+    for line in lines:
+        starts.append(at)
+        at += len((line + eol).encode("utf-8"))
+    return starts
+
+
 # ---------------------------------------------------------------- reading good records
 
 
@@ -52,8 +63,13 @@ def test_jsonl_plain_gzip_parquet_in_input_order(tmp_path):
     expected = [(str(paths[0]), i + 1, r) for i, r in enumerate(a)] + \
                [(str(paths[1]), i + 1, r) for i, r in enumerate(b)] + \
                [(str(paths[2]), i + 1, r) for i, r in enumerate(c)]
+    # doc id: the file's index, then the line's byte offset (in the decompressed stream of a .gz) or the row
+    doc_ids = [position for position in _offsets(_lines(a))] + \
+              [1 << FILE_BITS | position for position in _offsets(_lines(b))] + \
+              [2 << FILE_BITS | row for row in range(len(c))]
+    assert all(x < y for x, y in zip(doc_ids, doc_ids[1:]))  # increasing in input order
     assert len(records) == len(expected)
-    for doc_id, (record, (path, line, fields)) in enumerate(zip(records, expected)):
+    for doc_id, record, (path, line, fields) in zip(doc_ids, records, expected):
         assert record.error is None
         assert record.doc_id == doc_id
         assert (record.path, record.line) == (path, line)
@@ -88,7 +104,7 @@ def test_blank_lines_are_not_records(tmp_path):
     lines = ["", _lines(docs)[0], "   ", "\t", _lines(docs)[1], "", _lines(docs)[2], ""]
     path = _write_text(tmp_path / "c.jsonl", lines)
     records = list(corpus.iter_records([path]))
-    assert [r.doc_id for r in records] == [0, 1, 2]
+    assert [r.doc_id for r in records] == [at for at, line in zip(_offsets(lines), lines) if line.strip()]
     assert [r.line for r in records] == [i + 1 for i, line in enumerate(lines) if line.strip()]
     assert [r.fields for r in records] == docs
     assert all(r.error is None for r in records)
@@ -99,54 +115,49 @@ def test_missing_file_raises(tmp_path):
         list(corpus.iter_records([tmp_path / "nope.jsonl"]))
 
 
-# ---------------------------------------------------------------- sharding
+# ---------------------------------------------------------------- shards (lqs.splits)
+# (every record read once whatever the cuts: tests/test_splits.py)
 
 
-@pytest.mark.parametrize("num_shards", [1, 2, 3, 5])
-def test_modulo_shards_partition_the_corpus(tmp_path, num_shards):
+@pytest.mark.parametrize("num_shards", [2, 3, 5])
+def test_shards_are_contiguous_runs_of_one_pass(tmp_path, num_shards):
     paths = [_write_text(tmp_path / "a.jsonl", _lines(_docs("a", 7))),
              _write_gz(tmp_path / "b.jsonl.gz", _lines(_docs("b", 4))),
-             _write_parquet(tmp_path / "c.parquet", _docs("c", 6))]
-    everything = [(r.doc_id, r.where, r.text) for r in corpus.iter_records(paths)]
-    assert [d for d, _, _ in everything] == list(range(17))
-    seen = []
-    for shard in range(num_shards):
-        part = [(r.doc_id, r.where, r.text) for r in corpus.iter_records(paths, shard=shard, num_shards=num_shards)]
-        assert part == [x for x in everything if x[0] % num_shards == shard]  # input order kept
-        assert all(corpus.shard_of(d, num_shards) == shard for d, _, _ in part)
-        seen.extend(part)
-    assert sorted(seen) == sorted(everything)  # union is everything
-    assert len(seen) == len(set(seen))  # and shards are disjoint
+             _write_parquet(tmp_path / "c.parquet", _docs("c", 6), row_group_size=2)]
+    everything = [(r.path, r.line, r.text) for r in corpus.iter_records(paths)]
+    assert len(everything) == 17
+    shards = splits.plan_shards([str(p) for p in paths], [p.stat().st_size for p in paths], num_shards)
+    assert [s.key for s in shards] == [str(k) for k in range(len(shards))]
+    parts = [[(r.path, r.line, r.text) for r in corpus.iter_records(s.splits, require_records=False)]
+             for s in shards]
+    assert all(parts)  # no shard planned empty
+    assert [x for part in parts for x in part] == everything  # shard after shard: the corpus in input order
 
 
-def test_modulo_shards_count_bad_records_too(tmp_path):
+def test_a_split_reads_bad_records_with_their_file_lines(tmp_path):
     lines = _lines(_docs("a", 2)) + ["not json"] + _lines(_docs("b", 3))
     path = _write_text(tmp_path / "c.jsonl", lines)
-    shard1 = list(corpus.iter_records([path], shard=1, num_shards=2))
-    assert [r.doc_id for r in shard1] == [1, 3, 5]
-    assert [r.line for r in shard1] == [2, 4, 6]
-    assert [r.error is None for r in shard1] == [True, True, True]
-    shard0 = list(corpus.iter_records([path], shard=0, num_shards=2))
-    assert [r.doc_id for r in shard0] == [0, 2, 4]
-    assert shard0[1].error is not None and "invalid JSON" in shard0[1].error
+    offsets = _offsets(lines)
+    cut = offsets[2] + 1  # inside the bad line: it belongs to the first split, which reads it to its end
+    first = list(corpus.iter_records([splits.Split(str(path), 0, cut)], require_records=False))
+    second = list(corpus.iter_records([splits.Split(str(path), cut)], require_records=False))
+    assert [r.doc_id for r in first] == offsets[:3] and [r.doc_id for r in second] == offsets[3:]
+    assert [r.line for r in first + second] == [1, 2, 3, 4, 5, 6]  # the file's lines, not the split's
+    assert [r.error is None for r in first + second] == [True, True, False, True, True, True]
+    assert "invalid JSON" in first[2].error and first[2].where == f"{path}:3"
 
 
-def test_per_file_shards(tmp_path):
+def test_per_file_doc_ids_do_not_depend_on_other_files(tmp_path):
     sizes = [3, 5, 2]
     paths = [_write_text(tmp_path / "a.jsonl", _lines(_docs("a", sizes[0]))),
              _write_gz(tmp_path / "b.jsonl.gz", _lines(_docs("b", sizes[1]))),
              _write_parquet(tmp_path / "c.parquet", _docs("c", sizes[2]))]
-    everything = list(corpus.iter_records(paths, num_shards="per_file"))
-    expected_ids = [(f << FILE_BITS) | i for f, n in enumerate(sizes) for i in range(n)]
-    assert [r.doc_id for r in everything] == expected_ids
-    assert all(a < b for a, b in zip(expected_ids, expected_ids[1:]))  # increasing in input order
+    everything = list(corpus.iter_records(paths))
     for f, path in enumerate(paths):
-        alone = list(corpus.iter_records([path], shard=f, num_shards="per_file"))
-        assert [(r.doc_id, r.where, r.text) for r in alone] == \
-               [(r.doc_id, r.where, r.text) for r in everything if r.path == str(path)]
-        assert all(corpus.shard_of(r.doc_id, "per_file") == f for r in alone)
-    with pytest.raises(ValueError, match="per_file"):
-        list(corpus.iter_records(paths, shard=1, num_shards="per_file"))
+        alone = list(corpus.iter_records([path]))  # a per_file shard: its file the first read
+        mine = [r for r in everything if r.path == str(path)]
+        assert [(r.where, r.text) for r in alone] == [(r.where, r.text) for r in mine]
+        assert [r.doc_id for r in mine] == [f << FILE_BITS | r.doc_id for r in alone]
 
 
 # ---------------------------------------------------------------- bad records
@@ -176,7 +187,8 @@ def test_bad_jsonl_record_reason(tmp_path, line, reason):
     good = _lines(_docs("g", 2))
     path = _write_text(tmp_path / "c.jsonl", [good[0], line, good[1]])
     records = list(corpus.iter_records([path]))
-    assert [r.doc_id for r in records] == [0, 1, 2]
+    offsets = _offsets([good[0], line, good[1]])
+    assert [r.doc_id for r in records] == offsets
     assert [r.error is None for r in records] == [True, False, True]
     bad = records[1]
     assert reason in bad.error
@@ -184,7 +196,7 @@ def test_bad_jsonl_record_reason(tmp_path, line, reason):
     assert bad.raw == line
     assert bad.line == 2 and bad.where == f"{path}:2"
     entry = bad.reject_entry()
-    assert entry == {"doc_id": 1, "file": str(path), "line": 2, "reason": bad.error, "record": line}
+    assert entry == {"doc_id": offsets[1], "file": str(path), "line": 2, "reason": bad.error, "record": line}
     with pytest.raises(BadRecordError) as info:
         corpus.check(bad, "error")
     assert f"{path}:2" in str(info.value) and reason in str(info.value)
@@ -244,7 +256,8 @@ def test_truncated_gzip(tmp_path, keep):
     assert [r.raw for r in good] == lines[:len(good)]
     assert all(r.error is None for r in good)
     assert last.error is not None and "truncated" in last.error
-    assert last.line == len(good) + 1 and last.doc_id == len(good)
+    # its doc id: the decompressed offset where the stream broke off, past every good record's line
+    assert last.line == len(good) + 1 and last.doc_id == sum(len(line) + 1 for line in lines[:len(good)])
     with pytest.raises(BadRecordError, match=f"{path}:{len(good) + 1}"):
         corpus.check(last, "error")
     assert corpus.check(last, "skip") is False

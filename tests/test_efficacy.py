@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import GOOD, snakemake, stage_function, tiny_corpus, write_jsonl
+from helpers import GOOD, snakemake, stage_function, tiny_corpus, train_tokenizer, write_jsonl
 from transformers import AutoConfig
 
 from lqs import efficacy, target
@@ -31,14 +31,12 @@ from lqs.stages import efficacy as efficacy_stage
 from lqs.stages import efficacy_corpus_eval as efficacy_corpus_eval_stage
 from lqs.stages import efficacy_train as efficacy_train_stage
 from lqs.stages import prepare_target as prepare_target_stage
-from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, tokenize_windows
 
 efficacy_corpus_eval = stage_function(efficacy_corpus_eval_stage)
 efficacy_summary = stage_function(efficacy_stage)
 efficacy_train = stage_function(efficacy_train_stage)
 prepare_target = stage_function(prepare_target_stage)
-train_tokenizer = stage_function(train_tokenizer_stage)
 
 ARCH = dict(model_type="mistral", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
             num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False)

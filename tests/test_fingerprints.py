@@ -18,14 +18,17 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import (
     copy_workflow,
+    corpus_settings,
     plan,
     rule_counts,
+    shard_settings,
     snakemake,
     stage_function,
     tiny_corpus,
     tiny_scorer,
     tokenize_and_score_shard,
     write_jsonl,
+    write_plan,
 )
 
 from lqs import corpus
@@ -114,22 +117,26 @@ def scorer_dir(tmp_path_factory) -> Path:
 
 def _tokenize(path: Path, scorer_dir: Path, tmp_path: Path, on_bad_record: str = "error") -> Path:
     tokenized = tmp_path / "tok.parquet"
-    tokenize_shard([str(path)], str(scorer_dir.parent / "tokenizer"), 0, str(tokenized),
-                   str(tmp_path / "rejects.jsonl"), num_shards=1, text_field="text", max_length=16,
-                   on_bad_record=on_bad_record, max_chars=10**6)
+    plan_path, plan = write_plan(tmp_path, [path])  # one shard: the whole file, whatever its edits
+    tokenize_shard(plan_path, "0", str(scorer_dir.parent / "tokenizer"), str(tokenized),
+                   str(tmp_path / "rejects.jsonl"), text_field="text", max_length=16,
+                   on_bad_record=on_bad_record, max_chars=10**6, **shard_settings(plan))
     return tokenized
 
 
 def _score(path: Path, tokenized: Path, scorer_dir: Path, out: Path) -> None:
-    score_shard([str(path)], str(tokenized), str(scorer_dir), str(out), shard=0, num_shards=1, text_field="text",
+    plan_path, plan = write_plan(out.parent, [path])
+    score_shard(plan_path, plan, "0", str(tokenized), str(scorer_dir), str(out), text_field="text",
                 max_chars=10**6, max_tokens=64, max_windows_per_doc=None, chunk_docs=4, device="cpu")
 
 
 def _gather(path: Path, scores: Path, tmp_path: Path, output_format: str = "jsonl") -> Path:
     out = tmp_path / f"scored.{output_format}"
-    gather_scores([str(path)], [str(scores)], [str(tmp_path / "rejects.jsonl")], str(out),
-                  str(tmp_path / "rejects-out.jsonl"), str(tmp_path / "summary.json"), num_shards=1,
-                  text_field="text", max_chars=10**6, score_field="score", output_format=output_format)
+    plan_path, plan = write_plan(tmp_path, [path])
+    gather_scores(plan_path, [str(scores)], [str(tmp_path / "rejects.jsonl")], str(out),
+                  str(tmp_path / "rejects-out.jsonl"), str(tmp_path / "summary.json"), **corpus_settings(plan),
+                  text_field="text", max_chars=10**6, score_field="score", output_format=output_format,
+                  on_bad_record="error")
     return out
 
 

@@ -36,6 +36,7 @@ from helpers import (
     stage_function,
     tiny_config,
     tiny_corpus,
+    train_tokenizer,
     write_jsonl,
 )
 from safetensors import safe_open
@@ -46,13 +47,11 @@ from lqs.stages import fetch_scorer as fetch_scorer_stage
 from lqs.stages import fetch_target as fetch_target_stage
 from lqs.stages import fetch_tokenizer as fetch_tokenizer_stage
 from lqs.stages import prepare_target as prepare_target_stage
-from lqs.stages import train_tokenizer as train_tokenizer_stage
 
 fetch_scorer = stage_function(fetch_scorer_stage)
 fetch_target = stage_function(fetch_target_stage)
 fetch_tokenizer = stage_function(fetch_tokenizer_stage)
 prepare_target = stage_function(prepare_target_stage)
-train_tokenizer = stage_function(train_tokenizer_stage)
 
 MISTRAL = "test-org/tiny-mistral"  # the proxy's role: Mistral causal LM (as Data-Selection/BSL-160M)
 FAIRSEQ = "test-org/tiny-fairseq-dense"  # the scorer base: an XGLM causal-LM checkpoint, pickled weights

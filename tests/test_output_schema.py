@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -16,34 +17,38 @@ import pytest
 import torch
 from helpers import (
     GOOD,
+    corpus_settings,
     edit_config,
     make_workflow,
     parse_plan,
     rule_counts,
     set_key,
+    shard_settings,
     snakemake,
     stage_function,
     tiny_config,
     tiny_corpus,
     tokenize_and_score_shard,
+    train_tokenizer,
     write_jsonl,
+    write_plan,
 )
 from helpers import score_error as lqs_score
 from transformers import XGLMConfig, XGLMModel
 
 from lqs import corpus, output
 from lqs.scorer import ScorerModel, save_scorer
+from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import output_schema as output_schema_stage
 from lqs.stages import select_order as select_order_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
-from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import load_tokenizer
 
+gather_scores = stage_function(gather_scores_stage)
 output_schema = stage_function(output_schema_stage)
 score_shard = tokenize_and_score_shard
 select_order = stage_function(select_order_stage)
 tokenize_shard = stage_function(tokenize_shard_stage)
-train_tokenizer = stage_function(train_tokenizer_stage)
 
 SELECT_ALL = dict(selection=dict(method="top", ratio=1.0, threshold=None, temperature=1.0, seed=0),
                   ordering=dict(method="folding", folds=3, seed=0), score_field="score")
@@ -211,16 +216,20 @@ def test_writer_refuses_what_arrow_would_cast_or_drop(tmp_path, record, reason):
 
 @pytest.mark.parametrize("mode", ["error", "skip"])
 def test_tokenize_rejects_a_record_the_schema_cannot_hold(tokenizer_and_scorer, tmp_path, mode):
+    """output.layout per_shard: tokenize_shard rejects it (score_shard writes the parts from its
+    accepted records); with layout single, gather_scores does (the next test)."""
     tokenizer, _ = tokenizer_and_scorer
     lines = [{"text": f"Document {i} reads well.", "id": i} for i in range(4)]
     lines[2]["id"] = "two"
     path = write_jsonl(tmp_path / "c.jsonl", lines)
-    output_schema([str(path)], str(tmp_path / "schema.parquet"), text_field="text", max_chars=10**6)
+    plan_path, corpus_plan = write_plan(tmp_path, [path])
+    output_schema(plan_path, str(tmp_path / "schema.parquet"), text_field="text", max_chars=10**6,
+                  **corpus_settings(corpus_plan))
     assert output.read_schema(str(tmp_path / "schema.parquet")) == pa.schema([("text", pa.string()),
                                                                               ("id", pa.int64())])
-    args = ([str(path)], tokenizer, 0, str(tmp_path / "tok.parquet"), str(tmp_path / "rejects.jsonl"))
-    settings = dict(num_shards=1, text_field="text", max_length=16, on_bad_record=mode, max_chars=10**6,
-                    output_schema=str(tmp_path / "schema.parquet"))
+    args = (plan_path, "0", tokenizer, str(tmp_path / "tok.parquet"), str(tmp_path / "rejects.jsonl"))
+    settings = dict(text_field="text", max_length=16, on_bad_record=mode, max_chars=10**6, score_field="score",
+                    output_schema=str(tmp_path / "schema.parquet"), **shard_settings(corpus_plan))
     reason = "field 'id' is \"two\", which the Parquet output's int64 column cannot hold exactly"
     if mode == "error":
         with pytest.raises(corpus.BadRecordError, match=f"^{re.escape(f'{path}:3: {reason}')}.*on_bad_record: skip"):
@@ -228,15 +237,54 @@ def test_tokenize_rejects_a_record_the_schema_cannot_hold(tokenizer_and_scorer, 
         return
     counts = tokenize_shard(*args, **settings)
     [entry] = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
-    assert (entry["doc_id"], entry["line"], entry["reason"].split(";")[0]) == (2, 3, reason)
+    offsets = np.cumsum([0] + [len(json.dumps(r).encode()) + 1 for r in lines]).tolist()  # doc ids: line offsets
+    assert (entry["doc_id"], entry["line"], entry["reason"].split(";")[0]) == (offsets[2], 3, reason)
     assert counts["documents"] == 3
-    assert sorted(set(pq.read_table(tmp_path / "tok.parquet")["doc_id"].to_pylist())) == [0, 1, 3]
+    assert sorted(set(pq.read_table(tmp_path / "tok.parquet")["doc_id"].to_pylist())) == \
+        [offsets[0], offsets[1], offsets[3]]
+
+
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_gather_rejects_a_record_the_schema_cannot_hold(tokenizer_and_scorer, tmp_path, mode):
+    """output.layout single: tokenize_shard takes every record (so that the output's settings
+    rescore nothing); gather_scores rejects the one the Parquet output cannot hold exactly, into
+    the rejects with the corpus's doc id, or stops under on_bad_record: error."""
+    tokenizer, scorer = tokenizer_and_scorer
+    lines = [{"text": f"Document {i} reads well.", "id": i} for i in range(4)]
+    lines[2]["id"] = "two"
+    path = write_jsonl(tmp_path / "c.jsonl", lines)
+    plan_path, corpus_plan = write_plan(tmp_path, [path])
+    schema = str(tmp_path / "schema.parquet")
+    output_schema(plan_path, schema, text_field="text", max_chars=10**6, **corpus_settings(corpus_plan))
+    tokenize_shard(plan_path, "0", tokenizer, str(tmp_path / "tok.parquet"), str(tmp_path / "rejects-0.jsonl"),
+                   text_field="text", max_length=16, on_bad_record=mode, max_chars=10**6,
+                   **shard_settings(corpus_plan))
+    assert (tmp_path / "rejects-0.jsonl").read_text() == ""  # every record tokenized
+    score_shard(plan_path, corpus_plan, "0", str(tmp_path / "tok.parquet"), scorer, str(tmp_path / "scores.parquet"),
+                max_tokens=64, max_windows_per_doc=1, device="cpu")
+    gather = dict(text_field="text", max_chars=10**6, on_bad_record=mode, output_format="parquet",
+                  output_schema=schema, **corpus_settings(corpus_plan))
+    args = (plan_path, [str(tmp_path / "scores.parquet")], [str(tmp_path / "rejects-0.jsonl")],
+            str(tmp_path / "scored.parquet"), str(tmp_path / "rejects.jsonl"), str(tmp_path / "summary.json"))
+    reason = "field 'id' is \"two\", which the Parquet output's int64 column cannot hold exactly"
+    if mode == "error":
+        with pytest.raises(corpus.BadRecordError, match=f"^{re.escape(f'{path}:3: {reason}')}"):
+            gather_scores(*args, **gather)
+        assert not (tmp_path / "scored.parquet").exists()
+        return
+    summary = gather_scores(*args, **gather)
+    [entry] = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    offset = sum(len(json.dumps(r)) + 1 for r in lines[:2])  # the corpus's doc id: the line's byte offset
+    assert (entry["doc_id"], entry["line"], entry["reason"].split(";")[0]) == (offset, 3, reason)
+    assert (summary["documents_read"], summary["documents_scored"], summary["documents_rejected"]) == (4, 3, 1)
+    assert pq.read_table(tmp_path / "scored.parquet")["id"].to_pylist() == [0, 1, 3]
 
 
 def per_shard_records(n: int = 12) -> list[dict]:
-    """The issue's defect 4: the first record of shard 1 (of 2) has "id": 1.5, the others ints."""
+    """The issue's defect 4: a record of the last of 2 shards (its records the corpus's second half)
+    has "id": 1.5, the others ints."""
     records = [{"text": f"Document {i}. {GOOD[i % len(GOOD)]}", "id": i, "meta": {"i": i}} for i in range(n)]
-    records[1]["id"] = 1.5
+    records[n - 2]["id"] = 1.5
     records[5]["meta"]["note"] = "only here"
     return records
 
@@ -246,18 +294,23 @@ def test_per_shard_parts_read_as_one_data_set(tokenizer_and_scorer, tmp_path):
     records = per_shard_records()
     path = str(write_jsonl(tmp_path / "c.jsonl", records))
     schema_file = str(tmp_path / "output_schema.parquet")
-    output_schema([path], schema_file, text_field="text", max_chars=10**6)
-    common = dict(num_shards=2, text_field="text", max_chars=10**6)
+    plan_path, corpus_plan = write_plan(tmp_path, [path], 2)
+    assert [s.key for s in corpus_plan.shards] == ["0", "1"]
+    output_schema(plan_path, schema_file, text_field="text", max_chars=10**6, **corpus_settings(corpus_plan))
+    common = dict(text_field="text", max_chars=10**6)
     shards, parts = [], []
-    for shard in (0, 1):
+    for shard in (s.key for s in corpus_plan.shards):
         shards.append(str(tmp_path / f"shard-{shard}.parquet"))
         parts.append(str(tmp_path / "scored" / f"part-{shard}.parquet"))
-        tokenize_shard([path], tokenizer, shard, shards[-1], str(tmp_path / f"rejects-{shard}.jsonl"), max_length=16,
-                       on_bad_record="error", output_schema=schema_file, **common)
+        tokenize_shard(plan_path, shard, tokenizer, shards[-1], str(tmp_path / f"rejects-{shard}.jsonl"),
+                       max_length=16, on_bad_record="error", output_schema=schema_file, score_field="score",
+                       **common, **shard_settings(corpus_plan, shard))
         (tmp_path / "scored").mkdir(exist_ok=True)
-        score_shard([path], shards[-1], scorer, str(tmp_path / f"scores-{shard}.parquet"), shard=shard,
+        score_shard(plan_path, corpus_plan, shard, shards[-1], scorer, str(tmp_path / f"scores-{shard}.parquet"),
                     max_tokens=64, max_windows_per_doc=1, device="cpu", part_out=parts[-1], output_format="parquet",
                     output_schema=schema_file, **common)
+    # the float is in the second part alone: the schema is the whole corpus's all the same
+    assert [pq.read_table(p)["id"].to_pylist().count(1.5) for p in parts] == [0, 1]
     schemas = [pq.read_schema(p) for p in parts]
     assert schemas[0] == schemas[1] and schemas[0].field("id").type == pa.float64()
     whole = pq.read_table(tmp_path / "scored")  # the directory as one data set

@@ -17,16 +17,19 @@ import yaml
 from helpers import (
     ROOT,
     copy_workflow,
+    corpus_settings,
     edit_config,
     plan,
     rule_counts,
     set_key,
+    shard_settings,
     stage_function,
     tiny_config,
     tiny_corpus,
     tiny_scorer,
     tokenize_and_score_shard,
     write_jsonl,
+    write_plan,
 )
 
 from lqs import provenance as prov
@@ -325,29 +328,33 @@ def scored(root: Path, corpus: Path, scorer: Path, digest: str = A, layout: str 
     """The corpus tokenized, scored and gathered (two shards) into root/scored.parquet, or with
     layout per_shard root/scored/part-{i}.parquet: gather's summary."""
     root.mkdir(parents=True, exist_ok=True)
-    common = dict(num_shards=2, text_field="text", max_chars=10**6)
+    plan_path, corpus_plan = write_plan(root, [corpus], 2)
+    assert [s.key for s in corpus_plan.shards] == ["0", "1"]
+    common = dict(text_field="text", max_chars=10**6)
     schema = str(root / "output_schema.parquet")
-    output_schema([str(corpus)], schema, text_field="text", max_chars=10**6)
+    output_schema(plan_path, schema, text_field="text", max_chars=10**6, **corpus_settings(corpus_plan))
     files = {k: [] for k in ("shards", "rejects", "scores", "stats", "parts")}
-    for shard in (0, 1):
+    for shard in (s.key for s in corpus_plan.shards):
         for kind, name in (("shards", "shard-{}.parquet"), ("rejects", "rejects-{}.jsonl"),
                            ("scores", "scores-{}.parquet"), ("stats", "stats-{}.json"),
                            ("parts", "scored/part-{}.parquet")):
             files[kind].append(str(root / name.format(shard)))
-        tokenize_shard([str(corpus)], str(scorer), shard, files["shards"][-1], files["rejects"][-1], max_length=16,
-                       on_bad_record="error", output_schema=schema, **common)
+        # layout per_shard: tokenize_shard checks the records against the output, as the rule has it do
+        checks = dict(output_schema=schema, score_field="score") if layout == "per_shard" else {}
+        tokenize_shard(plan_path, shard, str(scorer), files["shards"][-1], files["rejects"][-1], max_length=16,
+                       on_bad_record="error", **checks, **common, **shard_settings(corpus_plan, shard))
         per_shard = dict(part_out=files["parts"][-1], output_format="parquet", config_sha256=digest,
-                         corpus_versions={}, output_schema=schema) if layout == "per_shard" else {}
+                         corpus_versions={}, output_schema=schema, **common) if layout == "per_shard" else {}
         (root / "scored").mkdir(exist_ok=True)
-        score_shard([str(corpus)], files["shards"][-1], str(scorer), files["scores"][-1], shard=shard,
+        score_shard(plan_path, corpus_plan, shard, files["shards"][-1], str(scorer), files["scores"][-1],
                     max_tokens=256, max_windows_per_doc=None, device="cpu", stats_out=files["stats"][-1],
-                    **per_shard, **common)
+                    **per_shard)
     out = str(root / ("scored" if layout == "per_shard" else "scored.parquet"))
-    return gather_scores([str(corpus)], files["scores"], files["rejects"], out, str(root / "rejects.jsonl"),
+    return gather_scores(plan_path, files["scores"], files["rejects"], out, str(root / "rejects.jsonl"),
                          str(root / "summary.json"), stats_paths=files["stats"],
                          part_paths=files["parts"] if layout == "per_shard" else (), scorer_dir=str(scorer),
                          output_schema=schema, output_format="parquet", layout=layout, config_sha256=digest,
-                         corpus_versions={}, **common)
+                         corpus_versions={}, on_bad_record="error", **common, **corpus_settings(corpus_plan))
 
 
 @pytest.fixture(scope="module")
@@ -421,8 +428,9 @@ def test_per_shard_parts_carry_the_block_of_their_job(corpus_file, scorer_dir, t
         assert prov.read_parquet_block(tmp_path / "scored" / f"part-{shard}.parquet") == block
     versions = {"s3://bucket/c.jsonl": "5f3c9a1b2d4e6f70"}  # a remote file's version reaches its entry
     part = tmp_path / "part-s3.parquet"
-    score_shard([str(corpus_file)], str(tmp_path / "shard-0.parquet"), str(scorer_dir), str(tmp_path / "s.parquet"),
-                shard=0, num_shards=2, max_tokens=256, max_windows_per_doc=None, device="cpu", part_out=str(part),
+    plan_path, corpus_plan = write_plan(tmp_path, [corpus_file], 2)  # scored()'s
+    score_shard(plan_path, corpus_plan, "0", str(tmp_path / "shard-0.parquet"), str(scorer_dir),
+                str(tmp_path / "s.parquet"), max_tokens=256, max_windows_per_doc=None, device="cpu", part_out=str(part),
                 output_format="parquet", config_sha256=A, corpus_versions=versions,
                 output_schema=str(tmp_path / "output_schema.parquet"))
     assert prov.read_parquet_block(part)["corpus"] == block["corpus"]  # a local file has no version

@@ -17,17 +17,27 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import GOOD as SENTENCES
-from helpers import make_workflow, snakemake, stage_function, tiny_config, tiny_corpus, write_jsonl
+from helpers import (
+    corpus_settings,
+    make_workflow,
+    shard_settings,
+    snakemake,
+    stage_function,
+    tiny_config,
+    tiny_corpus,
+    train_tokenizer,
+    write_jsonl,
+    write_plan,
+)
 
 from lqs import cli, corpus
 from lqs.corpus import BadFileError, BadRecordError
+from lqs.splits import FILE_BITS
 from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
-from lqs.stages import train_tokenizer as train_tokenizer_stage
 
 gather_scores = stage_function(gather_scores_stage)
 tokenize_shard = stage_function(tokenize_shard_stage)
-train_tokenizer = stage_function(train_tokenizer_stage)
 
 MODES = ["error", "skip"]
 GOOD = [json.dumps({"text": f"Document number {i} reads well.", "i": i}) for i in range(3)]
@@ -50,16 +60,16 @@ def _strict(line: str):
 
 def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip", num_shards=1,
          output_format: str = "jsonl", **record_settings):
-    """tokenize_shard for every shard, made-up scores for the accepted documents, gather_scores.
+    """tokenize_shard for every planned shard, made-up scores for the accepted documents,
+    gather_scores (output.layout single: `record_settings`, the output's fields, are its).
     Returns (summary, the output file, rejects entries)."""
     paths = [str(p) for p in paths]
-    shards = range(len(paths)) if num_shards == "per_file" else range(num_shards)
+    plan_path, plan = write_plan(tmp_path, paths, num_shards)
     score_paths, reject_paths = [], []
-    for shard in shards:
-        inputs = [paths[shard]] if num_shards == "per_file" else paths
+    for shard in (s.key for s in plan.shards):
         windows, rejects = tmp_path / f"tok-{shard}.parquet", tmp_path / f"rejects-{shard}.jsonl"
-        tokenize_shard(inputs, tok_dir, shard, str(windows), str(rejects), num_shards=num_shards, text_field="text",
-                       max_length=16, on_bad_record=on_bad_record, max_chars=10**6, **record_settings)
+        tokenize_shard(plan_path, shard, tok_dir, str(windows), str(rejects), text_field="text",
+                       max_length=16, on_bad_record=on_bad_record, max_chars=10**6, **shard_settings(plan, shard))
         # one row per window: each document's id and record fingerprint, in input order
         documents = {r["doc_id"]: r["fingerprint"] for r in pq.read_table(windows, columns=["doc_id", "fingerprint"])
                      .to_pylist()}
@@ -73,8 +83,9 @@ def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip",
         reject_paths.append(str(rejects))
     out = tmp_path / f"scored.{output_format}"
     rejects_out, summary_out = tmp_path / "rejects.jsonl", tmp_path / "summary.json"
-    summary = gather_scores(paths, score_paths, reject_paths, str(out), str(rejects_out), str(summary_out),
-                            num_shards=num_shards, text_field="text", max_chars=10**6, output_format=output_format,
+    summary = gather_scores(plan_path, score_paths, reject_paths, str(out), str(rejects_out), str(summary_out),
+                            **corpus_settings(plan), on_bad_record=on_bad_record,
+                            text_field="text", max_chars=10**6, output_format=output_format,
                             score_field=record_settings.get("score_field", "score"),
                             extra_fields=record_settings.get("extra_fields", ()))
     rejects = [_strict(line) for line in rejects_out.read_text(encoding="utf-8").splitlines()]
@@ -99,9 +110,10 @@ def test_unreadable_parquet_file_is_one_rejected_file(tmp_path):
     a, b = write_jsonl(tmp_path / "a.jsonl", GOOD[:2]), write_jsonl(tmp_path / "b.jsonl", GOOD[2:])
     bad = _truncated_parquet(tmp_path / "bad.parquet")
     records = list(corpus.iter_records([a, bad, b]))
-    # the file takes no doc id: the others' ids are those of a corpus without it
+    # the file takes no doc id; the others' are their file's index among those read, then the line's offset
+    second = len(GOOD[0]) + 1
     assert [(r.path, r.doc_id, r.line) for r in records] == \
-        [(str(a), 0, 1), (str(a), 1, 2), (str(bad), None, None), (str(b), 2, 1)]
+        [(str(a), 0, 1), (str(a), second, 2), (str(bad), None, None), (str(b), 2 << FILE_BITS, 1)]
     unreadable = records[2]
     assert unreadable.error.startswith("corrupt or truncated Parquet file (Parquet magic bytes not found")
     assert unreadable.reject_entry() == {"doc_id": None, "file": str(bad), "line": None,
@@ -128,9 +140,10 @@ def test_unreadable_parquet_file_stops_the_first_stage_under_error(tmp_path, tok
     with pytest.raises(BadFileError, match=message):
         _run(tmp_path, [good, bad], tok_dir, "error", num_shards=2)
     settings = {"text_field": "text", "max_chars": 10**6, "vocab_size": 300, "on_bad_record": "error"}
+    plan_path, plan = write_plan(tmp_path, [good, bad])
     with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.ERROR):
-        cli.main(["train-tokenizer", str(good), str(bad), "--out-dir", str(tmp_path / "tokenizer"),
-                  "--settings", json.dumps(settings)])
+        cli.main(["train-tokenizer", "--plan", plan_path, "--out-dir", str(tmp_path / "tokenizer"),
+                  "--settings", json.dumps(settings | corpus_settings(plan))])
     assert exit_info.value.code == 1
     [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"{bad}: corrupt or truncated Parquet file" in error.getMessage() and error.exc_info is None
@@ -153,7 +166,7 @@ def test_unreadable_parquet_file_with_parquet_output_under_skip(tmp_path, tok_di
     bad = _truncated_parquet(tmp_path / "bad.parquet")
     b = _parquet(tmp_path / "b.parquet", SENTENCES[3:])
     summary, out, rejects = _run(tmp_path, [a, bad, b], tok_dir, "skip", num_shards, output_format="parquet")
-    [entry] = rejects  # once, though every shard of 2 opened it
+    [entry] = rejects  # once, though it may be a shard of its own
     assert entry == {"doc_id": None, "file": str(bad), "line": None, "reason": entry["reason"], "record": None}
     assert entry["reason"].startswith("corrupt or truncated Parquet file (")
     assert summary["rejected_files"] == [str(bad)] and summary["empty_files"] == []
@@ -219,7 +232,7 @@ def test_parquet_file_with_two_columns_of_one_name_is_a_rejected_file(tmp_path, 
     pq.write_table(table, path)
     good = write_jsonl(tmp_path / "good.jsonl", GOOD[:1])
     records = list(corpus.iter_records([path, good]))
-    assert [(r.doc_id, r.line) for r in records] == [(None, None), (0, 1)]
+    assert [(r.doc_id, r.line) for r in records] == [(None, None), (1 << FILE_BITS, 1)]  # the second file read
     duplicate = "two columns named 'a'" if schema == "columns" else "two fields named 'a' in column 's'"
     assert records[0].error == f"{duplicate} (a record holds one value per name)"
     with pytest.raises(BadFileError, match=f"^{re.escape(f'{path}: {duplicate}')}"):
@@ -253,17 +266,33 @@ def test_nan_and_infinity_are_bad_records(tmp_path, tok_dir, literal):
     ("quality", {"score_field": "quality"}, "output.score_field"),
     ("n_tokens", {"extra_fields": ["n_tokens"]}, "output.extra_fields"),
 ])
-def test_record_with_an_output_field_is_a_bad_record_when_tokenized(tmp_path, tok_dir, mode, field, settings, key):
+def test_record_with_an_output_field_is_a_bad_record(tmp_path, tok_dir, mode, field, settings, key):
     lines = [GOOD[0], GOOD[1], json.dumps({"text": "Scored before.", field: 0.5}), GOOD[2]]
     path = write_jsonl(tmp_path / "c.jsonl", lines)
     reason = f"the record already has the field {field!r} that {key} adds; choose another {key}"
     settings = {"score_field": "score", "extra_fields": [], **settings}
+    # output.layout per_shard: tokenize_shard rejects it, before anything is scored (the parts are score_shard's)
+    plan_path, plan = write_plan(tmp_path / "per_shard", [path])
+    rejects = tmp_path / "per_shard" / "rejects.jsonl"
+    tokenize = dict(text_field="text", max_length=16, on_bad_record=mode, max_chars=10**6, **settings,
+                    **shard_settings(plan))
+    if mode == "error":
+        with pytest.raises(BadRecordError, match=f"^{re.escape(f'{path}:3: {reason}')}"):
+            tokenize_shard(plan_path, "0", tok_dir, str(tmp_path / "per_shard" / "tok.parquet"), str(rejects),
+                           **tokenize)
+    else:
+        counts = tokenize_shard(plan_path, "0", tok_dir, str(tmp_path / "per_shard" / "tok.parquet"), str(rejects),
+                                **tokenize)
+        assert counts["documents"] == 3 and counts["rejected"] == 1
+        assert [json.loads(x)["line"] for x in rejects.read_text().splitlines()] == [3]
+    # output.layout single: gather_scores rejects it, where the output is written
     if mode == "error":
         with pytest.raises(BadRecordError, match=f"^{re.escape(f'{path}:3: {reason}')}"):
             _run(tmp_path, [path], tok_dir, mode, num_shards=2, **settings)
         return
     summary, out, rejects = _run(tmp_path, [path], tok_dir, mode, num_shards=2, **settings)
-    assert rejects == [{"doc_id": 2, "file": str(path), "line": 3, "reason": reason, "record": lines[2]}]
+    doc_id = sum(len(line) + 1 for line in lines[:2])  # the corpus's doc id: the line's byte offset
+    assert rejects == [{"doc_id": doc_id, "file": str(path), "line": 3, "reason": reason, "record": lines[2]}]
     scored = [_strict(line) for line in out.read_text().splitlines()]
     assert [r["i"] for r in scored] == [0, 1, 2]
     assert summary["documents_rejected"] == 1
@@ -294,7 +323,8 @@ def test_lone_surrogate_or_duplicate_key_is_a_bad_record(tmp_path, tok_dir, line
     with pytest.raises(BadRecordError, match=f"^{re.escape(f'{path}:2: {reason}')}"):
         _run(tmp_path, [path], tok_dir, "error")
     summary, out, rejects = _run(tmp_path, [path], tok_dir, "skip")
-    assert rejects == [{"doc_id": 1, "file": str(path), "line": 2, "reason": reason, "record": line}]
+    doc_id = len(GOOD[0]) + 1  # the line's byte offset
+    assert rejects == [{"doc_id": doc_id, "file": str(path), "line": 2, "reason": reason, "record": line}]
     assert [_strict(line)["i"] for line in out.read_text().splitlines()] == [0, 1]
 
 
@@ -315,7 +345,7 @@ def test_invalid_utf8_reject_entry_keeps_the_bytes(tmp_path, tok_dir):
     path.write_bytes(GOOD[0].encode() + b"\n" + bad + b"\r\n" + GOOD[1].encode() + b"\n")
     record = list(corpus.iter_records([path]))[1]
     reason = "invalid UTF-8 (invalid continuation byte at byte 13)"
-    expected = {"doc_id": 1, "file": str(path), "line": 2, "reason": reason, "record": None,
+    expected = {"doc_id": len(GOOD[0]) + 1, "file": str(path), "line": 2, "reason": reason, "record": None,
                 "record_base64": base64.b64encode(bad).decode("ascii")}
     assert record.reject_entry() == expected
     summary, out, rejects = _run(tmp_path, [path], tok_dir, "skip")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import score_error as lqs_score
-from helpers import stage_function, tiny_corpus, write_jsonl
+from helpers import stage_function, tiny_corpus, train_tokenizer, write_jsonl
 from transformers import MistralConfig, MistralModel, XGLMConfig, XGLMModel
 
 import lqs.score
@@ -24,11 +24,9 @@ import lqs.scorer
 from lqs import cli, corpus
 from lqs.scorer import ScorerModel, save_scorer
 from lqs.stages import fetch_scorer as fetch_scorer_stage
-from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import load_tokenizer
 
 fetch_scorer = stage_function(fetch_scorer_stage)
-train_tokenizer = stage_function(train_tokenizer_stage)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest

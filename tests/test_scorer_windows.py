@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import stage_function, tiny_corpus, tiny_scorer, write_jsonl
+from helpers import shard_settings, stage_function, tiny_corpus, tiny_scorer, train_tokenizer, write_jsonl, write_plan
 
 import lqs.scorer
 from lqs import scorer_windows
@@ -33,22 +33,26 @@ def shard(scorer_dir, tmp_path_factory):
     records = tiny_corpus(30, seed=3)
     records[4] = {"id": "bad", "text": "   "}
     corpus = write_jsonl(root / "corpus.jsonl", records)
-    tokenize_shard([str(corpus)], str(scorer_dir), 0, str(root / "tok.parquet"), str(root / "rejects.jsonl"),
-                   max_length=32, on_bad_record="skip")
+    plan_path, plan = write_plan(root, [corpus])
+    tokenize_shard(plan_path, "0", str(scorer_dir), str(root / "tok.parquet"), str(root / "rejects.jsonl"),
+                   max_length=32, on_bad_record="skip", **shard_settings(plan))
     return corpus, root / "tok.parquet", records
 
 
 def _windows(scorer_dir, shard, out, **settings):
     corpus, tokenized, _ = shard
-    settings = {"max_length": None, "chunk_docs": 8, "max_windows_per_doc": None} | settings
-    return tokenize_scorer_shard([str(corpus)], str(tokenized), str(scorer_dir), str(out), shard=0, **settings)
+    plan_path, plan = write_plan(tokenized.parent, [corpus])
+    settings = {"max_length": None, "chunk_docs": 8, "max_windows_per_doc": None} | shard_settings(plan) | settings
+    return tokenize_scorer_shard(plan_path, "0", str(tokenized), str(scorer_dir), str(out), **settings)
 
 
 def test_the_windows_are_the_scorers_longest_first_in_chunks_of_documents(scorer_dir, shard, tmp_path):
     _, _, records = shard
     counts = _windows(scorer_dir, shard, tmp_path / "w.parquet", max_windows_per_doc=2)
     scorer = lqs.scorer.load(scorer_dir, "cpu")
-    accepted = [(i, r) for i, r in enumerate(records) if i != 4]
+    # (doc id, record): a doc id is the byte offset of the record's line (one file)
+    offsets = np.cumsum([0] + [len(json.dumps(r).encode()) + 1 for r in records])
+    accepted = [(int(offsets[i]), r) for i, r in enumerate(records) if i != 4]
     file = pq.ParquetFile(tmp_path / "w.parquet")
     assert file.num_row_groups == -(-len(accepted) // 8)  # chunk_docs documents per row group
     meta = json.loads(file.schema_arrow.metadata[scorer_windows.METADATA_KEY])
@@ -121,8 +125,7 @@ def test_score_shard_refuses_windows_made_for_another_scorer(scorer_dir, shard, 
     else:
         other = tmp_path / "other"
         corpus = write_jsonl(other / "c.jsonl", [{"text": "zzz qqq " * (i + 1)} for i in range(30)])
-        stage_function(__import__("lqs.stages.train_tokenizer", fromlist=["STAGE"]))(
-            [str(corpus)], str(other / "tok"), vocab_size=280)
+        train_tokenizer([corpus], other / "tok", vocab_size=280)
         scorer_json = json.loads((scorer_dir / "scorer.json").read_text())
         (other / "tok" / "scorer.json").write_text(json.dumps(scorer_json))
         _windows(other / "tok", shard, tmp_path / "w.parquet")

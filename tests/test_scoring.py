@@ -20,7 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import stage_function, tokenize_and_score_shard, write_jsonl
+from helpers import (
+    corpus_settings,
+    shard_settings,
+    stage_function,
+    tokenize_and_score_shard,
+    train_tokenizer,
+    write_jsonl,
+    write_plan,
+)
 from scipy import stats
 from transformers import AutoTokenizer, MistralConfig, MistralModel, XGLMConfig, XGLMModel
 
@@ -32,14 +40,12 @@ from lqs.scorer import ScorerModel, Window, save_scorer, token_budget_batches
 from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
 from lqs.stages import train_scorer as train_scorer_stage
-from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import tokenize_windows
 
 gather_scores = stage_function(gather_scores_stage)
 score_shard = tokenize_and_score_shard
 tokenize_shard = stage_function(tokenize_shard_stage)
 train_scorer = stage_function(train_scorer_stage)
-train_tokenizer = stage_function(train_tokenizer_stage)
 
 MAX_LENGTH = 16  # the scorer's window length
 MAX_CHARS = 100_000
@@ -270,10 +276,11 @@ def test_score_refuses_exactly_what_the_workflow_rejects(scorers, tok_dir, tmp_p
     good = _texts(4, seed=9)
     texts = [good[0], "", " \n\t ", 3, None, good[1], "caf\ud800e", "x" * (MAX_CHARS + 1), good[2], ["a"]]
     path = write_jsonl(tmp_path / "corpus.jsonl", [{"text": t} for t in texts])
-    tokenize_shard([str(path)], tok_dir, 0, str(tmp_path / "tok.parquet"), str(tmp_path / "rejects.jsonl"),
-                   num_shards=1, text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS)
+    _tokenize_one(path, tok_dir, str(tmp_path / "tok.parquet"), str(tmp_path / "rejects.jsonl"), text_field="text",
+                  max_length=24, on_bad_record="skip", max_chars=MAX_CHARS)
     rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
-    assert [r["doc_id"] for r in rejects] == [1, 2, 3, 4, 6, 7, 9]
+    offsets = _offsets(path.read_text().splitlines())
+    assert [r["doc_id"] for r in rejects] == [offsets[i] for i in (1, 2, 3, 4, 6, 7, 9)]
 
     with pytest.raises(ValueError) as raised:
         scorers["xglm"].score(texts, max_chars=MAX_CHARS)
@@ -287,7 +294,7 @@ def test_score_refuses_exactly_what_the_workflow_rejects(scorers, tok_dir, tmp_p
         assert reason == reject["reason"].replace("text field 'text'", "text")
     assert "empty text" in message and "is not a string (got int)" in message and "lone UTF-16 surrogate" in message
     # what is left is scored
-    kept = [t for i, t in enumerate(texts) if i not in {r["doc_id"] for r in rejects}]
+    kept = [t for i, t in enumerate(texts) if offsets[i] not in {r["doc_id"] for r in rejects}]
     assert kept == [good[0], good[1], good[2]]
     assert len(scorers["xglm"].score(kept, max_chars=MAX_CHARS)) == 3
     with pytest.raises(ValueError, match=r"1 of 1 texts .*text 0: text longer than corpus.max_chars \(11 > 10 "):
@@ -332,18 +339,30 @@ def _corpus_lines() -> list[str]:
     return lines
 
 
+def _tokenize_one(path, tok_dir: str, tokenized: str, rejects: str, **settings):
+    """tokenize_shard on the corpus of one file, as one shard: (its plan file, the plan)."""
+    plan_path, corpus_plan = write_plan(Path(tokenized).parent, [path])
+    tokenize_shard(plan_path, "0", tok_dir, str(tokenized), str(rejects), **shard_settings(corpus_plan), **settings)
+    return plan_path, corpus_plan
+
+
+def _offsets(lines: list[str]) -> list[int]:
+    """The byte offset of each line of a JSONL file of `lines`: its doc id, the file the first."""
+    return np.cumsum([0] + [len(line.encode()) + 1 for line in lines])[:-1].tolist()
+
+
 def _run_pipeline(tmp_path: Path, corpus_paths: list[str], tok_dir: str, scorer_dir: str, num_shards,
                   max_windows_per_doc=None, score_field="score") -> tuple[dict, dict[str, Path]]:
-    shards = range(len(corpus_paths)) if num_shards == "per_file" else range(num_shards)
+    """tokenize_shard, score_shard for every planned shard, then gather_scores (output.layout single:
+    the output's fields are gather's)."""
+    plan_path, corpus_plan = write_plan(tmp_path, corpus_paths, num_shards)
     score_paths, reject_paths, stats_paths = [], [], []
-    for shard in shards:
-        inputs = [corpus_paths[shard]] if num_shards == "per_file" else corpus_paths
+    for shard in (s.key for s in corpus_plan.shards):
         tokenized, rejects = tmp_path / f"tok-{shard}.parquet", tmp_path / f"rejects-{shard}.jsonl"
         scores, stats = tmp_path / f"scores-{shard}.parquet", tmp_path / f"scores-{shard}.json"
-        tokenize_shard(inputs, tok_dir, shard, str(tokenized), str(rejects), num_shards=num_shards,
-                       text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4,
-                       score_field=score_field)
-        counts = score_shard(inputs, str(tokenized), scorer_dir, str(scores), shard=shard, num_shards=num_shards,
+        tokenize_shard(plan_path, shard, tok_dir, str(tokenized), str(rejects), **shard_settings(corpus_plan, shard),
+                       text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+        counts = score_shard(plan_path, corpus_plan, shard, str(tokenized), scorer_dir, str(scores),
                              text_field="text", max_chars=MAX_CHARS, max_tokens=40,
                              max_windows_per_doc=max_windows_per_doc, chunk_docs=3, device="cpu",
                              stats_out=str(stats))
@@ -353,8 +372,9 @@ def _run_pipeline(tmp_path: Path, corpus_paths: list[str], tok_dir: str, scorer_
         reject_paths.append(str(rejects))
     out = {"out": tmp_path / "scored.jsonl", "rejects": tmp_path / "rejects.jsonl",
            "summary": tmp_path / "summary.json"}
-    summary = gather_scores(corpus_paths, score_paths, reject_paths, str(out["out"]), str(out["rejects"]),
-                            str(out["summary"]), num_shards=num_shards, text_field="text", max_chars=MAX_CHARS,
+    summary = gather_scores(plan_path, score_paths, reject_paths, str(out["out"]), str(out["rejects"]),
+                            str(out["summary"]), **corpus_settings(corpus_plan), on_bad_record="skip",
+                            text_field="text", max_chars=MAX_CHARS,
                             score_field=score_field, stats_paths=stats_paths)
     return summary, out
 
@@ -384,8 +404,11 @@ def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_sha
     assert '"weight": 1.50' in out_lines[1] and '"u": "caf\\u00e9"' in out_lines[1]
     assert '"big": 1e400' in out_lines[2] and "naïve café" in out_lines[2]
 
-    # the scores of every shard, in doc-id order, with the truncation flag
-    shard_rows = [r for p in sorted(tmp_path.glob("scores-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    # the scores of every shard, in doc-id order, with the truncation flag; a doc id: the line's offset
+    offsets = _offsets(lines)
+    line_of = {offset: i for i, offset in enumerate(offsets)}
+    shard_rows = [{**r, "doc_id": line_of[r["doc_id"]]}
+                  for p in sorted(tmp_path.glob("scores-*.parquet")) for r in pq.read_table(p).to_pylist()]
     for p in tmp_path.glob("scores-*.parquet"):
         schema = pq.read_schema(p)
         assert schema.equals(SCORES_SCHEMA)
@@ -401,7 +424,7 @@ def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_sha
 
     rejects = [json.loads(x) for x in out["rejects"].read_text(encoding="utf-8").splitlines()]
     assert len(rejects) == 1
-    assert rejects[0]["doc_id"] == 5 and rejects[0]["line"] == 6 and rejects[0]["file"] == str(path)
+    assert rejects[0]["doc_id"] == offsets[5] and rejects[0]["line"] == 6 and rejects[0]["file"] == str(path)
     assert rejects[0]["record"] == lines[5] and "invalid JSON" in rejects[0]["reason"]
 
     on_disk = json.loads(out["summary"].read_text())
@@ -458,9 +481,9 @@ def test_score_and_gather_parquet_and_several_files(tok_dir, scorer_dirs, scorer
     assert (summary["documents_scored"], summary["documents_rejected"]) == (len(expected), 2)
 
 
-def test_record_with_the_score_field_is_rejected_before_scoring(tok_dir, scorer_dirs, tmp_path):
-    """A record that already has the score field is a bad record at tokenization (never scored,
-    never overwritten); with another score field name it is scored and keeps its own field."""
+def test_record_with_the_score_field_is_rejected_not_overwritten(tok_dir, scorer_dirs, tmp_path):
+    """A record that already has the score field is a bad record (output.layout single: gather_scores
+    rejects it; never overwritten); with another score field name it is scored and keeps its own field."""
     lines = _corpus_lines()
     lines[7] = json.dumps({"text": "an already scored document.", "score": 0.5})
     path = write_jsonl(tmp_path / "corpus.jsonl", lines)
@@ -481,11 +504,12 @@ def test_gather_detects_missing_scores(tok_dir, scorer_dirs, tmp_path):
     table = pq.read_table(scores)
     pq.write_table(table.slice(0, table.num_rows - 1), scores)  # a score lost
     out2 = tmp_path / "again.jsonl"
+    plan_path, corpus_plan = write_plan(tmp_path, [path], 2)  # _run_pipeline's
     with pytest.raises(RuntimeError, match="neither scored nor rejected"):
-        gather_scores([str(path)], [str(tmp_path / "scores-0.parquet"), str(scores)],
+        gather_scores(plan_path, [str(tmp_path / "scores-0.parquet"), str(scores)],
                       [str(tmp_path / "rejects-0.jsonl"), str(tmp_path / "rejects-1.jsonl")], str(out2),
-                      str(tmp_path / "r2.jsonl"), str(tmp_path / "s2.json"), num_shards=2, text_field="text",
-                      max_chars=MAX_CHARS, score_field="score")
+                      str(tmp_path / "r2.jsonl"), str(tmp_path / "s2.json"), **corpus_settings(corpus_plan),
+                      on_bad_record="skip", text_field="text", max_chars=MAX_CHARS, score_field="score")
     assert not out2.exists() and not (tmp_path / "s2.json").exists()
 
 
@@ -493,8 +517,9 @@ def test_gather_detects_missing_scores(tok_dir, scorer_dirs, tmp_path):
 def test_accepted_documents_stream_in_order(tok_dir, tmp_path, batch_rows):
     path = write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines())
     tokenized = tmp_path / "tok.parquet"
-    tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
-                   text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+    plan_path, corpus_plan = _tokenize_one(path, tok_dir, str(tokenized), str(tmp_path / "rejects.jsonl"),
+                                           text_field="text", max_length=24, on_bad_record="skip",
+                                           max_chars=MAX_CHARS, batch_docs=4)
     column = pq.read_table(tokenized)["doc_id"].to_numpy()
     assert len(column) > len(np.unique(column))  # documents of several windows: batches split them
     got = list(lqs.batch_scoring.accepted_documents(str(tokenized), batch_rows=batch_rows))
@@ -513,16 +538,17 @@ def test_score_shard_on_pretokenized_windows_gives_the_in_process_scores(tok_dir
     lines = _corpus_lines()
     path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     tokenized = tmp_path / "tok.parquet"
-    tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
-                   text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+    plan_path, corpus_plan = _tokenize_one(path, tok_dir, str(tokenized), str(tmp_path / "rejects.jsonl"),
+                                           text_field="text", max_length=24, on_bad_record="skip",
+                                           max_chars=MAX_CHARS, batch_docs=4)
     out = tmp_path / "scores.parquet"
-    score_shard([str(path)], str(tokenized), scorer_dirs["xglm"], str(out), shard=0, max_tokens=40,
+    score_shard(plan_path, corpus_plan, "0", str(tokenized), scorer_dirs["xglm"], str(out), max_tokens=40,
                 max_windows_per_doc=2, chunk_docs=3, device="cpu", dtype="fp32")
     table = pq.read_table(out).to_pydict()
     texts = [json.loads(line)["text"] for i, line in enumerate(lines) if i != 5]  # line 5: the bad record
     scores, truncated = scorers["xglm"].score_with_truncation(texts, max_tokens=40, max_windows_per_doc=2,
                                                               chunk_docs=3)
-    assert table["doc_id"] == [i for i in range(len(lines)) if i != 5]
+    assert table["doc_id"] == [offset for i, offset in enumerate(_offsets(lines)) if i != 5]
     assert table["score"] == pytest.approx(scores, rel=1e-6, abs=1e-6) and table["truncated"] == truncated
     assert any(truncated) and not all(truncated)
     windows = scorers["xglm"].windows(texts, 2)[0]
@@ -534,11 +560,13 @@ def test_score_shard_logs_the_time_split_and_tokens(tok_dir, scorer_dirs, scorer
     lines = _corpus_lines()
     path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     tokenized = tmp_path / "tok.parquet"
-    tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
-                   text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+    plan_path, corpus_plan = _tokenize_one(path, tok_dir, str(tokenized), str(tmp_path / "rejects.jsonl"),
+                                           text_field="text", max_length=24, on_bad_record="skip",
+                                           max_chars=MAX_CHARS, batch_docs=4)
     with caplog.at_level("INFO", logger="lqs.stages.score_shard"):
-        counts = score_shard([str(path)], str(tokenized), scorer_dirs["xglm"], str(tmp_path / "scores.parquet"),
-                             shard=0, num_shards=1, text_field="text", max_chars=MAX_CHARS, max_tokens=40,
+        counts = score_shard(plan_path, corpus_plan, "0", str(tokenized), scorer_dirs["xglm"],
+                             str(tmp_path / "scores.parquet"),
+                             text_field="text", max_chars=MAX_CHARS, max_tokens=40,
                              max_windows_per_doc=None, chunk_docs=3, device="cpu")
     texts = [json.loads(line)["text"] for i, line in enumerate(lines) if i != 5]  # line 5: the bad record
     tokens = sum(len(w.ids) for w in scorers["xglm"].windows(texts)[0])
@@ -651,13 +679,14 @@ def test_score_shard_detects_a_corpus_changed_since_tokenization(tok_dir, scorer
     lines = _corpus_lines()
     path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     tokenized = tmp_path / "tok.parquet"
-    tokenize_shard([str(path)], tok_dir, 0, str(tokenized), str(tmp_path / "rejects.jsonl"), num_shards=1,
-                   text_field="text", max_length=24, on_bad_record="skip", max_chars=MAX_CHARS, batch_docs=4)
+    plan_path, corpus_plan = _tokenize_one(path, tok_dir, str(tokenized), str(tmp_path / "rejects.jsonl"),
+                                           text_field="text", max_length=24, on_bad_record="skip",
+                                           max_chars=MAX_CHARS, batch_docs=4)
     # the last document removed (12 found), or the fourth made a bad record (scoring stops there)
     write_jsonl(path, lines[:-1] if change == "drop" else lines[:3] + ['{"text": " "}'] + lines[4:])
     out = tmp_path / "scores.parquet"
     with pytest.raises(RuntimeError, match=f"shard 0: tokenization accepted 13 documents but {found} were found"):
-        score_shard([str(path)], str(tokenized), scorer_dirs["xglm"], str(out), shard=0, num_shards=1,
+        score_shard(plan_path, corpus_plan, "0", str(tokenized), scorer_dirs["xglm"], str(out),
                     text_field="text", max_chars=MAX_CHARS, max_tokens=40, max_windows_per_doc=None,
                     chunk_docs=3, device="cpu")
     assert not out.exists() and not list(tmp_path.glob(".scores*"))

@@ -13,19 +13,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import stage_function, write_jsonl
+from helpers import shard_settings, stage_function, train_tokenizer, write_jsonl, write_plan
 
-from lqs import corpus, sample, target
+from lqs import corpus, sample, splits, target
 from lqs.stages import prepare_target as prepare_target_stage
 from lqs.stages import sample_proxy as sample_proxy_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
-from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, special_tokens, tokenize_windows, window_bounds
 
 prepare_target = stage_function(prepare_target_stage)
 sample_proxy = stage_function(sample_proxy_stage)
 tokenize_shard = stage_function(tokenize_shard_stage)
-train_tokenizer = stage_function(train_tokenizer_stage)
 
 SENTENCES = [
     "The function returns a new list sorted in ascending order.",
@@ -245,27 +243,42 @@ def _read_table(path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+def _offsets(lines: list[str]) -> list[int]:
+    """The byte offset of each line of a JSONL file of `lines`: its record's doc id (lqs.splits)."""
+    return [sum(len(x.encode("utf-8")) + 1 for x in lines[:i]) for i in range(len(lines))]
+
+
+def _in_split(position: int, shard: splits.Shard) -> bool:
+    """Whether a line starting at byte `position` of the shard's one file is the shard's."""
+    [split] = shard.splits
+    return split.start <= position and (split.stop is None or position < split.stop)
+
+
 @pytest.mark.parametrize("num_shards", [1, 2])
 def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
     lines = _corpus_lines(23)
     path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     max_length, max_chars = 16, 1000
+    plan_path, plan = write_plan(tmp_path, [path], num_shards)
+    assert [s.key for s in plan.shards] == [str(k) for k in range(num_shards)]
+    offsets = _offsets(lines)
     total = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
-    for shard in range(num_shards):
-        out, rejects = tmp_path / f"shard-{shard}.parquet", tmp_path / f"rejects-{shard}.jsonl"
-        counts = tokenize_shard([str(path)], tok_dir, shard, str(out), str(rejects), num_shards=num_shards,
+    for shard in plan.shards:
+        out, rejects = tmp_path / f"shard-{shard.key}.parquet", tmp_path / f"rejects-{shard.key}.jsonl"
+        counts = tokenize_shard(plan_path, shard.key, tok_dir, str(out), str(rejects),
                                 text_field="text", max_length=max_length, on_bad_record="skip",
-                                max_chars=max_chars, batch_docs=3)
+                                max_chars=max_chars, batch_docs=3, **shard_settings(plan, shard.key))
         schema = pq.read_schema(out)
-        assert schema.equals(SHARD_SCHEMA)
+        assert schema.equals(SHARD_SCHEMA) and splits.shard_files(str(out)) == [str(path)]
         assert [(f.name, f.type) for f in schema] == [
             ("doc_id", pa.int64()), ("window", pa.int32()), ("input_ids", pa.list_(pa.int32())),
             ("fingerprint", pa.int64())]
         rows = _read_table(out)
-        # brute force: every good line of this shard, alone, windowed
+        # brute force: every good line of this shard (the lines starting in its byte range), alone, windowed;
+        # a doc id: the line's byte offset (the shard's first file)
         expected_rows, expected_rejects = [], []
         for i, line in enumerate(lines):
-            if i % num_shards != shard:
+            if not _in_split(offsets[i], shard):
                 continue
             try:
                 fields = json.loads(line)
@@ -277,16 +290,17 @@ def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
                 fingerprint = int.from_bytes(hashlib.blake2b(line.encode("utf-8"), digest_size=8).digest(),
                                              "little", signed=True)
                 for w, ids in enumerate(tokenize_windows(tok, [text], max_length)[0]):
-                    expected_rows.append({"doc_id": i, "window": w, "input_ids": ids, "fingerprint": fingerprint})
+                    expected_rows.append({"doc_id": offsets[i], "window": w, "input_ids": ids,
+                                          "fingerprint": fingerprint})
             else:
                 expected_rejects.append(i)
         assert rows == expected_rows
         assert all(len(r["input_ids"]) <= max_length for r in rows)
         rejected = [json.loads(x) for x in rejects.read_text(encoding="utf-8").splitlines()]
-        assert [r["doc_id"] for r in rejected] == expected_rejects
-        for r in rejected:
+        assert [r["doc_id"] for r in rejected] == [offsets[i] for i in expected_rejects]
+        for r, i in zip(rejected, expected_rejects):
             assert set(r) == {"doc_id", "file", "line", "reason", "record"}
-            assert (r["file"], r["line"], r["record"]) == (str(path), r["doc_id"] + 1, lines[r["doc_id"]])
+            assert (r["file"], r["line"], r["record"]) == (str(path), i + 1, lines[i])  # the file's line
             assert r["reason"]
         assert counts == {"documents": len({r["doc_id"] for r in expected_rows}), "rejected": len(expected_rejects),
                           "windows": len(expected_rows), "tokens": sum(len(r["input_ids"]) for r in expected_rows)}
@@ -295,10 +309,10 @@ def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
     assert total["documents"] + total["rejected"] == len(lines)
     assert total["rejected"] == 4
     reasons = {}
-    for shard in range(num_shards):
-        for x in (tmp_path / f"rejects-{shard}.jsonl").read_text().splitlines():
+    for shard in plan.shards:
+        for x in (tmp_path / f"rejects-{shard.key}.jsonl").read_text().splitlines():
             entry = json.loads(x)
-            reasons[entry["doc_id"]] = entry["reason"]
+            reasons[entry["line"] - 1] = entry["reason"]
     assert "invalid JSON" in reasons[4] and "missing text field" in reasons[7]
     assert "empty text" in reasons[10] and "max_chars" in reasons[11]
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
@@ -307,9 +321,10 @@ def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
 def test_tokenize_shard_error_mode(tok_dir, tmp_path):
     path = write_jsonl(tmp_path / "corpus.jsonl", _corpus_lines(8))
     out, rejects = tmp_path / "shard-0.parquet", tmp_path / "rejects-0.jsonl"
+    plan_path, plan = write_plan(tmp_path, [path])
     with pytest.raises(corpus.BadRecordError, match=re.escape(f"{path}:5") + ".*invalid JSON"):
-        tokenize_shard([str(path)], tok_dir, 0, str(out), str(rejects), num_shards=1, text_field="text",
-                       max_length=16, on_bad_record="error", max_chars=1000, batch_docs=2)
+        tokenize_shard(plan_path, "0", tok_dir, str(out), str(rejects), text_field="text",
+                       max_length=16, on_bad_record="error", max_chars=1000, batch_docs=2, **shard_settings(plan))
     assert not out.exists() and not rejects.exists()  # nothing that looks finished
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -317,8 +332,9 @@ def test_tokenize_shard_error_mode(tok_dir, tmp_path):
 def test_tokenize_shard_all_rejected(tok_dir, tmp_path):
     path = write_jsonl(tmp_path / "corpus.jsonl", ["not json", json.dumps({"text": ""})])
     out, rejects = tmp_path / "s.parquet", tmp_path / "r.jsonl"
-    counts = tokenize_shard([str(path)], tok_dir, 0, str(out), str(rejects), num_shards=1, text_field="text",
-                            max_length=16, on_bad_record="skip", max_chars=1000)
+    plan_path, plan = write_plan(tmp_path, [path])
+    counts = tokenize_shard(plan_path, "0", tok_dir, str(out), str(rejects), text_field="text",
+                            max_length=16, on_bad_record="skip", max_chars=1000, **shard_settings(plan))
     assert counts == {"documents": 0, "rejected": 2, "windows": 0, "tokens": 0}
     table = pq.read_table(out)
     assert table.num_rows == 0 and table.schema.equals(SHARD_SCHEMA)
@@ -334,11 +350,13 @@ def shards(tok_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("shards")
     lines = _corpus_lines(40, seed=5)
     path = write_jsonl(d / "corpus.jsonl", lines)
+    plan_path, plan = write_plan(d, [path], 2)
     paths = []
-    for shard in range(2):
-        out = d / f"shard-{shard}.parquet"
-        tokenize_shard([str(path)], tok_dir, shard, str(out), str(d / f"rejects-{shard}.jsonl"), num_shards=2,
-                       text_field="text", max_length=24, on_bad_record="skip", max_chars=1000)
+    for shard in plan.shards:
+        out = d / f"shard-{shard.key}.parquet"
+        tokenize_shard(plan_path, shard.key, tok_dir, str(out), str(d / f"rejects-{shard.key}.jsonl"),
+                       text_field="text", max_length=24, on_bad_record="skip", max_chars=1000,
+                       **shard_settings(plan, shard.key))
         paths.append(str(out))
     return paths, lines
 
@@ -354,6 +372,7 @@ def test_sample_proxy(tok, tok_dir, shards, tmp_path):
     for doc, _ in rows:
         windows_per_doc[doc] = windows_per_doc.get(doc, 0) + 1
     assert max(windows_per_doc.values()) > 1 and min(windows_per_doc.values()) == 1
+    line_at = dict(zip(_offsets(lines), lines))  # one file: a doc id is its line's offset
     size = 25
     out = tmp_path / "samples.parquet"
     assert sample_proxy(paths, tok_dir, str(out), size=size, seed=7) == size
@@ -368,7 +387,7 @@ def test_sample_proxy(tok, tok_dir, shards, tmp_path):
         assert len(s["input_ids"]) >= 2
         assert s["text"] == tok.decode(s["input_ids"], skip_special_tokens=True)
         if windows_per_doc[s["doc_id"]] == 1:  # the whole document: its text comes back exactly
-            assert s["text"] == json.loads(lines[s["doc_id"]])["text"]
+            assert s["text"] == json.loads(line_at[s["doc_id"]])["text"]
     # seeded: the same seed gives the same file, another seed another draw
     again = tmp_path / "again.parquet"
     sample_proxy(paths, tok_dir, str(again), size=size, seed=7)
@@ -389,7 +408,10 @@ def test_sample_proxy_too_large(tok_dir, shards, tmp_path):
 
 
 def _write_shard(path, rows) -> str:
-    pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), path)
+    """A tokenized shard of `rows`, of one corpus file (every such shard the same file: local doc ids
+    are the corpus's)."""
+    schema = SHARD_SCHEMA.with_metadata(splits.files_metadata(["corpus.jsonl"]))
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return str(path)
 
 
