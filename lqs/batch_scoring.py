@@ -31,7 +31,11 @@ T = TypeVar("T")
 # One row per scored document; n_tokens and n_windows count what the score was computed on, and
 # fingerprint is the record's (corpus.Record.fingerprint), which gather_scores checks.
 SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_()),
-                           ("n_tokens", pa.int64()), ("n_windows", pa.int64()), ("fingerprint", pa.int64())])
+                           ("n_tokens", pa.int64()), ("n_windows", pa.int64()), ("fingerprint", pa.int64()),
+                           ("source", pa.string())])
+# The scored output's documents in storage order, with their scores and sources (gather_scores
+# writes it): what select_order and the report read instead of parsing the scored output.
+INDEX_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("source", pa.string())])
 
 
 def accepted_documents(tokenized_shard: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:

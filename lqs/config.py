@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from lqs import corpus, paths, sources
+from lqs.splits import Split
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ def first_record_fields(path: str) -> set[str]:
 
             with sources.open_binary(path, seekable=True) as f:
                 return set(pq.read_schema(f).names)
-        for _, raw, _ in corpus._jsonl_lines(path):  # the reader's lines: gzip, BOM and blank lines as it sees them
+        for _, _, raw, _ in corpus._jsonl_lines(Split(path)):  # the reader's lines: gzip, BOM, blank lines
             record = corpus.loads(raw) if raw is not None else None
             return set(record) if isinstance(record, dict) else set()
     except (OSError, ValueError, EOFError, RecursionError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +27,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lqs.fidelity import top_cut, top_indices  # noqa: E402
 from lqs.io import atomic_path, benchmark_seconds, parquet_batches, read_parquet  # noqa: E402
-from lqs.output import read_lines  # noqa: E402
 from lqs.runtime import STATS_PREFIX  # noqa: E402
 from lqs.stage import PIPELINE  # noqa: E402
 
@@ -151,28 +148,19 @@ def plot_fidelity(predictions_path: str | Path, fidelity: dict | None, out: Path
     _save(fig, out)
 
 
-def scores_by_source(scored_paths: Sequence[str], score_field: str) -> dict[str, list[float]]:
-    """Each document's score, by its `source` field ("all" without one), streamed from the scored
-    output's files (JSONL, .jsonl.gz or Parquet): memory holds the scores, not the records."""
+def scores_by_source(index: str) -> dict[str, list[float]]:
+    """Each scored document's score, by its `source` field ("all" without one), from gather_scores'
+    index of the scored output (batch_scoring.INDEX_SCHEMA): the output's text is not read."""
     by_source: dict[str, list[float]] = defaultdict(list)
-    for path in scored_paths:
-        if path.endswith(".parquet"):
-            names = pq.read_schema(path).names
-            for batch in parquet_batches(path, [score_field] + (["source"] if "source" in names else [])):
-                sources = batch.column(1).to_pylist() if batch.num_columns > 1 else [None] * batch.num_rows
-                for source, score in zip(sources, batch.column(0).to_pylist()):
-                    by_source[source if isinstance(source, str) else "all"].append(score)
-            continue
-        for line in read_lines(path):
-            record = json.loads(line)
-            source = record.get("source")
-            by_source[source if isinstance(source, str) else "all"].append(record[score_field])
+    for batch in parquet_batches(index, ["score", "source"]):
+        for score, source in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            by_source[source if isinstance(source, str) else "all"].append(score)
     return by_source
 
 
-def plot_scores(scored_paths: Sequence[str], score_field: str, out: Path, bins: int = 50) -> None:
-    """Histograms of the corpus scores, overall and per source."""
-    by_source = scores_by_source(scored_paths, score_field)
+def plot_scores(index: str, out: Path, bins: int = 50) -> None:
+    """Histograms of the corpus scores, overall and per source (gather_scores' index)."""
+    by_source = scores_by_source(index)
     everything = np.concatenate([np.asarray(v) for v in by_source.values()] or [np.zeros(0)])
     edges = np.histogram_bin_edges(everything, bins=bins) if len(everything) else np.linspace(0, 1, bins + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -2,8 +2,9 @@
 `select_order` (lqs.stages.select_order): scored output -> the training set, selected and in
 training order.
 
-Memory does not grow with the text: one pass over scored.jsonl keeps each line's byte offset,
-length and score (numpy arrays); the chosen lines are then copied byte for byte by offset.
+Memory does not grow with the text: the scores come from gather_scores' index of the scored
+output (no record is parsed); a scan of scored.jsonl for newlines keeps each line's byte offset
+and length (numpy arrays), and the chosen lines are copied byte for byte by offset.
 Ties in score are broken by input order, earlier first, in every selection and ordering.
 """
 
@@ -21,9 +22,8 @@ from fractions import Fraction
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
 
-from lqs import corpus, output
+from lqs import output
 from lqs.io import atomic_open, atomic_path, parquet_batches, parquet_file, parquet_writer
 from lqs.splits import corpus_ids_of_shards, with_corpus_ids
 
@@ -45,56 +45,6 @@ def line_spans(path: str) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends - starts
 
 
-def _scores_arrow(path: str, field: str, n: int) -> np.ndarray | None:
-    """The score field of every line, parsed by Arrow (about 8x faster than json.loads per line,
-    in 1 MiB blocks: larger blocks cost memory); None when Arrow cannot: a bad line, which the
-    exact per-line parser then names, or a line longer than a block, which it reads."""
-    options = pajson.ParseOptions(explicit_schema=pa.schema([(field, pa.float64())]),
-                                  unexpected_field_behavior="ignore")
-    try:
-        reader = pajson.open_json(path, parse_options=options)
-        column = pa.chunked_array([b.column(0) for b in reader], pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    scores = column.to_numpy()
-    if len(scores) != n or column.null_count or not np.isfinite(scores).all():
-        return None  # blank lines, missing or non-finite scores: let the exact parser name the line
-    return scores
-
-
-def _score_lines(path: str, field: str) -> Iterator[tuple[float, int]]:
-    """(score, line length in bytes) of each line of a scored JSONL file (plain or .gz), parsed
-    exactly; a line that is not a scored document is an error naming file and line."""
-    for lineno, line in enumerate(output.read_lines(path), 1):
-        where = f"{path}:{lineno}"
-        if not line.strip():
-            raise ValueError(f"{where}: an empty line, not a scored document")
-        try:
-            record = corpus.loads(line)  # gather keeps integers of any length
-        except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep
-            raise ValueError(f"{where}: invalid JSON ({e})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: not a JSON object")
-        score = record.get(field)
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise ValueError(f"{where}: field {field!r} (output.score_field) is {score!r}, "
-                             "not a finite number; rerun gather_scores")
-        yield float(score), len(line)
-
-
-def _scores_python(path: str, field: str) -> np.ndarray:
-    return np.array([score for score, _ in _score_lines(path, field)], np.float64)
-
-
-def read_scored(path: str, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scores, line offsets, line lengths) of scored.jsonl, one entry per line."""
-    starts, lengths = line_spans(path)
-    scores = _scores_arrow(path, field, len(starts)) if len(starts) else np.zeros(0)
-    if scores is None:
-        scores = _scores_python(path, field)
-    return scores, starts, lengths
-
-
 def _shard_document_tokens(path: str, file_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     shard = parquet_file(path)
@@ -110,17 +60,14 @@ def _shard_document_tokens(path: str, file_indices: np.ndarray) -> tuple[np.ndar
     return doc_ids, tokens.astype(np.int64)
 
 
-def document_tokens(shard_paths: Sequence[str], by_shard: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(the corpus's doc ids, tokens per document = the sum of its windows' lengths): ascending (input
-    order), or with by_shard, ascending within each shard, shard after shard (a per_shard
-    output's order)."""
+def document_tokens(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(the corpus's doc ids, ascending (input order); tokens per document = the sum of its windows'
+    lengths)."""
     per_shard = [_shard_document_tokens(p, i) for p, i in zip(shard_paths, corpus_ids_of_shards(shard_paths))]
     doc_ids = np.concatenate([ids for ids, _ in per_shard] + [np.zeros(0, np.int64)])
     tokens = np.concatenate([t for _, t in per_shard] + [np.zeros(0, np.int64)])
-    if not by_shard:  # (a document's windows in two shards count once)
-        doc_ids, inverse = np.unique(doc_ids, return_inverse=True)
-        tokens = np.bincount(inverse, weights=tokens, minlength=len(doc_ids)).astype(np.int64)
-    return doc_ids, tokens
+    doc_ids, inverse = np.unique(doc_ids, return_inverse=True)  # a document cut across shards counts once
+    return doc_ids, np.bincount(inverse, weights=tokens, minlength=len(doc_ids)).astype(np.int64)
 
 
 def keep_count(ratio: float, n: int) -> int:
@@ -193,46 +140,37 @@ class ScoredRecords:
     """The scored output's records in storage order (files in order, lines or rows in order)."""
     paths: list[str]
     format: str
-    scores: np.ndarray
+    count: int  # documents
     bytes_per_record: float
     starts: np.ndarray | None = None  # jsonl: each line's byte offset in its file
     lengths: np.ndarray | None = None
     files: np.ndarray | None = None  # jsonl: each line's file index
 
 
-def _parquet_scores(path: str, field: str) -> np.ndarray:
-    file = parquet_file(path)
-    if field not in file.schema_arrow.names:
-        raise ValueError(f"{path}: no column {field!r} (output.score_field); rerun gather_scores")
-    values = file.read(columns=[field]).column(0).to_numpy(zero_copy_only=False).astype(np.float64)  # null: NaN
-    bad = np.flatnonzero(~np.isfinite(values))
-    if len(bad):
-        raise ValueError(f"{path}: row {int(bad[0]) + 1}: column {field!r} (output.score_field) is not a finite "
-                         "number; rerun gather_scores")
-    return values
-
-
-def read_scored_records(paths: Sequence[str], field: str, format: str) -> ScoredRecords:
+def scored_records(paths: Sequence[str], format: str, count: int) -> ScoredRecords:
+    """The scored output's files, `count` documents long (gather_scores' index says), ready for
+    copying records by position: a JSONL file's line offsets (a scan for newlines; no line is
+    parsed), the bytes per record of the others. A count that differs is an error."""
+    where = paths[0] if len(paths) == 1 else f"the {len(paths)} parts of {os.path.dirname(paths[0]) or '.'}"
+    stale = f"{where} does not hold the {count} documents gather_scores indexed; rerun gather_scores"
+    size = sum(os.path.getsize(p) for p in paths)
     if format == "jsonl":
-        spans = [read_scored(p, field) for p in paths]
-        lengths = np.concatenate([n for _, _, n in spans] + [np.zeros(0, np.int64)])
-        return ScoredRecords(list(paths), format, np.concatenate([s for s, _, _ in spans] + [np.zeros(0)]),
-                             float(lengths.mean()) if len(lengths) else 1.0,
-                             np.concatenate([a for _, a, _ in spans] + [np.zeros(0, np.int64)]), lengths,
-                             np.concatenate([np.full(len(s), i) for i, (s, _, _) in enumerate(spans)]
+        spans = [line_spans(p) for p in paths]
+        starts = np.concatenate([a for a, _ in spans] + [np.zeros(0, np.int64)])
+        if len(starts) != count:
+            raise RuntimeError(stale)
+        return ScoredRecords(list(paths), format, count, size / max(count, 1), starts,
+                             np.concatenate([n for _, n in spans] + [np.zeros(0, np.int64)]),
+                             np.concatenate([np.full(len(a), i) for i, (a, _) in enumerate(spans)]
                                             + [np.zeros(0, int)]))
-    if format == "jsonl.gz":
-        scores, size = [], 0  # one decompression for the scores and the size
-        for path in paths:
-            for score, length in _score_lines(path, field):
-                scores.append(score)
-                size += length
-        return ScoredRecords(list(paths), format, np.array(scores, np.float64), size / max(len(scores), 1))
+    if format == "jsonl.gz":  # lines counted as they are copied; gzip's usual ratio for the memory estimate
+        return ScoredRecords(list(paths), format, count, 4 * size / max(count, 1))
     if format == "parquet":
-        scores = np.concatenate([_parquet_scores(p, field) for p in paths] + [np.zeros(0)])
-        size = sum(f.metadata.row_group(i).total_byte_size for f in map(parquet_file, paths)
-                   for i in range(f.num_row_groups))
-        return ScoredRecords(list(paths), format, scores, size / max(len(scores), 1))
+        files = list(map(parquet_file, paths))
+        if sum(f.metadata.num_rows for f in files) != count:
+            raise RuntimeError(stale)
+        size = sum(f.metadata.row_group(i).total_byte_size for f in files for i in range(f.num_row_groups))
+        return ScoredRecords(list(paths), format, count, size / max(count, 1))
     raise ValueError(f"output.format must be jsonl, jsonl.gz or parquet, not {format!r}")
 
 
@@ -262,7 +200,7 @@ def write_selected(records: ScoredRecords, positions: np.ndarray, out: str,
             for fd in fds:
                 os.close(fd)
         return
-    n = len(records.scores)
+    n = records.count
     with contextlib.ExitStack() as stack:
         if records.format == "jsonl.gz":
             tmp = stack.enter_context(atomic_path(out))
@@ -278,9 +216,14 @@ def write_selected(records: ScoredRecords, positions: np.ndarray, out: str,
             slot[window] = np.arange(len(window))
             if records.format == "jsonl.gz":
                 lines: list[bytes] = [b""] * len(window)
-                lines_seen = itertools.chain.from_iterable(output.read_lines(p) for p in records.paths)
-                for position, line in zip(slot[slot >= 0].tolist(), itertools.compress(lines_seen, slot >= 0)):
-                    lines[position] = line if line.endswith(b"\n") else line + b"\n"
+                seen = 0
+                for line in itertools.chain.from_iterable(output.read_lines(p) for p in records.paths):
+                    if seen < n and slot[seen] >= 0:
+                        lines[slot[seen]] = line if line.endswith(b"\n") else line + b"\n"
+                    seen += 1
+                if seen != n:
+                    raise RuntimeError(f"{records.paths[0]}: {seen} lines, but gather_scores indexed {n} documents; "
+                                       "rerun gather_scores")
                 dst.write(b"".join(lines))
             else:
                 pieces, slots, offset = [], [], 0

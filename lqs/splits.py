@@ -208,7 +208,10 @@ def _pieces(path: str, size: float, cut_at: Sequence[float], groups: Callable[[s
                 for a, b in zip(parts, parts[1:]) if b > a]
     if not is_parquet(path):
         return [(Split(path, a, b if b < size else None), b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
-    info = groups(path)
+    try:
+        info = groups(path)
+    except Exception:  # not Parquet after all, or damaged: one split, which its job reports (or rejects)
+        return [(Split(path), size)]
     piece_of = np.searchsorted(np.asarray(cut_at), np.asarray(info.starts, dtype=np.int64), side="right")
     out = []
     for piece in np.unique(piece_of):

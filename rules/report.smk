@@ -4,7 +4,7 @@ report: "../report/workflow.rst"
 rule plots:
     input:
         summary=f"{RESULTS}/summary.json",  # not read: the plots come after the run's stages
-        scored=SCORED_FILES,
+        scores_index=f"{RESULTS}/scores/index.parquet",
         trajectory_log=f"{RESULTS}/annotation/trajectory/log.parquet",
         labels=f"{RESULTS}/annotation/labels.parquet",
         scorer=f"{RESULTS}/scorer",
@@ -17,7 +17,7 @@ rule plots:
         scores=report(f"{RESULTS}/plots/scores.png", caption="../report/scores.rst", category="Corpus scores"),
         stages=report(f"{RESULTS}/plots/stages.png", caption="../report/stages.rst", category="Cost"),
     params:
-        settings=as_settings(score_field=OUTPUT["score_field"], annotated_steps=ANNOTATED_STEPS),
+        settings=as_settings(annotated_steps=ANNOTATED_STEPS),
         benchmarks=f"{RESULTS}/benchmarks",
         logs=f"{RESULTS}/logs",
         out_dir=lambda wildcards, output: os.path.dirname(output.scores),
@@ -26,7 +26,7 @@ rule plots:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs plots {params.out_dir} --benchmarks-dir {params.benchmarks} --logs-dir {params.logs}"
-        " --scored {input.scored} --trajectory-log {input.trajectory_log} --labels {input.labels}"
-        " --scorer-metrics {input.scorer}/metrics.json --scorer-dir {input.scorer}"
-        " --selection-summary {input.selection} --settings {params.settings:q} > {log} 2>&1"
+        "lqs plots {params.out_dir:q} --benchmarks-dir {params.benchmarks:q} --logs-dir {params.logs:q}"
+        " --scores-index {input.scores_index:q} --trajectory-log {input.trajectory_log:q} --labels {input.labels:q}"
+        " --scorer-metrics {input.scorer:q}/metrics.json --scorer-dir {input.scorer:q}"
+        " --selection-summary {input.selection:q} --settings {params.settings:q} > {log:q} 2>&1"

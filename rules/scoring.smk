@@ -137,6 +137,8 @@ rule gather_scores:
         scored=[] if PER_SHARD_OUTPUT else [update(OUTPUT["path"])],
         rejects=update(OUTPUT["rejects_path"]),
         summary=update(f"{RESULTS}/summary.json"),
+        # the scored output's documents in storage order, with their scores (select_order, plots)
+        index=f"{RESULTS}/scores/index.parquet",
     params:
         # every layout: per_shard only sizes the files (the provenance block), never reads them
         corpus_versions=corpus_versions,
@@ -161,6 +163,7 @@ rule gather_scores:
     shell:
         'lqs gather-scores --plan "$LQS_CORPUS_PLAN" --score-paths {input.scores:q} --reject-paths {input.rejects:q}'
         " --stats-paths {input.stats:q} --part-paths {input.parts:q} --out {params.out:q}"
-        " --rejects-out {output.rejects:q} --summary-out {output.summary:q} --benchmarks-dir {params.benchmarks:q}"
+        " --rejects-out {output.rejects:q} --summary-out {output.summary:q} --index-out {output.index:q}"
+        " --benchmarks-dir {params.benchmarks:q}"
         " {params.output_schema:q} {params.models:q} --scorer-dir {input.scorer:q} --settings {params.settings:q}"
         " > {log:q} 2>&1"

@@ -1,6 +1,8 @@
 rule select_order:
     input:
         scored=SCORED_FILES,
+        # gather_scores' index of it: the documents' ids and scores, in its order
+        scores_index=f"{RESULTS}/scores/index.parquet",
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
         # the trained scorer's validation predictions, for its fidelity at this cut (none for a
         # pretrained scorer: no labels)
@@ -19,7 +21,6 @@ rule select_order:
             ordering=config["ordering"],
             score_field=OUTPUT["score_field"],
             output_format=OUTPUT["format"],
-            layout=OUTPUT["layout"],
             config_sha256=CONFIG_DIGESTS["selection"],
         ),
         scorer=lambda wildcards, input: ["--scorer-dir", input.scorer] if input.scorer else [],
@@ -30,6 +31,6 @@ rule select_order:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs select-order --scored {input.scored:q} --shard-paths {input.shards:q} --out {output.selected:q}"
+        "lqs select-order --scored {input.scored:q} --scores-index {input.scores_index:q} --shard-paths {input.shards:q} --out {output.selected:q}"
         " --order-out {output.order:q} --summary-out {output.summary:q} {params.scorer:q}"
         " --scores-summary {input.scores_summary:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -20,19 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from lqs import corpus, output, provenance, sources
-from lqs.io import atomic_open, benchmark_seconds, parquet_batches, read_json, write_json
-from lqs.splits import Shard, corpus_doc_ids, corpus_file_indices, planned_shards
+from lqs.batch_scoring import INDEX_SCHEMA
+from lqs.io import atomic_open, benchmark_seconds, parquet_batches, read_json, write_json, write_table
+from lqs.splits import FILE_BITS, POSITION_MASK, Shard, corpus_doc_ids, corpus_file_indices, planned_shards
 from lqs.stage import Arg, Stage
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ["doc_id", "score", "truncated", "n_tokens", "n_windows", "fingerprint"]
+SCORE_COLUMNS = ["doc_id", "score", "truncated", "n_tokens", "n_windows", "fingerprint", "source"]
 
 
 def _scores(path: str) -> Iterator[tuple]:
-    """(doc_id, score, truncated, n_tokens, n_windows, fingerprint) of each document of a score shard."""
+    """(doc_id, score, truncated, n_tokens, n_windows, fingerprint, source) of each document of a score shard."""
     corpus.require_fingerprints(path)
     for batch in parquet_batches(path, columns=SCORE_COLUMNS):
         yield from zip(*(batch.column(c).to_pylist() for c in SCORE_COLUMNS))
@@ -69,13 +71,16 @@ def _changed_since_rejected(record: corpus.Record, entry_line: str) -> bool:
     return (entry.get("record"), entry.get("record_base64")) != (now.get("record"), now.get("record_base64"))
 
 
-def _write_single(shards: Sequence[Shard], score_paths, rejected, out, *, output_format, text_field, max_chars,
-                  score_field, extra_fields, on_bad_record, input_schema=None, metadata=None):
+def _write_single(shards: Sequence[Shard], score_paths, rejected, out, index, *, output_format, text_field,
+                  max_chars, score_field, extra_fields, on_bad_record, input_schema=None, metadata=None):
     """Streams the corpus once, shard by shard in input order, joining each document's values from
     its shard's (doc-id ordered) score file, into one output file. A scored record that the output
     cannot take (it already has a field the output adds, or a Parquet output cannot hold it
     exactly) is a bad record here: an error, or (skip) added to `rejected`, the shard's rejects by
-    local doc id. (read, scored, truncated, files with records)"""
+    local doc id. Each written document's corpus doc id, score and source are appended to the lists
+    of `index` (file_indices: the shards' corpus_file_indices, ids, scores, sources). (read,
+    scored, truncated, files with records)"""
+    file_indices, ids, index_scores, index_sources = index
     read = scored = truncated = 0
     with_records = set()
     names = ["score", *extra_fields]  # the score files' columns, written as score_field and extra_fields
@@ -83,7 +88,7 @@ def _write_single(shards: Sequence[Shard], score_paths, rejected, out, *, output
     columns_type = None if input_schema is None else output.columns_of(input_schema)
     with output.ScoredWriter(out, output_format, [score_field, *extra_fields], input_schema, metadata) as writer:
         chunk, columns = [], {name: [] for name in names}
-        for shard, score_path, shard_rejected in zip(shards, score_paths, rejected):
+        for shard, score_path, shard_rejected, indices in zip(shards, score_paths, rejected, file_indices):
             shard_scores = _scores(score_path)
             for record in corpus.iter_records(shard.splits, text_field, max_chars, require_records=False):
                 if record.doc_id is None:  # an unreadable file, no documents: tokenize_shard listed it in the rejects
@@ -95,7 +100,8 @@ def _write_single(shards: Sequence[Shard], score_paths, rejected, out, *, output
                         raise RuntimeError(f"{record.where}: the corpus changed since it was tokenized (this record "
                                            f"differs from the one rejected then); {corpus.RETOKENIZE}")
                     continue
-                doc_id, score, was_truncated, n_tokens, n_windows, fingerprint = next(shard_scores, (None,) * 6)
+                doc_id, score, was_truncated, n_tokens, n_windows, fingerprint, source = next(shard_scores,
+                                                                                              (None,) * 7)
                 if doc_id != record.doc_id:
                     raise RuntimeError(f"{record.where}: this document is neither scored nor rejected ({score_path} "
                                        f"has doc id {doc_id} next, not {record.doc_id}); rerun its shard")
@@ -112,6 +118,9 @@ def _write_single(shards: Sequence[Shard], score_paths, rejected, out, *, output
                     shard_rejected[record.doc_id] = corpus.json_line(bad.reject_entry()) + "\n"
                     continue
                 values = dict(score=score, truncated=bool(was_truncated), n_tokens=n_tokens, n_windows=n_windows)
+                ids.append(int(indices[doc_id >> FILE_BITS]) << FILE_BITS | doc_id & POSITION_MASK)
+                index_scores.append(score)
+                index_sources.append(source)
                 chunk.append(record)
                 for name in names:
                     columns[name].append(values[name])
@@ -183,8 +192,8 @@ class Settings:
 
 
 def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[str],
-                  out: str, rejects_out: str, summary_out: str, settings: Settings, stats_paths: Sequence[str] = (),
-                  part_paths: Sequence[str] = (), benchmarks_dir: str | None = None,
+                  out: str, rejects_out: str, summary_out: str, index_out: str, settings: Settings,
+                  stats_paths: Sequence[str] = (), part_paths: Sequence[str] = (), benchmarks_dir: str | None = None,
                   scorer_metrics: str | None = None, annotation_info: str | None = None,
                   proxy_model: str | None = None, output_schema: str | None = None,
                   scorer_dir: str | None = None) -> dict:
@@ -195,8 +204,10 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
     stage's file, for a Parquet output (without it, as outside the workflow, the schema is settled
     here, by the same function, from the corpus). The provenance block of the corpus files (given
     with either layout: per_shard only sizes them), the scorer `scorer_dir` and the configuration
-    digest goes into the summary and a Parquet output's metadata. Doc ids in the rejects are the
-    corpus's (lqs.splits)."""
+    digest goes into the summary and a Parquet output's metadata. `index_out`: the scored output's
+    documents in storage order (doc_id, score, source: batch_scoring.INDEX_SCHEMA), which
+    select_order and the report read. Doc ids in the rejects and the index are the corpus's
+    (lqs.splits)."""
     s = settings
     shards = planned_shards(plan, s.splits_sha256)
     if len(shards) != len(score_paths) or len(shards) != len(reject_paths):
@@ -218,6 +229,8 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
                 else:
                     shard_rejected[entry["doc_id"]] = line
     order = {p: i for i, p in enumerate(corpus_paths)}
+    file_indices = corpus_file_indices([shard.files for shard in shards])
+    index: tuple[list, list, list, list] = (file_indices, [], [], [])
     summary: dict = {}
     if s.layout == "single":
         input_schema = None
@@ -225,7 +238,7 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
             input_schema = output.read_schema(output_schema) if output_schema else output.corpus_schema(
                 corpus_paths, s.text_field, s.max_chars, corpus.output_fields(s.score_field, s.extra_fields))
         read, scored, truncated, with_records = _write_single(
-            shards, score_paths, rejected, out, output_format=s.output_format, text_field=s.text_field,
+            shards, score_paths, rejected, out, index, output_format=s.output_format, text_field=s.text_field,
             max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
             on_bad_record=s.on_bad_record, input_schema=input_schema, metadata=provenance.parquet_metadata(block))
         if scored + sum(map(len, rejected)) != read:
@@ -239,10 +252,19 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
         scored, truncated = (sum(stats[k] for stats in shard_stats) for k in ("scored", "truncated"))
         read = scored + sum(map(len, rejected))
         summary["parts"] = [str(p) for p in part_paths]
+        for path, indices in zip(score_paths, file_indices):  # the parts hold every scored document
+            for batch in parquet_batches(path, columns=["doc_id", "score", "source"]):
+                index[1].extend(corpus_doc_ids(batch.column(0).to_numpy(), indices).tolist())
+                index[2].extend(batch.column(1).to_pylist())
+                index[3].extend(batch.column(2).to_pylist())
         summary["removed_stale_parts"] = remove_stale_parts(out, part_paths, Path(summary_out).parent / PARTS_MANIFEST)
     else:
         raise ValueError(f"output.layout must be single or per_shard, not {s.layout!r}")
-    file_indices = corpus_file_indices([shard.files for shard in shards])
+    if read == 0 and not any(map(len, rejected)):
+        raise ValueError(f"every corpus file is empty (no records){' or unreadable' if rejected_files else ''}: "
+                         f"{', '.join(corpus_paths)}")
+    write_table(index_out, pa.table([pa.array(index[1], pa.int64()), pa.array(index[2], pa.float64()),
+                                     pa.array(index[3], pa.string())], schema=INDEX_SCHEMA))
     records = sorted((int(corpus_doc_ids(np.asarray([local]), indices)[0]), line)
                      for shard_rejected, indices in zip(rejected, file_indices)
                      for local, line in shard_rejected.items())
@@ -274,7 +296,7 @@ STAGE = Stage(
     run=gather_scores,
     args=(Arg("--plan"), Arg("--score-paths", "+"), Arg("--reject-paths", "+"),
           Arg("--stats-paths", "*", required=False), Arg("--part-paths", "*", required=False), Arg("--out"),
-          Arg("--rejects-out"), Arg("--summary-out"), Arg("--benchmarks-dir"),
+          Arg("--rejects-out"), Arg("--summary-out"), Arg("--index-out"), Arg("--benchmarks-dir"),
           Arg("--output-schema", required=False), Arg("--scorer-metrics", required=False),
           Arg("--annotation-info", required=False), Arg("--proxy-model", required=False),
           Arg("--scorer-dir", required=False)),

@@ -30,7 +30,8 @@ def output_schema(plan: str, out: str, settings: Settings) -> dict[str, int]:
     to `out`, from the corpus of the plan `plan`. A record holding an output field is a bad record
     (gather_scores rejects it), so it adds nothing to the schema."""
     s = settings
-    schema = output.corpus_schema(planned_splits(plan, None, s.splits_sha256), s.text_field, s.max_chars,
+    files = list(dict.fromkeys(split.path for split in planned_splits(plan, None, s.splits_sha256)))
+    schema = output.corpus_schema(files, s.text_field, s.max_chars,
                                   corpus.output_fields(s.score_field, s.extra_fields))
     output.write_schema(schema, out)
     return {"columns": len(schema)}

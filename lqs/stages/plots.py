@@ -18,11 +18,10 @@ from lqs.stage import Arg, Stage
 
 @dataclass(frozen=True)
 class Settings:
-    score_field: str  # output.score_field
     annotated_steps: Sequence[int]  # annotation.steps, interval: the steps annotated (rules/common.smk ANNOTATED_STEPS)
 
 
-def plots(out_dir: str, benchmarks_dir: str, scored: Sequence[str], settings: Settings,
+def plots(out_dir: str, benchmarks_dir: str, scores_index: str, settings: Settings,
           trajectory_log: str | None = None, labels: str | None = None, scorer_metrics: str | None = None,
           logs_dir: str | None = None, scorer_dir: str | None = None, selection_summary: str | None = None) -> None:
     """`scorer_dir` (a trained scorer) and `selection_summary` (select_order's): fidelity.png, the
@@ -39,14 +38,14 @@ def plots(out_dir: str, benchmarks_dir: str, scored: Sequence[str], settings: Se
     if scorer_dir:
         fidelity = json.loads(Path(selection_summary).read_text()).get("scorer_fidelity") if selection_summary else None
         plot_fidelity(Path(scorer_dir) / VALID_PREDICTIONS, fidelity, out / "fidelity.png")
-    plot_scores(scored, settings.score_field, out / "scores.png")
+    plot_scores(scores_index, out / "scores.png")
     plot_stages(logs_dir, benchmarks_dir, out / "stages.png")
 
 
 STAGE = Stage(
     help="figures of a finished run for snakemake --report",
     run=plots,
-    args=(Arg("out_dir"), Arg("--benchmarks-dir"), Arg("--logs-dir", required=False), Arg("--scored", "+"),
+    args=(Arg("out_dir"), Arg("--benchmarks-dir"), Arg("--logs-dir", required=False), Arg("--scores-index"),
           Arg("--trajectory-log", required=False), Arg("--labels", required=False),
           Arg("--scorer-metrics", required=False), Arg("--scorer-dir", required=False),
           Arg("--selection-summary", required=False)),

@@ -97,7 +97,8 @@ def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, sha
             with meter.split("write"):
                 writer.write_table(pa.table({"doc_id": chunk.doc_ids, "score": scores, "truncated": chunk.truncated,
                                              "n_tokens": result.n_tokens, "n_windows": result.n_windows,
-                                             "fingerprint": chunk.fingerprints}, schema=SCORES_SCHEMA))
+                                             "fingerprint": chunk.fingerprints, "source": chunk.sources},
+                                            schema=SCORES_SCHEMA))
             if part is not None:
                 with meter.split("read"):
                     chunk_records = _records_of(chunk, records, windows)

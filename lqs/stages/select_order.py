@@ -1,12 +1,12 @@
 """Stage `select_order`: scored output -> the training set, in training order (docs/stages.md#select_order).
 
 Selection and ordering (lqs.select, docs/maths.md#selection-and-ordering) see the documents in
-input order whatever the layout; the chosen records are copied unchanged.
+input order, with their scores from gather_scores' index; the scored output is opened only to
+copy the chosen records, unchanged.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +16,8 @@ import pyarrow as pa
 
 from lqs import provenance
 from lqs.fidelity import selection_fidelity
-from lqs.io import write_json, write_table
-from lqs.select import ORDER_SCHEMA, document_tokens, order, read_scored_records, select, write_selected
+from lqs.io import read_parquet, write_json, write_table
+from lqs.select import ORDER_SCHEMA, document_tokens, order, scored_records, select, write_selected
 from lqs.stage import Arg, Stage
 
 
@@ -27,14 +27,14 @@ class Settings:
     ordering: Mapping[str, Any]  # ordering.* (method, folds, seed)
     score_field: str  # output.score_field
     output_format: str  # output.format
-    layout: str  # output.layout
     config_sha256: str | None  # the selection's configuration digest (rules/common.smk CONFIG_DIGESTS)
 
 
-def select_order(scored: str | Sequence[str], shard_paths: Sequence[str], out: str, order_out: str,
-                 summary_out: str, settings: Settings, scorer_dir: str | None = None,
+def select_order(scored: str | Sequence[str], scores_index: str, shard_paths: Sequence[str], out: str,
+                 order_out: str, summary_out: str, settings: Settings, scorer_dir: str | None = None,
                  scores_summary: str | None = None) -> dict:
-    """`scored`: the scored output's file, or (layout per_shard) its parts in shard order.
+    """`scored`: the scored output's file, or (layout per_shard) its parts in shard order, which
+    `scores_index` (gather_scores': doc ids and scores in the same order) indexes.
     `scorer_dir`: the trained scorer, whose fidelity at this selection's cut the summary reports
     (lqs.fidelity.selection_fidelity); none for a pretrained one (scorer.checkpoint), which has no
     labels: the summary's scorer_fidelity is null. `scores_summary`: gather_scores' summary.json,
@@ -44,21 +44,20 @@ def select_order(scored: str | Sequence[str], shard_paths: Sequence[str], out: s
     block = provenance.derived(provenance.read_summary_block(scores_summary) if scores_summary else None,
                                s.config_sha256)
     paths = [scored] if isinstance(scored, str) else list(scored)
-    records = read_scored_records(paths, s.score_field, s.output_format)
-    scores = records.scores
-    doc_ids, tokens = document_tokens(shard_paths, by_shard=s.layout == "per_shard")
-    where = paths[0] if len(paths) == 1 else f"the {len(paths)} parts of {os.path.dirname(paths[0]) or '.'}"
-    if len(scores) != len(doc_ids):
-        unit = "lines" if s.output_format != "parquet" else "rows"
-        raise RuntimeError(f"{where} has {len(scores)} {unit} but the tokenized corpus has "
-                           f"{len(doc_ids)} documents; rerun gather_scores")
+    index = read_parquet(scores_index, ["doc_id", "score"])
+    indexed, scores = index["doc_id"].to_numpy(), index["score"].to_numpy()
     if len(scores) == 0:
-        raise ValueError(f"{where} has no documents (every one was rejected?): nothing to select")
-    # Selection and ordering see the documents in input order whatever the layout (a per_shard
-    # output stores them shard after shard): ties and Gumbel noise fall the same way.
-    by_doc = np.argsort(doc_ids, kind="stable")
-    chosen, cutoff = select(scores[by_doc], **s.selection)
-    chosen = by_doc[chosen[order(scores[by_doc][chosen], **s.ordering)]]  # storage positions, training order
+        raise ValueError(f"{scores_index} indexes no document (every one was rejected?): nothing to select")
+    if (np.diff(indexed) <= 0).any():
+        raise RuntimeError(f"{scores_index}: documents not in input order; rerun gather_scores")
+    tokenized, tokenized_counts = document_tokens(shard_paths)
+    at = np.minimum(np.searchsorted(tokenized, indexed), len(tokenized) - 1)
+    if len(tokenized) == 0 or (tokenized[at] != indexed).any():
+        raise RuntimeError(f"{scores_index} indexes documents the tokenized corpus does not have; rerun gather_scores")
+    doc_ids, tokens = indexed, tokenized_counts[at]
+    records = scored_records(paths, s.output_format, len(scores))
+    chosen, cutoff = select(scores, **s.selection)
+    chosen = chosen[order(scores[chosen], **s.ordering)]  # positions, in training order
 
     write_selected(records, chosen, out, provenance.parquet_metadata(block))
     write_table(order_out, pa.table([doc_ids[chosen], scores[chosen], tokens[chosen]], schema=ORDER_SCHEMA))
@@ -79,7 +78,8 @@ def select_order(scored: str | Sequence[str], shard_paths: Sequence[str], out: s
 STAGE = Stage(
     help="select the training set from the scored output and write it in training order",
     run=select_order,
-    args=(Arg("--scored", "+"), Arg("--shard-paths", "+"), Arg("--out"), Arg("--order-out"), Arg("--summary-out"),
+    args=(Arg("--scored", "+"), Arg("--scores-index"),
+          Arg("--shard-paths", "+"), Arg("--out"), Arg("--order-out"), Arg("--summary-out"),
           Arg("--scorer-dir", required=False), Arg("--scores-summary", required=False)),
     settings=Settings,
     counters={"documents": "documents_scored", "tokens": "tokens_scored"},
