@@ -35,8 +35,9 @@ import pyarrow.parquet as pq
 
 from lqs import sources
 from lqs.defaults import default
+from lqs.formats import is_gzip, is_parquet
 from lqs.io import parquet_file
-from lqs.splits import Split, is_parquet, shard_doc_id
+from lqs.splits import Split, shard_doc_id
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def _jsonl_lines(split: Split) -> Iterator[tuple[int, int, bytes | None, str | N
     way there (its own split reads it to its end) and reads past its stop to end its last line."""
     path, position, lineno = split.path, split.start, 0
     with (sources.open_binary(path, seekable=position > 0) as raw,
-          gzip.open(raw, "rb") if path.endswith(".gz") else raw as f):
+          gzip.open(raw, "rb") if is_gzip(path) else raw as f):
         try:
             if position > 0:
                 f.seek(position - 1)

@@ -28,11 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lqs import corpus
+from lqs.formats import EXTENSIONS, is_gzip
 from lqs.io import atomic_path, parquet_file, write_table
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"jsonl": ".jsonl", "jsonl.gz": ".jsonl.gz", "parquet": ".parquet"}
+FORMATS = EXTENSIONS  # output.format -> its files' extension
 # The per-document fields output.extra_fields may add, and their Parquet types.
 EXTRA_FIELDS = {"n_tokens": pa.int64(), "n_windows": pa.int64(), "truncated": pa.bool_()}
 
@@ -410,5 +411,5 @@ class ScoredWriter:
 
 def read_lines(path: str | Path) -> Iterator[bytes]:
     """The lines of a JSONL or gzipped JSONL output file, as bytes with their line ends."""
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+    with (gzip.open if is_gzip(path) else open)(path, "rb") as f:
         yield from f

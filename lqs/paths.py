@@ -14,16 +14,13 @@ from fnmatch import fnmatchcase
 from pathlib import PurePath
 from urllib.parse import unquote, urlparse
 
+from lqs.formats import format_of
 from lqs.sources import is_url
-
-# a file name's extension -> the format written there (lqs.output.FORMATS), as `lqs score` reads --out
-EXTENSION_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl.gz": "jsonl.gz", ".gz": "jsonl.gz",
-                     ".jsonl": "jsonl"}
 
 
 def extension_format(path: str) -> str | None:
     """The output format a file name's extension names, or None (no known extension)."""
-    return next((fmt for ext, fmt in EXTENSION_FORMATS.items() if str(path).endswith(ext)), None)
+    return format_of(path)
 
 
 def _real(path: str) -> PurePath:

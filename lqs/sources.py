@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote
 
+from lqs.formats import CORPUS_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".pq")
+DATA_SUFFIXES = CORPUS_SUFFIXES
 # a protocol ("s3://") or the first link of a chained URL ("simplecache::s3://")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*(://|::)")
 # hf://datasets/<org>/<name>[@<revision>][/<path>]; a revision with a "/" is written %2F-quoted,

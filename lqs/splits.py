@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lqs.formats import is_cuttable, is_parquet
+
 log = logging.getLogger(__name__)
 
 FILE_BITS = 40  # doc id = file index << FILE_BITS | position in the file (up to 1 TiB or 2**40 rows)
@@ -60,15 +62,6 @@ def parse_size(value: int | str) -> int:
     if match is None:
         raise ValueError(f"{value!r} is not a size (an integer of bytes, or a number with KB, MB, GB, MiB, ...)")
     return int(float(match[1]) * _UNITS[(match[2] or "b").lower()])
-
-
-def is_parquet(path: str) -> bool:
-    return str(path).endswith((".parquet", ".pq"))
-
-
-def is_cuttable(path: str) -> bool:
-    """Whether a file can be read in parts: uncompressed JSONL (byte ranges) or Parquet (row groups)."""
-    return not str(path).endswith(".gz")
 
 
 FRACTION = 1 << 20  # a file not there at DAG build (the workflow writes it) is cut in 2**20ths of its bytes
@@ -353,9 +346,9 @@ def shard_files(path: str) -> list[str]:
 
     metadata = parquet_file(path).schema_arrow.metadata or {}
     if FILES_METADATA not in metadata:
-        from lqs.corpus import RETOKENIZE
-
-        raise RuntimeError(f"{path} does not list its corpus files (an older lqs wrote it): {RETOKENIZE}")
+        raise RuntimeError(f"{path} does not list its corpus files (an older lqs wrote it): rerun `snakemake "
+                           "--forcerun tokenize_shard` (with your usual targets and options) to tokenize and score the "
+                           "corpus anew")
     return json.loads(metadata[FILES_METADATA])
 
 
