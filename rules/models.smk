@@ -47,7 +47,7 @@ rule fetch_scorer:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-scorer --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-scorer --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # The tokenizer from a repo or local directory: models.tokenizer's, the proxy's, or (scorer.checkpoint)
@@ -68,7 +68,7 @@ rule fetch_tokenizer:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-tokenizer --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-tokenizer --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # An architecture-config proxy without models.tokenizer's repo or path: a tokenizer trained on the corpus.
@@ -78,7 +78,7 @@ rule train_tokenizer:
     output:
         directory(f"{MODELS}/tokenizer"),
     params:
-        corpus=corpus_arguments,
+        corpus=lambda wildcards: [f.path for f in job_corpus(wildcards)],  # local paths and URLs, in order
         corpus_versions=corpus_versions,
         settings=lambda wildcards: as_settings(
             text_field=config["corpus"]["text_field"],
@@ -93,7 +93,7 @@ rule train_tokenizer:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs train-tokenizer {params.corpus} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs train-tokenizer {params.corpus:q} --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule pretrain_proxy:
@@ -115,8 +115,8 @@ rule pretrain_proxy:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs pretrain-proxy {input.tokenizer} {input.shards} --out-dir {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs pretrain-proxy {input.tokenizer:q} {input.shards:q} --out-dir {output:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule fetch_proxy:
@@ -136,8 +136,8 @@ rule fetch_proxy:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-proxy --tokenizer-dir {input.tokenizer} --out-dir {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-proxy --tokenizer-dir {input.tokenizer:q} --out-dir {output:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule fetch_scorer_base:
@@ -154,7 +154,7 @@ rule fetch_scorer_base:
             seed=SCORER["seed"],
             trust_remote_code=TRUST_REMOTE_CODE,
         ),
-        tokenizer=lambda wildcards, input: f"--tokenizer-dir {input.tokenizer}" if input.tokenizer else "",
+        tokenizer=lambda wildcards, input: ["--tokenizer-dir", *input.tokenizer] if input.tokenizer else [],
     log:
         f"{RESULTS}/logs/fetch_scorer_base.log",
     benchmark:
@@ -164,7 +164,7 @@ rule fetch_scorer_base:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-scorer-base {params.tokenizer} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-scorer-base {params.tokenizer:q} --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # The target set from the hub (an access check, then its snapshot; one split as Parquet), so
@@ -185,4 +185,4 @@ rule fetch_target:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-target {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-target {params.source:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"

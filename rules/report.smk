@@ -26,7 +26,7 @@ rule plots:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs plots {params.out_dir} --benchmarks-dir {params.benchmarks} --logs-dir {params.logs}"
-        " --scored {input.scored} --trajectory-log {input.trajectory_log} --labels {input.labels}"
-        " --scorer-metrics {input.scorer}/metrics.json --scorer-dir {input.scorer}"
-        " --selection-summary {input.selection} --settings {params.settings:q} > {log} 2>&1"
+        "lqs plots {params.out_dir:q} --benchmarks-dir {params.benchmarks:q} --logs-dir {params.logs:q}"
+        " --scored {input.scored:q} --trajectory-log {input.trajectory_log:q} --labels {input.labels:q}"
+        " --scorer-metrics {input.scorer:q}/metrics.json --scorer-dir {input.scorer:q}"
+        " --selection-summary {input.selection:q} --settings {params.settings:q} > {log:q} 2>&1"
