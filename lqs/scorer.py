@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import signal
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
@@ -275,6 +276,8 @@ _WORKER: dict = {}  # in a tokenizer process: its tokenizer
 
 
 def _start_tokenizer_worker(path: str) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, and a worker prints no traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["tokenizer"] = load_tokenizer(path)
 
 
