@@ -46,6 +46,7 @@ R = TypeVar("R")
 
 SCORER_CONFIG = "scorer.json"
 HEAD_FILE = "head.safetensors"
+POOLINGS = ("mean",)  # scorer.json `pooling`: how window outputs become a document's (ScorerModel.forward)
 WEIGHTS_DIGESTS = "weights_sha256"  # in scorer.json: {file name: SHA-256} of each safetensors file
 CPU_MAX_TOKENS = 4096  # cache-sized batches (benchmarks/inference.py)
 # GPU batches: as many tokens as fit half the free memory, at most this many. Measured on an H200
@@ -196,6 +197,51 @@ def check_weights(path: Path, config: dict) -> dict[str, str] | None:
                              f"is not the one in {path / SCORER_CONFIG}): the weights were changed or replaced; "
                              "restore the checkpoint's own files, or train or fetch the scorer again")
     return found
+
+
+def read_scorer_config(path: Path) -> dict:
+    """A checkpoint's scorer.json, checked: a JSON object with a whole max_length of at least 1,
+    a pooling lqs knows (POOLINGS; a checkpoint without one pools by mean, as all did before it
+    was recorded) and digests as {file name: SHA-256}; ValueError naming the file otherwise."""
+    from lqs.models import json_object_file
+
+    file = Path(path) / SCORER_CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a scorer checkpoint (no {SCORER_CONFIG})")
+    config = json_object_file(file)
+    max_length, pooling, digests = config.get("max_length"), config.get("pooling", "mean"), config.get(WEIGHTS_DIGESTS)
+    if type(max_length) is not int or max_length < 1:
+        raise ValueError(f"{file}: max_length must be a whole number of at least 1, not {max_length!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"{file}: pooling {pooling!r} is not one lqs scores with ({', '.join(POOLINGS)}): the "
+                         "checkpoint was made for another scorer")
+    if digests is not None and not (isinstance(digests, dict)
+                                    and all(isinstance(v, str) for v in digests.values())):
+        raise ValueError(f"{file}: {WEIGHTS_DIGESTS} must map file names to SHA-256 digests")
+    return config
+
+
+def check_checkpoint(path: Path, config: Mapping, trust_remote_code: bool = False) -> None:
+    """The checkpoint's files checked before anything is loaded or allocated by what they say
+    (lqs.models.check_model_files, check_weight_shapes): scorer.json's max_length within the
+    backbone's positions, and a head of one output over the backbone's width."""
+    from transformers import AutoModel
+
+    from lqs.models import check_model_files, check_weight_shapes, safetensors_shapes
+
+    sizes = check_model_files(path)
+    positions = sizes.get("positions")
+    if positions is not None and config["max_length"] > positions:
+        raise ValueError(f"{path / SCORER_CONFIG}: max_length {config['max_length']} is beyond the "
+                         f"{positions} positions of its backbone ({path / 'config.json'})")
+    if not (path / HEAD_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a scorer checkpoint (no {HEAD_FILE})")
+    head, width = safetensors_shapes(path / HEAD_FILE), sizes.get("width")
+    if head.keys() != {"weight", "bias"} or head["bias"] != [1] or len(head["weight"]) != 2 or head["weight"][0] != 1 \
+            or head["weight"][1] != (width or head["weight"][1]):
+        raise ValueError(f"{path / HEAD_FILE}: the head must be a weight of shape [1, {width or 'width'}] and a bias "
+                         f"of shape [1], not {head}")
+    check_weight_shapes(path, AutoModel, trust_remote_code)
 
 
 def compute_dtype(name: str, device: torch.device) -> str:
@@ -478,10 +524,8 @@ def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False
     (see compute_dtype); `compile`: Scorer.score_chunk runs a torch.compile'd forward (where
     compiling fails, the model as it is, said in one log line)."""
     path = Path(path)
-    config_path = path / SCORER_CONFIG
-    if not config_path.exists():
-        raise FileNotFoundError(f"{path} is not a scorer checkpoint (no {SCORER_CONFIG})")
-    config = json.loads(config_path.read_text())
+    config = read_scorer_config(path)
+    check_checkpoint(path, config, trust_remote_code)
     digests = check_weights(path, config)
     device = resolve_device(device)
     model = ScorerModel(load_backbone(str(path), trust_remote_code))
