@@ -37,6 +37,7 @@ rule fetch_scorer:
     output:
         directory(f"{RESULTS}/scorer"),
     params:
+        local_files=lambda wildcards: local_source_files(CHECKPOINT_SOURCE),
         settings=as_settings(source=CHECKPOINT_SOURCE, trust_remote_code=TRUST_REMOTE_CODE),
     log:
         f"{RESULTS}/logs/fetch_scorer.log",
@@ -58,6 +59,7 @@ rule fetch_tokenizer:
     output:
         directory(f"{MODELS}/tokenizer"),
     params:
+        local_files=lambda wildcards: local_source_files(tokenizer_fetch_source()),
         settings=as_settings(source=tokenizer_fetch_source(), trust_remote_code=TRUST_REMOTE_CODE),
     log:
         f"{RESULTS}/logs/fetch_tokenizer.log",
@@ -126,6 +128,7 @@ rule fetch_proxy:
     output:
         directory(f"{MODELS}/proxy"),
     params:
+        local_files=lambda wildcards: local_source_files(PROXY),
         settings=as_settings(source=PROXY, causal_lm=True, trust_remote_code=TRUST_REMOTE_CODE),
     log:
         f"{RESULTS}/logs/fetch_proxy.log",
@@ -148,6 +151,7 @@ rule fetch_scorer_base:
     output:
         directory(f"{MODELS}/scorer_base"),
     params:
+        local_files=lambda wildcards: local_source_files(SCORER_BASE),
         settings=as_settings(
             source=SCORER_BASE,
             causal_lm=False,
