@@ -9,7 +9,8 @@ import ast
 import re
 import string
 
-from helpers import ROOT
+import pytest
+from helpers import ROOT, copy_workflow, edit_config, read_jsonl, set_key, snakemake
 
 RULE_FILES = sorted((ROOT / "rules").glob("*.smk")) + [ROOT / "Snakefile"]
 SHELL = re.compile(r"^(?P<indent>\s*)shell:\s*(?P<rest>.*)$")
@@ -58,3 +59,26 @@ def test_every_shell_placeholder_is_quoted():
     assert not offending, ("shell placeholders without :q (a configured path would be read by the shell; write "
                            "{x:q}, and make a flag a list param such as ['--flag', path] or []):\n  "
                            + "\n  ".join(offending))
+
+
+# Every character the shell gives a meaning to, a leading dash and non-ASCII, in the output paths a
+# run can be configured with; `$(...)` and backticks would create these files if a shell ran them.
+HOSTILE_DIR = "-o it's \"x\" $(touch PWNED) `touch PWNED2` ; & é"
+
+
+@pytest.mark.workflow
+def test_output_paths_with_shell_characters_run_end_to_end(completed_workflow, tmp_path):
+    workdir = copy_workflow(completed_workflow, tmp_path)
+    corpus = (workdir / "data" / "corpus.jsonl").read_bytes()
+    outputs = {"scored": f"{HOSTILE_DIR}/scored $x.jsonl", "rejects": f"{HOSTILE_DIR}/rej$(touch PWNED3).jsonl",
+               "selected": f"{HOSTILE_DIR}/selected `x`.jsonl"}
+    edit_config(workdir, set_key("output", "path", outputs["scored"]))
+    edit_config(workdir, set_key("output", "rejects_path", outputs["rejects"]))
+    edit_config(workdir, set_key("selection", "path", outputs["selected"]))
+    snakemake(workdir, "all", "plots")
+    scored = read_jsonl(workdir / outputs["scored"])
+    assert len(scored) == 120 and scored == read_jsonl(completed_workflow / "scored.jsonl")
+    assert (workdir / outputs["rejects"]).read_text() == ""
+    assert read_jsonl(workdir / outputs["selected"]) == read_jsonl(completed_workflow / "selected.jsonl")
+    assert (workdir / "results" / "plots" / "scores.png").stat().st_size > 0
+    assert not [p for p in workdir.rglob("PWNED*")] and (workdir / "data" / "corpus.jsonl").read_bytes() == corpus
