@@ -195,16 +195,44 @@ def _check_record(fields: Any, text_field: str, max_chars: int, output_fields: M
     return (None, error) if error else (text, None)
 
 
-def _jsonl_lines(path: str) -> Iterator[tuple[int, bytes | None, str | None]]:
+# The magic numbers of compressed files: no JSONL line starts with these bytes.
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+# The longest line a record within max_chars can take: its text JSON-escaped (\uXXXX\uXXXX, 12
+# bytes, for a character outside the BMP) and this much for its other fields.
+LINE_SLACK = 2**20
+
+
+def max_line_bytes(max_chars: int) -> int:
+    return 12 * max_chars + LINE_SLACK
+
+
+def _jsonl_lines(path: str, max_chars: int = MAX_CHARS
+                 ) -> Iterator[tuple[int | None, bytes | None, str | None]]:
     """(line number, raw bytes with the line end, error) for each non-blank line; a BOM at the
-    start of the file is dropped; a truncated gzip ends in an error."""
-    lineno = 0
+    start of the file is dropped; a truncated gzip ends in an error. Lines are read with a size
+    cap (max_line_bytes): a longer one is a bad record without its bytes (its text would be over
+    max_chars), skipped in pieces, so memory stays bounded whatever a line's length. A file not
+    named .gz that starts with a compressed format's magic number is unreadable (line None)."""
+    lineno, limit = 0, max_line_bytes(max_chars)
     with sources.open_binary(path) as raw, (gzip.open(raw, "rb") if path.endswith(".gz") else raw) as f:
         try:
-            for lineno, line in enumerate(f, start=1):
-                if lineno == 1 and line.startswith(BOM):
-                    line = line[len(BOM):]
-                if line.strip():
+            while line := f.readline(limit + 1):
+                lineno += 1
+                if lineno == 1:
+                    compression = next((name for magic, name in COMPRESSION_MAGIC.items()
+                                        if line.startswith(magic)), None)
+                    if compression and not path.endswith(".gz"):
+                        yield None, None, (f"{compression}-compressed, but its name does not say so: give a gzip "
+                                           "file a name ending in .gz; lqs reads no other compression")
+                        return
+                    if line.startswith(BOM):
+                        line = line[len(BOM):]
+                if len(line) > limit:
+                    while (rest := f.readline(2**20)) and not rest.endswith(b"\n"):  # the rest of the line, unkept
+                        pass
+                    yield lineno, None, (f"line longer than {limit} bytes: its text is over "
+                                         f"{setting('max_chars')} ({max_chars}) characters")
+                elif line.strip():
                     yield lineno, line, None
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             yield lineno + 1, None, f"corrupt or truncated gzip stream ({e})"
@@ -382,7 +410,7 @@ def _file_records(path: str, text_field: str, max_chars: int, output_fields: Map
     file cannot be read at all, and why. A missing file is a FileNotFoundError naming it as
     given (a URL stays a URL)."""
     if not is_parquet(path):
-        for line, raw, error in _jsonl_lines(path):
+        for line, raw, error in _jsonl_lines(path, max_chars):
             yield line, raw, None, None, error
     elif sources.is_url(path):
         with sources.open_binary(path, seekable=True) as f:
