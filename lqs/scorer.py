@@ -301,11 +301,34 @@ class Window:
     ids: list[int]
 
 
+# A first guess at the characters a token spans, at most, for the prefix of a long text that holds
+# the windows max_windows_per_doc keeps (doubled until it holds enough tokens), and the tokens
+# past those windows that make the tokens before the cut the same as the whole text's.
+CHARS_PER_TOKEN = 8
+CUT_MARGIN = 64
+
+
+def kept_text(tokenizer, text: str, tokens: int) -> str:
+    """The prefix of `text` that holds its first `tokens` tokens as the whole text has them: the
+    first of (tokens + CUT_MARGIN) × CHARS_PER_TOKEN characters, doubled, with more than tokens +
+    CUT_MARGIN tokens, or the whole text. A 50 MB document of which 8 windows are scored is then
+    tokenized for those windows only, not whole."""
+    chars = (tokens + CUT_MARGIN) * CHARS_PER_TOKEN
+    while chars < len(text):
+        if len(tokenizer(text[:chars], add_special_tokens=False)["input_ids"]) > tokens + CUT_MARGIN:
+            return text[:chars]
+        chars *= 2
+    return text
+
+
 def scoring_windows(tokenizer, texts: Sequence[str], max_length: int, max_windows_per_doc: int | None = None,
                     first: int = 0) -> tuple[list[Window], list[bool]]:
-    """The texts tokenized into scoring windows, and for each whether its windows were capped."""
+    """The texts tokenized into scoring windows, and for each whether its windows were capped;
+    with max_windows_per_doc, only as much of a text as those windows need is tokenized."""
     if max_windows_per_doc is not None and max_windows_per_doc < 1:  # no window: no score (0 / 0)
         raise ValueError(f"max_windows_per_doc must be at least 1, not {max_windows_per_doc}")
+    if max_windows_per_doc is not None:  # a window holds at most max_length tokens
+        texts = [kept_text(tokenizer, text, max_windows_per_doc * max_length) for text in texts]
     windows: list[Window] = []
     truncated = [False] * len(texts)
     for doc, doc_windows in enumerate(tokenize_windows(tokenizer, texts, max_length)):

@@ -52,3 +52,26 @@ def test_a_line_at_the_bound_is_still_read(tmp_path):
     path.write_text(json.dumps({"text": text}) + "\n")
     [record] = corpus.iter_records([str(path)], max_chars=1000)
     assert record.error is None and record.text == text
+
+
+def test_max_windows_per_doc_tokenizes_only_what_the_kept_windows_need(tok_dir, monkeypatch):
+    from helpers import GOOD
+
+    from lqs import scorer
+    from lqs.tokenize import load_tokenizer
+
+    tokenizer = load_tokenizer(tok_dir)
+    long_text = " ".join(GOOD * 20_000)  # about 5 MB
+    expected, _ = scorer.scoring_windows(tokenizer, [long_text[:100_000], "short"], 32)
+    real, tokenized = scorer.tokenize_windows, []
+
+    def recording(tokenizer, texts, max_length):
+        tokenized.extend(len(t) for t in texts)
+        return real(tokenizer, texts, max_length)
+
+    monkeypatch.setattr(scorer, "tokenize_windows", recording)
+    windows, truncated = scorer.scoring_windows(tokenizer, [long_text, "short"], 32, max_windows_per_doc=8)
+    kept = [w for w in expected if w.doc == 0][:8] + [w for w in expected if w.doc == 1]
+    assert [(w.doc, w.ids) for w in windows] == [(w.doc, w.ids) for w in kept]
+    assert truncated == [True, False]
+    assert max(tokenized) <= 2 * (8 * 32 + scorer.CUT_MARGIN) * scorer.CHARS_PER_TOKEN < len(long_text) / 1000
