@@ -151,8 +151,17 @@ def main(argv: list[str] | None = None) -> None:
             importlib.import_module(library)
         start = time.perf_counter()
         result = run(**kwargs)
+    except KeyboardInterrupt:  # Ctrl-C: outputs are atomic, so nothing half-written is left
+        log.error("%s interrupted (Ctrl-C): its output files are as they were before it ran", name)
+        sys.exit(130)
     except (ValueError, RuntimeError) as e:
         log.error("%s failed: %s", name, e)
+        sys.exit(1)
+    except BrokenPipeError:  # `lqs score --out - | head`: the reader left before the output was complete
+        # stdout goes nowhere from here, so that the interpreter's last flush at exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        log.error("%s failed: standard output was closed before all of the output was written (broken pipe): "
+                  "what was read from it is incomplete", name)
         sys.exit(1)
     except OSError as e:  # unwritable output, disk full, missing file: one line naming the path
         outputs = [str(v) for k, v in kwargs.items() if k in ("out", "rejects") or k.startswith("out_")

@@ -114,14 +114,16 @@ def coerce_cli_values(config: dict, cli: Mapping[str, Any], schema: Mapping) -> 
     """`--config` values reach the workflow as strings, nested ones too
     (`corpus={"num_shards": 4}` gives "4", `output={"path": null}` gives "null"): each string that
     `cli` set is parsed as JSON, else YAML, and kept parsed where the parsed value is valid for its
-    key's schema node; a key that takes only strings keeps the string."""
+    key's schema node; a key that takes only strings keeps the string, but not a null
+    (`corpus={"path": null}`): that becomes null, which validation then refuses naming the key,
+    rather than a path named "null"."""
 
     def walk(given: Any, parts: list[str]) -> None:
         if isinstance(given, Mapping):
             for key, value in given.items():
                 walk(value, parts + [str(key)])
         elif isinstance(given, str) and (value := _parsed(given)) != given \
-                and _valid(value, _schema_at(schema, parts), schema):
+                and (value is None or _valid(value, _schema_at(schema, parts), schema)):
             node = config
             for part in parts[:-1]:
                 node = node[part]
@@ -322,7 +324,63 @@ def path_errors(config: Mapping, outputs: Outputs, results: str, own: Iterable[s
         if source and os.path.exists(source):  # else a hub id
             inputs[key] = local(source)
     written = outputs.by_key() | {f"{results}/ (the workflow's own files)": results}
-    return paths.path_conflicts(inputs, written)
+    return paths.path_conflicts(inputs, written) + output_name_errors(outputs.by_key())
+
+
+# every configured path: read (corpus.path's entries, the sources) or written (the outputs)
+CONFIGURED_PATHS = (("corpus", "path"), ("target", "source"), ("efficacy", "eval_source"), ("scorer", "checkpoint"),
+                    ("models", "proxy", "path"), ("models", "scorer", "path"), ("models", "tokenizer", "path"),
+                    ("output", "path"), ("output", "rejects_path"), ("selection", "path"))
+
+
+def path_character_errors(config: Mapping) -> list[str]:
+    """A configured path with a newline or a NUL: no file system path holds a NUL, and a newline
+    splits every list of paths (logs, Snakemake's own file lists) in two."""
+    errors = []
+    for parts in CONFIGURED_PATHS:
+        value: Any = config
+        for part in parts:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        for entry in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            bad = next((name for char, name in (("\0", "a NUL"), ("\n", "a newline"), ("\r", "a carriage return"))
+                        if isinstance(entry, str) and char in entry), None)
+            if bad:
+                errors.append(f"{key_path(parts)}: {entry!r} holds {bad}, which no path lqs reads or writes may "
+                              "hold; rename it")
+    return errors
+
+
+def output_name_errors(outputs: Mapping[str, str]) -> list[str]:
+    """Outputs (key -> path) whose name is too long for the temporary written beside them
+    (lqs.io.temporary_name_error: found at DAG build, not when the job that writes it ends), or
+    that lie inside Snakemake's own .snakemake/ directory (which Snakemake cleans up and rewrites)."""
+    from lqs.io import temporary_name_error
+
+    snakemake_dir = Path(os.path.realpath(".snakemake"))
+    errors = []
+    for key, path in outputs.items():
+        if not path:
+            continue
+        if why := temporary_name_error(path):
+            errors.append(f"{key}: {path!r}: {why}")
+        real = Path(os.path.realpath(path))
+        if real == snakemake_dir or real.is_relative_to(snakemake_dir):
+            errors.append(f"{key}: {path!r} lies inside .snakemake/, Snakemake's own directory, which it cleans up "
+                          "and rewrites; choose another path")
+    return errors
+
+
+def eval_source_warnings(config: Mapping, files: Sequence[str]) -> list[str]:
+    """efficacy.eval_source that is one of the corpus files (symlinks resolved): allowed, but its
+    loss then measures documents the arms may have trained on, which the user should know."""
+    source = config["efficacy"]["eval_source"]
+    if not source or not os.path.exists(source):
+        return []
+    real = os.path.realpath(source)
+    shared = [f for f in files if not sources.is_url(f) and (os.path.realpath(f) == real
+                                                             or Path(os.path.realpath(f)).is_relative_to(real))]
+    return [f"efficacy.eval_source {source!r} is also corpus.path's file {f!r}: the efficacy arms may train on the "
+            "documents they are evaluated on, so its evaluation loss is not held out" for f in shared[:1]]
 
 
 def first_record_fields(path: str) -> set[str]:

@@ -230,26 +230,66 @@ def _check_record(fields: Any, text_field: str, max_chars: int, output_fields: M
     return (None, error) if error else (text, None)
 
 
-def _jsonl_lines(split: Split) -> Iterator[tuple[int, int, bytes | None, str | None]]:
+# The magic numbers of compressed files: no JSONL line starts with these bytes.
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+# The longest line a record within max_chars can take: its text JSON-escaped (\uXXXX\uXXXX, 12
+# bytes, for a character outside the BMP) and this much for its other fields.
+LINE_SLACK = 2**20
+
+
+def max_line_bytes(max_chars: int) -> int:
+    return 12 * max_chars + LINE_SLACK
+
+
+def _compression(f) -> str | None:
+    """The compression a file's first bytes name (COMPRESSION_MAGIC), or None; reads from the start."""
+    head = f.read(max(map(len, COMPRESSION_MAGIC)))
+    return next((name for magic, name in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+
+
+def _skip_line(f) -> int:
+    """Reads to the end of the line under way, in pieces (memory stays bounded); the bytes read."""
+    skipped = 0
+    while piece := f.readline(2**20):
+        skipped += len(piece)
+        if piece.endswith(b"\n"):
+            break
+    return skipped
+
+
+def _jsonl_lines(split: Split, max_chars: int = MAX_CHARS
+                 ) -> Iterator[tuple[int | None, int | None, bytes | None, str | None]]:
     """(position, line number from the split's start, raw bytes with the line end, error) for each
     non-blank line whose first byte lies in the split; a BOM at the start of the file is dropped;
     a truncated gzip ends in an error. A split that starts inside the file skips the line under
-    way there (its own split reads it to its end) and reads past its stop to end its last line."""
-    path, position, lineno = split.path, split.start, 0
+    way there (its own split reads it to its end) and reads past its stop to end its last line.
+    Lines are read with a size cap (max_line_bytes): a longer one is a bad record without its
+    bytes (its text would be over max_chars), skipped in pieces, so memory stays bounded whatever a
+    line's length. A file not named .gz that starts with a compressed format's magic number is
+    unreadable (position and line None)."""
+    path, position, lineno, limit = split.path, split.start, 0, max_line_bytes(max_chars)
     with (sources.open_binary(path, seekable=position > 0) as raw,
           gzip.open(raw, "rb") if is_gzip(path) else raw as f):
         try:
-            if position > 0:
-                f.seek(position - 1)
-                position += len(f.readline()) - 1  # to the first line that starts in the split
-            for lineno, line in enumerate(f, start=1):
-                if split.stop is not None and position >= split.stop:
-                    break
+            if not is_gzip(path):
+                if compression := _compression(f):
+                    yield None, None, None, (f"{compression}-compressed, but its name does not say so: give a gzip "
+                                             "file a name ending in .gz; lqs reads no other compression")
+                    return
+                f.seek(max(position - 1, 0))
+                if position > 0:
+                    position += _skip_line(f) - 1  # to the first line that starts in the split
+            while (split.stop is None or position < split.stop) and (line := f.readline(limit + 1)):
+                lineno += 1
                 at = position
                 position += len(line)
                 if at == 0 and line.startswith(BOM):
                     line = line[len(BOM):]
-                if line.strip():
+                if len(line) > limit:
+                    position += _skip_line(f)  # the rest of the line, unkept
+                    yield at, lineno, None, (f"line longer than {limit} bytes: its text is over "
+                                             f"{setting('max_chars')} ({max_chars}) characters")
+                elif line.strip():
                     yield at, lineno, line, None
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             yield position, lineno + 1, None, f"corrupt or truncated gzip stream ({e})"
@@ -416,7 +456,7 @@ def _file_records(split: Split, text_field: str, max_chars: int, output_fields: 
     all, and why. A missing file is a FileNotFoundError naming it as given (a URL stays a URL)."""
     path = split.path
     if not is_parquet(path):
-        for position, line, raw, error in _jsonl_lines(split):
+        for position, line, raw, error in _jsonl_lines(split, max_chars):
             yield position, line, raw, None, None, error
     elif sources.is_url(path):
         with sources.open_binary(path, seekable=True) as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import glob
 import json
 import os
@@ -23,42 +24,112 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# A temporary's name: "." + the output's name + "." + mkstemp's 8 random characters + ".tmp".
+TEMPORARY_NAME_EXTRA = len("..") + 8 + len(".tmp")
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+
+
+def temporary_name_error(path: str | os.PathLike) -> str | None:
+    """Why an output's name is too long to have a temporary beside it (None if it is not): the
+    error an atomic write would otherwise meet only when it starts writing, after the work."""
+    size = len(os.fsencode(Path(path).name))
+    if size + TEMPORARY_NAME_EXTRA <= NAME_MAX:
+        return None
+    return (f"its name is {size} bytes; an output's name can have at most {NAME_MAX - TEMPORARY_NAME_EXTRA} "
+            f"(its temporary file, .<name>.<random>.tmp, must fit the {NAME_MAX}-byte limit); shorten it")
+
+
+def _lock(fd: int) -> bool:
+    """Takes the exclusive lock on an open temporary without waiting; False if another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def remove_stale_temporaries(path: Path) -> None:
     """Removes the temporaries (.<name>.<random>.tmp files or directories) that a killed writer
-    of `path` left beside it. The random part has no dot, so another output's are never matched."""
+    of `path` left beside it. The random part has no dot, so another output's are never matched.
+    A live writer holds a lock on its temporary (_locked_temporary): a temporary whose lock this
+    cannot take is being written, and is left alone; a killed writer's lock went with it."""
     own = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]+\.tmp")
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        if own.fullmatch(stale.name):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
+        if not own.fullmatch(stale.name) or stale.is_symlink():
+            continue
+        try:
+            fd = os.open(stale, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone already, or not ours to open
+            continue
+        try:
+            if _lock(fd):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
-def _tmp_sibling(path: Path) -> Path:
+@contextlib.contextmanager
+def _locked_temporary(path: Path, directory: bool) -> Iterator[Path]:
+    """A new temporary file or directory beside `path`, locked (flock) for as long as the block
+    runs, so that another writer's clean-up (remove_stale_temporaries) leaves it alone; removed
+    afterwards unless the block renamed it away."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
-    return Path(name)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; renamed onto `path` only if the block succeeds."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
+    while True:
+        if directory:
+            name = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd = os.open(name, os.O_RDONLY)
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # another writer's clean-up may have taken it between its creation and this lock: then
+        # it is gone (or another file has the name) and a new one is made
+        if _lock(fd) and os.path.lexists(name) and os.stat(name, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    tmp = Path(name)
     try:
+        # mkstemp makes 0600 and mkdtemp 0700; outputs get the usual permissions
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_UMASK)
         yield tmp
-        os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        os.close(fd)  # the lock goes with it, after the temporary is renamed or removed
+
+
+def _rename_no_replace(tmp: Path, path: Path) -> None:
+    """Moves the finished file `tmp` onto `path` only if nothing is there (a hard link, then the
+    temporary's name removed): another run that wrote `path` meanwhile keeps its output."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} was written by another run while this one ran: not replaced (this run's "
+                              "output is discarded); run again with --overwrite to replace it") from None
+    tmp.unlink()
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
-    with atomic_path(path) as tmp:
+def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renamed onto `path` only if the block succeeds.
+    replace=False: an existing `path` (another writer's, finished meanwhile) is kept, and this
+    fails with FileExistsError."""
+    path = Path(path)
+    with _locked_temporary(path, directory=False) as tmp:
+        yield tmp
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _rename_no_replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", replace: bool = True) -> Iterator[IO[Any]]:
+    with atomic_path(path, replace) as tmp:
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
         with open(tmp, mode, **kwargs) as f:
             yield f
@@ -68,17 +139,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary directory; it replaces `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)
-    try:
+    with _locked_temporary(path, directory=True) as tmp:
         yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class TokenRate:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
+import io
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = EXTENSIONS  # output.format -> its files' extension
 # The per-document fields output.extra_fields may add, and their Parquet types.
+STDOUT_BUFFER = 1 << 16  # bytes buffered for standard output (lqs score --out -); flushed after each chunk
 EXTRA_FIELDS = {"n_tokens": pa.int64(), "n_windows": pa.int64(), "truncated": pa.bool_()}
 
 
@@ -336,7 +338,8 @@ class ScoredWriter:
     key-value metadata (the provenance block: lqs.provenance.parquet_metadata)."""
 
     def __init__(self, path: str | Path, format: str, fields: Sequence[str],
-                 input_schema: pa.Schema | None = None, metadata: Mapping[bytes, bytes] | None = None):
+                 input_schema: pa.Schema | None = None, metadata: Mapping[bytes, bytes] | None = None,
+                 replace: bool = True):
         self.path, self.format, self.fields = Path(path), check_format(format), list(fields)
         self.input_schema = input_schema
         self.rows = 0
@@ -353,9 +356,13 @@ class ScoredWriter:
             self._schema = pa.schema(list(input_schema) + self._new_columns(input_schema), metadata=metadata)
             self._columns = columns_of(input_schema)
         if str(path) == "-":
-            self._file = sys.stdout.buffer
+            # A buffered writer of its own: it writes all of each chunk or raises (a pipe's reader
+            # gone: BrokenPipeError), even when sys.stdout is unbuffered (PYTHONUNBUFFERED=1), whose
+            # raw writes may write part of what they are given and say so only in their return value.
+            self._file = self._stack.enter_context(
+                io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "wb", closefd=False), STDOUT_BUFFER))
         else:
-            self._tmp = self._stack.enter_context(atomic_path(self.path))
+            self._tmp = self._stack.enter_context(atomic_path(self.path, replace))
             if self.format == "parquet":  # opened now: a corpus without records still gets the columns
                 self._parquet = self._stack.enter_context(pq.ParquetWriter(self._tmp, self._schema))
             else:

@@ -111,3 +111,17 @@ def path_conflicts(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, st
                 conflicts.append(f"{key}: {path!r} {relation} {other_key} ({other_path!r}): one output would"
                                  " replace the other; choose another path")
     return conflicts
+
+
+def directory_listing(path: str) -> list[list]:
+    """[relative name, size, mtime_ns] of each file under a local directory (symlinks followed to
+    what they name), sorted: what the workflow puts in a fetch rule's params for a local model
+    directory, because Snakemake looks only at a directory input's own time stamp, not inside it,
+    and an edit of a file in it must rerun the fetch and everything after it."""
+    listing = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            file = os.path.join(root, name)
+            stat = os.stat(file)
+            listing.append([os.path.relpath(file, path), stat.st_size, stat.st_mtime_ns])
+    return sorted(listing)

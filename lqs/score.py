@@ -42,19 +42,21 @@ class _Rejects:
     that an earlier run wrote (replaced only under --overwrite: check_outputs) is removed when
     this run ends well with none, so that it never lies beside an output it does not belong to."""
 
-    def __init__(self, path: str | None):
-        self.path, self.rejected, self._stack, self._file = path, 0, contextlib.ExitStack(), None
+    def __init__(self, path: str | None, overwrite: bool):
+        self.path, self.overwrite, self.rejected = path, overwrite, 0
+        self._stack, self._file = contextlib.ExitStack(), None
 
     def write(self, line: str) -> None:
         if self._file is None:
-            self._file = self._stack.enter_context(atomic_open(self.path))
+            self._file = self._stack.enter_context(atomic_open(self.path, replace=self.overwrite))
         self._file.write(line)
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is None and self._file is None and self.path:
+        # without --overwrite there was none when the run started: one there now is another run's
+        if kind is None and self._file is None and self.path and self.overwrite:
             Path(self.path).unlink(missing_ok=True)
         self._stack.__exit__(kind, value, traceback)
 
@@ -179,9 +181,10 @@ def score_files(inputs: Sequence[str], *, scorer: str, out: str, text_field: str
         block = provenance.block(provenance.config_sha256(options), local_scorer, sources,
                                  None if Path(scorer).is_dir() else provenance.hub_source(scorer, local_scorer),
                                  scorer_digests=scorer_.weights_sha256)  # as loading checked them
-        rejected = stack.enter_context(_Rejects(rejects))
+        # without --overwrite, another run's output that appeared meanwhile is kept: this one fails
+        rejected = stack.enter_context(_Rejects(rejects, overwrite))
         writer = stack.enter_context(ScoredWriter(out, format, [score_field, *extra_fields], input_schema,
-                                                  provenance.parquet_metadata(block)))
+                                                  provenance.parquet_metadata(block), replace=overwrite))
         records = corpus.iter_records(files, text_field, max_chars, output_fields=output_fields)
         records = checked_records(output.fitting(records, input_schema), on_bad_record, rejected)
         for chunk, result in scored_chunks(scorer_, pool, workers, records, meter, chunk_docs=chunk_docs,

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import signal
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
@@ -45,6 +46,7 @@ R = TypeVar("R")
 
 SCORER_CONFIG = "scorer.json"
 HEAD_FILE = "head.safetensors"
+POOLINGS = ("mean",)  # scorer.json `pooling`: how window outputs become a document's (ScorerModel.forward)
 WEIGHTS_DIGESTS = "weights_sha256"  # in scorer.json: {file name: SHA-256} of each safetensors file
 CPU_MAX_TOKENS = 4096  # cache-sized batches (benchmarks/inference.py)
 # GPU batches: as many tokens as fit half the free memory, at most this many. Measured on an H200
@@ -197,6 +199,51 @@ def check_weights(path: Path, config: dict) -> dict[str, str] | None:
     return found
 
 
+def read_scorer_config(path: Path) -> dict:
+    """A checkpoint's scorer.json, checked: a JSON object with a whole max_length of at least 1,
+    a pooling lqs knows (POOLINGS; a checkpoint without one pools by mean, as all did before it
+    was recorded) and digests as {file name: SHA-256}; ValueError naming the file otherwise."""
+    from lqs.models import json_object_file
+
+    file = Path(path) / SCORER_CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a scorer checkpoint (no {SCORER_CONFIG})")
+    config = json_object_file(file)
+    max_length, pooling, digests = config.get("max_length"), config.get("pooling", "mean"), config.get(WEIGHTS_DIGESTS)
+    if type(max_length) is not int or max_length < 1:
+        raise ValueError(f"{file}: max_length must be a whole number of at least 1, not {max_length!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"{file}: pooling {pooling!r} is not one lqs scores with ({', '.join(POOLINGS)}): the "
+                         "checkpoint was made for another scorer")
+    if digests is not None and not (isinstance(digests, dict)
+                                    and all(isinstance(v, str) for v in digests.values())):
+        raise ValueError(f"{file}: {WEIGHTS_DIGESTS} must map file names to SHA-256 digests")
+    return config
+
+
+def check_checkpoint(path: Path, config: Mapping, trust_remote_code: bool = False) -> None:
+    """The checkpoint's files checked before anything is loaded or allocated by what they say
+    (lqs.models.check_model_files, check_weight_shapes): scorer.json's max_length within the
+    backbone's positions, and a head of one output over the backbone's width."""
+    from transformers import AutoModel
+
+    from lqs.models import check_model_files, check_weight_shapes, safetensors_shapes
+
+    sizes = check_model_files(path)
+    positions = sizes.get("positions")
+    if positions is not None and config["max_length"] > positions:
+        raise ValueError(f"{path / SCORER_CONFIG}: max_length {config['max_length']} is beyond the "
+                         f"{positions} positions of its backbone ({path / 'config.json'})")
+    if not (path / HEAD_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a scorer checkpoint (no {HEAD_FILE})")
+    head, width = safetensors_shapes(path / HEAD_FILE), sizes.get("width")
+    if head.keys() != {"weight", "bias"} or head["bias"] != [1] or len(head["weight"]) != 2 or head["weight"][0] != 1 \
+            or head["weight"][1] != (width or head["weight"][1]):
+        raise ValueError(f"{path / HEAD_FILE}: the head must be a weight of shape [1, {width or 'width'}] and a bias "
+                         f"of shape [1], not {head}")
+    check_weight_shapes(path, AutoModel, trust_remote_code)
+
+
 def compute_dtype(name: str, device: torch.device) -> str:
     """`auto` is bf16 on a GPU and fp32 on a CPU: bf16 on a CPU is opt-in, as it is fast only
     where the CPU has bf16 units (AVX512-BF16, AMX), and a CPU run should give the same scores
@@ -254,11 +301,34 @@ class Window:
     ids: list[int]
 
 
+# A first guess at the characters a token spans, at most, for the prefix of a long text that holds
+# the windows max_windows_per_doc keeps (doubled until it holds enough tokens), and the tokens
+# past those windows that make the tokens before the cut the same as the whole text's.
+CHARS_PER_TOKEN = 8
+CUT_MARGIN = 64
+
+
+def kept_text(tokenizer, text: str, tokens: int) -> str:
+    """The prefix of `text` that holds its first `tokens` tokens as the whole text has them: the
+    first of (tokens + CUT_MARGIN) × CHARS_PER_TOKEN characters, doubled, with more than tokens +
+    CUT_MARGIN tokens, or the whole text. A 50 MB document of which 8 windows are scored is then
+    tokenized for those windows only, not whole."""
+    chars = (tokens + CUT_MARGIN) * CHARS_PER_TOKEN
+    while chars < len(text):
+        if len(tokenizer(text[:chars], add_special_tokens=False)["input_ids"]) > tokens + CUT_MARGIN:
+            return text[:chars]
+        chars *= 2
+    return text
+
+
 def scoring_windows(tokenizer, texts: Sequence[str], max_length: int, max_windows_per_doc: int | None = None,
                     first: int = 0) -> tuple[list[Window], list[bool]]:
-    """The texts tokenized into scoring windows, and for each whether its windows were capped."""
+    """The texts tokenized into scoring windows, and for each whether its windows were capped;
+    with max_windows_per_doc, only as much of a text as those windows need is tokenized."""
     if max_windows_per_doc is not None and max_windows_per_doc < 1:  # no window: no score (0 / 0)
         raise ValueError(f"max_windows_per_doc must be at least 1, not {max_windows_per_doc}")
+    if max_windows_per_doc is not None:  # a window holds at most max_length tokens
+        texts = [kept_text(tokenizer, text, max_windows_per_doc * max_length) for text in texts]
     windows: list[Window] = []
     truncated = [False] * len(texts)
     for doc, doc_windows in enumerate(tokenize_windows(tokenizer, texts, max_length)):
@@ -275,6 +345,8 @@ _WORKER: dict = {}  # in a tokenizer process: its tokenizer
 
 
 def _start_tokenizer_worker(path: str) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, and a worker prints no traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["tokenizer"] = load_tokenizer(path)
 
 
@@ -475,10 +547,8 @@ def load(path: str | Path, device: str = "auto", trust_remote_code: bool = False
     (see compute_dtype); `compile`: Scorer.score_chunk runs a torch.compile'd forward (where
     compiling fails, the model as it is, said in one log line)."""
     path = Path(path)
-    config_path = path / SCORER_CONFIG
-    if not config_path.exists():
-        raise FileNotFoundError(f"{path} is not a scorer checkpoint (no {SCORER_CONFIG})")
-    config = json.loads(config_path.read_text())
+    config = read_scorer_config(path)
+    check_checkpoint(path, config, trust_remote_code)
     digests = check_weights(path, config)
     device = resolve_device(device)
     model = ScorerModel(load_backbone(str(path), trust_remote_code))

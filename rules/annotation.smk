@@ -33,8 +33,8 @@ rule trajectory:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs trajectory {input.proxy} {input.shards} --target-path {input.target}"
-        " --out-dir {params.out_dir} --settings {params.settings:q} > {log} 2>&1"
+        "lqs trajectory {input.proxy:q} {input.shards:q} --target-path {input.target:q}"
+        " --out-dir {params.out_dir:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule grad_stats:
@@ -67,8 +67,8 @@ rule grad_stats:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs grad-stats {input.samples} {input.step} {input.proxy} --out {output}"
-        " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
+        "lqs grad-stats {input.samples:q} {input.step:q} {input.proxy:q} --out {output:q}"
+        " --nproc {resources.gpu:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule lqs_labels:
@@ -98,5 +98,5 @@ rule lqs_labels:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs lqs-labels {input} --out {output.labels} --info-out {output.info}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs lqs-labels {input:q} --out {output.labels:q} --info-out {output.info:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 from lqs import config as lqs_config
 from lqs import defaults as lqs_defaults
 from lqs import output as lqs_output
+from lqs import paths as lqs_paths
 from lqs import provenance as lqs_provenance
 from lqs import sources as lqs_sources
 from lqs import splits as lqs_splits
@@ -34,7 +35,7 @@ def config_errors():
     errors = lqs_config.schema_errors(config, schema)
     if not errors:
         validate(config, lqs_defaults.SCHEMA_PATH)  # fills in the defaults
-        errors = lqs_config.consistency_errors(config)
+        errors = lqs_config.consistency_errors(config) + lqs_config.path_character_errors(config)
     return errors
 
 
@@ -204,6 +205,8 @@ EVAL_SOURCE = EFFICACY["eval_source"]
 # An explicit evaluation set: a local file or directory, or else a hub data set id.
 EVAL_FROM_HUB = EVAL_SOURCE is not None and not lqs_config.is_local_source(EVAL_SOURCE, RESULTS)
 EVAL_DIR = f"{RESULTS}/efficacy/eval"
+for warning in lqs_config.eval_source_warnings(config, [f.path for f in CORPUS.files]):
+    logger.warning(warning)
 # prepare_target's settings that decide which target texts are J's: the classifier's positives.
 CLASSIFIER_TARGET_KEYS = ("text_field", "split", "revision", "max_samples", "eval_fraction", "seed")
 CLASSIFIER_ORDER = f"{RESULTS}/efficacy/classifier/order.parquet"
@@ -294,9 +297,7 @@ OUTPUT_SCHEMA = [f"{RESULTS}/corpus/output_schema.parquet"] if OUTPUT["format"] 
 # With output.layout per_shard, tokenize_shard rejects the JSONL records the schema cannot hold
 # (score_shard writes the parts); with layout single, gather_scores does.
 TOKENIZE_SCHEMA = (
-    OUTPUT_SCHEMA
-    if PER_SHARD_OUTPUT and lqs_output.default_format([f.path for f in CORPUS.files]) == "jsonl"
-    else []
+    OUTPUT_SCHEMA if PER_SHARD_OUTPUT and lqs_output.default_format([f.path for f in CORPUS.files]) == "jsonl" else []
 )
 
 
@@ -308,6 +309,17 @@ def output_schema_flag(wildcards, input):
 def local_source(source):
     """A model or data source's local path as an input ([] for a hub repo, or no source)."""
     return [source["path"]] if source and "path" in source else []
+
+
+def local_source_files(source):
+    """A fetch rule's params entry for a user's local model directory: each file's relative name,
+    size and mtime_ns (lqs.paths.directory_listing), as Snakemake does not look inside a directory
+    input; editing a file in it reruns the fetch and what follows. Empty for a hub repo and for a
+    directory the workflow writes (under results/, whose time stamps Snakemake follows itself)."""
+    path = local_source(source)
+    if not path or os.path.normpath(path[0]).split(os.sep)[0] == RESULTS or not os.path.isdir(path[0]):
+        return "[]"
+    return json.dumps(lqs_paths.directory_listing(path[0]))
 
 
 def tokenizer_fetch_source():

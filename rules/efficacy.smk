@@ -18,7 +18,7 @@ rule fetch_eval_source:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-eval-source {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-eval-source {params.source:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # efficacy.eval_source, parsed and tokenized as the target set is (first window of target.max_length).
@@ -41,8 +41,8 @@ rule prepare_eval_source:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs prepare-eval-source {input.source:q} --tokenizer-dir {input.tokenizer} --out {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs prepare-eval-source {input.source:q} --tokenizer-dir {input.tokenizer:q} --out {output:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule efficacy_corpus_eval:
@@ -59,7 +59,7 @@ rule efficacy_corpus_eval:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs efficacy-corpus-eval {input} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs efficacy-corpus-eval {input:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # The classifier arm (efficacy.arms): a target-vs-corpus text classifier, trained and run on CPU.
@@ -121,8 +121,8 @@ rule efficacy_train:
             device=config["device"],
             trust_remote_code=TRUST_REMOTE_CODE,
         ),
-        proxy=lambda wildcards, input: f"--proxy-dir {input.proxy}" if input.proxy else "",
-        arm_order=lambda wildcards, input: f"--arm-order {input.arm_order}" if input.arm_order else "",
+        proxy=lambda wildcards, input: ["--proxy-dir", *input.proxy] if input.proxy else [],
+        arm_order=lambda wildcards, input: ["--arm-order", *input.arm_order] if input.arm_order else [],
     log:
         f"{RESULTS}/logs/efficacy_train/{{arm}}-{{seed}}.log",
     benchmark:
@@ -134,10 +134,10 @@ rule efficacy_train:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs efficacy-train {input.shards} --order {input.order} --target-eval {input.target_eval}"
-        " --corpus-eval {input.corpus_eval} --tokenizer-dir {input.tokenizer} {params.proxy} {params.arm_order}"
-        " --arm {wildcards.arm} --seed {wildcards.seed} --out {output}"
-        " --nproc {resources.gpu} --settings {params.settings:q} > {log} 2>&1"
+        "lqs efficacy-train {input.shards:q} --order {input.order:q} --target-eval {input.target_eval:q}"
+        " --corpus-eval {input.corpus_eval:q} --tokenizer-dir {input.tokenizer:q} {params.proxy:q} {params.arm_order:q}"
+        " --arm {wildcards.arm:q} --seed {wildcards.seed:q} --out {output:q}"
+        " --nproc {resources.gpu:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule efficacy:
@@ -161,7 +161,7 @@ rule efficacy:
         plot=report(f"{RESULTS}/efficacy/curves.png", caption=os.path.abspath(EFFICACY_CAPTION), category="Efficacy"),
         caption=EFFICACY_CAPTION,
     params:
-        classifier=lambda wildcards, input: f"--classifier {input.classifier}" if input.classifier else "",
+        classifier=lambda wildcards, input: ["--classifier", *input.classifier] if input.classifier else [],
         # Recorded in summary.json with the results they produced.
         settings=as_settings(
             seeds=EFFICACY["seeds"],
@@ -181,7 +181,7 @@ rule efficacy:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs efficacy {input.runs} --target-eval {input.target_eval} --corpus-eval {input.corpus_eval}"
-        " --summary-out {output.summary} --curves-out {output.curves} --plot-out {output.plot}"
-        " --caption-template {input.caption_template:q} --caption-out {output.caption} {params.classifier}"
-        " --selection-summary {input.selection_summary} --settings {params.settings:q} > {log} 2>&1"
+        "lqs efficacy {input.runs:q} --target-eval {input.target_eval:q} --corpus-eval {input.corpus_eval:q}"
+        " --summary-out {output.summary:q} --curves-out {output.curves:q} --plot-out {output.plot:q}"
+        " --caption-template {input.caption_template:q} --caption-out {output.caption:q} {params.classifier:q}"
+        " --selection-summary {input.selection_summary:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -37,6 +37,7 @@ rule fetch_scorer:
     output:
         directory(f"{RESULTS}/scorer"),
     params:
+        local_files=lambda wildcards: local_source_files(CHECKPOINT_SOURCE),
         settings=as_settings(source=CHECKPOINT_SOURCE, trust_remote_code=TRUST_REMOTE_CODE),
     log:
         f"{RESULTS}/logs/fetch_scorer.log",
@@ -47,7 +48,7 @@ rule fetch_scorer:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-scorer --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-scorer --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # The tokenizer from a repo or local directory: models.tokenizer's, the proxy's, or (scorer.checkpoint)
@@ -58,6 +59,7 @@ rule fetch_tokenizer:
     output:
         directory(f"{MODELS}/tokenizer"),
     params:
+        local_files=lambda wildcards: local_source_files(tokenizer_fetch_source()),
         settings=as_settings(source=tokenizer_fetch_source(), trust_remote_code=TRUST_REMOTE_CODE),
     log:
         f"{RESULTS}/logs/fetch_tokenizer.log",
@@ -68,7 +70,7 @@ rule fetch_tokenizer:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-tokenizer --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-tokenizer --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # An architecture-config proxy without models.tokenizer's repo or path: a tokenizer trained on the corpus.
@@ -113,8 +115,8 @@ rule pretrain_proxy:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs pretrain-proxy {input.tokenizer} {input.shards} --out-dir {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs pretrain-proxy {input.tokenizer:q} {input.shards:q} --out-dir {output:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule fetch_proxy:
@@ -124,6 +126,7 @@ rule fetch_proxy:
     output:
         directory(f"{MODELS}/proxy"),
     params:
+        local_files=lambda wildcards: local_source_files(PROXY),
         settings=as_settings(source=PROXY, causal_lm=True, trust_remote_code=TRUST_REMOTE_CODE),
     log:
         f"{RESULTS}/logs/fetch_proxy.log",
@@ -134,8 +137,8 @@ rule fetch_proxy:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-proxy --tokenizer-dir {input.tokenizer} --out-dir {output}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-proxy --tokenizer-dir {input.tokenizer:q} --out-dir {output:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule fetch_scorer_base:
@@ -146,13 +149,14 @@ rule fetch_scorer_base:
     output:
         directory(f"{MODELS}/scorer_base"),
     params:
+        local_files=lambda wildcards: local_source_files(SCORER_BASE),
         settings=as_settings(
             source=SCORER_BASE,
             causal_lm=False,
             seed=SCORER["seed"],
             trust_remote_code=TRUST_REMOTE_CODE,
         ),
-        tokenizer=lambda wildcards, input: f"--tokenizer-dir {input.tokenizer}" if input.tokenizer else "",
+        tokenizer=lambda wildcards, input: ["--tokenizer-dir", *input.tokenizer] if input.tokenizer else [],
     log:
         f"{RESULTS}/logs/fetch_scorer_base.log",
     benchmark:
@@ -162,7 +166,7 @@ rule fetch_scorer_base:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-scorer-base {params.tokenizer} --out-dir {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-scorer-base {params.tokenizer:q} --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # The target set from the hub (an access check, then its snapshot; one split as Parquet), so
@@ -183,4 +187,4 @@ rule fetch_target:
     conda:
         "../envs/lqs.yaml"
     shell:
-        "lqs fetch-target {params.source:q} --out {output} --settings {params.settings:q} > {log} 2>&1"
+        "lqs fetch-target {params.source:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -96,9 +96,7 @@ rule score_shard:
             ),
         ),
         part=lambda wildcards, input, output: (
-            ["--tokenized-shard", input.tokenized[0], "--part-out", output.part[0]]
-            if PER_SHARD_OUTPUT
-            else []
+            ["--tokenized-shard", input.tokenized[0], "--part-out", output.part[0]] if PER_SHARD_OUTPUT else []
         ),
         output_schema=output_schema_flag,
     log:

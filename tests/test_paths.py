@@ -177,7 +177,9 @@ def test_cli_integers_and_null_arrive_as_such_for_every_key():
     lqs_config.coerce_cli_values(config, cli, SCHEMA)
     assert config["corpus"] == {"num_shards": 4, "path": "data/corpus.jsonl"}
     assert config["output"]["path"] is None
-    assert config["target"] == {"revision": "2024", "source": "null"}  # 2024 is no revision; source takes strings
+    # 2024 is no revision: it stays a string; null is null even where only strings are valid, so that
+    # validation refuses it naming the key rather than reading a file or repo named "null"
+    assert config["target"] == {"revision": "2024", "source": None}
     assert config["models"]["proxy"]["arch"]["hidden_size"] == 64  # a free-form mapping: anything is valid
 
 
