@@ -18,9 +18,11 @@ import datetime
 import functools
 import gzip
 import hashlib
+import io
 import json
 import logging
 import math
+import os
 import re
 import uuid
 import zlib
@@ -241,10 +243,35 @@ def max_line_bytes(max_chars: int) -> int:
     return 12 * max_chars + LINE_SLACK
 
 
-def _compression(f) -> str | None:
-    """The compression a file's first bytes name (COMPRESSION_MAGIC), or None; reads from the start."""
-    head = f.read(max(map(len, COMPRESSION_MAGIC)))
+MAGIC_BYTES = max(map(len, COMPRESSION_MAGIC))
+EXACT_RANGE = 1 << 20  # a byte range up to this long is read exactly: a buffer would read past it
+
+
+def _compression(f, path: str, position: int) -> str | None:
+    """The compression a file's first bytes name (COMPRESSION_MAGIC), or None, read without moving
+    `f` (opened at its start, or seekable) or filling its buffer with bytes another split reads."""
+    if not sources.is_url(path):
+        head = os.pread(f.fileno(), MAGIC_BYTES, 0)
+    elif position == 0:
+        head = f.peek(MAGIC_BYTES)[:MAGIC_BYTES]
+    else:
+        f.seek(0)
+        head = f.read(MAGIC_BYTES)
     return next((name for magic, name in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+
+
+def _exact_range(f, start: int, stop: int, limit: int) -> io.BytesIO:
+    """A local file's bytes [start, stop) and the rest of the line under way at `stop` (at most
+    `limit` bytes of it), read with pread: no byte beyond them is read."""
+    data = bytearray(os.pread(f.fileno(), stop - start, start))
+    at = stop
+    while not data.endswith(b"\n") and at - stop <= limit and (more := os.pread(f.fileno(), 4096, at)):
+        end = more.find(b"\n")
+        data += more if end < 0 else more[:end + 1]
+        at += len(more)
+        if end >= 0:
+            break
+    return io.BytesIO(bytes(data))
 
 
 def _skip_line(f) -> int:
@@ -272,11 +299,15 @@ def _jsonl_lines(split: Split, max_chars: int = MAX_CHARS
           gzip.open(raw, "rb") if is_gzip(path) else raw as f):
         try:
             if not is_gzip(path):
-                if compression := _compression(f):
+                if compression := _compression(f, path, position):
                     yield None, None, None, (f"{compression}-compressed, but its name does not say so: give a gzip "
                                              "file a name ending in .gz; lqs reads no other compression")
                     return
-                f.seek(max(position - 1, 0))
+                base = max(position - 1, 0)
+                if split.stop is not None and not sources.is_url(path) and split.stop - base <= EXACT_RANGE:
+                    f = _exact_range(f, base, split.stop, limit)
+                else:
+                    f.seek(base)
                 if position > 0:
                     position += _skip_line(f) - 1  # to the first line that starts in the split
             while (split.stop is None or position < split.stop) and (line := f.readline(limit + 1)):
@@ -463,6 +494,9 @@ def _file_records(split: Split, text_field: str, max_chars: int, output_fields: 
             yield from _parquet_rows(f, split, text_field, max_chars, output_fields)
     elif not Path(path).exists():
         raise FileNotFoundError(f"corpus file not found: {path}")
+    elif split.whole and os.path.getsize(path) <= EXACT_RANGE:  # read once: pyarrow would read the footer apart
+        with open(path, "rb") as f:
+            yield from _parquet_rows(pa.BufferReader(f.read()), split, text_field, max_chars, output_fields)
     else:
         yield from _parquet_rows(path, split, text_field, max_chars, output_fields)  # pyarrow reads a local path
 

@@ -7,6 +7,7 @@ Used at DAG build (lqs.config.path_errors, rules/common.smk) and by `lqs score`.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Mapping, Sequence
@@ -76,6 +77,7 @@ def local_path(entry: str) -> str | None:
     return unquote(url.path) if url.scheme == "file" else None
 
 
+@functools.lru_cache(maxsize=64)  # once per entry, not once per output checked against it
 def _linked_files(entry: str) -> list[str]:
     """The files a directory or glob entry reaches through a symlink: they live elsewhere, and an
     output there would overwrite them although it lies outside the entry."""

@@ -287,6 +287,20 @@ def _by_size(files: Sequence[str], sizes: Sequence[float], target: int, groups, 
             for m in shards]
 
 
+def local_state(files: Sequence[str]) -> str:
+    """A digest of the local files' names, sizes and modification times: in the params of a job that
+    reads the whole corpus, in place of every file as an input (which costs Snakemake's planning
+    time per file and per job that waits on the job's output)."""
+    state = hashlib.sha256()
+    for path in files:
+        try:
+            stat = os.stat(path)
+            state.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:  # a URL, or a file not there yet (the workflow writes it)
+            state.update(f"{path}\n".encode())
+    return state.hexdigest()
+
+
 def file_sizes(files: Sequence[str], listed: Mapping[str, int | None]) -> list[int | None]:
     """Each file's bytes: the listing's, else the local file's (None for a file not there yet)."""
     sizes = []

@@ -16,10 +16,11 @@ rule demo_data:
 
 rule output_schema:
     input:
-        corpus=corpus_inputs,
+        corpus=whole_corpus_inputs,
     output:
         f"{RESULTS}/corpus/output_schema.parquet",
     params:
+        corpus_state=CORPUS_STATE,
         corpus_versions=corpus_versions,
         # a record holding an output field is a bad record, which adds no column
         settings=lambda wildcards: as_settings(

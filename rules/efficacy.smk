@@ -67,7 +67,7 @@ rule efficacy_corpus_eval:
 # outside the corpus evaluation set. Every accepted document's score is kept (scores.parquet).
 rule efficacy_classifier:
     input:
-        corpus=corpus_inputs,
+        corpus=whole_corpus_inputs,
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
         target=[f"{RESULTS}/target/source.parquet"] if TARGET_FROM_HUB else target_source_file,
         order=f"{RESULTS}/selection/order.parquet",
@@ -76,6 +76,7 @@ rule efficacy_classifier:
         scores=f"{RESULTS}/efficacy/classifier/scores.parquet",
         order=f"{RESULTS}/efficacy/classifier/order.parquet",
     params:
+        corpus_state=CORPUS_STATE,
         corpus_versions=corpus_versions,
         target=f"{RESULTS}/target/source.parquet" if TARGET_FROM_HUB else TARGET_SOURCE,
         settings=lambda wildcards: as_settings(

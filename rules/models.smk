@@ -76,10 +76,11 @@ rule fetch_tokenizer:
 # An architecture-config proxy without models.tokenizer's repo or path: a tokenizer trained on the corpus.
 rule train_tokenizer:
     input:
-        corpus=corpus_inputs,
+        corpus=whole_corpus_inputs,
     output:
         directory(f"{MODELS}/tokenizer"),
     params:
+        corpus_state=CORPUS_STATE,
         corpus_versions=corpus_versions,
         settings=lambda wildcards: as_settings(
             **corpus_settings(wildcards),
