@@ -9,10 +9,13 @@ and the job-status polling.
 
 Checked per SLURM job, from `scontrol show job` (what SLURM allocated) and from what the job's
 `lqs` saw of its environment (a wrapper first on PATH records it): every GPU rule ran in `a100`
-with a GPU allocated and CUDA_VISIBLE_DEVICES set, every other rule in `cpu` without a GPU; and
-scored.jsonl is byte for byte the local run's (`completed_workflow`, plain `snakemake --cores 2`).
-The SLURM jobs run the real `lqs` console script and the local run's jobs the job server's
-(tests/job_server.py): the comparison also checks the one against the other.
+with a GPU allocated and CUDA_VISIBLE_DEVICES set, every other rule in `cpu` without a GPU; the
+per-shard CPU rules (the profile's job groups) ran bundled, the corpus's three shards' jobs of each
+in one SLURM job; and scored.jsonl is the local run's (`completed_workflow`, plain `snakemake
+--cores 2`, one shard): the same records in the same order, byte for byte but for the scores'
+last bits (the scorer's batches differ with the shards), and the same rejects. The SLURM jobs run
+the real `lqs` console script and the local run's jobs the job server's (tests/job_server.py): the
+comparison also checks the one against the other.
 
 Where the machine cannot run that cluster (SLURM not installed, not root, or a SLURM already
 configured or running here, which the test must not disturb) the test skips, giving the reason;
@@ -34,11 +37,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import GOOD, ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
+from helpers import GOOD, ROOT, make_workflow, read_jsonl, snakemake, tiny_config, tiny_corpus, write_jsonl
 
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-local-cluster.sh"
 PROFILE = ROOT / "profiles" / "slurm"
 GPU_RULES = {"trajectory", "grad_stats", "train_scorer", "score_shard"}
+SHARDS = 3  # the SLURM run's corpus.num_shards: its per-shard CPU jobs go in the profile's job groups
+# The profile's job groups ("rule=group") and the jobs each SLURM job of a group bundles.
+GROUPS = dict(entry.split("=") for entry in yaml.safe_load((PROFILE / "config.yaml").read_text())["groups"])
+GROUP_SIZE = {k: int(v) for k, v in (entry.split("=") for entry in
+                                      yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"])}
 SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "sinfo")
 TEST_MEM_MB = 1000  # every job's memory request in the test (the node has CPUs=nproc, ~90% of RAM)
 RUN_TIMEOUT_S = 600
@@ -234,9 +242,11 @@ def scontrol_job(job_id: str) -> dict[str, str]:
 
 
 def rule_of(comment: str) -> str:
-    """The plugin's job comment: rule_<rule> or rule_<rule>_wildcards_<values>."""
+    """The plugin's job comment: rule_<rule> or rule_<rule>_wildcards_<values>, or rule_<group> for
+    a group job (its rule: the profile's groups each hold one)."""
     assert comment.startswith("rule_"), comment
-    return comment[len("rule_"):].split("_wildcards_")[0]
+    name = comment[len("rule_"):].split("_wildcards_")[0]
+    return {group: rule for rule, group in GROUPS.items()}.get(name, name)
 
 
 def local_jobs(workdir: Path) -> collections.Counter:
@@ -254,7 +264,9 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
     corpus = write_jsonl(workdir / "data" / "corpus.jsonl", tiny_corpus())
     target = write_jsonl(workdir / "data" / "target.jsonl",
                          [{"conversations": [f"Question {i}?", GOOD[i % len(GOOD)]]} for i in range(12)])
-    make_workflow(workdir, tiny_config(str(corpus.relative_to(workdir)), str(target.relative_to(workdir))))
+    config = tiny_config(str(corpus.relative_to(workdir)), str(target.relative_to(workdir)))
+    config["corpus"]["num_shards"] = SHARDS
+    make_workflow(workdir, config)
     # Every rule the workflow defines, the tiny DAG's among them (a rule outside it: unused resources).
     listed = snakemake(workdir, "--list-rules", cores=None).stdout.split()
     overrides = override_profile(tmp_path / "override-profile", set(listed) - {"all"})
@@ -286,7 +298,8 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
     print(f"SLURM run: {elapsed:.0f} s")
 
     # Every job but the workflow's local rules (fetches: on the submitting host) went through
-    # SLURM, as one SLURM job each, named by the plugin's run ID.
+    # SLURM, named by the plugin's run ID: one SLURM job each, but the per-shard CPU rules' jobs,
+    # bundled by the profile's job groups (one SLURM job for the three shards).
     run_id = re.search(r"SLURM run ID: (\S+)", text).group(1)
     job_ids = subprocess.run(["squeue", "--states=all", "--noheader", "--name", run_id, "--format=%i"],
                              capture_output=True, text=True, check=True).stdout.split()
@@ -294,13 +307,19 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
     by_rule = collections.Counter(rule_of(job["Comment"]) for job in jobs.values())
     local_rules = collections.Counter(re.findall(r"^localrule (\w+):$", text, re.MULTILINE))
     local_rules.pop("all", None)
-    expected = local_jobs(reference)
-    assert by_rule + local_rules == expected, (
+    expected = local_jobs(reference)  # one shard there: the per-shard rules' jobs, times SHARDS
+    expected.update({rule: (SHARDS - 1) * expected[rule] for rule in ("tokenize_shard", "tokenize_scorer_shard",
+                                                                      "score_shard")})
+    calls = collections.Counter(by_rule)  # lqs calls: a group job makes one per job it bundles
+    for rule, group in GROUPS.items():
+        assert by_rule[rule] == -(-expected[rule] // GROUP_SIZE[group]) == 1, (rule, by_rule)
+        calls[rule] = expected[rule]
+    assert calls + local_rules == expected, (
         f"SLURM jobs per rule {dict(by_rule)} and local rules {dict(local_rules)}, "
         f"local run {dict(expected)}")
     assert GPU_RULES <= set(by_rule), by_rule
 
-    # What each job's lqs saw (one lqs call per SLURM job).
+    # What each job's lqs saw (one lqs call per SLURM job, one per bundled job in a group job).
     seen, outside = {}, []
     for path in records.glob("*.json"):
         record = json.loads(path.read_text())
@@ -308,7 +327,8 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
             outside.append(record)
             continue
         assert record["SLURM_JOB_ID"] in jobs, (record, "lqs ran in a SLURM job not of this run")
-        assert record["SLURM_JOB_ID"] not in seen, (record, seen[record["SLURM_JOB_ID"]])
+        grouped = rule_of(jobs[record["SLURM_JOB_ID"]]["Comment"]) in GROUPS
+        assert grouped or record["SLURM_JOB_ID"] not in seen, (record, seen[record["SLURM_JOB_ID"]])
         seen[record["SLURM_JOB_ID"]] = record
     assert set(seen) == set(jobs), f"jobs without an lqs call: {set(jobs) - set(seen)}"
     assert len(outside) <= sum(local_rules.values()), (outside, local_rules)
@@ -332,5 +352,8 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
     print("\n".join("\t".join(map(str, row)) for row in
                     [("job", "rule", "partition", "gres", "env partition", "CUDA_VISIBLE_DEVICES"), *table]))
 
-    for name in ("scored.jsonl", "rejects.jsonl"):
-        assert (workdir / name).read_bytes() == (reference / name).read_bytes(), name
+    assert (workdir / "rejects.jsonl").read_bytes() == (reference / "rejects.jsonl").read_bytes()
+    scored, local = (read_jsonl(path / "scored.jsonl") for path in (workdir, reference))
+    assert [{k: v for k, v in r.items() if k != "score"} for r in scored] == \
+        [{k: v for k, v in r.items() if k != "score"} for r in local]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(scored, local)) <= 1e-6
