@@ -131,17 +131,10 @@ class Shard:
         """The shard's files, in order, each once."""
         return list(dict.fromkeys(s.path for s in self.splits))
 
-    def splits_json(self) -> str:
-        return dumps_splits(self.splits)
-
 
 def dumps_splits(splits: Iterable[Split]) -> str:
-    """Splits as the --splits argument (and a rule's params) carry them: a JSON list."""
+    """Splits as the corpus plan holds them: a JSON list (a whole file is its path)."""
     return json.dumps([s.as_json() for s in splits], separators=(",", ":"))
-
-
-def loads_splits(text: str) -> list[Split]:
-    return [Split.from_json(v) for v in json.loads(text)]
 
 
 # ----------------------------------------------------------------------------------------------

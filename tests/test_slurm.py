@@ -10,12 +10,12 @@ and the job-status polling.
 Checked per SLURM job, from `scontrol show job` (what SLURM allocated) and from what the job's
 `lqs` saw of its environment (a wrapper first on PATH records it): every GPU rule ran in `a100`
 with a GPU allocated and CUDA_VISIBLE_DEVICES set, every other rule in `cpu` without a GPU; the
-per-shard CPU rules (the profile's job groups) ran bundled, the corpus's three shards' jobs of each
-in one SLURM job; and scored.jsonl is the local run's (`completed_workflow`, plain `snakemake
---cores 2`, one shard): the same records in the same order, byte for byte but for the scores'
-last bits (the scorer's batches differ with the shards), and the same rejects. The SLURM jobs run
-the real `lqs` console script and the local run's jobs the job server's (tests/job_server.py): the
-comparison also checks the one against the other.
+per-shard CPU rules (the profile's job groups) ran bundled, the corpus's three shards' jobs two
+to a SLURM job where the node's CPUs allow it; and scored.jsonl is the local run's
+(`completed_workflow`, plain `snakemake --cores 2`, one shard): the same records in the same
+order, byte for byte but for the scores' last bits (the scorer's batches differ with the shards),
+and the same rejects. The SLURM jobs run the real `lqs` console script and the local run's jobs
+the job server's (tests/job_server.py): the comparison also checks the one against the other.
 
 Where the machine cannot run that cluster (SLURM not installed, not root, or a SLURM already
 configured or running here, which the test must not disturb) the test skips, giving the reason;
@@ -43,10 +43,11 @@ CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-local-cluster.sh"
 PROFILE = ROOT / "profiles" / "slurm"
 GPU_RULES = {"trajectory", "grad_stats", "train_scorer", "score_shard"}
 SHARDS = 3  # the SLURM run's corpus.num_shards: its per-shard CPU jobs go in the profile's job groups
-# The profile's job groups ("rule=group") and the jobs each SLURM job of a group bundles.
+# The profile's job groups ("rule=group"). A group job asks for its jobs' CPUs summed: on the
+# test node's 2 CPUs, the test bundles two tokenize_shard jobs (1 CPU each) and leaves the
+# tokenize_scorer_shard jobs (capped at 2 CPUs each) one to a SLURM job.
 GROUPS = dict(entry.split("=") for entry in yaml.safe_load((PROFILE / "config.yaml").read_text())["groups"])
-GROUP_SIZE = {k: int(v) for k, v in (entry.split("=") for entry in
-                                      yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"])}
+GROUP_SIZE = {"tokenize": 2, "tokenize_scorer": 1}
 SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "sinfo")
 TEST_MEM_MB = 1000  # every job's memory request in the test (the node has CPUs=nproc, ~90% of RAM)
 RUN_TIMEOUT_S = 600
@@ -207,6 +208,7 @@ def override_profile(path: Path, rules: set[str]) -> Path:
         "slurm-init-seconds-before-status-checks": 1,
         "seconds-between-status-checks": 1,
         "slurm-keep-successful-logs": True,
+        "group-components": [f"{group}={size}" for group, size in GROUP_SIZE.items()],
     }
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
@@ -299,7 +301,7 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
 
     # Every job but the workflow's local rules (fetches: on the submitting host) went through
     # SLURM, named by the plugin's run ID: one SLURM job each, but the per-shard CPU rules' jobs,
-    # bundled by the profile's job groups (one SLURM job for the three shards).
+    # bundled by the profile's job groups (tokenize_shard: two SLURM jobs for the three shards).
     run_id = re.search(r"SLURM run ID: (\S+)", text).group(1)
     job_ids = subprocess.run(["squeue", "--states=all", "--noheader", "--name", run_id, "--format=%i"],
                              capture_output=True, text=True, check=True).stdout.split()
@@ -312,8 +314,9 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
                                                                       "score_shard")})
     calls = collections.Counter(by_rule)  # lqs calls: a group job makes one per job it bundles
     for rule, group in GROUPS.items():
-        assert by_rule[rule] == -(-expected[rule] // GROUP_SIZE[group]) == 1, (rule, by_rule)
+        assert by_rule[rule] == -(-expected[rule] // GROUP_SIZE[group]), (rule, by_rule)
         calls[rule] = expected[rule]
+    assert by_rule["tokenize_shard"] < expected["tokenize_shard"]  # bundled
     assert calls + local_rules == expected, (
         f"SLURM jobs per rule {dict(by_rule)} and local rules {dict(local_rules)}, "
         f"local run {dict(expected)}")

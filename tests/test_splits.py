@@ -21,7 +21,6 @@ from lqs.splits import (
     corpus_doc_ids,
     corpus_file_indices,
     dumps_splits,
-    loads_splits,
     parse_size,
     plan_shards,
     row_groups,
@@ -410,8 +409,9 @@ def test_parse_size_rejects(value):
 
 
 def test_splits_json_round_trip():
-    """Splits survive the JSON the rules pass them as; a whole file is its path."""
-    splits = [Split("a.jsonl"), Split("a.jsonl", 0, 10), Split("b.parquet", 2, None), Split("c.jsonl", 5, 9)]
+    """Splits survive the JSON of the corpus plan; a whole file is its path."""
+    splits = [Split("a.jsonl"), Split("a.jsonl", 0, 10), Split("b.parquet", 2, None), Split("c.jsonl", 5, 9),
+              Split("d.jsonl", 3, 7, 16)]
     text = dumps_splits(splits)
     assert json.loads(text)[0] == "a.jsonl"
-    assert loads_splits(text) == splits
+    assert [Split.from_json(value) for value in json.loads(text)] == splits
