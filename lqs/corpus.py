@@ -250,10 +250,10 @@ EXACT_RANGE = 1 << 20  # a byte range up to this long is read exactly: a buffer 
 def _compression(f, path: str, position: int) -> str | None:
     """The compression a file's first bytes name (COMPRESSION_MAGIC), or None, read without moving
     `f` (opened at its start, or seekable) or filling its buffer with bytes another split reads."""
-    if not sources.is_url(path):
-        head = os.pread(f.fileno(), MAGIC_BYTES, 0)
-    elif position == 0:
+    if position == 0:  # opened at its start, maybe a stream (standard input, a hub file)
         head = f.peek(MAGIC_BYTES)[:MAGIC_BYTES]
+    elif not sources.is_url(path):
+        head = os.pread(f.fileno(), MAGIC_BYTES, 0)
     else:
         f.seek(0)
         head = f.read(MAGIC_BYTES)
@@ -306,7 +306,7 @@ def _jsonl_lines(split: Split, max_chars: int = MAX_CHARS
                 base = max(position - 1, 0)
                 if split.stop is not None and not sources.is_url(path) and split.stop - base <= EXACT_RANGE:
                     f = _exact_range(f, base, split.stop, limit)
-                else:
+                elif base:
                     f.seek(base)
                 if position > 0:
                     position += _skip_line(f) - 1  # to the first line that starts in the split

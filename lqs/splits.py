@@ -228,8 +228,15 @@ def plan_shards(files: Sequence[str], sizes: Sequence[int], num_shards: int | st
     return _equal(files, sizes, int(num_shards), groups, unknown)
 
 
+SHORTEST_RECORD = len('{"text":"x"}\n')  # bytes: a shard of fewer can hold no JSONL record
+
+
 def _equal(files: Sequence[str], sizes: Sequence[float], n: int, groups, unknown: set[str]) -> list[Shard]:
     total = sum(sizes)
+    if not unknown and n > total // SHORTEST_RECORD:  # shards too small to hold a record each
+        log.warning("corpus.num_shards: %d, but the corpus's %d bytes can hold at most %d records; planning %d shards",
+                    n, total, total // SHORTEST_RECORD, max(1, total // SHORTEST_RECORD))
+        n = max(1, int(total // SHORTEST_RECORD))
     width = total / n if total > 0 else 1.0
     bounds = [k * width for k in range(1, n)]  # shard k starts at bounds[k - 1]
     members: list[list[tuple[Split, int]]] = [[] for _ in range(n)]

@@ -64,14 +64,22 @@ def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip",
                                  "score": [_score(ordinal[int(i)]) for i in corpus_ids],
                                  "truncated": [False] * len(ids), "n_tokens": [8] * len(ids),
                                  "n_windows": [1] * len(ids),
-                                 "fingerprint": pa.array([documents[i] for i in ids], pa.int64())}), scores)
+                                 "fingerprint": pa.array([documents[i] for i in ids], pa.int64()),
+                                 "source": pa.array([None] * len(ids), pa.string())}), scores)
         score_paths.append(str(scores))
         reject_paths.append(str(rejects))
     out, rejects_out, summary_out = (tmp_path / n for n in ("scored.jsonl", "rejects.jsonl", "summary.json"))
+    index = tmp_path / "index.parquet"
     summary = gather_scores(plan_path, score_paths, reject_paths, str(out), str(rejects_out), str(summary_out),
-                            **corpus_settings(plan), on_bad_record=on_bad_record, text_field="text",
+                            str(index), **corpus_settings(plan), on_bad_record=on_bad_record, text_field="text",
                             max_chars=10**6, score_field="score")
     rejects = [_strict(line) for line in rejects_out.read_bytes().decode("utf-8").splitlines()]
+    # the index: the output's documents in its order, their corpus ids and scores (none rejected)
+    table = pq.read_table(index)
+    written = [corpus.loads(line, strict=True) for line in out.read_bytes().decode("utf-8").split("\n") if line]
+    assert table["score"].to_pylist() == [r["score"] for r in written]
+    assert set(table["doc_id"].to_pylist()).isdisjoint(r["doc_id"] for r in rejects)
+    assert table["doc_id"].to_pylist() == sorted(table["doc_id"].to_pylist())
     return summary, out.read_bytes(), rejects, counts
 
 
@@ -325,9 +333,9 @@ def test_a_corpus_of_empty_files_fails(tmp_path, tok_dir, mode):
         reject_paths.append(str(work / f"r-{key}.jsonl"))
     with pytest.raises(ValueError, match=message):
         gather_scores(plan_path, score_paths, reject_paths, str(tmp_path / "o.jsonl"), str(tmp_path / "r.jsonl"),
-                      str(tmp_path / "s.json"), **corpus_settings(plan), text_field="text", max_chars=100,
-                      score_field="score", on_bad_record=mode)
-    assert not list(tmp_path.glob("[osr].*")) and not list(tmp_path.glob(".*.tmp"))  # nothing written
+                      str(tmp_path / "s.json"), str(tmp_path / "i.parquet"), **corpus_settings(plan),
+                      text_field="text", max_chars=100, score_field="score", on_bad_record=mode)
+    assert not list(tmp_path.glob("[osri].*")) and not list(tmp_path.glob(".*.tmp"))  # nothing written
 
 
 # ---------------------------------------------------------------- JSONL lines byte for byte
@@ -375,7 +383,8 @@ def test_truncated_intermediate_parquet_names_the_file(tmp_path, tok_dir, caplog
                       (lambda: list(io.parquet_batches(scores)), scores),
                       (lambda: gather_scores(plan_path, [str(scores)], [str(tmp_path / "rejects-0.jsonl")],
                                              str(tmp_path / "o.jsonl"), str(tmp_path / "or.jsonl"),
-                                             str(tmp_path / "os.json"), **corpus_settings(plan), text_field="text",
+                                             str(tmp_path / "os.json"), str(tmp_path / "oi.parquet"),
+                                             **corpus_settings(plan), text_field="text",
                                              max_chars=100, score_field="score", on_bad_record="error"), scores)]:
         with pytest.raises(ValueError, match=f"{bad} is not a readable Parquet file .*{hint}"):
             call()
@@ -424,11 +433,13 @@ def _gather_argv(tmp_path: Path, out: Path, corpus_path: Path | None = None) -> 
     scores = tmp_path / "s.parquet"
     pq.write_table(pa.table({"doc_id": pa.array([r.doc_id for r in records], pa.int64()), "score": [0.0, 0.5, 1.0],
                              "truncated": [False] * 3, "n_tokens": [4] * 3, "n_windows": [1] * 3,
-                             "fingerprint": [r.fingerprint for r in records]}), scores)
+                             "fingerprint": [r.fingerprint for r in records],
+                             "source": pa.array([None] * 3, pa.string())}), scores)
     (tmp_path / "r.jsonl").write_text("")
     return ["gather-scores", "--plan", plan_path, "--score-paths", str(scores), "--reject-paths",
             str(tmp_path / "r.jsonl"), "--out", str(out), "--rejects-out", str(tmp_path / "rejects.jsonl"),
-            "--summary-out", str(tmp_path / "summary.json"), "--benchmarks-dir", str(tmp_path), "--settings",
+            "--summary-out", str(tmp_path / "summary.json"), "--index-out", str(tmp_path / "index.parquet"),
+            "--benchmarks-dir", str(tmp_path), "--settings",
             json.dumps({**corpus_settings(plan), "text_field": "text", "max_chars": 100, "score_field": "score",
                         "on_bad_record": "error", "output_format": "jsonl", "extra_fields": [], "layout": "single",
                         "config_sha256": None, "corpus_versions": {}})]
@@ -478,7 +489,7 @@ def test_disk_full_is_one_line_naming_the_outputs(tmp_path, caplog, monkeypatch)
     out = tmp_path / "scored.jsonl"
     message = _one_error(caplog, _gather_argv(tmp_path, out))
     assert message == (f"gather-scores failed: [Errno 28] No space left on device (outputs: {out}, "
-                       f"{tmp_path / 'rejects.jsonl'}, {tmp_path / 'summary.json'})")
+                       f"{tmp_path / 'rejects.jsonl'}, {tmp_path / 'summary.json'}, {tmp_path / 'index.parquet'})")
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
 
 

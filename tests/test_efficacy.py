@@ -26,7 +26,7 @@ import yaml
 from helpers import GOOD, snakemake, stage_function, tiny_corpus, train_tokenizer, write_jsonl
 from transformers import AutoConfig
 
-from lqs import efficacy, target
+from lqs import efficacy, splits, target
 from lqs.stages import efficacy as efficacy_stage
 from lqs.stages import efficacy_corpus_eval as efficacy_corpus_eval_stage
 from lqs.stages import efficacy_train as efficacy_train_stage
@@ -57,7 +57,8 @@ def tok_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     """Two synthetic shards (60 documents, some with two windows, some of one token), a selection
-    in training order (order.parquet), a target evaluation set and the held-out corpus set."""
+    in training order (order.parquet), a target evaluation set and the held-out corpus set. The
+    shards are one corpus file cut in two: the ids local to either shard are the corpus's."""
     d = tmp_path_factory.mktemp("efficacy-data")
     rng = np.random.default_rng(0)
     shards, doc_id = [], 1000
@@ -69,7 +70,8 @@ def data(tmp_path_factory) -> dict:
                 rows.append({"doc_id": doc_id, "window": w, "input_ids": rng.integers(4, VOCAB, n).tolist()})
             doc_id += 7
         shards.append(str(d / f"shard-{s}.parquet"))
-        pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), shards[-1])
+        pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA.with_metadata(
+            splits.files_metadata(["corpus.jsonl"]))), shards[-1])
     all_ids, _ = efficacy.document_lengths(shards)
     order = rng.choice(all_ids, 24, replace=False)
     pq.write_table(pa.table({"doc_id": pa.array(order, pa.int64()), "score": rng.normal(size=24),

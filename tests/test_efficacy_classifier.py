@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import ROOT, stage_function, write_jsonl
+from helpers import ROOT, corpus_settings, shard_settings, stage_function, write_jsonl, write_plan
 
-from lqs import classifier, config, target
+from lqs import classifier, config, splits, target
 from lqs.stages import efficacy_classifier as efficacy_classifier_stage
 from lqs.stages import efficacy_corpus_eval as efficacy_corpus_eval_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
@@ -28,6 +28,12 @@ tokenize_shard = stage_function(tokenize_shard_stage)
 TARGET = dict(target_text_field="text", target_split="train", target_revision=None, target_max_samples=None,
               target_eval_fraction=0.2, target_seed=3)
 BAD_LINE = 7  # 0-based: a record without a text, rejected by tokenization
+
+
+def _line_ids(path) -> list[int]:
+    """The doc id of each line of a JSONL file (the corpus's first file): its byte offset."""
+    lines = open(path, "rb").read().splitlines(keepends=True)
+    return [sum(map(len, lines[:i])) for i in range(len(lines))]
 
 
 def _corpus_texts() -> list[str]:
@@ -46,19 +52,24 @@ def setup(tmp_path_factory, tok_dir) -> dict:
     source = write_jsonl(d / "target.jsonl", [{"conversations": [f"How do I make {dish} number {i}?",
                                                                  f"Here is a recipe for {dish} with eggs."]}
                                               for i in range(10) for dish in ("bread", "cake")])
-    shards = [str(d / f"shard-{s}.parquet") for s in range(2)]
-    for s, shard in enumerate(shards):
-        tokenize_shard([str(corpus)], tok_dir, s, shard, str(d / f"rejects-{s}.jsonl"), num_shards=2, max_length=32,
-                       on_bad_record="skip")
-    accepted = np.sort(np.concatenate([pq.read_table(p)["doc_id"].to_numpy() for p in shards]))
+    plan_path, plan = write_plan(d, [corpus], 2)
+    assert len(plan.shards) == 2
+    shards = [str(d / f"shard-{shard.key}.parquet") for shard in plan.shards]
+    for shard, path in zip(plan.shards, shards):
+        tokenize_shard(plan_path, shard.key, tok_dir, path, str(d / f"rejects-{shard.key}.jsonl"), max_length=32,
+                       on_bad_record="skip", **shard_settings(plan, shard.key))
+    ids = _line_ids(corpus)
+    accepted = np.sort(np.concatenate([splits.with_corpus_ids(pq.read_table(p), i)["doc_id"].to_numpy()
+                                       for p, i in zip(shards, splits.corpus_ids_of_shards(shards))]))
     accepted = np.unique(accepted)
-    assert BAD_LINE not in accepted and len(accepted) == len(records) - 1
+    assert accepted.tolist() == [i for k, i in enumerate(ids) if k != BAD_LINE]
     efficacy_corpus_eval(shards, str(d / "corpus_eval.parquet"), docs=8)
     held = pq.read_table(d / "corpus_eval.parquet")["doc_id"].to_numpy()
     order = np.random.default_rng(1).choice(accepted, 20, replace=False)  # some of them held out
     assert 0 < np.isin(order, held).sum() < len(order)
     pq.write_table(pa.table({"doc_id": pa.array(order, pa.int64())}), d / "order.parquet")
-    return {"dir": d, "corpus": str(corpus), "records": records, "target": str(source), "shards": shards,
+    return {"dir": d, "plan": plan_path, "settings": corpus_settings(plan), "corpus": str(corpus),
+            "records": records, "ids": ids, "target": str(source), "shards": shards,
             "accepted": accepted, "held": held, "order": order, "corpus_eval": str(d / "corpus_eval.parquet"),
             "order_path": str(d / "order.parquet")}
 
@@ -73,10 +84,10 @@ def _run(setup, out_dir, monkeypatch=None, corpus_eval=None, order=None, **setti
             return real(positives, negatives, seed)
 
         monkeypatch.setattr(classifier, "train", spy)
-    result = efficacy_classifier([setup["corpus"]], setup["shards"], setup["target"], order or setup["order_path"],
+    result = efficacy_classifier(setup["plan"], setup["shards"], setup["target"], order or setup["order_path"],
                                  corpus_eval or setup["corpus_eval"], str(out_dir / "scores.parquet"),
-                                 str(out_dir / "order.parquet"), num_shards=2, **(TARGET | {"negatives": None}
-                                                                                  | settings))
+                                 str(out_dir / "order.parquet"), **(setup["settings"] | TARGET | {"negatives": None}
+                                                                    | settings))
     return result, calls
 
 
@@ -90,7 +101,7 @@ def test_the_classifier_sees_jays_texts_and_no_evaluation_document(setup, tmp_pa
     assert positives == j and not set(positives) & set(held_texts) and len(j) == 16
 
     # negatives: the seeded sample, by brute force, of accepted documents outside the evaluation set
-    text_of = {i: r.get("text") for i, r in enumerate(setup["records"])}
+    text_of = {i: r.get("text") for i, r in zip(setup["ids"], setup["records"])}
     pool = sorted(set(setup["accepted"].tolist()) - set(setup["held"].tolist()))
     drawn = sorted(np.random.default_rng(efficacy_classifier_stage.SEED).choice(pool, len(j), replace=False).tolist())
     assert negatives == [text_of[i] for i in drawn] and seed == efficacy_classifier_stage.SEED
@@ -145,12 +156,13 @@ def test_the_number_of_negatives(setup, tmp_path, monkeypatch, caplog):
 def test_a_corpus_edited_since_tokenization_is_an_error(setup, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     records = list(setup["records"])
-    records[3] = {"text": records[3]["text"] + " (edited)"}
+    records[3] = {"text": records[3]["text"][:-4] + "milk"}  # the same length: every line where it was
     write_jsonl(corpus, records)
+    plan_path, plan = write_plan(tmp_path, [corpus], 2)
     with pytest.raises(RuntimeError, match="the corpus changed since it was tokenized"):
-        efficacy_classifier([str(corpus)], setup["shards"], setup["target"], setup["order_path"],
+        efficacy_classifier(plan_path, setup["shards"], setup["target"], setup["order_path"],
                             setup["corpus_eval"], str(tmp_path / "s.parquet"), str(tmp_path / "o.parquet"),
-                            num_shards=2, negatives=len(setup["accepted"]) - 8, **TARGET)
+                            negatives=len(setup["accepted"]) - 8, **corpus_settings(plan), **TARGET)
     assert not (tmp_path / "s.parquet").exists() and not (tmp_path / "o.parquet").exists()
 
 

@@ -134,7 +134,8 @@ def _gather(path: Path, scores: Path, tmp_path: Path, output_format: str = "json
     out = tmp_path / f"scored.{output_format}"
     plan_path, plan = write_plan(tmp_path, [path])
     gather_scores(plan_path, [str(scores)], [str(tmp_path / "rejects.jsonl")], str(out),
-                  str(tmp_path / "rejects-out.jsonl"), str(tmp_path / "summary.json"), **corpus_settings(plan),
+                  str(tmp_path / "rejects-out.jsonl"), str(tmp_path / "summary.json"), str(tmp_path / "index.parquet"),
+                  **corpus_settings(plan),
                   text_field="text", max_chars=10**6, score_field="score", output_format=output_format,
                   on_bad_record="error")
     return out

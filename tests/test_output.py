@@ -163,10 +163,18 @@ def test_selection_from_gz_and_parquet_equals_jsonl_in_many_passes(tmp_path, mon
     docs = [{"text": f"doc {i}", "id": i, "score": float(rng.normal())} for i in range(50)]
     docs[7]["score"] = docs[3]["score"]  # a tie, broken by input order
     shard = tmp_path / "shard-0.parquet"
+    from lqs import splits
+    from lqs.batch_scoring import INDEX_SCHEMA
     from lqs.tokenize import SHARD_SCHEMA
 
-    pq.write_table(pa.Table.from_pylist([{"doc_id": i, "window": 0, "input_ids": [1] * (1 + i % 4)}
-                                         for i in range(50)], SHARD_SCHEMA), shard)
+    # made-up positions in one corpus file (its index 0): the doc ids local to the shard are the corpus's
+    ids = [i * 37 for i in range(50)]
+    pq.write_table(pa.Table.from_pylist([{"doc_id": d, "window": 0, "input_ids": [1] * (1 + i % 4)}
+                                         for i, d in enumerate(ids)],
+                                        SHARD_SCHEMA.with_metadata(splits.files_metadata(["corpus.jsonl"]))), shard)
+    index = tmp_path / "index.parquet"  # gather_scores' index of the scored output
+    pq.write_table(pa.table([pa.array(ids, pa.int64()), pa.array([d["score"] for d in docs], pa.float64()),
+                             pa.array([None] * 50, pa.string())], schema=INDEX_SCHEMA), index)
     write_jsonl(tmp_path / "scored.jsonl", docs)
     if format == "jsonl.gz":
         (tmp_path / "scored.jsonl.gz").write_bytes(gzip.compress((tmp_path / "scored.jsonl").read_bytes()))
@@ -176,7 +184,7 @@ def test_selection_from_gz_and_parquet_equals_jsonl_in_many_passes(tmp_path, mon
                     ordering=dict(method="folding", folds=3, seed=0), score_field="score")
 
     def run(name, fmt):
-        return select_order(str(tmp_path / f"scored.{fmt}"), [str(shard)], str(tmp_path / f"{name}.{fmt}"),
+        return select_order(str(tmp_path / f"scored.{fmt}"), str(index), [str(shard)], str(tmp_path / f"{name}.{fmt}"),
                             str(tmp_path / f"{name}.order.parquet"), str(tmp_path / f"{name}.json"),
                             output_format=fmt, **settings)
 
@@ -193,6 +201,17 @@ def test_selection_from_gz_and_parquet_equals_jsonl_in_many_passes(tmp_path, mon
     assert got == expected and summary["documents_selected"] == 30
     assert pq.read_table(tmp_path / "selected.order.parquet").equals(
         pq.read_table(tmp_path / "reference.order.parquet"))
+    assert pq.read_table(tmp_path / "selected.order.parquet")["doc_id"].to_pylist() == [r["id"] * 37 for r in got]
+    # a scored output that does not hold the documents the index lists: stale, refused
+    if format == "jsonl.gz":
+        (tmp_path / "scored.jsonl.gz").write_bytes(gzip.compress(b"".join(
+            (tmp_path / "scored.jsonl").read_bytes().splitlines(keepends=True)[:-1])))
+    else:
+        pq.write_table(pa.Table.from_pylist(docs[:-1]), tmp_path / "scored.parquet", row_group_size=8)
+    with pytest.raises(RuntimeError, match="but gather_scores indexed 50 documents; rerun gather_scores"
+                       if format == "jsonl.gz" else "does not hold the 50 documents gather_scores indexed"):
+        run("stale", format)
+    assert not (tmp_path / f"stale.{format}").exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +252,8 @@ def test_per_shard_parts_hold_each_shard_in_input_order(per_shard_parquet):
     for shard in (0, 1):
         part = pq.read_table(wd / "scored" / f"part-{shard}.parquet")
         assert part.schema.names == input_schema.names + FIELDS
-        assert part.select(input_schema.names).to_pylist() == docs[shard::2]  # doc_id % 2 == shard, in order
+        # num_shards 2 cuts at half the bytes, inside a.parquet's one row group: a whole file per shard
+        assert part.select(input_schema.names).to_pylist() == (docs[:70], docs[70:])[shard]
         scores = pq.read_table(wd / "results" / "scores" / f"shard-{shard}.parquet")
         for name in FIELDS:
             assert part.column(name).to_pylist() == scores.column(name).to_pylist()
@@ -261,7 +281,8 @@ def test_per_shard_extra_fields_are_what_was_scored(per_shard_parquet):
 @pytest.mark.workflow
 def test_per_shard_parquet_outputs_carry_the_provenance_block(per_shard_parquet, tmp_path):
     """Each part (written by its score_shard job), results/summary.json and the training set carry
-    the provenance block (lqs/provenance.py); an efficacy edit replans nothing, no GPU job included."""
+    the provenance block (lqs/provenance.py), a part's naming the corpus files of its own shard;
+    an efficacy edit replans nothing, no GPU job included."""
     from lqs import provenance
     from lqs.scorer import weights_digests
 
@@ -270,8 +291,14 @@ def test_per_shard_parquet_outputs_carry_the_provenance_block(per_shard_parquet,
     assert block["corpus"] == [{"path": f"data/{name}", "bytes": (wd / "data" / name).stat().st_size,
                                 "revision": None} for name in ("a.parquet", "b.parquet")]
     assert block["scorer"]["weights_sha256"] == weights_digests(wd / "results" / "scorer")
-    for shard in (0, 1):
-        assert provenance.read_parquet_block(wd / "scored" / f"part-{shard}.parquet") == block
+    parts = [provenance.read_parquet_block(wd / "scored" / f"part-{shard}.parquet") for shard in (0, 1)]
+    for part in parts:
+        assert part["corpus"] and {k: v for k, v in part.items() if k != "corpus"} == \
+            {k: v for k, v in block.items() if k != "corpus"}
+    # each shard's files, in order; a file cut between the two shards is in both parts' blocks
+    assert [e for e in block["corpus"] if e in parts[0]["corpus"] + parts[1]["corpus"]] == block["corpus"]
+    assert parts[0]["corpus"] + parts[1]["corpus"] in (block["corpus"], block["corpus"][:1] + block["corpus"],
+                                                       block["corpus"] + block["corpus"][-1:])
     selection = json.loads((wd / "results" / "selection" / "summary.json").read_text())["provenance"]
     assert provenance.read_parquet_block(wd / "selected.parquet") == selection
     assert selection == {**block, "config_sha256": selection["config_sha256"]} != block
@@ -285,7 +312,8 @@ def test_per_shard_gather_never_reads_the_corpus_and_removes_stale_parts(per_sha
     wd = copy_workflow(per_shard_parquet, tmp_path)
     corpus_file = wd / "data" / "b.parquet"
     stat = corpus_file.stat()
-    corpus_file.write_bytes(b"PAR1 not a parquet file")  # a gather that read it would fail
+    # a gather that read it would fail; of the same size and time, it changes nothing that planning sees
+    corpus_file.write_bytes(b"PAR1 not a parquet file".ljust(stat.st_size, b"."))
     os.utime(corpus_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     # an earlier run's part, listed in the manifest of the parts the workflow wrote (lqs.stages.gather_scores)
     stale = wd / "scored" / "part-7.parquet"
@@ -307,7 +335,10 @@ def test_per_shard_gather_never_reads_the_corpus_and_removes_stale_parts(per_sha
 def test_single_layout_equals_the_parts_and_selects_the_same(per_shard_parquet, tmp_path):
     wd = copy_workflow(per_shard_parquet, tmp_path)
     edit_config(wd, set_key("output", "layout", "single"))
-    assert planned(wd) == {"score_shard": 2, "gather_scores": 1, "select_order": 1, "all": 1}
+    # per_shard's tokenize_shard rejects a record holding an output field (score_shard writes the
+    # parts from what it accepted); single's gather_scores does: tokenization reruns with the layout
+    assert planned(wd) == {"tokenize_shard": 2, "tokenize_scorer_shard": 2, "score_shard": 2, "gather_scores": 1,
+                           "select_order": 1, "all": 1}
     snakemake(wd)
     single = pq.read_table(wd / "scored.parquet")
     parts = pa.concat_tables(pq.read_table(per_shard_parquet / "scored" / f"part-{s}.parquet") for s in (0, 1))

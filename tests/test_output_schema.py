@@ -36,7 +36,8 @@ from helpers import (
 from helpers import score_error as lqs_score
 from transformers import XGLMConfig, XGLMModel
 
-from lqs import corpus, output
+from lqs import corpus, output, splits
+from lqs.batch_scoring import INDEX_SCHEMA
 from lqs.scorer import ScorerModel, save_scorer
 from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import output_schema as output_schema_stage
@@ -265,7 +266,8 @@ def test_gather_rejects_a_record_the_schema_cannot_hold(tokenizer_and_scorer, tm
     gather = dict(text_field="text", max_chars=10**6, on_bad_record=mode, output_format="parquet",
                   output_schema=schema, **corpus_settings(corpus_plan))
     args = (plan_path, [str(tmp_path / "scores.parquet")], [str(tmp_path / "rejects-0.jsonl")],
-            str(tmp_path / "scored.parquet"), str(tmp_path / "rejects.jsonl"), str(tmp_path / "summary.json"))
+            str(tmp_path / "scored.parquet"), str(tmp_path / "rejects.jsonl"), str(tmp_path / "summary.json"),
+            str(tmp_path / "index.parquet"))
     reason = "field 'id' is \"two\", which the Parquet output's int64 column cannot hold exactly"
     if mode == "error":
         with pytest.raises(corpus.BadRecordError, match=f"^{re.escape(f'{path}:3: {reason}')}"):
@@ -278,6 +280,10 @@ def test_gather_rejects_a_record_the_schema_cannot_hold(tokenizer_and_scorer, tm
     assert (entry["doc_id"], entry["line"], entry["reason"].split(";")[0]) == (offset, 3, reason)
     assert (summary["documents_read"], summary["documents_scored"], summary["documents_rejected"]) == (4, 3, 1)
     assert pq.read_table(tmp_path / "scored.parquet")["id"].to_pylist() == [0, 1, 3]
+    offsets = np.cumsum([0] + [len(json.dumps(r)) + 1 for r in lines]).tolist()
+    index = pq.read_table(tmp_path / "index.parquet")  # the output's documents: not the one rejected here
+    assert index["doc_id"].to_pylist() == [offsets[0], offsets[1], offsets[3]]
+    assert index["score"].to_pylist() == pq.read_table(tmp_path / "scored.parquet")["score"].to_pylist()
 
 
 def per_shard_records(n: int = 12) -> list[dict]:
@@ -315,8 +321,18 @@ def test_per_shard_parts_read_as_one_data_set(tokenizer_and_scorer, tmp_path):
     assert schemas[0] == schemas[1] and schemas[0].field("id").type == pa.float64()
     whole = pq.read_table(tmp_path / "scored")  # the directory as one data set
     assert whole.num_rows == pads.dataset(tmp_path / "scored", format="parquet").to_table().num_rows == 12
-    summary = select_order(parts, shards, str(tmp_path / "selected.parquet"), str(tmp_path / "order.parquet"),
-                           str(tmp_path / "summary.json"), output_format="parquet", layout="per_shard", **SELECT_ALL)
+    # gather_scores' index of the parts (as it writes it for per_shard): the score files' documents,
+    # shard after shard, with the corpus's doc ids
+    indices = splits.corpus_file_indices([s.files for s in corpus_plan.shards])
+    scores = [pq.read_table(tmp_path / f"scores-{s.key}.parquet") for s in corpus_plan.shards]
+    index = str(tmp_path / "index.parquet")
+    pq.write_table(pa.table([pa.array(np.concatenate([splits.corpus_doc_ids(t["doc_id"].to_numpy(), i)
+                                                      for t, i in zip(scores, indices)]), pa.int64()),
+                             pa.concat_arrays([t["score"].combine_chunks() for t in scores]),
+                             pa.concat_arrays([t["source"].combine_chunks() for t in scores])],
+                            schema=INDEX_SCHEMA), index)
+    summary = select_order(parts, index, shards, str(tmp_path / "selected.parquet"), str(tmp_path / "order.parquet"),
+                           str(tmp_path / "summary.json"), output_format="parquet", **SELECT_ALL)
     assert summary["documents_selected"] == 12
     selected = pq.read_table(tmp_path / "selected.parquet")
     by_id = {row["meta"]["i"]: row for row in selected.to_pylist()}

@@ -6,6 +6,7 @@ Snakemake process was killed is finished by a plain rerun; absurd shard counts s
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import logging
 import os
@@ -30,9 +31,11 @@ from helpers import (
     snakemake,
     tiny_corpus,
     write_jsonl,
+    write_plan,
 )
 
 from lqs import config as lqs_config
+from lqs import corpus, splits
 from lqs.paths import path_conflicts
 from lqs.stages import gather_scores as gather
 
@@ -268,33 +271,54 @@ def test_a_plain_rerun_finishes_a_run_whose_snakemake_was_killed(completed_workf
 
 
 @pytest.mark.workflow
-def test_more_shards_than_the_corpus_can_have_documents_stop_at_dag_build(tiny_workflow):
-    write_jsonl(tiny_workflow / "data" / "corpus.jsonl", tiny_corpus(200))
+def test_more_shards_than_the_corpus_can_fill_plan_fewer_with_a_warning(tiny_workflow):
+    """corpus.num_shards far above what the files can be cut into (a Parquet file of three row
+    groups, a gzip file): the DAG build plans a shard per row group and one for the gzip file,
+    each non-empty, and says so; no error, and quickly (from metadata alone)."""
+    docs = tiny_corpus(200)
+    pq.write_table(pa.Table.from_pylist(docs[:150]), tiny_workflow / "data" / "corpus.parquet", row_group_size=50)
+    (tiny_workflow / "data" / "rest.jsonl.gz").write_bytes(
+        gzip.compress("".join(json.dumps(d) + "\n" for d in docs[150:]).encode()))
+    edit_config(tiny_workflow, set_key("corpus", "path", ["data/corpus.parquet", "data/rest.jsonl.gz"]))
     edit_config(tiny_workflow, set_key("corpus", "num_shards", 20000))
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "-n"], cwd=tiny_workflow,
-                            capture_output=True, text=True, timeout=60, check=False)
-    errors = [line.strip() for line in (result.stdout + result.stderr).splitlines() if "corpus.num_shards" in line]
-    assert result.returncode != 0 and len(errors) == 1, result.stdout + result.stderr
-    assert errors[0].startswith("corpus.num_shards: 20000 is more than the corpus can have documents (at most")
-    assert time.monotonic() - start < 30
+    result = snakemake(tiny_workflow, "-n")
+    text = result.stdout + result.stderr
+    assert time.monotonic() - start < 60
+    warnings = [line.strip() for line in text.splitlines() if "corpus.num_shards" in line]
+    assert len(warnings) == 1 and "corpus.num_shards: 20000, but the corpus's 2 files can be cut into only 4 " \
+        "non-empty shards" in warnings[0], text
+    jobs, _ = parse_plan(text)
+    assert rule_counts(jobs)["tokenize_shard"] == 4
+    keys = sorted(int(j["wildcards"]["shard"]) for j in jobs if j["rule"] == "tokenize_shard")
+    assert keys[-1] < 20000 and len(set(keys)) == 4  # named by the cut each starts at, gaps for those left empty
+    assert "more than the corpus can have documents" not in text
 
 
-def test_the_document_bound_reads_parquet_footers_and_jsonl_sizes(tmp_path):
+def test_more_shards_than_the_files_can_be_cut_into_plan_fewer_non_empty_ones(tmp_path, caplog):
+    """The plan behind it: a Parquet file is cut between row groups only, a gzip file never, a JSONL
+    file at any byte; the shards left with nothing are not planned (a warning naming the numbers),
+    and the shards read every record once."""
     docs = tiny_corpus(30)
-    pq.write_table(pa.Table.from_pylist(docs), tmp_path / "a.parquet")
-    shortest = write_jsonl(tmp_path / "b.jsonl", [{"text": ""}] * 5)
-    assert lqs_config.max_documents([str(tmp_path / "a.parquet"), str(shortest)], "text") == 35
-    config = {"corpus": {"num_shards": 36, "text_field": "text"}}
-    assert lqs_config.shard_errors(config, [str(tmp_path / "a.parquet"), str(shortest)]) == [
-        ("corpus.num_shards: 36 is more than the corpus can have documents (at most 35, by its files' sizes and"
-        " Parquet row counts); lower it")]
-    config["corpus"]["num_shards"] = 35
-    assert lqs_config.shard_errors(config, [str(tmp_path / "a.parquet"), str(shortest)]) == []
+    pq.write_table(pa.Table.from_pylist(docs), tmp_path / "a.parquet", row_group_size=10)
+    short = write_jsonl(tmp_path / "b.jsonl", [{"text": ""}] * 5)
     gz = tmp_path / "c.jsonl.gz"
-    gz.write_bytes(b"")
-    assert lqs_config.max_documents([str(gz)], "text") is None  # not bounded: not refused
-    assert lqs_config.max_documents(["s3://bucket/c.jsonl"], "text") is None
+    gz.write_bytes(gzip.compress(b'{"text": "zipped"}\n'))
+    paths = [str(tmp_path / "a.parquet"), str(short), str(gz)]
+    with caplog.at_level(logging.WARNING):
+        _, plan = write_plan(tmp_path, paths, 36)
+    keys = [int(s.key) for s in plan.shards]  # named by the cut each starts at: a shard with nothing leaves a gap
+    assert keys == sorted(set(keys)) and keys[-1] < 36
+    assert len(plan.shards) < 36 and all(shard.splits and shard.size > 0 for shard in plan.shards)
+    assert f"corpus.num_shards: 36, but the corpus's 3 files can be cut into only {len(plan.shards)} " \
+        "non-empty shards" in caplog.text
+    pieces = [x for shard in plan.shards for x in shard.splits]
+    assert [x for x in pieces if x.path == str(gz)] == [splits.Split(str(gz))]  # gzip: never cut
+    assert 1 < len([x for x in pieces if x.path == paths[0]]) <= 3  # Parquet: between its 3 row groups
+    indices = splits.corpus_file_indices([shard.files for shard in plan.shards])
+    read = [int(splits.corpus_doc_ids([r.doc_id], i)[0]) for shard, i in zip(plan.shards, indices)
+            for r in corpus.iter_records(shard.splits, require_records=False)]
+    assert read == [r.doc_id for r in corpus.iter_records(paths)] and len(read) == 36
 
 
 # ----------------------------------------------------------------------------------------------

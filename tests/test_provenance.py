@@ -351,7 +351,7 @@ def scored(root: Path, corpus: Path, scorer: Path, digest: str = A, layout: str 
                     **per_shard)
     out = str(root / ("scored" if layout == "per_shard" else "scored.parquet"))
     return gather_scores(plan_path, files["scores"], files["rejects"], out, str(root / "rejects.jsonl"),
-                         str(root / "summary.json"), stats_paths=files["stats"],
+                         str(root / "summary.json"), str(root / "index.parquet"), stats_paths=files["stats"],
                          part_paths=files["parts"] if layout == "per_shard" else (), scorer_dir=str(scorer),
                          output_schema=schema, output_format="parquet", layout=layout, config_sha256=digest,
                          corpus_versions={}, on_bad_record="error", **common, **corpus_settings(corpus_plan))
@@ -437,12 +437,13 @@ def test_per_shard_parts_carry_the_block_of_their_job(corpus_file, scorer_dir, t
 
 
 SELECT = dict(selection=dict(method="top", ratio=0.5, threshold=None, temperature=1.0, seed=0),
-              ordering=dict(method="folding", folds=3, seed=0), output_format="parquet", layout="single")
+              ordering=dict(method="folding", folds=3, seed=0), output_format="parquet")
 
 
 def test_the_training_set_carries_the_selection_block(first_run, tmp_path):
     scores_block = json.loads((first_run / "summary.json").read_text())["provenance"]
-    summary = select_order(str(first_run / "scored.parquet"), [str(first_run / f"shard-{i}.parquet") for i in (0, 1)],
+    summary = select_order(str(first_run / "scored.parquet"), str(first_run / "index.parquet"),
+                           [str(first_run / f"shard-{i}.parquet") for i in (0, 1)],
                            str(tmp_path / "selected.parquet"), str(tmp_path / "order.parquet"),
                            str(tmp_path / "summary.json"), scores_summary=str(first_run / "summary.json"),
                            config_sha256=S, **SELECT)
@@ -451,13 +452,15 @@ def test_the_training_set_carries_the_selection_block(first_run, tmp_path):
     assert prov.read_parquet_block(tmp_path / "selected.parquet") == block  # replaces the scored output's
     assert json.loads((tmp_path / "summary.json").read_text())["provenance"] == block
     assert pq.read_table(tmp_path / "selected.parquet").num_rows == 6
-    alone = select_order(str(first_run / "scored.parquet"), [str(first_run / f"shard-{i}.parquet") for i in (0, 1)],
+    alone = select_order(str(first_run / "scored.parquet"), str(first_run / "index.parquet"),
+                         [str(first_run / f"shard-{i}.parquet") for i in (0, 1)],
                          str(tmp_path / "s2.parquet"), str(tmp_path / "o2.parquet"), str(tmp_path / "s2.json"),
                          config_sha256=S, **SELECT)
     assert (alone["provenance"]["scorer"], alone["provenance"]["corpus"]) == (None, [])
     (tmp_path / "old.json").write_text("{}")
     with pytest.raises(ValueError, match=f"{tmp_path / 'old.json'} has no provenance block"):
-        select_order(str(first_run / "scored.parquet"), [str(first_run / f"shard-{i}.parquet") for i in (0, 1)],
+        select_order(str(first_run / "scored.parquet"), str(first_run / "index.parquet"),
+                     [str(first_run / f"shard-{i}.parquet") for i in (0, 1)],
                      str(tmp_path / "s3.parquet"), str(tmp_path / "o3.parquet"), str(tmp_path / "s3.json"),
                      scores_summary=str(tmp_path / "old.json"), config_sha256=S, **SELECT)
 

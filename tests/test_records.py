@@ -78,17 +78,26 @@ def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip",
         pq.write_table(pa.table({"doc_id": pa.array(ids, pa.int64()), "score": [i / 8 for i in ids],
                                  "truncated": [False] * len(ids), "n_tokens": [8] * len(ids),
                                  "n_windows": [1] * len(ids),
-                                 "fingerprint": pa.array([documents[i] for i in ids], pa.int64())}), scores)
+                                 "fingerprint": pa.array([documents[i] for i in ids], pa.int64()),
+                                 "source": pa.array([None] * len(ids), pa.string())}), scores)
         score_paths.append(str(scores))
         reject_paths.append(str(rejects))
     out = tmp_path / f"scored.{output_format}"
     rejects_out, summary_out = tmp_path / "rejects.jsonl", tmp_path / "summary.json"
     summary = gather_scores(plan_path, score_paths, reject_paths, str(out), str(rejects_out), str(summary_out),
-                            **corpus_settings(plan), on_bad_record=on_bad_record,
+                            str(tmp_path / "index.parquet"), **corpus_settings(plan), on_bad_record=on_bad_record,
                             text_field="text", max_chars=10**6, output_format=output_format,
                             score_field=record_settings.get("score_field", "score"),
                             extra_fields=record_settings.get("extra_fields", ()))
     rejects = [_strict(line) for line in rejects_out.read_text(encoding="utf-8").splitlines()]
+    # the index: the output's documents in its order, with their scores; never a rejected one
+    index = pq.read_table(tmp_path / "index.parquet")
+    field = record_settings.get("score_field", "score")
+    written = pq.read_table(out)[field].to_pylist() if output_format == "parquet" else [
+        _strict(line)[field] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert index["score"].to_pylist() == written and summary["documents_scored"] == index.num_rows
+    ids = index["doc_id"].to_pylist()
+    assert ids == sorted(set(ids)) and not set(ids) & {r["doc_id"] for r in rejects}
     return summary, out, rejects
 
 

@@ -18,7 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import GOOD, copy_workflow, edit_config, set_key, snakemake, stage_function, tiny_corpus
+from helpers import (
+    GOOD,
+    copy_workflow,
+    corpus_settings,
+    edit_config,
+    set_key,
+    snakemake,
+    stage_function,
+    tiny_corpus,
+    write_plan,
+)
 from transformers import MistralConfig, MistralForCausalLM
 
 from lqs import corpus
@@ -109,21 +119,25 @@ def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
     n = 200_000
     corpus_path = tmp_path / "corpus.jsonl"
     corpus_path.write_text("".join(f'{{"id": {i}, "text": "document {i}", "n": 1.50}}\n' for i in range(n)))
-    fingerprints = np.array([r.fingerprint for r in corpus.iter_records([str(corpus_path)])], np.int64)
-    for shard in (0, 1):
-        ids = np.arange(shard, n, 2)
-        pd.DataFrame({"doc_id": ids, "score": ids / n, "truncated": False, "n_tokens": 3, "n_windows": 1,
-                      "fingerprint": fingerprints[ids]}).to_parquet(tmp_path / f"s{shard}.parquet")
-        (tmp_path / f"r{shard}.jsonl").write_text("")
-    settings = json.dumps({"num_shards": 2, "text_field": "text", "max_chars": 1000, "score_field": "score",
+    plan_path, plan = write_plan(tmp_path, [corpus_path], 2)
+    assert len(plan.shards) == 2
+    for k, shard in enumerate(plan.shards):  # the shards' score files, ids local to the shard
+        records = list(corpus.iter_records(shard.splits))
+        ids = np.array([r.doc_id for r in records], np.int64)
+        pd.DataFrame({"doc_id": ids, "score": np.arange(len(ids)) / n, "truncated": False, "n_tokens": 3,
+                      "n_windows": 1, "fingerprint": np.array([r.fingerprint for r in records], np.int64),
+                      "source": None}).to_parquet(tmp_path / f"s{k}.parquet")
+        (tmp_path / f"r{k}.jsonl").write_text("")
+    settings = json.dumps({"text_field": "text", "max_chars": 1000, "score_field": "score", "on_bad_record": "error",
                            "output_format": "jsonl", "extra_fields": [], "layout": "single",
-                           "config_sha256": None, "corpus_versions": {}})
+                           "config_sha256": None, "corpus_versions": {}} | corpus_settings(plan))
 
     def gather(out: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "lqs", "gather-scores", str(corpus_path), "--score-paths", "s0.parquet",
+            [sys.executable, "-m", "lqs", "gather-scores", "--plan", plan_path, "--score-paths", "s0.parquet",
              "s1.parquet", "--reject-paths", "r0.jsonl", "r1.jsonl", "--out", out, "--rejects-out", f"{out}.rejects",
-             "--summary-out", f"{out}.summary", "--benchmarks-dir", ".", "--settings", settings],
+             "--summary-out", f"{out}.summary", "--index-out", f"{out}.index", "--benchmarks-dir", ".",
+             "--settings", settings],
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     assert gather("expected.jsonl").wait() == 0
@@ -139,6 +153,7 @@ def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
     assert not (tmp_path / "scored.jsonl.summary").exists()
     assert gather("scored.jsonl").wait() == 0
     assert (tmp_path / "scored.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
+    assert (tmp_path / "scored.jsonl.index").read_bytes() == (tmp_path / "expected.jsonl.index").read_bytes()
     assert not list(tmp_path.glob(".*.tmp"))  # the rerun removed what the killed job left
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from helpers import stage_function
 
 from lqs import report
+from lqs.batch_scoring import INDEX_SCHEMA
 from lqs.fidelity import FIDELITY_KEYS, VALID_PREDICTIONS, selection_fidelity
 from lqs.scorer import spearman
 from lqs.stages import plots as plots_stage
@@ -134,7 +136,8 @@ def test_select_order_on_the_run_reports_the_brute_force_overlap(completed_workf
         scores = [json.loads(line)["score"] for line in (completed_workflow / "scored.jsonl").read_text().splitlines()]
         selection = selection | {"threshold": float(np.median(scores))}
     summary = stage_function(select_order_stage)(
-        str(completed_workflow / "scored.jsonl"), sorted(map(str, (results / "corpus").glob("shard-*.parquet"))),
+        str(completed_workflow / "scored.jsonl"), str(results / "scores" / "index.parquet"),
+        sorted(map(str, (results / "corpus").glob("shard-*.parquet"))),  # num_shards 1: one
         str(tmp_path / "selected.jsonl"), str(tmp_path / "order.parquet"), str(tmp_path / "summary.json"),
         selection=SELECTION | selection, ordering=ORDERING, scorer_dir=str(results / "scorer"))
     predictions = pd.read_parquet(results / "scorer" / VALID_PREDICTIONS)
@@ -168,7 +171,9 @@ def test_fidelity_figure_is_written_in_every_case(tmp_path, monkeypatch):
     block = selection_fidelity(scorer, SELECTION | {"ratio": 0.25}, 400, 100)
     (tmp_path / "selection.json").write_text(json.dumps({"scorer_fidelity": block}))
     plots = tmp_path / "plots"  # the stage: the scorer's file, cut where the selection summary says
-    stage_function(plots_stage)(str(plots), str(tmp_path / "no-benchmarks"), [], score_field="score",
+    index = tmp_path / "index.parquet"  # gather_scores' index of a scored output: empty here
+    pq.write_table(INDEX_SCHEMA.empty_table(), index)
+    stage_function(plots_stage)(str(plots), str(tmp_path / "no-benchmarks"), str(index),
                                 annotated_steps=[], scorer_dir=str(scorer),
                                 selection_summary=str(tmp_path / "selection.json"))
     assert (plots / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -371,9 +371,10 @@ def _run_pipeline(tmp_path: Path, corpus_paths: list[str], tok_dir: str, scorer_
         stats_paths.append(str(stats))
         reject_paths.append(str(rejects))
     out = {"out": tmp_path / "scored.jsonl", "rejects": tmp_path / "rejects.jsonl",
-           "summary": tmp_path / "summary.json"}
+           "summary": tmp_path / "summary.json", "index": tmp_path / "index.parquet"}
     summary = gather_scores(plan_path, score_paths, reject_paths, str(out["out"]), str(out["rejects"]),
-                            str(out["summary"]), **corpus_settings(corpus_plan), on_bad_record="skip",
+                            str(out["summary"]), str(out["index"]), **corpus_settings(corpus_plan),
+                            on_bad_record="skip",
                             text_field="text", max_chars=MAX_CHARS,
                             score_field=score_field, stats_paths=stats_paths)
     return summary, out
@@ -414,13 +415,20 @@ def test_score_and_gather_jsonl(tok_dir, scorer_dirs, scorers, tmp_path, num_sha
         assert schema.equals(SCORES_SCHEMA)
         assert [(f.name, f.type) for f in schema] == [
             ("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_()),
-            ("n_tokens", pa.int64()), ("n_windows", pa.int64()), ("fingerprint", pa.int64())]
+            ("n_tokens", pa.int64()), ("n_windows", pa.int64()), ("fingerprint", pa.int64()),
+            ("source", pa.string())]
     assert sorted(r["doc_id"] for r in shard_rows) == good
     for row in shard_rows:  # what the score was computed on: the document's windows
         windows = scorer.windows([json.loads(lines[row["doc_id"]])["text"]])[0]
         assert (row["n_tokens"], row["n_windows"]) == (sum(len(w.ids) for w in windows), len(windows))
     assert {r["doc_id"]: r["score"] for r in shard_rows} == expected_scores
     assert not any(r["truncated"] for r in shard_rows)
+    source_of = {i: json.loads(lines[i]).get("source") for i in good}  # a record's source, if a string
+    source_of = {i: s if isinstance(s, str) else None for i, s in source_of.items()}
+    assert {r["doc_id"]: r["source"] for r in shard_rows} == source_of
+    # gather's index of the output: its documents in order, with the corpus's ids, scores and sources
+    index = pq.read_table(out["index"]).to_pylist()
+    assert index == [{"doc_id": offsets[i], "score": expected_scores[i], "source": source_of[i]} for i in good]
 
     rejects = [json.loads(x) for x in out["rejects"].read_text(encoding="utf-8").splitlines()]
     assert len(rejects) == 1
@@ -508,9 +516,10 @@ def test_gather_detects_missing_scores(tok_dir, scorer_dirs, tmp_path):
     with pytest.raises(RuntimeError, match="neither scored nor rejected"):
         gather_scores(plan_path, [str(tmp_path / "scores-0.parquet"), str(scores)],
                       [str(tmp_path / "rejects-0.jsonl"), str(tmp_path / "rejects-1.jsonl")], str(out2),
-                      str(tmp_path / "r2.jsonl"), str(tmp_path / "s2.json"), **corpus_settings(corpus_plan),
+                      str(tmp_path / "r2.jsonl"), str(tmp_path / "s2.json"), str(tmp_path / "i2.parquet"),
+                      **corpus_settings(corpus_plan),
                       on_bad_record="skip", text_field="text", max_chars=MAX_CHARS, score_field="score")
-    assert not out2.exists() and not (tmp_path / "s2.json").exists()
+    assert not out2.exists() and not (tmp_path / "s2.json").exists() and not (tmp_path / "i2.parquet").exists()
 
 
 @pytest.mark.parametrize("batch_rows", [1, 3, 1000])

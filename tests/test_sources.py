@@ -25,7 +25,7 @@ from fake_hub import FAKE_TOKEN, HUB_MOCK, add_to_hub_cache
 from helpers import GOOD, ROOT, make_workflow, snakemake, tiny_config, tiny_corpus, write_jsonl
 
 from lqs import config as lqs_config
-from lqs import corpus, sources
+from lqs import corpus, sources, splits
 
 REPO = "test-org/web-corpus"
 PAGE = f"https://huggingface.co/datasets/{REPO}"
@@ -108,17 +108,26 @@ def _records(paths, **kwargs) -> list[tuple]:
             for r in corpus.iter_records(paths, **kwargs)]
 
 
-@pytest.mark.parametrize("sharding", [{}, {"shard": 1, "num_shards": 2}, {"num_shards": "per_file"}])
-def test_memory_urls_read_as_the_same_files_do_locally(memory_corpus, sharding):
+def _shard_records(paths, num_shards) -> list[list[tuple]]:
+    """The records of each shard of `paths` planned as the workflow plans them (sizes read through
+    the paths, a cut Parquet file's row groups from its footer), their doc ids the corpus's."""
+    shards = splits.plan_shards(paths, [sources.file_size(p) for p in paths], num_shards)
+    indices = splits.corpus_file_indices([shard.files for shard in shards])
+    return [[(int(splits.corpus_doc_ids([r[0]], i)[0]), *r[1:]) for r in _records(shard.splits, require_records=False)]
+            for shard, i in zip(shards, indices)]
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 5, "per_file"])
+def test_memory_urls_read_as_the_same_files_do_locally(memory_corpus, num_shards):
     url_dir, local = memory_corpus
     urls = [f"{url_dir}/{name}" for name in FILES]
     paths = [str(local / name) for name in FILES]
-    records = _records(urls, **sharding)
-    assert records == _records(paths, **sharding)
-    assert [r[2] for r in records if r[2]] and any(r[5] for r in records)  # good and bad records both compared
+    records = _shard_records(urls, num_shards)
+    assert records == _shard_records(paths, num_shards)
+    assert sum(records, []) == _records(paths)  # the shards together: the corpus, once
+    everything = sum(records, [])
+    assert [r[2] for r in everything if r[2]] and any(r[5] for r in everything)  # good and bad records compared
     assert {r.path for r in corpus.iter_records(urls)} == set(urls)  # named as given
-    if sharding.get("num_shards") == "per_file":
-        assert _records(urls[2:], shard=2, num_shards="per_file") == _records(paths[2:], shard=2, num_shards="per_file")
     for url, path in zip(urls, paths):
         assert lqs_config.first_record_fields(url) == lqs_config.first_record_fields(path) != set()
 
@@ -256,10 +265,11 @@ def test_hub_paths_are_listed_and_pinned_to_a_commit(fake_hub):
     assert all(f"/{fake_hub.v1}" in r for r in requests[2:])  # everything after: at the pinned commit
 
     # main moves: an unpinned path follows it when planned again; a tag or commit stays
-    main = publish(fake_hub.remote, {**HUB_FILES, "data/train-00000.jsonl": jsonl_bytes(tiny_corpus(13))})
+    moved = jsonl_bytes(tiny_corpus(13))
+    main = publish(fake_hub.remote, {**HUB_FILES, "data/train-00000.jsonl": moved})
     assert main != fake_hub.v1
     assert sources.resolve(f"hf://datasets/{REPO}/data/*.jsonl").files == \
-        [sources.CorpusFile(f"hf://datasets/{REPO}@{main}/data/train-00000.jsonl")]
+        [sources.CorpusFile(f"hf://datasets/{REPO}@{main}/data/train-00000.jsonl", size=len(moved))]
     for revision in ("v1", fake_hub.v1):
         pinned = sources.resolve(f"hf://datasets/{REPO}@{revision}/data/*.jsonl")
         assert [f.path for f in pinned.files] == [f"{at_v1}/train-00000.jsonl"]
@@ -278,8 +288,8 @@ def test_hub_files_read_as_the_same_files_do_locally(fake_hub, tmp_path):
         local.append(tmp_path / "local" / name)
         local[-1].parent.mkdir(parents=True, exist_ok=True)
         local[-1].write_bytes(HUB_FILES[name])
-    for sharding in ({}, {"shard": 0, "num_shards": 3}):
-        assert _records(urls, **sharding) == _records(list(map(str, local)), **sharding)
+    for num_shards in (1, 3):
+        assert _shard_records(urls, num_shards) == _shard_records(list(map(str, local)), num_shards)
     assert [r.path for r in corpus.iter_records(urls)] == [urls[0]] * 12 + [urls[1]] * 8
     assert lqs_config.first_record_fields(urls[1]) == {"id", "text", "source", "extra"}
     reads = [r for r in fake_hub.requests() if "/resolve/" in r]

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from lqs import corpus, output, provenance, sources
 from lqs.batch_scoring import INDEX_SCHEMA
-from lqs.io import atomic_open, benchmark_seconds, parquet_batches, read_json, write_json, write_table
+from lqs.io import atomic_open, benchmark_seconds, parquet_batches, parquet_file, read_json, write_json, write_table
 from lqs.splits import FILE_BITS, POSITION_MASK, Shard, corpus_doc_ids, corpus_file_indices, planned_shards
 from lqs.stage import Arg, Stage
 
@@ -232,6 +232,10 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
     file_indices = corpus_file_indices([shard.files for shard in shards])
     index: tuple[list, list, list, list] = (file_indices, [], [], [])
     summary: dict = {}
+    if not any(map(len, rejected)) and not any(parquet_file(p).metadata.num_rows for p in score_paths):
+        # before anything is written: a finished output is kept, not replaced by an empty one
+        raise ValueError(f"every corpus file is empty (no records){' or unreadable' if rejected_files else ''}: "
+                         f"{', '.join(corpus_paths)}")
     if s.layout == "single":
         input_schema = None
         if s.output_format == "parquet":
@@ -260,9 +264,6 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
         summary["removed_stale_parts"] = remove_stale_parts(out, part_paths, Path(summary_out).parent / PARTS_MANIFEST)
     else:
         raise ValueError(f"output.layout must be single or per_shard, not {s.layout!r}")
-    if read == 0 and not any(map(len, rejected)):
-        raise ValueError(f"every corpus file is empty (no records){' or unreadable' if rejected_files else ''}: "
-                         f"{', '.join(corpus_paths)}")
     write_table(index_out, pa.table([pa.array(index[1], pa.int64()), pa.array(index[2], pa.float64()),
                                      pa.array(index[3], pa.string())], schema=INDEX_SCHEMA))
     records = sorted((int(corpus_doc_ids(np.asarray([local]), indices)[0]), line)
