@@ -10,8 +10,8 @@ and the job-status polling.
 Checked per SLURM job, from `scontrol show job` (what SLURM allocated) and from what the job's
 `lqs` saw of its environment (a wrapper first on PATH records it): every GPU rule ran in `a100`
 with a GPU allocated and CUDA_VISIBLE_DEVICES set, every other rule in `cpu` without a GPU; the
-per-shard CPU rules (the profile's job groups) ran bundled, the corpus's three shards' jobs two
-to a SLURM job where the node's CPUs allow it; and scored.jsonl is the local run's
+per-shard CPU rules (the profile's job groups) ran bundled, the corpus's two shards' jobs in one
+SLURM job where the node's CPUs allow it; and scored.jsonl is the local run's
 (`completed_workflow`, plain `snakemake --cores 2`, one shard): the same records in the same
 order, byte for byte but for the scores' last bits (the scorer's batches differ with the shards),
 and the same rejects. The SLURM jobs run the real `lqs` console script and the local run's jobs
@@ -42,7 +42,7 @@ from helpers import GOOD, ROOT, make_workflow, read_jsonl, snakemake, tiny_confi
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-local-cluster.sh"
 PROFILE = ROOT / "profiles" / "slurm"
 GPU_RULES = {"trajectory", "grad_stats", "train_scorer", "score_shard"}
-SHARDS = 3  # the SLURM run's corpus.num_shards: its per-shard CPU jobs go in the profile's job groups
+SHARDS = 2  # the SLURM run's corpus.num_shards: its per-shard CPU jobs go in the profile's job groups
 # The profile's job groups ("rule=group"). A group job asks for its jobs' CPUs summed: on the
 # test node's 2 CPUs, the test bundles two tokenize_shard jobs (1 CPU each) and leaves the
 # tokenize_scorer_shard jobs (capped at 2 CPUs each) one to a SLURM job.
@@ -301,7 +301,7 @@ def test_tiny_workflow_on_slurm_matches_local_run(tmp_path, request):
 
     # Every job but the workflow's local rules (fetches: on the submitting host) went through
     # SLURM, named by the plugin's run ID: one SLURM job each, but the per-shard CPU rules' jobs,
-    # bundled by the profile's job groups (tokenize_shard: two SLURM jobs for the three shards).
+    # bundled by the profile's job groups (tokenize_shard: one SLURM job for the two shards).
     run_id = re.search(r"SLURM run ID: (\S+)", text).group(1)
     job_ids = subprocess.run(["squeue", "--states=all", "--noheader", "--name", run_id, "--format=%i"],
                              capture_output=True, text=True, check=True).stdout.split()
