@@ -99,7 +99,7 @@ rule efficacy_classifier:
     shell:
         "lqs efficacy-classifier {params.corpus} --tokenized-shards {input.shards} --target {params.target:q}"
         " --order {input.order} --corpus-eval {input.corpus_eval} --scores-out {output.scores}"
-        " --order-out {output.order} --folded-out {output.folded:q} --settings {params.settings:q} > {log} 2>&1"
+        " --order-out {output.order:q} --folded-out {output.folded:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule efficacy_train:
