@@ -1,16 +1,19 @@
 """The efficacy experiment (target `efficacy`): does training on the LQS selection beat
-conventional training, for the target? (docs/stages.md#the-efficacy-experiment) Its documents,
-token streams, steps, schedule, model and evaluation; its stages are `efficacy_corpus_eval`,
-`efficacy_train` and `efficacy` (lqs/stages/).
+conventional training, for the target, and is it the scores or the order?
+(docs/stages.md#the-efficacy-experiment) Its documents, token streams, steps, schedule, model and
+evaluation, and the paired statistics; its stages are `efficacy_corpus_eval`, `efficacy_train`
+and `efficacy` (lqs/stages/).
 
 Each arm trains a causal LM from scratch on exactly B tokens, one document per sample (its
 window 0: the document truncated to corpus.max_length), read in the arm's order:
 
-  conventional   a uniformly random selection of the scored documents, shuffled
-  lqs            select_order's training set in its training order (selection/order.parquet)
-  lqs_shuffled   the same documents, shuffled
-  classifier     as many documents as the lqs arm, the top ones by a target-vs-corpus text
-                 classifier's score (efficacy_classifier's order.parquet, lqs/classifier.py), shuffled
+  conventional       a uniformly random selection of the scored documents, shuffled
+  lqs                select_order's training set in its training order (selection/order.parquet)
+  lqs_shuffled       the same documents, shuffled
+  classifier         as many documents as the lqs arm, the top ones by a target-vs-corpus text
+                     classifier's score (efficacy_classifier's order.parquet, lqs/classifier.py), shuffled
+  classifier_folded  the classifier arm's documents in the lqs arm's ordering (ordering.*, Folding by
+                     default) by the classifier's scores (efficacy_classifier's folded.parquet)
 
 B is `efficacy.tokens`, by default the lqs arm's tokens. A stream stops after exactly B tokens
 (its last document cut short); when B exceeds an arm's documents, the stream walks through them
@@ -20,7 +23,9 @@ evaluation set is the target's held-out part (prepare_target) or `efficacy.eval_
 
 The run seed seeds the model's initialisation, the conventional draw and the shuffle, so for a
 seed every arm starts from the same weights: arms are compared pairwise over seeds
-(`paired_difference`), and `caption` states the comparisons in words for the report.
+(`paired_difference`: the mean difference with its 95% interval from Student's t), and `caption`
+states the comparisons in words for the report. DECOMPOSITION splits the lqs arm's difference
+to the classifier into the selection's part and the order's, for each scorer.
 """
 
 from __future__ import annotations
@@ -36,8 +41,20 @@ import pyarrow.compute as pc
 from lqs.io import parquet_batches, read_parquet
 from lqs.splits import corpus_ids_of_shards, with_corpus_ids
 
-ARMS = ("conventional", "lqs", "lqs_shuffled", "classifier")  # efficacy.arms' values, in the summary's order
-LQS_ARMS = ("lqs", "lqs_shuffled")  # compared with the classifier arm too (vs_classifier)
+# efficacy.arms' values, in the summary's order
+ARMS = ("conventional", "lqs", "lqs_shuffled", "classifier", "classifier_folded")
+# The arms whose documents are the classifier's (efficacy_classifier's order.parquet or folded.parquet).
+CLASSIFIER_ARMS = ("classifier", "classifier_folded")
+# The comparisons that separate the scores from the order (name, arm, other: arm − other, paired
+# by seed). Per seed, total = selection + order_lqs = like_for_like + order_classifier.
+DECOMPOSITION = (
+    ("selection", "lqs_shuffled", "classifier"),  # the scorers' documents, both shuffled
+    ("order_lqs", "lqs", "lqs_shuffled"),  # the LQS documents, in order against shuffled
+    ("order_classifier", "classifier_folded", "classifier"),  # the classifier's documents, likewise
+    ("like_for_like", "lqs", "classifier_folded"),  # each scorer's documents, each in its own order
+    ("total", "lqs", "classifier"),  # the lqs arm against the classifier arm as first run
+)
+CONFIDENCE = 0.95  # the paired differences' intervals (Student's t)
 CURVE_SCHEMA = pa.schema([("arm", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
                           ("tokens_seen", pa.int64()), ("target_loss", pa.float64()),
                           ("corpus_loss", pa.float64()), ("train_loss", pa.float64())])
@@ -95,9 +112,10 @@ def arm_documents(arm: str, seed: int, corpus_ids: np.ndarray, order: np.ndarray
                   classifier_order: np.ndarray | None = None) -> np.ndarray:
     """The arm's document sequence, before the token budget, held-out documents removed. The
     conventional arm is a seeded permutation of the whole corpus: any prefix of it is a uniformly
-    random selection, already shuffled. `order` is the lqs arm's (selection/order.parquet);
-    the classifier arm's documents are `classifier_order`'s (efficacy_classifier's), which must be
-    as many as the lqs arm's, shuffled."""
+    random selection, already shuffled. `order` is the lqs arm's (selection/order.parquet); a
+    classifier arm's documents are `classifier_order` (efficacy_classifier's order.parquet for the
+    classifier arm, which shuffles them, or its folded.parquet for classifier_folded, read in that
+    order), which must be as many as the lqs arm's."""
     rng = np.random.default_rng(seed)
     if arm == "conventional":
         return rng.permutation(corpus_ids[~np.isin(corpus_ids, held_out)])
@@ -106,15 +124,15 @@ def arm_documents(arm: str, seed: int, corpus_ids: np.ndarray, order: np.ndarray
         return lqs
     if arm == "lqs_shuffled":
         return rng.permutation(lqs)
-    if arm == "classifier":
+    if arm in CLASSIFIER_ARMS:
+        output = "order.parquet" if arm == "classifier" else "folded.parquet"
         if classifier_order is None:
-            raise ValueError("the classifier arm needs the classifier's documents (efficacy_classifier's "
-                             "order.parquet)")
+            raise ValueError(f"the {arm} arm needs the classifier's documents (efficacy_classifier's {output})")
         docs = classifier_order[~np.isin(classifier_order, held_out)]
         if len(docs) != len(lqs):
-            raise ValueError(f"the classifier arm has {len(docs)} documents outside the evaluation set but the lqs arm "
-                             f"{len(lqs)}: the classifier's order is stale (rerun efficacy_classifier)")
-        return rng.permutation(docs)
+            raise ValueError(f"the {arm} arm has {len(docs)} documents outside the evaluation set but the lqs arm "
+                             f"{len(lqs)}: the classifier's {output} is stale (rerun efficacy_classifier)")
+        return rng.permutation(docs) if arm == "classifier" else docs
     raise ValueError(f"unknown efficacy arm {arm!r} (one of {', '.join(ARMS)})")
 
 
@@ -158,59 +176,87 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 # ---------------------------------------------------------------- paired statistics
 
 
-def stderr(values: np.ndarray) -> float | None:
-    """Standard error of the mean, std(ddof=1) / √n (None for one value)."""
-    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """The mean of `values` (paired per-seed differences), its standard error std(ddof=1) / √n,
+    the degrees of freedom n − 1 and the two-sided `confidence` interval mean ± t·se, t the
+    (1 + confidence) / 2 quantile of Student's t with n − 1 degrees of freedom (scipy.stats.t).
+    With one value there is no standard error: se, dof and the interval are None."""
+    from scipy import stats
+
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return {"mean": mean, "stderr": None, "dof": None, "ci95": None}
+    se = float(np.std(values, ddof=1) / math.sqrt(n))
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * se
+    return {"mean": mean, "stderr": se, "dof": n - 1, "ci95": [mean - half, mean + half]}
 
 
 def paired_difference(arm: str, other: str, target: Mapping[str, np.ndarray],
                       corpus: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """`arm` − `other`, paired by seed: `target[a]` and `corpus[a]` hold arm a's final losses,
-    one per seed, in the same seed order for every arm. The mean of the per-seed differences and
-    its standard error, for the target and the corpus loss, and in how many seeds each arm had
-    the lower target loss (a tie counts for neither)."""
-    diff, corpus_diff = target[arm] - target[other], corpus[arm] - corpus[other]
-    return {"target_loss_diff": float(diff.mean()), "stderr": stderr(diff),
-            "corpus_loss_diff": float(corpus_diff.mean()), "corpus_stderr": stderr(corpus_diff),
+    one per seed, in the same seed order for every arm. For the target and the corpus loss, the
+    per-seed differences' `interval` (mean, standard error, degrees of freedom, 95% interval),
+    and in how many seeds each arm had the lower target loss (a tie counts for neither)."""
+    diff = target[arm] - target[other]
+    return {"arm": arm, "other": other, "target_loss": interval(diff),
+            "corpus_loss": interval(corpus[arm] - corpus[other]),
             "seeds_won": {arm: int((diff < 0).sum()), other: int((diff > 0).sum())}}
 
 
-def verdict(diff: float, se: float | None) -> str:
-    """A difference in words: "no difference" when |diff| < 2 standard errors (or it is 0)."""
-    if se is None:
-        return "one seed, so no standard error"
-    if diff == 0 or abs(diff) < 2 * se:
-        return "no difference"
-    return "lower" if diff < 0 else "higher"
+def verdict(ci95: Sequence[float] | None) -> str:
+    """A difference in words from its 95% interval: "lower" or "higher" only when the interval
+    excludes 0, else "no difference detected"."""
+    if ci95 is None:
+        return "one seed, so no interval"
+    low, high = ci95
+    if high < 0:
+        return "lower"
+    if low > 0:
+        return "higher"
+    return "no difference detected"
 
 
 def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", "\N{MINUS SIGN}")
 
 
+def comparisons(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, paired difference) of every comparison in the summary: each arm against
+    conventional, then the decomposition's, in DECOMPOSITION's order."""
+    out = [(f"{arm} − conventional", d) for arm, d in summary.get("vs_conventional", {}).items()]
+    return out + [(f"{d['arm']} − {d['other']} ({name.replace('_', ' ')})", d)
+                  for name, d in summary.get("decomposition", {}).items()]
+
+
+def describe(d: Mapping[str, Any]) -> str:
+    """A difference's mean, 95% interval (Student's t, its degrees of freedom) and verdict."""
+    if d["ci95"] is None:
+        return f"{_signed(d['mean'])}: {verdict(None)}"
+    low, high = d["ci95"]
+    return (f"{_signed(d['mean'])}, 95% interval [{_signed(low)}, {_signed(high)}] (t, {d['dof']} dof): "
+            f"{verdict(d['ci95'])}")
+
+
 def caption(summary: Mapping[str, Any]) -> str:
-    """One paragraph stating the summary's paired differences (vs_conventional, vs_classifier)
-    with their standard errors and verdicts, and the seeds each arm won."""
+    """One paragraph stating the summary's paired differences (vs_conventional, decomposition)
+    with their 95% intervals and verdicts, the seeds each arm won, and the number of seeds."""
     seeds = summary["seeds"]
     plural = "s" * (seeds > 1)
-    comparisons = [(arm, other, d) for key, other in (("vs_conventional", "conventional"),
-                                                      ("vs_classifier", "classifier"))
-                   for arm, d in summary.get(key, {}).items()]
-    if not comparisons:
+    pairs = comparisons(summary)
+    if not pairs:
         return (f"Measured over {seeds} seed{plural}: only the {', '.join(summary['arms'])} arm ran, so there is "
                 "nothing to compare (efficacy.arms).")
-
-    def one(arm: str, other: str, diff: float, se: float | None) -> str:
-        return f"{arm} − {other} {_signed(diff)}" + (f" ± {se:.3f}" if se is not None else "") + \
-            f": {verdict(diff, se)}"
-
-    target = "; ".join(f"{one(a, o, d['target_loss_diff'], d['stderr'])} ({a} lower in {d['seeds_won'][a]} of "
-                       f"{seeds} seed{plural}, {o} in {d['seeds_won'][o]})" for a, o, d in comparisons)
-    corpus = "; ".join(one(a, o, d["corpus_loss_diff"], d["corpus_stderr"]) for a, o, d in comparisons)
+    target = "; ".join(f"{label} {describe(d['target_loss'])} ({d['arm']} lower in {d['seeds_won'][d['arm']]} of "
+                       f"{seeds} seed{plural}, {d['other']} in {d['seeds_won'][d['other']]})" for label, d in pairs)
+    corpus = "; ".join(f"{label} {describe(d['corpus_loss'])}" for label, d in pairs)
     return (f"Measured over {seeds} seed{plural}, at the last evaluation, on {summary['budget']:,} training tokens "
-            "per arm; a difference is the mean over seeds of the paired per-seed differences ± its standard error "
-            "(negative: the first arm's loss is lower), and one smaller than two standard errors is reported as no "
-            f"difference. Held-out target loss: {target}. Held-out corpus loss: {corpus}.")
+            "per arm. A difference is the mean over seeds of the paired per-seed differences (negative: the first "
+            f"arm's loss is lower) with its {CONFIDENCE:.0%} interval from Student's t with seeds − 1 degrees of "
+            "freedom; it is called lower or higher only when the interval excludes zero, and otherwise no difference "
+            "detected, which with few seeds is not evidence of no difference. Decomposition: selection is the "
+            "scorers' documents, both shuffled; order, each scorer's documents in order against shuffled; like for "
+            f"like, each scorer's documents in its own order. Held-out target loss: {target}. Held-out corpus loss: "
+            f"{corpus}.")
 
 
 # ---------------------------------------------------------------- training

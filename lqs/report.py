@@ -10,7 +10,8 @@ stages.png      time and throughput per stage, from each stage's stats line in i
                 (lqs.cli), beside its jobs' wall time from the benchmark files
 
 and, for the efficacy target, curves.png: each arm's target and corpus loss against the tokens
-trained on (lqs.stages.efficacy calls plot_efficacy).
+trained on, and the paired differences with their 95% intervals (lqs.stages.efficacy calls
+plot_efficacy).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from lqs.efficacy import comparisons  # noqa: E402
 from lqs.fidelity import top_cut, top_indices  # noqa: E402
 from lqs.io import atomic_path, benchmark_seconds, parquet_batches, read_parquet  # noqa: E402
 from lqs.runtime import STATS_PREFIX  # noqa: E402
@@ -268,22 +270,38 @@ def plot_stages(logs_dir: str | None, benchmarks_dir: str | None, out: Path) -> 
 
 
 def plot_efficacy(curves: pd.DataFrame, summary: dict, out: Path) -> None:
-    """Mean over seeds of each arm's losses at each evaluation, with the seeds' range shaded; the
-    arms in the summary's order (lqs.efficacy.ARMS), classifier included when it ran."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    """Left and middle: each arm's target and corpus loss at each evaluation, the mean over seeds
+    with a band of ± one standard deviation over seeds, the arms in the summary's order
+    (lqs.efficacy.ARMS). Right: the paired target-loss differences (vs conventional, then the
+    decomposition) as bars with their 95% intervals (Student's t) as error bars."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [1, 1, 1.1]})
     for arm in summary["arms"]:
         runs = curves[curves["arm"] == arm]
         at = runs.assign(point=runs.groupby("seed").cumcount()).groupby("point")
         tokens = at["tokens_seen"].mean()
-        vs = summary["vs_conventional"].get(arm)
         for ax, key in zip(axes, ("target_loss", "corpus_loss")):
-            label = f"{arm}: {summary['arms'][arm][key]['mean']:.3f}" + (f" ({vs[key + '_diff']:+.3f})" if vs else "")
-            line, = ax.plot(tokens, at[key].mean(), marker=".", label=label)
-            ax.fill_between(tokens, at[key].min(), at[key].max(), color=line.get_color(), alpha=0.2)
+            final = summary["arms"][arm][key]
+            label = f"{arm}: {final['mean']:.3f}" + (f" ± {final['std']:.3f}" if final["std"] is not None else "")
+            mean, std = at[key].mean(), at[key].std(ddof=1).fillna(0.0)
+            line, = ax.plot(tokens, mean, marker=".", label=label)
+            ax.fill_between(tokens, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     seeds = summary["seeds"]
+    plural = "s" * (seeds > 1)
     axes[0].set(xlabel="training tokens", ylabel="mean sample loss", title="Held-out target set")
     axes[1].set(xlabel="training tokens", title="Held-out corpus documents")
-    for ax in axes:
-        ax.legend(fontsize=8, title=f"final loss (vs conventional), {seeds} seed{'s' * (seeds > 1)}",
-                  title_fontsize=8)
+    for ax in axes[:2]:
+        ax.legend(fontsize=8, title=f"final loss, mean ± std over {seeds} seed{plural}", title_fontsize=8)
+    pairs = comparisons(summary)
+    ax = axes[2]
+    if pairs:
+        means = np.array([d["target_loss"]["mean"] for _, d in pairs])
+        ci = [d["target_loss"]["ci95"] for _, d in pairs]
+        errors = np.array([[m - c[0], c[1] - m] if c is not None else [0.0, 0.0] for m, c in zip(means, ci)]).T
+        colours = ["tab:gray" if label.endswith("conventional") else "tab:blue" for label, _ in pairs]
+        y = np.arange(len(pairs))[::-1]
+        ax.barh(y, means, xerr=errors, color=colours, alpha=0.7, capsize=3)
+        ax.set_yticks(y, [label for label, _ in pairs], fontsize=8)
+        ax.axvline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="target loss difference (negative: the first arm lower)",
+           title=f"Paired differences, 95% interval (t, {seeds} seed{plural})")
     _save(fig, out)

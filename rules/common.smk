@@ -222,6 +222,7 @@ for warning in lqs_config.eval_source_warnings(config, [f.path for f in CORPUS.f
 # prepare_target's settings that decide which target texts are J's: the classifier's positives.
 CLASSIFIER_TARGET_KEYS = ("text_field", "split", "revision", "max_samples", "eval_fraction", "seed")
 CLASSIFIER_ORDER = f"{RESULTS}/efficacy/classifier/order.parquet"
+CLASSIFIER_FOLDED = f"{RESULTS}/efficacy/classifier/folded.parquet"
 EFFICACY_CAPTION = f"{RESULTS}/efficacy/caption.rst"
 # the workflow's own report/efficacy.rst, as a local path (not the source cache's copy)
 EFFICACY_CAPTION_TEMPLATE = os.path.normpath(
@@ -283,8 +284,8 @@ def efficacy_target_eval(wildcards):
 
 
 def efficacy_arm_order(wildcards):
-    """efficacy_train's documents for the classifier arm (efficacy_classifier's); none for the others."""
-    return [CLASSIFIER_ORDER] if wildcards.arm == "classifier" else []
+    """efficacy_train's documents for the classifier arms (efficacy_classifier's); none for the others."""
+    return {"classifier": [CLASSIFIER_ORDER], "classifier_folded": [CLASSIFIER_FOLDED]}.get(wildcards.arm, [])
 
 
 def efficacy_proxy(wildcards):

@@ -62,9 +62,11 @@ rule efficacy_corpus_eval:
         "lqs efficacy-corpus-eval {input:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
-# The classifier arm (efficacy.arms): a target-vs-corpus text classifier, trained and run on CPU.
+# The classifier arms (efficacy.arms): a target-vs-corpus text classifier, trained and run on CPU.
 # Positives: J's target texts, read as prepare_target reads them; negatives: corpus documents
-# outside the corpus evaluation set. Every accepted document's score is kept (scores.parquet).
+# outside the corpus evaluation set. Every accepted document's score is kept (scores.parquet);
+# the top ones are the classifier arm's (order.parquet) and, in the lqs arm's ordering.* by
+# the classifier's scores, the classifier_folded arm's (folded.parquet).
 rule efficacy_classifier:
     input:
         corpus=whole_corpus_inputs,
@@ -74,7 +76,8 @@ rule efficacy_classifier:
         corpus_eval=f"{EVAL_DIR}/corpus.parquet",
     output:
         scores=f"{RESULTS}/efficacy/classifier/scores.parquet",
-        order=f"{RESULTS}/efficacy/classifier/order.parquet",
+        order=CLASSIFIER_ORDER,
+        folded=CLASSIFIER_FOLDED,
     params:
         corpus_state=CORPUS_STATE,
         corpus_versions=corpus_versions,
@@ -83,6 +86,7 @@ rule efficacy_classifier:
             **corpus_settings(wildcards),
             **{f"target_{k}": config["target"][k] for k in CLASSIFIER_TARGET_KEYS},
             negatives=EFFICACY["classifier_negatives"],
+            ordering=config["ordering"],
         ),
     log:
         f"{RESULTS}/logs/efficacy_classifier.log",
@@ -95,13 +99,13 @@ rule efficacy_classifier:
     shell:
         'lqs efficacy-classifier --plan "$LQS_CORPUS_PLAN" --tokenized-shards {input.shards:q} --target {params.target:q}'
         " --order {input.order:q} --corpus-eval {input.corpus_eval:q} --scores-out {output.scores:q}"
-        " --order-out {output.order:q} --settings {params.settings:q} > {log:q} 2>&1"
+        " --order-out {output.order:q} --folded-out {output.folded:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule efficacy_train:
     input:
         shards=expand(f"{RESULTS}/corpus/shard-{{shard}}.parquet", shard=SHARDS),
-        # the lqs arm's documents, which set the budget B; the classifier arm's are arm_order
+        # the lqs arm's documents, which set the budget B; the classifier arms' are arm_order
         order=f"{RESULTS}/selection/order.parquet",
         arm_order=efficacy_arm_order,
         target_eval=efficacy_target_eval,
@@ -149,7 +153,7 @@ rule efficacy:
         target_eval=efficacy_target_eval,
         corpus_eval=f"{EVAL_DIR}/corpus.parquet",
         # its counts and CPU seconds, recorded in the summary
-        classifier=[CLASSIFIER_ORDER] if "classifier" in EFFICACY_ARMS else [],
+        classifier=[CLASSIFIER_ORDER] if set(EFFICACY_ARMS) & {"classifier", "classifier_folded"} else [],
         # its provenance block's scorer and corpus
         selection_summary=f"{RESULTS}/selection/summary.json",
         # the caption's fixed text; the stage adds a paragraph stating the measured differences

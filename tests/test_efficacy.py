@@ -1,13 +1,15 @@
 """The efficacy experiment (docs/stages.md#the-efficacy-experiment): the target's held-out split
-(lqs.target), the arms' documents (the classifier arm's: as many as lqs's, none held out), token
-streams, steps and schedule against brute-force constructions, training (the same budget B for
-every arm, losses against a plain per-document computation, determinism, two gloo processes =
-one), the summary's paired statistics (vs_conventional, vs_classifier, seeds won) against brute
-force and its caption, and `snakemake efficacy` end to end on the tiny workflow, four arms (the
-classifier stage itself: test_efficacy_classifier.py)."""
+(lqs.target), the arms' documents (the classifier arms': as many as lqs's, none held out, shuffled
+or in the given order), token streams, steps and schedule against brute-force constructions,
+training (the same budget B for every arm, losses against a plain per-document computation,
+determinism, two gloo processes = one), the summary's paired statistics (vs_conventional, the
+decomposition, seeds won, Student-t intervals against a quantile computed by hand and against
+scipy) and its caption, the README's table of seeds per effect, and `snakemake efficacy` end to
+end on the tiny workflow, five arms (the classifier stage itself: test_efficacy_classifier.py)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -26,7 +28,7 @@ import yaml
 from helpers import GOOD, snakemake, stage_function, tiny_corpus, train_tokenizer, write_jsonl
 from transformers import AutoConfig
 
-from lqs import efficacy, splits, target
+from lqs import efficacy, select, splits, target
 from lqs.stages import efficacy as efficacy_stage
 from lqs.stages import efficacy_corpus_eval as efficacy_corpus_eval_stage
 from lqs.stages import efficacy_train as efficacy_train_stage
@@ -86,8 +88,11 @@ def data(tmp_path_factory) -> dict:
     top = rng.permutation(all_ids[~np.isin(all_ids, held)])[:n]
     pq.write_table(pa.table({"doc_id": pa.array(top, pa.int64()), "score": -np.arange(n, dtype=np.float64)}),
                    d / "classifier_order.parquet")
+    # the classifier_folded arm's: the same documents in another order (as efficacy_classifier writes them)
+    pq.write_table(pa.table({"doc_id": pa.array(top[::-1], pa.int64())}), d / "classifier_folded.parquet")
     return {"dir": d, "shards": shards, "order": str(d / "order.parquet"), "target": str(d / "target.parquet"),
-            "corpus_eval": str(d / "corpus_eval.parquet"), "classifier_order": str(d / "classifier_order.parquet")}
+            "corpus_eval": str(d / "corpus_eval.parquet"), "classifier_order": str(d / "classifier_order.parquet"),
+            "classifier_folded": str(d / "classifier_folded.parquet")}
 
 
 def _windows0(shards) -> dict[int, list[int]]:
@@ -95,9 +100,12 @@ def _windows0(shards) -> dict[int, list[int]]:
     return {int(r.doc_id): list(r.input_ids) for r in rows.itertuples() if r.window == 0}
 
 
+ARM_ORDER = {"classifier": "classifier_order", "classifier_folded": "classifier_folded"}  # their data keys
+
+
 def _train(data, tok_dir, out: Path, arm: str, seed: int = 0, **changes) -> pd.DataFrame:
     efficacy_train(data["shards"], data["order"], data["target"], data["corpus_eval"], tok_dir, str(out),
-                   arm=arm, seed=seed, arm_order=data["classifier_order"] if arm == "classifier" else None,
+                   arm=arm, seed=seed, arm_order=data[ARM_ORDER[arm]] if arm in ARM_ORDER else None,
                    **(TRAIN | changes))
     return pd.read_parquet(out)
 
@@ -213,11 +221,22 @@ def test_arm_documents(data):
     arm = [efficacy.arm_documents("classifier", s, ids, order, held, with_held) for s in (0, 0, 1)]
     assert sorted(arm[0]) == sorted(top) and len(arm[0]) == len(lqs) and not set(arm[0]) & set(held)
     assert arm[0].tolist() == arm[1].tolist() != arm[2].tolist() and arm[0].tolist() != top.tolist()
+    # the classifier_folded arm: the same documents in the given order, whatever the seed
+    folded = pq.read_table(data["classifier_folded"])["doc_id"].to_numpy()
+    arm = [efficacy.arm_documents("classifier_folded", s, ids, order, held, np.concatenate([held[:2], folded]))
+           for s in (0, 1)]
+    assert arm[0].tolist() == arm[1].tolist() == folded.tolist() and sorted(folded) == sorted(top)
     with pytest.raises(ValueError, match="the classifier arm has 7 documents outside the evaluation set but the lqs "
-                                         f"arm {len(lqs)}: .*rerun efficacy_classifier"):
+                                         rf"arm {len(lqs)}: the classifier's order.parquet is stale \(rerun "
+                                         "efficacy_classifier"):
         efficacy.arm_documents("classifier", 0, ids, order, held, top[:7])
-    with pytest.raises(ValueError, match="the classifier arm needs the classifier's documents"):
-        efficacy.arm_documents("classifier", 0, ids, order, held)
+    with pytest.raises(ValueError, match="the classifier_folded arm has 7 documents .* the classifier's folded.parquet "
+                                         "is stale"):
+        efficacy.arm_documents("classifier_folded", 0, ids, order, held, folded[:7])
+    for name, output in (("classifier", "order"), ("classifier_folded", "folded")):
+        with pytest.raises(ValueError, match=f"the {name} arm needs the classifier's documents "
+                                             rf"\(efficacy_classifier's {output}.parquet\)"):
+            efficacy.arm_documents(name, 0, ids, order, held)
     with pytest.raises(ValueError, match="unknown efficacy arm"):
         efficacy.arm_documents("random", 0, ids, order, held)
 
@@ -241,7 +260,8 @@ def test_arms_train_on_exactly_equal_tokens(data, tok_dir, tmp_path):
     budget = sum(length[d] for d in order if d not in held)  # the lqs arm's window-0 tokens
     top = pq.read_table(data["classifier_order"])["doc_id"].to_pylist()
     available = {"conventional": sum(n for d, n in length.items() if d not in held), "lqs": budget,
-                 "lqs_shuffled": budget, "classifier": sum(length[d] for d in top)}
+                 "lqs_shuffled": budget, "classifier": sum(length[d] for d in top),
+                 "classifier_folded": sum(length[d] for d in top)}
     assert available["conventional"] < 4 * budget and available["classifier"] != budget
     for tokens, want in ((None, budget), (4 * budget, 4 * budget)):  # 4x: every arm needs several epochs
         seen, distinct = {}, {}
@@ -254,7 +274,8 @@ def test_arms_train_on_exactly_equal_tokens(data, tok_dir, tmp_path):
             assert curve["step"].tolist() == sorted(set(list(range(0, info["steps"] + 1, 2)) + [info["steps"]]))
             distinct[arm] = info["distinct_documents"]
         assert seen == dict.fromkeys(efficacy.ARMS, want)
-    assert distinct["lqs"] == distinct["classifier"] == len(top)  # several epochs: every document of the arm
+    # several epochs: every document of the arm
+    assert distinct["lqs"] == distinct["classifier"] == distinct["classifier_folded"] == len(top)
 
 
 def test_training_losses_against_a_per_document_computation(data, tok_dir, tmp_path):
@@ -328,7 +349,7 @@ def test_bad_inputs_are_clear_errors(data, tok_dir, tmp_path):
 def test_the_classifier_arm_needs_its_documents_and_only_it(data, tok_dir, tmp_path):
     with pytest.raises(ValueError, match="the classifier arm needs the classifier's documents"):
         efficacy_train(**_args(data, tok_dir, tmp_path, arm="classifier"))
-    with pytest.raises(ValueError, match="arm lqs: --arm-order is for the classifier arm only"):
+    with pytest.raises(ValueError, match="arm lqs: --arm-order is for the classifier and classifier_folded arms only"):
         efficacy_train(**_args(data, tok_dir, tmp_path, arm_order=data["classifier_order"]))
     bad = tmp_path / "classifier.parquet"
     pq.write_table(pa.table({"doc_id": pa.array([3], pa.int64())}), bad)
@@ -377,23 +398,61 @@ def _runs(tmp_path, final: dict) -> list[str]:
     return paths
 
 
+@functools.cache
+def _t_quantile(p: float, dof: int) -> float:
+    """Student's t quantile by hand: the density integrated by Simpson's rule from 0, and the
+    point where 0.5 + that integral reaches p found by bisection."""
+    const = math.gamma((dof + 1) / 2) / (math.sqrt(dof * math.pi) * math.gamma(dof / 2))
+
+    def cdf(q: float, n: int = 4000) -> float:
+        h = q / n
+        f = [const * (1 + (i * h) ** 2 / dof) ** (-(dof + 1) / 2) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    low, high = 0.0, 100.0
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def test_t_quantiles_by_hand_match_the_tables_and_scipy():
+    from scipy import stats
+
+    # the printed tables' t_{0.975, dof}: with 3 seeds (2 dof) the 95% interval is ± 4.30 standard errors
+    for dof, table in ((1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262)):
+        assert _t_quantile(0.975, dof) == pytest.approx(table, abs=5e-4)
+        assert _t_quantile(0.975, dof) == pytest.approx(stats.t.ppf(0.975, dof), rel=1e-6)
+
+
 def _brute_paired(final, arm, other, seeds) -> dict:
-    """arm − other, seed by seed, with plain loops."""
+    """arm − other, seed by seed, with plain loops; the interval from the hand-computed t quantile."""
     t = [final[arm, s][0] - final[other, s][0] for s in range(seeds)]
     c = [final[arm, s][1] - final[other, s][1] for s in range(seeds)]
 
-    def se(d):
-        return math.sqrt(sum((x - sum(d) / len(d)) ** 2 for x in d) / (len(d) - 1)) / math.sqrt(len(d))
+    def stats(d):
+        mean = sum(d) / len(d)
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1)) / math.sqrt(len(d))
+        half = _t_quantile(0.975, len(d) - 1) * se
+        return {"mean": mean, "stderr": se, "dof": len(d) - 1, "ci95": [mean - half, mean + half]}
 
-    return {"target_loss_diff": sum(t) / seeds, "stderr": se(t), "corpus_loss_diff": sum(c) / seeds,
-            "corpus_stderr": se(c), "seeds_won": {arm: sum(x < 0 for x in t), other: sum(x > 0 for x in t)}}
+    return {"arm": arm, "other": other, "target_loss": stats(t), "corpus_loss": stats(c),
+            "seeds_won": {arm: sum(x < 0 for x in t), other: sum(x > 0 for x in t)}}
+
+
+def _approx(d: dict) -> dict:
+    """A paired difference for pytest.approx (which compares numbers, not strings or nesting)."""
+    return {f"{part}.{k}": v for part in ("target_loss", "corpus_loss") for k, v in d[part].items() if k != "ci95"} | \
+        {f"{part}.ci95.{i}": d[part]["ci95"][i] for part in ("target_loss", "corpus_loss") for i in (0, 1)}
 
 
 def test_summary_statistics_are_paired_by_seed(data, tmp_path):
     rng = np.random.default_rng(4)
     seeds = 5
     final = {(arm, seed): rng.normal(3, 0.2, 2) for arm in efficacy.ARMS for seed in range(seeds)}
-    final["lqs", 2] = final["classifier", 2].copy()  # a tie: won by neither
+    final["classifier_folded", 2] = final["classifier", 2].copy()  # a tie: won by neither
+    for seed in range(seeds):  # a clear gain of the lqs arm over conventional
+        final["lqs", seed] = final["conventional", seed] - (0.5 + 0.01 * seed)
     template = tmp_path / "caption.rst"
     template.write_text("The figure's fixed text.\n")
     paths = _runs(tmp_path, final)
@@ -409,7 +468,7 @@ def test_summary_statistics_are_paired_by_seed(data, tmp_path):
                                 settings={"lr": 1})
     summary = json.loads(Path(out["json"]).read_text())
     assert returned == summary and list(returned["arms"]) == list(efficacy.ARMS)  # the figure's order
-    assert set(summary) == {"arms", "vs_conventional", "vs_classifier", "seeds", "budget", "eval", "classifier",
+    assert set(summary) == {"arms", "vs_conventional", "decomposition", "seeds", "budget", "eval", "classifier",
                             "caption", "settings", "provenance"}
     assert summary["eval"] == {"target_samples": 4, "corpus_documents": 6} and summary["budget"] == 500
     assert summary["classifier"] == cost
@@ -417,25 +476,40 @@ def test_summary_statistics_are_paired_by_seed(data, tmp_path):
         t = [final[arm, s][0] for s in range(seeds)]
         assert summary["arms"][arm]["target_loss"] == pytest.approx({"mean": np.mean(t), "std": np.std(t, ddof=1)})
         assert summary["arms"][arm]["tokens"] == 500
-    assert set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled", "classifier"}
-    assert set(summary["vs_classifier"]) == {"lqs", "lqs_shuffled"}
-    for key, other in (("vs_conventional", "conventional"), ("vs_classifier", "classifier")):
-        for arm, got in summary[key].items():
-            want = _brute_paired(final, arm, other, seeds)
-            assert got["seeds_won"] == want.pop("seeds_won")
-            assert {k: v for k, v in got.items() if k != "seeds_won"} == pytest.approx(want)
-    won = summary["vs_classifier"]["lqs"]["seeds_won"]
-    assert won["lqs"] + won["classifier"] == seeds - 1  # the tie
-    assert len(pd.read_parquet(out["parquet"])) == 2 * 4 * seeds and Path(out["png"]).stat().st_size > 0
+    assert set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled", "classifier", "classifier_folded"}
+    assert {name: (d["arm"], d["other"]) for name, d in summary["decomposition"].items()} == {
+        "selection": ("lqs_shuffled", "classifier"), "order_lqs": ("lqs", "lqs_shuffled"),
+        "order_classifier": ("classifier_folded", "classifier"), "like_for_like": ("lqs", "classifier_folded"),
+        "total": ("lqs", "classifier")}
+    pairs = [*summary["vs_conventional"].values(), *summary["decomposition"].values()]
+    for got in pairs:
+        want = _brute_paired(final, got["arm"], got["other"], seeds)
+        assert got["seeds_won"] == want["seeds_won"] and got["target_loss"]["dof"] == seeds - 1
+        assert _approx(got) == pytest.approx(_approx(want), rel=1e-6)
+    won = summary["decomposition"]["order_classifier"]["seeds_won"]
+    assert won["classifier_folded"] + won["classifier"] == seeds - 1  # the tie
+    # the decomposition adds up, seed by seed and so in the mean
+    d = {name: x["target_loss"]["mean"] for name, x in summary["decomposition"].items()}
+    assert d["total"] == pytest.approx(d["selection"] + d["order_lqs"])
+    assert d["total"] == pytest.approx(d["like_for_like"] + d["order_classifier"])
+    assert len(pd.read_parquet(out["parquet"])) == 2 * 5 * seeds and Path(out["png"]).stat().st_size > 0
     # the caption: the fixed text, then the paragraph of the summary, whose numbers it states
     caption = Path(out["rst"]).read_text()
     assert caption == "The figure's fixed text.\n\n" + summary["caption"] + "\n"
-    d = summary["vs_classifier"]["lqs_shuffled"]
-    number = f"{d['target_loss_diff']:+.3f}".replace("-", "−")
-    words = efficacy.verdict(d["target_loss_diff"], d["stderr"])
-    assert (f"lqs_shuffled − classifier {number} ± {d['stderr']:.3f}: {words}"
-            f" (lqs_shuffled lower in {d['seeds_won']['lqs_shuffled']} of {seeds} seeds, classifier in "
-            f"{d['seeds_won']['classifier']})") in summary["caption"]
+    assert summary["caption"].startswith(f"Measured over {seeds} seeds")
+
+    def signed(x):
+        return f"{x:+.3f}".replace("-", "−")
+
+    for label, key in (("lqs_shuffled − classifier (selection)", "selection"),
+                       ("classifier_folded − classifier (order classifier)", "order_classifier")):
+        x = summary["decomposition"][key]
+        t = x["target_loss"]
+        assert (f"{label} {signed(t['mean'])}, 95% interval [{signed(t['ci95'][0])}, {signed(t['ci95'][1])}] "
+                f"(t, 4 dof): {efficacy.verdict(t['ci95'])} ({x['arm']} lower in {x['seeds_won'][x['arm']]} of "
+                f"{seeds} seeds, classifier in {x['seeds_won']['classifier']})") in summary["caption"]
+    lqs = summary["vs_conventional"]["lqs"]["target_loss"]
+    assert lqs["ci95"][1] < 0 and "lqs − conventional −0.520, 95% interval" in summary["caption"]
     with pytest.raises(ValueError, match="no curve for arm, seed"):
         efficacy_summary(paths[:-1], data["target"], data["corpus_eval"], out["json"], out["parquet"], out["png"],
                          seeds=seeds, arms=list(efficacy.ARMS), settings={})
@@ -446,32 +520,61 @@ def test_summary_of_fewer_arms(data, tmp_path):
     out = {k: str(tmp_path / f"out.{k}") for k in ("json", "parquet", "png")}
     summary = efficacy_summary(_runs(tmp_path, final), data["target"], data["corpus_eval"], out["json"],
                                out["parquet"], out["png"], seeds=2, arms=["lqs", "conventional"], settings={})
-    assert list(summary["arms"]) == ["conventional", "lqs"] and "vs_classifier" not in summary
+    assert list(summary["arms"]) == ["conventional", "lqs"] and summary["decomposition"] == {}
     assert summary["vs_conventional"]["lqs"]["seeds_won"] == {"lqs": 0, "conventional": 0}  # equal in every seed
-    assert "lqs − conventional +0.000 ± 0.000: no difference (lqs lower in 0 of 2 seeds, conventional in 0)" \
-        in summary["caption"]
+    assert ("lqs − conventional +0.000, 95% interval [+0.000, +0.000] (t, 1 dof): no difference detected (lqs lower "
+            "in 0 of 2 seeds, conventional in 0)") in summary["caption"]
+    # without classifier_folded: only the selection and the lqs arm's order
+    final = {(arm, seed): (3.0 + seed / 10, 4.0) for arm in ("conventional", "lqs", "lqs_shuffled", "classifier")
+             for seed in range(2)}
+    summary = efficacy_summary(_runs(tmp_path, final), data["target"], data["corpus_eval"], out["json"],
+                               out["parquet"], out["png"], seeds=2, arms=sorted({arm for arm, _ in final}),
+                               settings={})
+    assert list(summary["decomposition"]) == ["selection", "order_lqs", "total"]
     one = {("classifier", 0): (3.0, 4.0)}
     summary = efficacy_summary(_runs(tmp_path, one), data["target"], data["corpus_eval"], out["json"],
                                out["parquet"], out["png"], seeds=1, arms=["classifier"], settings={})
-    assert summary["vs_conventional"] == {} and summary["vs_classifier"] == {}
+    assert summary["vs_conventional"] == {} and summary["decomposition"] == {}
     assert "only the classifier arm ran" in summary["caption"]
 
 
-@pytest.mark.parametrize("diff, se, words", [(-0.118, 0.008, "lower"), (0.3, 0.1, "higher"),
-                                             (-0.15, 0.08, "no difference"), (0.19, 0.1, "no difference"),
-                                             (-0.2, 0.1, "lower"), (0.1, None, "one seed"), (0.0, 0.0, "no difference"),
-                                             (-0.01, 0.0, "lower")])
-def test_the_caption_says_no_difference_within_two_standard_errors(diff, se, words):
-    assert efficacy.verdict(diff, se).startswith(words)
-    d = {"target_loss_diff": diff, "stderr": se, "corpus_loss_diff": 0.5, "corpus_stderr": 0.01,
-         "seeds_won": {"lqs": 2, "conventional": 1}}
+NONE = "no difference detected"
+
+
+@pytest.mark.parametrize("ci, words", [([-0.3, -0.01], "lower"), ([0.01, 0.4], "higher"), ([-0.3, 0.01], NONE),
+                                       ([-0.01, 0.3], NONE), ([0.0, 0.2], NONE), ([0.0, 0.0], NONE),
+                                       ([-0.01, -0.01], "lower"), (None, "one seed")])
+def test_a_difference_is_lower_or_higher_only_when_its_interval_excludes_zero(ci, words):
+    assert efficacy.verdict(ci).startswith(words)
+
+
+def test_the_interval_of_one_seed_and_of_three():
+    assert efficacy.interval(np.array([0.2])) == {"mean": 0.2, "stderr": None, "dof": None, "ci95": None}
+    # three seeds, by hand: mean −0.1, sd 0.1, se 0.1 / √3, t_{0.975, 2} = 4.3027
+    got = efficacy.interval(np.array([-0.2, -0.1, 0.0]))
+    se = 0.1 / math.sqrt(3)
+    assert got["dof"] == 2 and got["mean"] == pytest.approx(-0.1) and got["stderr"] == pytest.approx(se)
+    assert got["ci95"] == pytest.approx([-0.1 - 4.302653 * se, -0.1 + 4.302653 * se], rel=1e-6)
+    assert efficacy.verdict(got["ci95"]) == "no difference detected"  # 1.7 standard errors: not at 3 seeds
     text = efficacy.caption({"seeds": 3, "budget": 76922, "arms": {"conventional": {}, "lqs": {}},
-                             "vs_conventional": {"lqs": d}})
-    number = f"{diff:+.3f}".replace("-", "−") + (f" ± {se:.3f}" if se is not None else "")
-    assert (f"Held-out target loss: lqs − conventional {number}: {efficacy.verdict(diff, se)} (lqs lower in 2 of 3 "
-            "seeds, conventional in 1).") in text
-    assert "Held-out corpus loss: lqs − conventional +0.500 ± 0.010: higher." in text
-    assert "76,922 training tokens per arm" in text and "\n" not in text
+                             "vs_conventional": {"lqs": {"arm": "lqs", "other": "conventional", "target_loss": got,
+                                                         "corpus_loss": efficacy.interval(np.array([0.4, 0.5, 0.6])),
+                                                         "seeds_won": {"lqs": 2, "conventional": 0}}}})
+    assert ("Held-out target loss: lqs − conventional −0.100, 95% interval [−0.348, +0.148] (t, 2 dof): no difference "
+            "detected (lqs lower in 2 of 3 seeds, conventional in 0).") in text
+    assert "Held-out corpus loss: lqs − conventional +0.500, 95% interval [+0.252, +0.748] (t, 2 dof): higher." in text
+    assert text.startswith("Measured over 3 seeds") and "76,922 training tokens per arm" in text and "\n" not in text
+
+
+def test_the_readme_table_of_seeds_per_effect():
+    """The README's table: for an effect of d standard deviations of the paired difference, the
+    fewest seeds n with t_{0.975, n−1} / √n < d, from the hand-computed quantile."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    effects, = [[float(x) for x in line.split("|")[2:-1]] for line in readme.splitlines()
+                if line.startswith("| effect d ")]
+    seeds, = [[int(x) for x in line.split("|")[2:-1]] for line in readme.splitlines() if line.startswith("| seeds n ")]
+    want = [next(n for n in range(2, 100) if _t_quantile(0.975, n - 1) / math.sqrt(n) < d) for d in effects]
+    assert seeds == want and len(effects) >= 5
 
 
 # ---------------------------------------------------------------- snakemake efficacy, end to end
@@ -513,7 +616,7 @@ def test_snakemake_efficacy_end_to_end(completed_workflow, tmp_path):
                                     "arms": list(efficacy.ARMS)})
     planned = _job_stats(snakemake(workdir, "-n", "efficacy").stdout)
     assert planned == {"select_order": 1, "efficacy_corpus_eval": 1, "efficacy_classifier": 1,
-                       "efficacy_train": 4 * seeds, "efficacy": 1}
+                       "efficacy_train": 5 * seeds, "efficacy": 1}
     snakemake(workdir, "efficacy")
 
     # the target's held-out split: the seeded texts, tokenized; none of them reaches J
@@ -533,11 +636,11 @@ def test_snakemake_efficacy_end_to_end(completed_workflow, tmp_path):
     summary = json.loads((results / "efficacy/summary.json").read_text())
     curves = pd.read_parquet(results / "efficacy/curves.parquet")
     assert set(summary["arms"]) == set(efficacy.ARMS)
-    assert set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled", "classifier"}
-    assert set(summary["vs_classifier"]) == {"lqs", "lqs_shuffled"}
+    assert set(summary["vs_conventional"]) == {"lqs", "lqs_shuffled", "classifier", "classifier_folded"}
+    assert set(summary["decomposition"]) == {"selection", "order_lqs", "order_classifier", "like_for_like", "total"}
     assert summary["seeds"] == seeds and summary["eval"] == {"target_samples": 1, "corpus_documents": 8}
     final = curves.groupby(["arm", "seed"]).tail(1)
-    assert len(final) == 4 * seeds and set(final["tokens_seen"]) == {summary["budget"]}  # exactly equal tokens
+    assert len(final) == 5 * seeds and set(final["tokens_seen"]) == {summary["budget"]}  # exactly equal tokens
     order = pq.read_table(results / "selection/order.parquet")["doc_id"].to_numpy()
     held_docs = pq.read_table(results / "efficacy/eval/corpus.parquet")["doc_id"].to_numpy()
     ids, lengths = efficacy.document_lengths(sorted(map(str, results.glob("corpus/shard-*.parquet"))))
@@ -549,6 +652,11 @@ def test_snakemake_efficacy_end_to_end(completed_workflow, tmp_path):
     assert sorted(scores["doc_id"].to_pylist()) == sorted(ids.tolist())
     top = pq.read_table(results / "efficacy/classifier/order.parquet")["doc_id"].to_numpy()
     assert len(top) == (~np.isin(order, held_docs)).sum() and not np.isin(top, held_docs).any()
+    # the classifier_folded arm: those documents in Folding order (the default ordering.*) by their scores
+    folded = pq.read_table(results / "efficacy/classifier/folded.parquet").to_pandas()
+    by_id = folded.sort_values("doc_id")
+    assert folded["doc_id"].tolist() == by_id["doc_id"].to_numpy()[select.order(by_id["score"].to_numpy())].tolist()
+    assert sorted(folded["doc_id"]) == sorted(top)
     assert {k: summary["classifier"][k] for k in ("positives", "negatives", "selected")} == \
         {"positives": 11, "negatives": 11, "selected": len(top)}
     caption = (results / "efficacy/caption.rst").read_text()
@@ -567,14 +675,14 @@ def test_snakemake_efficacy_end_to_end(completed_workflow, tmp_path):
     write_jsonl(workdir / "data/eval.jsonl", [{"text": f"An evaluation text number {i}."} for i in range(3)])
     _with_config(workdir, efficacy={"eval_source": "data/eval.jsonl"})
     planned = _job_stats(snakemake(workdir, "-n", "efficacy").stdout)
-    assert planned == {"prepare_eval_source": 1, "efficacy_train": 4 * seeds, "efficacy": 1}
+    assert planned == {"prepare_eval_source": 1, "efficacy_train": 5 * seeds, "efficacy": 1}
     snakemake(workdir, "results/efficacy/eval/target.parquet")
     eval_texts = target.target_texts(str(workdir / "data/eval.jsonl"))
     assert pq.read_table(results / "efficacy/eval/target.parquet")["input_ids"].to_pylist() == \
         [w[0] for w in tokenize_windows(tok, eval_texts, 32)]
     _with_config(workdir, efficacy={"eval_source": "someone/eval-set", "eval_split": "validation"})
     planned = _job_stats(snakemake(workdir, "-n", "efficacy").stdout)  # a hub data set: fetched first
-    assert planned == {"fetch_eval_source": 1, "prepare_eval_source": 1, "efficacy_train": 4 * seeds, "efficacy": 1}
+    assert planned == {"fetch_eval_source": 1, "prepare_eval_source": 1, "efficacy_train": 5 * seeds, "efficacy": 1}
     # no evaluation set at all: a clear error before any job
     _with_config(workdir, efficacy={"eval_source": None}, target={"eval_fraction": 0})
     run = snakemake(workdir, "-n", "efficacy", check=False)

@@ -1,8 +1,10 @@
 """Stage `efficacy_classifier` (the efficacy experiment's classifier arm) on a tiny tokenized
 corpus: its positives are exactly J's target texts, its negatives the seeded sample of accepted
 documents outside the corpus evaluation set (never an evaluation or a rejected document), every
-accepted document is scored, and the arm is the top N by score outside the evaluation set, N the
-lqs arm's documents: all against brute force. And efficacy.arms in the schema."""
+accepted document is scored, the classifier arm is the top N by score outside the evaluation set,
+N the lqs arm's documents, and the classifier_folded arm the same documents in lqs.select.order's
+order by their scores (Folding by hand, too): all against brute force. And efficacy.arms in the
+schema."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pytest
 import yaml
 from helpers import ROOT, corpus_settings, shard_settings, stage_function, write_jsonl, write_plan
 
-from lqs import classifier, config, splits, target
+from lqs import classifier, config, select, splits, target
 from lqs.stages import efficacy_classifier as efficacy_classifier_stage
 from lqs.stages import efficacy_corpus_eval as efficacy_corpus_eval_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
@@ -27,6 +29,7 @@ tokenize_shard = stage_function(tokenize_shard_stage)
 
 TARGET = dict(target_text_field="text", target_split="train", target_revision=None, target_max_samples=None,
               target_eval_fraction=0.2, target_seed=3)
+FOLDING = {"method": "folding", "folds": 3, "seed": 0}  # ordering.*'s defaults
 BAD_LINE = 7  # 0-based: a record without a text, rejected by tokenization
 
 
@@ -86,8 +89,8 @@ def _run(setup, out_dir, monkeypatch=None, corpus_eval=None, order=None, **setti
         monkeypatch.setattr(classifier, "train", spy)
     result = efficacy_classifier(setup["plan"], setup["shards"], setup["target"], order or setup["order_path"],
                                  corpus_eval or setup["corpus_eval"], str(out_dir / "scores.parquet"),
-                                 str(out_dir / "order.parquet"), **(setup["settings"] | TARGET | {"negatives": None}
-                                                                    | settings))
+                                 str(out_dir / "order.parquet"), str(out_dir / "folded.parquet"),
+                                 **(setup["settings"] | TARGET | {"negatives": None, "ordering": FOLDING} | settings))
     return result, calls
 
 
@@ -126,12 +129,41 @@ def test_the_classifier_sees_jays_texts_and_no_evaluation_document(setup, tmp_pa
     assert not set(arm["doc_id"].to_pylist()) & set(setup["held"].tolist())
     assert arm["score"].to_pylist() == [-s for s, _ in ranked[:n]]
 
+    # the classifier_folded arm: the same documents in Folding order by the classifier's scores,
+    # by hand (ascending by score, ties by doc_id; then every third from the first, second, third)
+    folded = pq.read_table(tmp_path / "folded.parquet")
+    score_of = dict(zip(setup["accepted"].tolist(), want.tolist()))
+    ascending = sorted(arm["doc_id"].to_pylist(), key=lambda i: (score_of[i], i))
+    assert folded["doc_id"].to_pylist() == ascending[0::3] + ascending[1::3] + ascending[2::3]
+    assert folded["score"].to_pylist() == [score_of[i] for i in folded["doc_id"].to_pylist()]
+    # and by lqs.select.order, given the scores in input order as select_order gives the lqs arm's
+    ids = np.sort(arm["doc_id"].to_numpy())
+    assert folded["doc_id"].to_pylist() == ids[select.order(np.array([score_of[i] for i in ids]))].tolist()
+
     info = json.loads(pq.read_schema(tmp_path / "order.parquet").metadata[classifier.METADATA_KEY])
     assert info == json.loads(pq.read_schema(tmp_path / "scores.parquet").metadata[classifier.METADATA_KEY])
+    assert info == json.loads(pq.read_schema(tmp_path / "folded.parquet").metadata[classifier.METADATA_KEY])
     assert {k: info[k] for k in ("positives", "negatives", "documents", "selected")} == {
         "positives": 16, "negatives": 16, "documents": len(setup["accepted"]), "selected": n}
     assert set(info["cpu_seconds"]) == {"read_negatives", "train", "score"}
     assert result == {"documents": len(setup["accepted"]), "positives": 16, "negatives": 16, "selected": n}
+
+
+def test_the_classifier_folded_arm_follows_the_ordering_settings(setup, tmp_path):
+    """ordering.* is the lqs arm's: another method or number of folds orders the same documents anew."""
+    _run(setup, tmp_path)
+    top = pq.read_table(tmp_path / "order.parquet").to_pandas()
+    by_id = top.sort_values("doc_id")
+    ids, scores = by_id["doc_id"].to_numpy(), by_id["score"].to_numpy()
+    orders = {}
+    for ordering in ({"method": "folding", "folds": 2, "seed": 0}, {"method": "ascending", "folds": 3, "seed": 0},
+                     {"method": "shuffle", "folds": 3, "seed": 5}):
+        _run(setup, tmp_path, ordering=ordering)
+        got = pq.read_table(tmp_path / "folded.parquet")["doc_id"].to_pylist()
+        assert got == ids[select.order(scores, **ordering)].tolist()
+        orders[ordering["method"]] = got
+    assert orders["ascending"] == [i for _, i in sorted(zip(top["score"], top["doc_id"]))]  # ties by doc_id
+    assert len({tuple(o) for o in orders.values()}) == 3
 
 
 def test_the_number_of_negatives(setup, tmp_path, monkeypatch, caplog):
@@ -162,14 +194,15 @@ def test_a_corpus_edited_since_tokenization_is_an_error(setup, tmp_path):
     with pytest.raises(RuntimeError, match="the corpus changed since it was tokenized"):
         efficacy_classifier(plan_path, setup["shards"], setup["target"], setup["order_path"],
                             setup["corpus_eval"], str(tmp_path / "s.parquet"), str(tmp_path / "o.parquet"),
-                            negatives=len(setup["accepted"]) - 8, **corpus_settings(plan), **TARGET)
-    assert not (tmp_path / "s.parquet").exists() and not (tmp_path / "o.parquet").exists()
+                            str(tmp_path / "f.parquet"), negatives=len(setup["accepted"]) - 8,
+                            ordering=FOLDING, **corpus_settings(plan), **TARGET)
+    assert not [p for p in ("s", "o", "f") if (tmp_path / f"{p}.parquet").exists()]
 
 
 def test_efficacy_arms_in_the_schema():
     schema = yaml.safe_load((ROOT / "lqs" / "schema.yaml").read_text())
     arms = schema["properties"]["efficacy"]["properties"]["arms"]
-    assert arms["default"] == ["conventional", "lqs", "lqs_shuffled", "classifier"]
+    assert arms["default"] == ["conventional", "lqs", "lqs_shuffled", "classifier", "classifier_folded"]
     from lqs.efficacy import ARMS
 
     assert tuple(arms["items"]["enum"]) == ARMS
@@ -180,7 +213,7 @@ def test_efficacy_arms_in_the_schema():
                                      "efficacy": {"arms": value}}, schema)
 
     assert errors(["lqs", "random"]) == ['efficacy.arms.1: "random" is not valid: expected one of conventional, lqs, '
-                                         'lqs_shuffled, classifier']
+                                         'lqs_shuffled, classifier, classifier_folded']
     assert len(errors(["lqs", "lqs"])) == 1 and "non-unique" in errors(["lqs", "lqs"])[0]
     assert len(errors([])) == 1 and errors([])[0].startswith("efficacy.arms: [] is not valid")
     assert errors(["conventional", "classifier"]) == []

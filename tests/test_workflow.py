@@ -362,7 +362,7 @@ def test_scorer_checkpoint_needs_no_models_section(tmp_path, scorer_checkpoint):
             "num_attention_heads": 2, "num_key_value_heads": 1}
     edit_config(tmp_path, set_key("efficacy", "model", arch))
     efficacy_plan = planned(tmp_path, "efficacy")
-    assert efficacy_plan["efficacy_train"] == 12 and efficacy_plan["efficacy_classifier"] == 1  # 4 arms x 3 seeds
+    assert efficacy_plan["efficacy_train"] == 15 and efficacy_plan["efficacy_classifier"] == 1  # 5 arms x 3 seeds
 
     # without the checkpoint, the models are required: one line naming the key
     edit_config(tmp_path, set_key("scorer", "checkpoint", None))

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from lqs import provenance
 from lqs.classifier import METADATA_KEY
-from lqs.efficacy import ARMS, CURVE_SCHEMA, LQS_ARMS, caption, paired_difference
+from lqs.efficacy import ARMS, CURVE_SCHEMA, DECOMPOSITION, caption, paired_difference
 from lqs.io import atomic_open, parquet_file, read_parquet, write_json, write_table
 from lqs.stage import Arg, Stage
 
@@ -42,10 +42,11 @@ def efficacy(run_paths: Sequence[str], target_eval: str, corpus_eval: str, summa
     `caption_out` the report's caption: `caption_template`'s text (report/efficacy.rst) and a
     paragraph stating the measured differences (lqs.efficacy.caption, also the summary's
     `caption`). Each non-conventional arm is compared with conventional (vs_conventional), and
-    the lqs arms with the classifier arm when it ran (vs_classifier), paired by seed: mean of the
-    per-seed differences, standard error std(ddof=1) / √seeds (null for one seed), and the seeds
-    each arm won. `classifier`: efficacy_classifier's order.parquet, whose counts and CPU seconds
-    the summary records."""
+    the arms of lqs.efficacy.DECOMPOSITION's comparisons that both ran with each other
+    (decomposition), paired by seed: the mean of the per-seed differences, its standard error,
+    degrees of freedom and 95% interval from Student's t (null for one seed), and the seeds each
+    arm won. `classifier`: efficacy_classifier's order.parquet, whose counts and CPU seconds the
+    summary records."""
     from lqs.report import plot_efficacy
 
     seeds = settings.seeds
@@ -72,10 +73,9 @@ def efficacy(run_paths: Sequence[str], target_eval: str, corpus_eval: str, summa
     corpus = {arm: final.loc[arm]["corpus_loss"].loc[range(seeds)].to_numpy() for arm in arm_names}
     vs = {arm: paired_difference(arm, "conventional", target, corpus)
           for arm in arm_names if arm != "conventional" and "conventional" in arm_names}
-    summary = {"arms": arms, "vs_conventional": vs}
-    if "classifier" in arm_names:
-        summary["vs_classifier"] = {arm: paired_difference(arm, "classifier", target, corpus)
-                                    for arm in LQS_ARMS if arm in arm_names}
+    decomposition = {name: paired_difference(arm, other, target, corpus) for name, arm, other in DECOMPOSITION
+                     if arm in arm_names and other in arm_names}
+    summary = {"arms": arms, "vs_conventional": vs, "decomposition": decomposition}
     summary |= {"seeds": seeds, "budget": info[0]["budget"],
                 "eval": {"target_samples": parquet_file(target_eval).metadata.num_rows,
                          "corpus_documents": parquet_file(corpus_eval).metadata.num_rows}}
@@ -95,9 +95,8 @@ def efficacy(run_paths: Sequence[str], target_eval: str, corpus_eval: str, summa
     write_json(summary_out, summary)
     for arm in arm_names:
         a = arms[arm]
-        log.info("%-13s target %.4f ± %s, corpus %.4f ± %s%s", arm, a["target_loss"]["mean"], a["target_loss"]["std"],
-                 a["corpus_loss"]["mean"], a["corpus_loss"]["std"],
-                 f", vs conventional {vs[arm]['target_loss_diff']:+.4f} ± {vs[arm]['stderr']}" if arm in vs else "")
+        log.info("%-17s target %.4f ± %s, corpus %.4f ± %s", arm, a["target_loss"]["mean"], a["target_loss"]["std"],
+                 a["corpus_loss"]["mean"], a["corpus_loss"]["std"])
     log.info("%s", summary["caption"])
     return summary
 

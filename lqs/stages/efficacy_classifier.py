@@ -1,6 +1,9 @@
-"""Stage `efficacy_classifier`: the efficacy experiment's `classifier` arm, the cheap selection to
-compare LQS with: a target-vs-corpus text classifier (lqs/classifier.py) trained on CPU, every
-accepted document scored, and the arm's documents (docs/stages.md#the-efficacy-experiment).
+"""Stage `efficacy_classifier`: the efficacy experiment's `classifier` and `classifier_folded` arms,
+the cheap selection to compare LQS with: a target-vs-corpus text classifier (lqs/classifier.py)
+trained on CPU, every accepted document scored, and the arms' documents: the top ones by score
+(order.parquet, highest first) and the same documents in the lqs arm's training order by the
+classifier's scores (folded.parquet: lqs.select.order with ordering.*, Folding by default)
+(docs/stages.md#the-efficacy-experiment).
 
 Positives: the target texts the annotation's J uses (the target set's train part, as
 prepare_target splits it: lqs.target.target_split with the same settings). Negatives: a seeded
@@ -17,6 +20,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +28,7 @@ import pyarrow as pa
 from lqs import classifier, corpus
 from lqs.batch_scoring import accepted_records, chunked, corpus_accepted_documents
 from lqs.io import read_parquet, write_table
+from lqs.select import order as training_order
 from lqs.splits import planned_splits
 from lqs.stage import Arg, Stage
 from lqs.target import target_split
@@ -46,6 +51,7 @@ class Settings:
     target_eval_fraction: float  # target.eval_fraction
     target_seed: int  # target.seed
     negatives: int | None  # efficacy.classifier_negatives (null: as many as the positives)
+    ordering: dict[str, Any]  # ordering.* (method, folds, seed): the lqs arm's, for classifier_folded
 
 
 def _texts_of(records: Iterator[corpus.Record], doc_ids: np.ndarray) -> list[str]:
@@ -60,12 +66,15 @@ def _texts_of(records: Iterator[corpus.Record], doc_ids: np.ndarray) -> list[str
 
 
 def efficacy_classifier(plan: str, tokenized_shards: Sequence[str], target: str, order: str,
-                        corpus_eval: str, scores_out: str, order_out: str, settings: Settings) -> dict:
+                        corpus_eval: str, scores_out: str, order_out: str, folded_out: str, settings: Settings) -> dict:
     """Trains the classifier and writes `scores_out` (doc_id, score: the log-odds of being
-    target-like, for every accepted document, in input order) and `order_out` (doc_id, score:
-    the arm's documents, the top N by score outside the corpus evaluation set, highest first,
-    N the lqs arm's documents outside it: `order`'s). Both carry the classifier's counts and CPU
-    seconds as Parquet metadata (classifier.METADATA_KEY)."""
+    target-like, for every accepted document, in input order), `order_out` (doc_id, score: the
+    classifier arm's documents, the top N by score outside the corpus evaluation set, highest
+    first, N the lqs arm's documents outside it: `order`'s) and `folded_out` (the same documents
+    and scores in the classifier_folded arm's training order: lqs.select.order of their scores
+    with ordering.*, given in input order as select_order gives the lqs arm's, so that ties fall
+    the same way). All three carry the classifier's counts and CPU seconds as Parquet metadata
+    (classifier.METADATA_KEY)."""
     s = settings
     start = time.perf_counter()
     positives, _ = target_split(target, text_field=s.target_text_field, split=s.target_split,
@@ -118,6 +127,10 @@ def efficacy_classifier(plan: str, tokenized_shards: Sequence[str], target: str,
     write_table(scores_out, pa.table({"doc_id": ids, "score": scores}, schema=SCORES_SCHEMA.with_metadata(metadata)))
     top_scores = scores[np.searchsorted(ids, top)]  # ids ascend (input order)
     write_table(order_out, pa.table({"doc_id": top, "score": top_scores}, schema=SCORES_SCHEMA.with_metadata(metadata)))
+    by_id = np.argsort(top, kind="stable")  # input order
+    folded = by_id[training_order(top_scores[by_id], **s.ordering)]
+    write_table(folded_out, pa.table({"doc_id": top[folded], "score": top_scores[folded]},
+                                     schema=SCORES_SCHEMA.with_metadata(metadata)))
     log.info("classifier: %d positives (target texts), %d negatives (corpus documents); %d documents scored; "
              "the top %d outside the %d evaluation documents kept", len(positives), len(negatives), len(ids), len(top),
              len(held_out))
@@ -127,10 +140,10 @@ def efficacy_classifier(plan: str, tokenized_shards: Sequence[str], target: str,
 
 
 STAGE = Stage(
-    help="the efficacy experiment's classifier arm: train a target-vs-corpus classifier and score every document",
+    help="the efficacy experiment's classifier arms: train a target-vs-corpus classifier and score every document",
     run=efficacy_classifier,
     args=(Arg("--plan"), Arg("--tokenized-shards", "+"), Arg("--target"), Arg("--order"),
-          Arg("--corpus-eval"), Arg("--scores-out"), Arg("--order-out")),
+          Arg("--corpus-eval"), Arg("--scores-out"), Arg("--order-out"), Arg("--folded-out")),
     settings=Settings,
     counters={"documents": "documents", "positives": "positives", "negatives": "negatives"},
     # scikit-learn, imported before the clock starts (about a second): the CPU seconds are the work's

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lqs.efficacy import (
+    CLASSIFIER_ARMS,
     CURVE_SCHEMA,
     arm_documents,
     budget_stream,
@@ -60,8 +61,9 @@ def efficacy_train(shard_paths: Sequence[str], order: str, target_eval: str, cor
                    arm_order: str | None = None) -> dict:
     """Trains one arm for one seed and writes its curve (arm, seed, step, tokens_seen,
     target_loss, corpus_loss, train_loss) at step 0, every `efficacy.eval_every` steps and at the end.
-    `order` is the lqs arm's (it sets the budget B); `arm_order` the classifier arm's documents
-    (efficacy_classifier's order.parquet), for that arm only.
+    `order` is the lqs arm's (it sets the budget B); `arm_order` a classifier arm's documents
+    (efficacy_classifier's order.parquet for classifier, folded.parquet for classifier_folded),
+    for those arms only.
 
     A step's loss is the token-weighted mean next-token cross-entropy of its documents (padded,
     never concatenated); AdamW, linear warmup then cosine decay to 10%, gradients clipped to
@@ -81,8 +83,8 @@ def efficacy_train(shard_paths: Sequence[str], order: str, target_eval: str, cor
     held_out = read_parquet(corpus_eval, ["doc_id"])["doc_id"].to_numpy()
     order_ids, length_of = read_order(order, corpus_ids), pd.Series(lengths, index=corpus_ids)
     budget = settings.tokens or int(length_of[arm_documents("lqs", seed, corpus_ids, order_ids, held_out)].sum())
-    if arm_order is not None and arm != "classifier":
-        raise ValueError(f"arm {arm}: --arm-order is for the classifier arm only")
+    if arm_order is not None and arm not in CLASSIFIER_ARMS:
+        raise ValueError(f"arm {arm}: --arm-order is for the {' and '.join(CLASSIFIER_ARMS)} arms only")
     classifier_ids = read_order(arm_order, corpus_ids, "efficacy_classifier") if arm_order is not None else None
     docs = arm_documents(arm, seed, corpus_ids, order_ids, held_out, classifier_ids)
     if budget == 0 or len(docs) == 0:
