@@ -3,7 +3,7 @@
 A JSONL corpus (default 6.4 MB, synthetic) is scored with a tiny pretrained scorer
 (`scorer.checkpoint`: fetch, tokenize, tokenize for the scorer, score, gather) at each shard count
 given; every read(2)/pread64(2) of every process of the run (Snakemake, its jobs, their threads)
-on the corpus file is summed from `strace -f -y`. Goals (issue 30): at 24 shards at most 5 x the
+on the corpus file is summed from `strace -ff -y`. Goals (issue 30): at 24 shards at most 5 x the
 corpus, and at most 1.25 x the 2-shard figure.
 
     python benchmarks/corpus_reads.py [--mb 6.4] [--shards 2 24]
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the of and to in is was for on that with as by at from his an were are which this be or has had not "
          "but first new after also other its their one time years may all some more can most into two than "
          "data model learning training corpus token score quality document text web page").split()
-READ = re.compile(r'^\d+\s+(?:read|pread64)\((\d+)<([^>]*)>.*\)\s+=\s+(\d+)$')
+READ = re.compile(r'^(?:read|pread64)\((\d+)<([^>]*)>.*\)\s+=\s+(\d+)$')
 
 
 def write_corpus(path: Path, megabytes: float, seed: int = 0) -> int:
@@ -75,19 +75,23 @@ def run(workdir: Path, corpus: Path, scorer: Path, shards: int) -> dict:
     config = {"corpus": {"path": str(corpus), "num_shards": shards, "max_length": 128},
               "scorer": {"checkpoint": str(scorer)}, "device": "cpu"}
     (workdir / "override.json").write_text(json.dumps(config))
-    trace = workdir / "strace.log"
+    traces = workdir / "strace"
+    traces.mkdir()
     start = time.perf_counter()
-    subprocess.run(["strace", "-f", "-y", "-qq", "-e", "trace=read,pread64", "-e", "signal=none", "-o", str(trace),
+    # -ff: a file per thread, so that no call is split into "unfinished" and "resumed" lines
+    subprocess.run(["strace", "-ff", "-y", "-qq", "-e", "trace=read,pread64", "-e", "signal=none", "-o",
+                    str(traces / "t"),
                     sys.executable, "-m", "snakemake", "scored.jsonl", "--cores", "2", "--configfile",
                     str(workdir / "override.json"), "--quiet", "all"], cwd=workdir, check=True)
     seconds = time.perf_counter() - start
     total = 0
     real = os.path.realpath(corpus)
-    with open(trace, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            match = READ.match(line.strip())
-            if match and os.path.realpath(match[2]) == real:
-                total += int(match[3])
+    for trace in traces.iterdir():
+        with open(trace, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                match = READ.match(line.strip())
+                if match and os.path.realpath(match[2]) == real:
+                    total += int(match[3])
     return {"shards": shards, "bytes_read": total, "seconds": round(seconds, 1)}
 
 

@@ -250,10 +250,10 @@ EXACT_RANGE = 1 << 20  # a byte range up to this long is read exactly: a buffer 
 def _compression(f, path: str, position: int) -> str | None:
     """The compression a file's first bytes name (COMPRESSION_MAGIC), or None, read without moving
     `f` (opened at its start, or seekable) or filling its buffer with bytes another split reads."""
-    if position == 0:  # opened at its start, maybe a stream (standard input, a hub file)
-        head = f.peek(MAGIC_BYTES)[:MAGIC_BYTES]
-    elif not sources.is_url(path):
+    if not sources.is_url(path) and path != "-":  # a local file: its buffer stays empty
         head = os.pread(f.fileno(), MAGIC_BYTES, 0)
+    elif position == 0:  # a stream, opened at its start (standard input, a hub file)
+        head = f.peek(MAGIC_BYTES)[:MAGIC_BYTES]
     else:
         f.seek(0)
         head = f.read(MAGIC_BYTES)
@@ -264,11 +264,11 @@ def _exact_range(f, start: int, stop: int, limit: int) -> io.BytesIO:
     """A local file's bytes [start, stop) and the rest of the line under way at `stop` (at most
     `limit` bytes of it), read with pread: no byte beyond them is read."""
     data = bytearray(os.pread(f.fileno(), stop - start, start))
-    at = stop
-    while not data.endswith(b"\n") and at - stop <= limit and (more := os.pread(f.fileno(), 4096, at)):
+    at, step = stop, 256  # the rest of the line in growing steps: read past it by less than it holds
+    while not data.endswith(b"\n") and at - stop <= limit and (more := os.pread(f.fileno(), step, at)):
         end = more.find(b"\n")
         data += more if end < 0 else more[:end + 1]
-        at += len(more)
+        at, step = at + len(more), min(2 * step, 1 << 20)
         if end >= 0:
             break
     return io.BytesIO(bytes(data))

@@ -244,11 +244,11 @@ def scontrol_job(job_id: str) -> dict[str, str]:
 
 
 def rule_of(comment: str) -> str:
-    """The plugin's job comment: rule_<rule> or rule_<rule>_wildcards_<values>, or rule_<group> for
-    a group job (its rule: the profile's groups each hold one)."""
+    """The plugin's job comment: rule_<rule> or rule_<rule>_wildcards_<values>, or for a group job
+    rule_<group>_<its rules> (the profile's groups each hold one rule)."""
     assert comment.startswith("rule_"), comment
     name = comment[len("rule_"):].split("_wildcards_")[0]
-    return {group: rule for rule, group in GROUPS.items()}.get(name, name)
+    return {f"{group}_{rule}": rule for rule, group in GROUPS.items()}.get(name, name)
 
 
 def local_jobs(workdir: Path) -> collections.Counter:
