@@ -274,6 +274,11 @@ def _exact_range(f, start: int, stop: int, limit: int) -> io.BytesIO:
     return io.BytesIO(bytes(data))
 
 
+def _with_readline(f):
+    """`f`, or a URL's seekable file (fsspec's readline takes no size) buffered for sized readlines."""
+    return f if isinstance(f, io.BufferedIOBase) else io.BufferedReader(f, buffer_size=1 << 20)
+
+
 def _skip_line(f) -> int:
     """Reads to the end of the line under way, in pieces (memory stays bounded); the bytes read."""
     skipped = 0
@@ -296,7 +301,7 @@ def _jsonl_lines(split: Split, max_chars: int = MAX_CHARS
     unreadable (position and line None)."""
     path, position, lineno, limit = split.path, split.start, 0, max_line_bytes(max_chars)
     with (sources.open_binary(path, seekable=position > 0) as raw,
-          gzip.open(raw, "rb") if is_gzip(path) else raw as f):
+          gzip.open(raw, "rb") if is_gzip(path) else _with_readline(raw) as f):
         try:
             if not is_gzip(path):
                 if compression := _compression(f, path, position):

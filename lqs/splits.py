@@ -407,11 +407,15 @@ class CorpusPlan:
                 return shard
         raise KeyError(f"the corpus plan has no shard {key!r}")
 
+    def path(self, directory: str) -> str:
+        """Where the plan is written in `directory`: a file named by its digest."""
+        return os.path.join(directory, f"{self.sha256[:16]}.json")
+
     def write(self, directory: str) -> str:
-        """Writes the plan to `directory`/<its digest>.json (once: an existing one is the same)."""
+        """Writes the plan to `directory` (once: an existing file of its name holds it already)."""
         from lqs.io import write_json
 
-        path = os.path.join(directory, f"{self.sha256[:16]}.json")
+        path = self.path(directory)
         if not os.path.exists(path):
             os.makedirs(directory, exist_ok=True)
             write_json(path, self.as_json())

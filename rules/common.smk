@@ -89,9 +89,9 @@ def as_settings(**kwargs):
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f'set -euo pipefail; export PATH="$PATH":{shlex.quote(os.path.dirname(sys.executable))}; ')
 # The corpus plan (lqs.splits, docs/stages.md#shards): the shards as input splits, from the listing,
-# file sizes and the footers of the Parquet files it cuts. Written once to a file named by its
-# digest, whose path the jobs inherit ($LQS_CORPUS_PLAN); each job's params carry the digest of the
-# splits it reads, so that only the shards whose splits change rerun.
+# file sizes and the footers of the Parquet files it cuts. Written once (onstart: not by a dry run)
+# to a file named by its digest, whose path the jobs inherit ($LQS_CORPUS_PLAN); each job's params
+# carry the digest of the splits it reads, so that only the shards whose splits change rerun.
 PLAN = lqs_splits.build_plan(
     [f.path for f in CORPUS.files],
     {f.path: f.version for f in CORPUS.files if f.version},
@@ -99,7 +99,14 @@ PLAN = lqs_splits.build_plan(
     config["corpus"]["num_shards"],
     config["corpus"]["shard_size"],
 )
-os.environ[lqs_splits.PLAN_ENV] = PLAN.write(f"{RESULTS}/corpus/plans")
+PLANS = f"{RESULTS}/corpus/plans"
+os.environ[lqs_splits.PLAN_ENV] = PLAN.path(PLANS)
+
+
+onstart:
+    PLAN.write(PLANS)
+
+
 SHARDS = [shard.key for shard in PLAN.shards]
 SHARD = {shard.key: shard for shard in PLAN.shards}
 CORPUS_FILE = {f.path: f for f in CORPUS.files}

@@ -362,23 +362,28 @@ def test_hub_corpus_is_pinned_at_dag_build_and_jobs_get_the_pinned_urls(tmp_path
     pinned = [f"hf://datasets/{REPO}@{hub.v1}/data/train-00000.jsonl",
               f"hf://datasets/{REPO}@{hub.v1}/data/train-00001.parquet"]
     tokenize = shell_commands(result.stdout, "tokenize_shard")
-    assert sorted(c.split()[2] for c in tokenize) == pinned  # per_file: one shard per file, statically
-    gather = shell_commands(result.stdout, "gather_scores")
-    assert gather and gather[0].startswith(f"lqs gather-scores {pinned[0]} {pinned[1]} --score-paths")
-    [train_tokenizer] = shell_commands(result.stdout, "train_tokenizer")
-    assert train_tokenizer.startswith(f"lqs train-tokenizer {pinned[0]} {pinned[1]} --out-dir")
+    assert len(tokenize) == 2  # per_file: one shard per file, statically
+    assert all(c.startswith('lqs tokenize-shard --plan "$LQS_CORPUS_PLAN" --shard ') for c in tokenize)
     assert "input: results/models/tokenizer" in result.stdout  # no corpus file among the inputs
     assert "hf://" not in "".join(line for line in result.stdout.splitlines() if "input:" in line)
-    assert not (workdir / "results").exists()
+    assert not (workdir / "results").exists()  # a dry run writes nothing, not even the corpus plan
+    # the jobs read the pinned URLs from the corpus plan, which a run writes before its first job
+    snakemake(workdir, "results/models/tokenizer", env=hub.env(tmp_path))
+    [plan_file] = (workdir / "results" / "corpus" / "plans").iterdir()
+    corpus_plan = splits.read_plan(str(plan_file))
+    assert list(corpus_plan.files) == pinned
+    assert [[str(s) for s in shard.splits] for shard in corpus_plan.shards] == [[pinned[0]], [pinned[1]]]
 
     # a job that parses the workflow again (SLURM: --mode remote) reads the main process's commit
     # from the environment, even where main has moved since
     main = publish(hub.remote, {**HUB_FILES, "README.md": b"moved\n"})
     env = hub.env(tmp_path, LQS_CORPUS_PINS=json.dumps({f"{REPO}@": hub.v1}))
-    again = snakemake(workdir, "-n", "-p", "--mode", "remote", "results/corpus/shard-0.parquet", env=env)
-    assert shell_commands(again.stdout, "tokenize_shard")[0].split()[2] == pinned[0]
-    fresh = snakemake(workdir, "-n", "-p", "results/corpus/shard-0.parquet", env=env)  # the main process pins anew
-    assert shell_commands(fresh.stdout, "tokenize_shard")[0].split()[2] == pinned[0].replace(hub.v1, main)
+    key = corpus_plan.shards[0].key
+    again = snakemake(workdir, "-n", "-p", "--mode", "remote", f"results/corpus/shard-{key}.parquet", env=env)
+    assert shell_commands(again.stdout, "tokenize_shard")  # the same shard: the same pinned file
+    fresh = snakemake(workdir, "-n", "-p", env=env)  # the main process pins anew: other files, other shards
+    assert f"results/corpus/shard-{key}.parquet" not in fresh.stdout
+    assert f"is pinned to commit {main} for this run" in fresh.stdout + fresh.stderr
 
 
 @pytest.mark.parametrize("path, words", [
