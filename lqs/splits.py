@@ -232,11 +232,9 @@ SHORTEST_RECORD = len('{"text":"x"}\n')  # bytes: a shard of fewer can hold no J
 
 
 def _equal(files: Sequence[str], sizes: Sequence[float], n: int, groups, unknown: set[str]) -> list[Shard]:
-    total = sum(sizes)
-    if not unknown and n > total // SHORTEST_RECORD:  # shards too small to hold a record each
-        log.warning("corpus.num_shards: %d, but the corpus's %d bytes can hold at most %d records; planning %d shards",
-                    n, total, total // SHORTEST_RECORD, max(1, total // SHORTEST_RECORD))
-        n = max(1, int(total // SHORTEST_RECORD))
+    total, requested = sum(sizes), n
+    if not unknown:  # no shard smaller than a record
+        n = max(1, min(n, int(total // SHORTEST_RECORD)))
     width = total / n if total > 0 else 1.0
     bounds = [k * width for k in range(1, n)]  # shard k starts at bounds[k - 1]
     members: list[list[tuple[Split, int]]] = [[] for _ in range(n)]
@@ -261,10 +259,10 @@ def _equal(files: Sequence[str], sizes: Sequence[float], n: int, groups, unknown
             members[shard].append((split, piece))
         offset += size
     shards = [Shard(str(k), tuple(s for s, _ in m), round(sum(b for _, b in m))) for k, m in enumerate(members) if m]
-    if len(shards) < n:
+    if len(shards) < requested:
         log.warning("corpus.num_shards: %d, but the corpus's %d files can be cut into only %d non-empty shards (a gzip "
                     "file, a Parquet row group and a JSONL line each go to one shard); planning %d",
-                    n, len(files), len(shards), len(shards))
+                    requested, len(files), len(shards), len(shards))
     return shards
 
 

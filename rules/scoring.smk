@@ -136,7 +136,7 @@ rule gather_scores:
         rejects=update(OUTPUT["rejects_path"]),
         summary=update(f"{RESULTS}/summary.json"),
         # the scored output's documents in storage order, with their scores (select_order, plots)
-        index=f"{RESULTS}/scores/index.parquet",
+        index=update(f"{RESULTS}/scores/index.parquet"),
     params:
         # every layout: per_shard only sizes the files (the provenance block), never reads them
         corpus_versions=corpus_versions,

@@ -47,6 +47,7 @@ from tiny_lm import (
 )
 from transformers import AutoModelForCausalLM
 
+from lqs import splits
 from lqs.costate import fit_hvp_micro_batch, hvp, load_step, solve, step_file
 from lqs.labels import normalize, raw_scores, split
 from lqs.per_sample import _squared_norms, fast_path_covers, per_sample_stats
@@ -209,6 +210,11 @@ def test_solve_saves_only_requested_steps(float64_default):
     assert all(torch.equal(saved[0][0][k], theta0[k]) for k in theta0)
 
 
+# transformers' eager Mistral attention takes its softmax in float32 (5.24.0 does), whatever the
+# model's dtype: a padded micro-batch and an unpadded sample then agree to float32's rounding only
+EAGER_TOLERANCE = {"mistral": 1e-7}
+
+
 @pytest.mark.parametrize("arch", ["mistral-sdpa", "mistral", "xglm"])
 def test_hvp_in_micro_batches_matches_full_batch_double_backward(arch, float64_default):
     """hvp over micro-batches (padded, accumulated) equals ∇²L v of the whole batch by double
@@ -226,7 +232,7 @@ def test_hvp_in_micro_batches_matches_full_batch_double_backward(arch, float64_d
     want = torch.cat([w.reshape(-1) for w in want])
     for micro_batch in (1, 2, 5):
         got = flat(hvp(model, samples, v, micro_batch), names)
-        assert rel_err(got, want) < 1e-10, (micro_batch, rel_err(got, want))
+        assert rel_err(got, want) < EAGER_TOLERANCE.get(arch, 1e-10), (micro_batch, rel_err(got, want))
     assert rel_err(flat(hvp(model, samples[:4], v, 2), names), want) > 1e-3  # the comparison is sharp
     assert fit_hvp_micro_batch(model, samples, v, 3, "cpu") == 3  # on a CPU: the configured size
 
@@ -244,7 +250,8 @@ def test_sample_losses_one_function_for_every_layout(float64_default):
         with torch.no_grad():
             want = torch.stack([own_loss(model, None, s) if len(s) > 1 else torch.zeros((), dtype=torch.float64)
                                 for s in samples])
-        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), attn
+        tolerance = EAGER_TOLERANCE["mistral"] if attn == "eager" else 1e-12
+        assert torch.allclose(got, want, rtol=tolerance, atol=tolerance), attn
 
 
 def test_squared_norms_of_long_fp32_rows_are_accurate():
@@ -485,10 +492,11 @@ def annotated(tmp_path_factory):
     model.save_pretrained(root / "proxy")
     torch.manual_seed(6)
     corpus = random_samples(12)
-    pq.write_table(pa.table({
+    pq.write_table(pa.table({  # a tokenized shard of one corpus file (its files in its metadata: lqs.splits)
         "doc_id": pa.array(range(len(corpus)), pa.int64()),
         "window": pa.array([0] * len(corpus), pa.int32()),
-        "input_ids": pa.array(corpus, pa.list_(pa.int32()))}), root / "shard-0.parquet")
+        "input_ids": pa.array(corpus, pa.list_(pa.int32()))}).replace_schema_metadata(
+            splits.files_metadata(["corpus.jsonl"])), root / "shard-0.parquet")
     pq.write_table(pa.table({"input_ids": pa.array(random_samples(3), pa.list_(pa.int32()))}),
                    root / "target.parquet")
     trajectory(str(root / "proxy"), [str(root / "shard-0.parquet")], str(root / "target.parquet"),

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from helpers import stage_function, tiny_corpus, tiny_scorer, write_jsonl
+from helpers import shard_settings, stage_function, tiny_corpus, tiny_scorer, write_jsonl, write_plan
 from tiny_lm import LR, T, brute_sample_stats, random_samples, rel_err, run_solve, tiny_mistral
 
 import lqs.scorer
@@ -151,11 +151,13 @@ def scorer_and_windows(tmp_path_factory):
     root = tmp_path_factory.mktemp("scoring")
     scorer_dir = tiny_scorer(root)
     corpus = write_jsonl(root / "corpus.jsonl", tiny_corpus(30, seed=3))
-    stage_function(tokenize_shard)([str(corpus)], str(scorer_dir), 0, str(root / "tok.parquet"),
-                                   str(root / "rejects.jsonl"), max_length=32, on_bad_record="error")
-    stage_function(tokenize_scorer_shard)([str(corpus)], str(root / "tok.parquet"), str(scorer_dir),
-                                          str(root / "windows.parquet"), shard=0, max_length=None, chunk_docs=8,
-                                          max_windows_per_doc=None)
+    plan_path, plan = write_plan(root, [corpus])
+    stage_function(tokenize_shard)(plan_path, "0", str(scorer_dir), str(root / "tok.parquet"),
+                                   str(root / "rejects.jsonl"), max_length=32, on_bad_record="error",
+                                   **shard_settings(plan))
+    stage_function(tokenize_scorer_shard)(plan_path, "0", str(root / "tok.parquet"), str(scorer_dir),
+                                          str(root / "windows.parquet"), max_length=None, chunk_docs=8,
+                                          max_windows_per_doc=None, **shard_settings(plan))
     return scorer_dir, root / "windows.parquet"
 
 

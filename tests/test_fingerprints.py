@@ -225,20 +225,20 @@ def test_shards_without_fingerprints_are_refused(scorer_dir, tmp_path):
 
 @pytest.mark.workflow
 def test_text_edited_with_its_mtime_kept_stops_gather(completed_workflow, tmp_path):
-    """Issue 20 item 5: one document's text edited, the file's mtime restored (as `cp -p` does):
-    nothing reruns for the corpus; the next gather_scores must not pair the new text with the old
-    text's score, and scored.jsonl keeps the previous complete output. (The issue's example of a
-    next gather, a change of output.extra_fields, now reruns tokenize_shard as well, which checks
-    records against those fields: --forcerun gather_scores reruns gather alone.)"""
+    """Issue 20 item 5: one document's text edited, the file's size and mtime kept (as `cp -p` of
+    a same-length edit does): nothing reruns for the corpus (planning sees sizes and times); the
+    next gather_scores must not pair the new text with the old text's score, and scored.jsonl
+    keeps the previous complete output."""
     workdir = copy_workflow(completed_workflow, tmp_path)
     corpus_path = workdir / "data" / "corpus.jsonl"
     before = {p: p.read_bytes() for p in (workdir / "scored.jsonl", workdir / "rejects.jsonl")}
     times = os.stat(corpus_path)
     lines = corpus_path.read_text(encoding="utf-8").splitlines(keepends=True)
     doc = json.loads(lines[6])
-    doc["text"] = "An edited text that was never scored."
+    doc["text"] = "An edited text that was never scored.".ljust(len(doc["text"]), "!")[:len(doc["text"])]
     lines[6] = json.dumps(doc) + "\n"
     corpus_path.write_text("".join(lines), encoding="utf-8")
+    assert corpus_path.stat().st_size == times.st_size
     os.utime(corpus_path, ns=(times.st_atime_ns, times.st_mtime_ns))
     assert plan(workdir) == []  # Snakemake sees no change
     jobs = rule_counts(plan(workdir, "--forcerun", "gather_scores"))

@@ -39,7 +39,7 @@ def test_every_rule_runs_its_own_command():
         for block in re.split(r"(?m)^(?=rule )", path.read_text()):
             match = re.match(r"rule (\w+):", block)
             if match:
-                called[match.group(1)] = re.findall(r'^\s+"lqs ([\w-]+)', block, re.MULTILINE)
+                called[match.group(1)] = re.findall(r'^\s+["\']lqs ([\w-]+)', block, re.MULTILINE)
     assert called == {rule: [command(rule)] for rule in PIPELINE}
 
 

@@ -28,7 +28,7 @@ class Settings:
     # records): output.score_field and output.extra_fields, a record that already has one rejected
     # here. With layout single, gather_scores rejects it, so that renaming them rescores nothing.
     score_field: str | None = None
-    extra_fields: Sequence[str] = ()
+    extra_fields: Sequence[str] | None = None
 
 
 def tokenize_shard(
@@ -68,7 +68,7 @@ def tokenize_shard(
         writer.write_table(pa.table([doc_ids, window_idx, ids, fingerprints], schema=SHARD_SCHEMA))
         batch.clear()
 
-    output_fields = corpus.output_fields(s.score_field, s.extra_fields) if s.score_field else {}
+    output_fields = corpus.output_fields(s.score_field, s.extra_fields or ()) if s.score_field else {}
     records = corpus.iter_records(splits, s.text_field, s.max_chars, output_fields, require_records=False)
     records = output.fitting(records, output.read_schema(output_schema) if output_schema else None)
     bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
