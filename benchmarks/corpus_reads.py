@@ -78,8 +78,9 @@ def run(workdir: Path, corpus: Path, scorer: Path, shards: int) -> dict:
     traces = workdir / "strace"
     traces.mkdir()
     start = time.perf_counter()
-    # -ff: a file per thread, so that no call is split into "unfinished" and "resumed" lines
-    subprocess.run(["strace", "-ff", "-y", "-qq", "-e", "trace=read,pread64", "-e", "signal=none", "-o",
+    # -ff: a file per thread, so that no call is split into "unfinished" and "resumed" lines; -A: a
+    # process that reuses an earlier one's id appends to its file instead of truncating it
+    subprocess.run(["strace", "-ff", "-A", "-y", "-qq", "-e", "trace=read,pread64", "-e", "signal=none", "-o",
                     str(traces / "t"),
                     sys.executable, "-m", "snakemake", "scored.jsonl", "--cores", "2", "--configfile",
                     str(workdir / "override.json"), "--quiet", "all"], cwd=workdir, check=True)
