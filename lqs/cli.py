@@ -78,7 +78,8 @@ def positive_int(value: str) -> int:
 def add_score_command(sub) -> None:
     """`lqs score`: for users with a scorer checkpoint and no workflow; ordinary flags, no --settings."""
     from lqs.corpus import MAX_CHARS
-    from lqs.output import EXTRA_FIELDS, FORMATS
+    from lqs.formats import EXTENSIONS
+    from lqs.output import EXTRA_FIELDS
 
     p = sub.add_parser("score", help="score files with a scorer checkpoint (no workflow needed)",
                        description="Score every record of the inputs with a scorer checkpoint, in input order, "
@@ -93,7 +94,7 @@ def add_score_command(sub) -> None:
                    help="replace an existing --out (and its rejects file). Without it an existing output is an "
                    "error: an earlier run's results are never replaced by a repeated command or a typo. A "
                    "read-only output is never replaced, and no output may be an input")
-    p.add_argument("--format", choices=list(FORMATS),
+    p.add_argument("--format", choices=list(EXTENSIONS),
                    help="default: by the --out extension, else parquet for Parquet input and jsonl otherwise")
     p.add_argument("--text-field", default=default("corpus.text_field"))
     p.add_argument("--score-field", default=default("output.score_field"),

@@ -271,7 +271,8 @@ def resolve_outputs(config: Mapping, files: Sequence[str]) -> tuple[Outputs, lis
     else by the corpus), output.path and selection.path (null: by format and layout), and the
     errors of an output path of the wrong kind or of an extension that contradicts the format:
     a `.jsonl` file never holds Parquet."""
-    from lqs.output import FORMATS, default_format
+    from lqs.formats import EXTENSIONS
+    from lqs.output import default_format
 
     output, selection = config["output"], config["selection"]
     per_shard = output["layout"] == "per_shard"
@@ -290,7 +291,7 @@ def resolve_outputs(config: Mapping, files: Sequence[str]) -> tuple[Outputs, lis
         if fmt != format:
             errors.append(f"{key}: {named[key]!r} names a {fmt} file, but the output is {format}"
                           f" ({reason}); make the extension and output.format agree")
-    extension = FORMATS[format]
+    extension = EXTENSIONS[format]
     path = output["path"] or ("scored" if per_shard else f"scored{extension}")
     if per_shard and os.path.isfile(path):
         errors.append(f"output.path: {path!r} is a file, but output.layout per_shard writes a directory of parts"

@@ -34,7 +34,6 @@ from lqs.io import atomic_path, parquet_file, write_table
 
 log = logging.getLogger(__name__)
 
-FORMATS = EXTENSIONS  # output.format -> its files' extension
 # The per-document fields output.extra_fields may add, and their Parquet types.
 STDOUT_BUFFER = 1 << 16  # bytes buffered for standard output (lqs score --out -); flushed after each chunk
 EXTRA_FIELDS = {"n_tokens": pa.int64(), "n_windows": pa.int64(), "truncated": pa.bool_()}
@@ -46,14 +45,14 @@ def default_format(corpus_files: Sequence[str]) -> str:
 
 
 def check_format(name: str) -> str:
-    if name not in FORMATS:
-        raise ValueError(f"{corpus.setting('format')} must be one of {', '.join(FORMATS)}, not {name!r}")
+    if name not in EXTENSIONS:
+        raise ValueError(f"{corpus.setting('format')} must be one of {', '.join(EXTENSIONS)}, not {name!r}")
     return name
 
 
 def part_name(shard: int, format: str) -> str:
     """The file of one shard's scored documents in a per_shard output directory."""
-    return f"part-{shard}{FORMATS[check_format(format)]}"
+    return f"part-{shard}{EXTENSIONS[check_format(format)]}"
 
 
 def json_members(values: Mapping[str, Any]) -> str:

@@ -3,7 +3,7 @@
 Each entry of `corpus.path` is one of
 
 - a local file, a glob (`**` descends into subdirectories) or a directory: its JSONL and
-  Parquet files (DATA_SUFFIXES) at its top level, sorted by name, hidden ones skipped;
+  Parquet files (CORPUS_SUFFIXES) at its top level, sorted by name, hidden ones skipped;
 - `hf://datasets/<org>/<name>[@<revision>]/<path, glob or directory>`: files of a Hugging Face
   data set repo, listed through `huggingface_hub.HfFileSystem` after an access check. The
   revision (default: main) is pinned to the commit it names at DAG build, and the pinned URLs
@@ -34,7 +34,6 @@ from lqs.formats import CORPUS_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = CORPUS_SUFFIXES
 # a protocol ("s3://") or the first link of a chained URL ("simplecache::s3://")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*(://|::)")
 # hf://datasets/<org>/<name>[@<revision>][/<path>]; a revision with a "/" is written %2F-quoted,
@@ -77,7 +76,7 @@ def source_name(path: str | os.PathLike) -> str:
 
 
 def is_data_file(name: str) -> bool:
-    return name.endswith(DATA_SUFFIXES)
+    return name.endswith(CORPUS_SUFFIXES)
 
 
 def is_hidden(name: str) -> bool:
@@ -127,8 +126,8 @@ def _identity(path: str) -> str:
 
 
 def _no_data_files(where: str, subdirectories: list[str]) -> SourceError:
-    message = (f"corpus.path: directory {where!r} holds no JSONL ({', '.join(DATA_SUFFIXES[:2])}) or Parquet "
-               f"({', '.join(DATA_SUFFIXES[2:])}) files")
+    message = (f"corpus.path: directory {where!r} holds no JSONL ({', '.join(CORPUS_SUFFIXES[:2])}) or Parquet "
+               f"({', '.join(CORPUS_SUFFIXES[2:])}) files")
     if subdirectories:
         shown = ", ".join(sorted(subdirectories)[:3]) + (", ..." if len(subdirectories) > 3 else "")
         message += (f" at its top level (subdirectories are not read; it has {shown}): give a glob such as "
