@@ -20,8 +20,8 @@ from typing import Any
 PIPELINE = ("demo_data", "train_tokenizer", "fetch_tokenizer", "fetch_proxy", "fetch_scorer_base", "fetch_scorer",
             "fetch_target", "pretrain_proxy", "output_schema", "tokenize_shard", "prepare_target", "sample_proxy",
             "trajectory", "grad_stats", "lqs_labels", "train_scorer", "tokenize_scorer_shard", "score_shard",
-            "gather_scores", "select_order", "fetch_eval_source", "prepare_eval_source", "efficacy_corpus_eval",
-            "efficacy_classifier", "efficacy_train", "efficacy", "plots")
+            "write_part", "gather_scores", "select_order", "fetch_eval_source", "prepare_eval_source",
+            "efficacy_corpus_eval", "efficacy_classifier", "efficacy_train", "efficacy", "plots")
 
 # The libraries a stage's function imports when called (transformers' tokenizers, with torch, and
 # its model code: 3-4 s on a CPU): imported before the stage's clock starts, like its module.

@@ -121,7 +121,7 @@ wildcard_constraints:
 OUTPUT = {**config["output"], "format": OUTPUTS.format, "path": OUTPUTS.path}
 SELECTION = {**config["selection"], "path": OUTPUTS.selection_path}
 PER_SHARD_OUTPUT = OUTPUT["layout"] == "per_shard"
-# The scored output's files: one, or (per_shard) one part per score_shard job in output.path.
+# The scored output's files: one, or (per_shard) one part per write_part job in output.path.
 SCORED_FILES = (
     [f"{OUTPUT['path']}/{lqs_output.part_name(shard, OUTPUT['format'])}" for shard in SHARDS]
     if PER_SHARD_OUTPUT
@@ -310,15 +310,9 @@ def efficacy_proxy(wildcards):
 
 
 # output.format parquet: the scored output's one schema, settled before any record is written
-# (lqs/stages/output_schema.py) and read by every writer of the output. tokenize_shard rejects a JSONL
-# record that it cannot hold exactly; Parquet rows always fit it (it unifies their files' schemas),
-# so a Parquet corpus's tokenize jobs do not read it.
+# (lqs/stages/output_schema.py) and read by every writer of the output (gather_scores, or with
+# layout per_shard write_part), which rejects a JSONL record that it cannot hold exactly.
 OUTPUT_SCHEMA = [f"{RESULTS}/corpus/output_schema.parquet"] if OUTPUT["format"] == "parquet" else []
-# With output.layout per_shard, tokenize_shard rejects the JSONL records the schema cannot hold
-# (score_shard writes the parts); with layout single, gather_scores does.
-TOKENIZE_SCHEMA = (
-    OUTPUT_SCHEMA if PER_SHARD_OUTPUT and lqs_output.default_format([f.path for f in CORPUS.files]) == "jsonl" else []
-)
 
 
 def output_schema_flag(wildcards, input):

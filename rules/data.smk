@@ -42,7 +42,6 @@ rule tokenize_shard:
     input:
         corpus=corpus_inputs,
         tokenizer=f"{MODELS}/tokenizer",
-        output_schema=TOKENIZE_SCHEMA,
     output:
         shard=f"{RESULTS}/corpus/shard-{{shard}}.parquet",
         rejects=f"{RESULTS}/corpus/rejects-{{shard}}.jsonl",
@@ -52,15 +51,7 @@ rule tokenize_shard:
             **corpus_settings(wildcards),
             max_length=config["corpus"]["max_length"],
             on_bad_record=config["corpus"]["on_bad_record"],
-            # output.layout per_shard: a record that already has a field the output adds is rejected
-            # here (score_shard writes the parts); with layout single, gather_scores rejects it
-            **(
-                dict(score_field=OUTPUT["score_field"], extra_fields=OUTPUT["extra_fields"])
-                if PER_SHARD_OUTPUT
-                else {}
-            ),
         ),
-        output_schema=output_schema_flag,
     log:
         f"{RESULTS}/logs/tokenize_shard/{{shard}}.log",
     benchmark:
@@ -69,7 +60,7 @@ rule tokenize_shard:
         "../envs/lqs.yaml"
     shell:
         'lqs tokenize-shard --plan "$LQS_CORPUS_PLAN" --shard {wildcards.shard:q} --tokenizer-dir {input.tokenizer:q}'
-        " --out {output.shard:q} --rejects {output.rejects:q} {params.output_schema:q} --settings {params.settings:q}"
+        " --out {output.shard:q} --rejects {output.rejects:q} --settings {params.settings:q}"
         " > {log:q} 2>&1"
 
 

@@ -69,36 +69,17 @@ rule score_shard:
     input:
         windows=f"{RESULTS}/scorer_windows/shard-{{shard}}.parquet",
         scorer=f"{RESULTS}/scorer",
-        # output.layout per_shard: the shard's accepted records, for its part of the scored records, in
-        # the corpus's one schema (so that the parts read as one data set)
-        tokenized=[f"{RESULTS}/corpus/shard-{{shard}}.parquet"] if PER_SHARD_OUTPUT else [],
-        output_schema=OUTPUT_SCHEMA if PER_SHARD_OUTPUT else [],
     output:
         scores=f"{RESULTS}/scores/shard-{{shard}}.parquet",
         stats=f"{RESULTS}/scores/shard-{{shard}}.json",
-        # output.layout per_shard: the shard's scored records, kept until the rerun succeeds (update())
-        part=(
-            [update(f"{OUTPUT['path']}/{lqs_output.part_name('{shard}', OUTPUT['format'])}")]
-            if PER_SHARD_OUTPUT
-            else []
-        ),
     params:
-        settings=lambda wildcards: as_settings(
+        settings=as_settings(
             max_tokens=INFERENCE["max_tokens"],
             dtype=INFERENCE["dtype"],
             compile=INFERENCE["compile"],
             device=config["device"],
             trust_remote_code=TRUST_REMOTE_CODE,
-            **(
-                corpus_settings(wildcards) | scored_record_settings() | provenance_settings(wildcards)
-                if PER_SHARD_OUTPUT
-                else {}
-            ),
         ),
-        part=lambda wildcards, input, output: (
-            ["--tokenized-shard", input.tokenized[0], "--part-out", output.part[0]] if PER_SHARD_OUTPUT else []
-        ),
-        output_schema=output_schema_flag,
     log:
         f"{RESULTS}/logs/score_shard/{{shard}}.log",
     benchmark:
@@ -111,17 +92,56 @@ rule score_shard:
         "../envs/lqs.yaml"
     shell:
         "lqs score-shard --windows {input.windows:q} --scorer-dir {input.scorer:q} --out {output.scores:q}"
-        ' --shard {wildcards.shard:q} --plan "$LQS_CORPUS_PLAN" --stats-out {output.stats:q} {params.part:q}'
-        " {params.output_schema:q}"
+        " --shard {wildcards.shard:q} --stats-out {output.stats:q} --settings {params.settings:q} > {log:q} 2>&1"
+
+
+# output.layout per_shard: a shard's part of the scored output, written on a CPU node from the
+# shard's records and scores, so that editing output.* rewrites the parts and rescores nothing.
+rule write_part:
+    input:
+        scores=f"{RESULTS}/scores/shard-{{shard}}.parquet",
+        rejects=f"{RESULTS}/corpus/rejects-{{shard}}.jsonl",
+        output_schema=OUTPUT_SCHEMA,
+        # the scorer's weights, for a Parquet part's provenance block
+        scorer=f"{RESULTS}/scorer",
+    output:
+        # kept until the rerun succeeds (update())
+        part=update(f"{OUTPUT['path']}/{lqs_output.part_name('{shard}', OUTPUT['format'])}"),
+        index=f"{RESULTS}/parts/shard-{{shard}}.parquet",
+        rejects=f"{RESULTS}/parts/rejects-{{shard}}.jsonl",
+        stats=f"{RESULTS}/parts/shard-{{shard}}.json",
+    params:
+        corpus_versions=corpus_versions,
+        settings=lambda wildcards: as_settings(
+            **corpus_settings(wildcards),
+            on_bad_record=config["corpus"]["on_bad_record"],
+            **scored_record_settings(),
+            **provenance_settings(wildcards),
+        ),
+        output_schema=output_schema_flag,
+    log:
+        f"{RESULTS}/logs/write_part/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/write_part/{{shard}}.tsv"
+    conda:
+        "../envs/lqs.yaml"
+    shell:
+        'lqs write-part --plan "$LQS_CORPUS_PLAN" --shard {wildcards.shard:q} --scores {input.scores:q}'
+        " --rejects {input.rejects:q} --scorer-dir {input.scorer:q} {params.output_schema:q} --out {output.part:q}"
+        " --index-out {output.index:q} --rejects-out {output.rejects:q} --stats-out {output.stats:q}"
         " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule gather_scores:
     input:
-        scores=expand(f"{RESULTS}/scores/shard-{{shard}}.parquet", shard=SHARDS),
+        # layout single: the score shards and tokenization's rejects; per_shard: write_part's
+        # parts, their documents, rejects and counts
+        scores=[] if PER_SHARD_OUTPUT else expand(f"{RESULTS}/scores/shard-{{shard}}.parquet", shard=SHARDS),
         stats=expand(f"{RESULTS}/scores/shard-{{shard}}.json", shard=SHARDS),
-        rejects=expand(f"{RESULTS}/corpus/rejects-{{shard}}.jsonl", shard=SHARDS),
+        rejects=expand(f"{RESULTS}/{'parts' if PER_SHARD_OUTPUT else 'corpus'}/rejects-{{shard}}.jsonl", shard=SHARDS),
         parts=SCORED_FILES if PER_SHARD_OUTPUT else [],
+        part_index=expand(f"{RESULTS}/parts/shard-{{shard}}.parquet", shard=SHARDS) if PER_SHARD_OUTPUT else [],
+        part_stats=expand(f"{RESULTS}/parts/shard-{{shard}}.json", shard=SHARDS) if PER_SHARD_OUTPUT else [],
         output_schema=[] if PER_SHARD_OUTPUT else OUTPUT_SCHEMA,
         # With a pretrained scorer (scorer.checkpoint) there is no proxy, annotation or training metrics.
         metrics=gather_model_inputs("metrics"),
@@ -160,7 +180,8 @@ rule gather_scores:
         "../envs/lqs.yaml"
     shell:
         'lqs gather-scores --plan "$LQS_CORPUS_PLAN" --score-paths {input.scores:q} --reject-paths {input.rejects:q}'
-        " --stats-paths {input.stats:q} --part-paths {input.parts:q} --out {params.out:q}"
+        " --stats-paths {input.stats:q} --part-paths {input.parts:q} --part-index-paths {input.part_index:q}"
+        " --part-stats-paths {input.part_stats:q} --out {params.out:q}"
         " --rejects-out {output.rejects:q} --summary-out {output.summary:q} --index-out {output.index:q}"
         " --benchmarks-dir {params.benchmarks:q}"
         " {params.output_schema:q} {params.models:q} --scorer-dir {input.scorer:q} --settings {params.settings:q}"

@@ -302,11 +302,6 @@ TEST_SETTINGS = {
 }
 
 
-# Settings a stage takes only in some configurations, which the tests leave to the stage's default
-# unless they give them: tokenize_shard checks the output's fields with layout per_shard only.
-LEFT_TO_DEFAULT = {"tokenize_shard": {"score_field", "extra_fields"}}
-
-
 def stage_function(module):
     """A stage's entry function as the tests call it: its settings as keyword arguments (those
     left out from TEST_SETTINGS), built into the stage's Settings."""
@@ -315,15 +310,13 @@ def stage_function(module):
     stage = module.STAGE
     fields = dataclasses.fields(stage.settings)
     names = {f.name for f in fields}
-    defaulted = {f.name for f in fields if f.default is not dataclasses.MISSING} & LEFT_TO_DEFAULT.get(
-        module.__name__.rsplit(".", 1)[-1], set())
 
     def call(*args, **kwargs):
         given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-        missing = {name for name in names - set(given) - defaulted if name not in TEST_SETTINGS
+        missing = {name for name in names - set(given) if name not in TEST_SETTINGS
                    and next(f for f in fields if f.name == name).default is dataclasses.MISSING}
         assert not missing, f"{stage.run.__name__}: give the settings {sorted(missing)} (shard_settings(plan, key))"
-        given |= {name: TEST_SETTINGS[name] for name in names - set(given) - defaulted if name in TEST_SETTINGS}
+        given |= {name: TEST_SETTINGS[name] for name in names - set(given) if name in TEST_SETTINGS}
         return stage.run(*args, settings=stage.settings(**given), **kwargs)
 
     call.__name__ = stage.run.__name__
@@ -364,8 +357,7 @@ def train_tokenizer(paths, out_dir, **settings):
     return stage_function(train_tokenizer_stage)(plan_path, str(out_dir), **(corpus_settings(plan) | settings))
 
 
-def tokenize_and_score_shard(plan_path, plan, shard, tokenized_shard, scorer_dir, out, stats_out=None, part_out=None,
-                             output_schema=None, **settings):
+def tokenize_and_score_shard(plan_path, plan, shard, tokenized_shard, scorer_dir, out, stats_out=None, **settings):
     """Stages tokenize_scorer_shard then score_shard on shard `shard` of the corpus plan `plan`
     (written at `plan_path`), as the workflow runs them (the windows in scorer_windows/ beside
     `out`): `settings` are either stage's; returns score_shard's counts."""
@@ -384,10 +376,21 @@ def tokenize_and_score_shard(plan_path, plan, shard, tokenized_shard, scorer_dir
     stage_function(tokenize_scorer_shard)(
         str(plan_path), shard, str(tokenized_shard), str(scorer_dir), str(windows),
         **({"max_length": None} | {k: v for k, v in settings.items() if k in tokenize_names}))
-    if not part_out:  # score_shard takes the corpus settings with --part-out only
-        settings = {k: v for k, v in settings.items() if k != "splits_sha256"}
     return stage_function(score_shard)(
         str(windows), str(scorer_dir), str(out), shard=shard, stats_out=stats_out,
-        **({"plan": str(plan_path), "tokenized_shard": str(tokenized_shard), "part_out": part_out}
-           if part_out else {}),
-        output_schema=output_schema, **{k: v for k, v in settings.items() if k in score_names})
+        **{k: v for k, v in settings.items() if k in score_names})
+
+
+def write_part(plan_path, plan, shard, scores, rejects, out, **settings):
+    """Stage write_part on shard `shard` of the corpus plan `plan` (written at `plan_path`), as the
+    workflow runs it: its documents, rejects and counts beside `out`'s directory, in parts/
+    (index-{shard}.parquet, rejects-{shard}.jsonl, stats-{shard}.json); returns its counts."""
+    from lqs.stages import write_part as write_part_stage
+
+    beside = Path(out).parent.parent / "parts"
+    beside.mkdir(exist_ok=True)
+    shard = str(shard)
+    return stage_function(write_part_stage)(
+        str(plan_path), shard, str(scores), str(rejects), str(out), str(beside / f"index-{shard}.parquet"),
+        str(beside / f"rejects-{shard}.jsonl"), str(beside / f"stats-{shard}.json"),
+        **(shard_settings(plan, shard) | settings))

@@ -280,7 +280,7 @@ def test_per_shard_extra_fields_are_what_was_scored(per_shard_parquet):
 
 @pytest.mark.workflow
 def test_per_shard_parquet_outputs_carry_the_provenance_block(per_shard_parquet, tmp_path):
-    """Each part (written by its score_shard job), results/summary.json and the training set carry
+    """Each part (written by its write_part job), results/summary.json and the training set carry
     the provenance block (lqs/provenance.py), a part's naming the corpus files of its own shard;
     an efficacy edit replans nothing, no GPU job included."""
     from lqs import provenance
@@ -334,11 +334,14 @@ def test_per_shard_gather_never_reads_the_corpus_and_removes_stale_parts(per_sha
 @pytest.mark.workflow
 def test_single_layout_equals_the_parts_and_selects_the_same(per_shard_parquet, tmp_path):
     wd = copy_workflow(per_shard_parquet, tmp_path)
+    # output.* is the writers' alone (write_part per shard, or gather_scores; output_schema settles
+    # a Parquet output's columns): neither a renamed field nor another layout tokenizes or scores
+    # anything again
+    renamed = copy_workflow(per_shard_parquet, tmp_path, "renamed")
+    edit_config(renamed, set_key("output", "score_field", "lqs_score"))
+    assert planned(renamed) == {"output_schema": 1, "write_part": 2, "gather_scores": 1, "select_order": 1, "all": 1}
     edit_config(wd, set_key("output", "layout", "single"))
-    # per_shard's tokenize_shard rejects a record holding an output field (score_shard writes the
-    # parts from what it accepted); single's gather_scores does: tokenization reruns with the layout
-    assert planned(wd) == {"tokenize_shard": 2, "tokenize_scorer_shard": 2, "score_shard": 2, "gather_scores": 1,
-                           "select_order": 1, "all": 1}
+    assert planned(wd) == {"gather_scores": 1, "select_order": 1, "all": 1}
     snakemake(wd)
     single = pq.read_table(wd / "scored.parquet")
     parts = pa.concat_tables(pq.read_table(per_shard_parquet / "scored" / f"part-{s}.parquet") for s in (0, 1))

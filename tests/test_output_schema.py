@@ -31,6 +31,7 @@ from helpers import (
     tokenize_and_score_shard,
     train_tokenizer,
     write_jsonl,
+    write_part,
     write_plan,
 )
 from helpers import score_error as lqs_score
@@ -216,33 +217,44 @@ def test_writer_refuses_what_arrow_would_cast_or_drop(tmp_path, record, reason):
 
 
 @pytest.mark.parametrize("mode", ["error", "skip"])
-def test_tokenize_rejects_a_record_the_schema_cannot_hold(tokenizer_and_scorer, tmp_path, mode):
-    """output.layout per_shard: tokenize_shard rejects it (score_shard writes the parts from its
-    accepted records); with layout single, gather_scores does (the next test)."""
-    tokenizer, _ = tokenizer_and_scorer
+def test_write_part_rejects_a_record_the_schema_cannot_hold(tokenizer_and_scorer, tmp_path, mode):
+    """output.layout per_shard: tokenize_shard and score_shard take every record (so that the
+    output's settings rescore nothing); write_part rejects the one its Parquet part cannot hold
+    exactly, or stops under on_bad_record: error, as gather_scores does for layout single."""
+    tokenizer, scorer = tokenizer_and_scorer
     lines = [{"text": f"Document {i} reads well.", "id": i} for i in range(4)]
     lines[2]["id"] = "two"
     path = write_jsonl(tmp_path / "c.jsonl", lines)
     plan_path, corpus_plan = write_plan(tmp_path, [path])
-    output_schema(plan_path, str(tmp_path / "schema.parquet"), text_field="text", max_chars=10**6,
-                  **corpus_settings(corpus_plan))
-    assert output.read_schema(str(tmp_path / "schema.parquet")) == pa.schema([("text", pa.string()),
-                                                                              ("id", pa.int64())])
-    args = (plan_path, "0", tokenizer, str(tmp_path / "tok.parquet"), str(tmp_path / "rejects.jsonl"))
-    settings = dict(text_field="text", max_length=16, on_bad_record=mode, max_chars=10**6, score_field="score",
-                    output_schema=str(tmp_path / "schema.parquet"), **shard_settings(corpus_plan))
+    schema = str(tmp_path / "schema.parquet")
+    output_schema(plan_path, schema, text_field="text", max_chars=10**6, **corpus_settings(corpus_plan))
+    assert output.read_schema(schema) == pa.schema([("text", pa.string()), ("id", pa.int64())])
+    counts = tokenize_shard(plan_path, "0", tokenizer, str(tmp_path / "tok.parquet"),
+                            str(tmp_path / "rejects-0.jsonl"), text_field="text", max_length=16, on_bad_record=mode,
+                            max_chars=10**6, **shard_settings(corpus_plan))
+    assert counts["documents"] == 4 and (tmp_path / "rejects-0.jsonl").read_text() == ""
+    score_shard(plan_path, corpus_plan, "0", str(tmp_path / "tok.parquet"), scorer, str(tmp_path / "scores.parquet"),
+                max_tokens=64, max_windows_per_doc=1, device="cpu")
+    part = tmp_path / "scored" / "part-0.parquet"
+    part.parent.mkdir()
+    args = (plan_path, corpus_plan, "0", str(tmp_path / "scores.parquet"), str(tmp_path / "rejects-0.jsonl"), part)
+    settings = dict(text_field="text", max_chars=10**6, on_bad_record=mode, output_format="parquet",
+                    output_schema=schema)
     reason = "field 'id' is \"two\", which the Parquet output's int64 column cannot hold exactly"
     if mode == "error":
         with pytest.raises(corpus.BadRecordError, match=f"^{re.escape(f'{path}:3: {reason}')}.*on_bad_record: skip"):
-            tokenize_shard(*args, **settings)
+            write_part(*args, **settings)
+        assert not part.exists()
         return
-    counts = tokenize_shard(*args, **settings)
-    [entry] = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    counts = write_part(*args, **settings)
+    assert (counts["read"], counts["scored"]) == (4, 3)
+    [entry] = [json.loads(line) for line in (tmp_path / "parts" / "rejects-0.jsonl").read_text().splitlines()]
     offsets = np.cumsum([0] + [len(json.dumps(r).encode()) + 1 for r in lines]).tolist()  # doc ids: line offsets
     assert (entry["doc_id"], entry["line"], entry["reason"].split(";")[0]) == (offsets[2], 3, reason)
-    assert counts["documents"] == 3
-    assert sorted(set(pq.read_table(tmp_path / "tok.parquet")["doc_id"].to_pylist())) == \
-        [offsets[0], offsets[1], offsets[3]]
+    assert pq.read_table(part)["id"].to_pylist() == [0, 1, 3]
+    index = pq.read_table(tmp_path / "parts" / "index-0.parquet")
+    assert index["doc_id"].to_pylist() == [offsets[0], offsets[1], offsets[3]]
+    assert index["score"].to_pylist() == pq.read_table(part)["score"].to_pylist()
 
 
 @pytest.mark.parametrize("mode", ["error", "skip"])
@@ -308,13 +320,15 @@ def test_per_shard_parts_read_as_one_data_set(tokenizer_and_scorer, tmp_path):
     for shard in (s.key for s in corpus_plan.shards):
         shards.append(str(tmp_path / f"shard-{shard}.parquet"))
         parts.append(str(tmp_path / "scored" / f"part-{shard}.parquet"))
-        tokenize_shard(plan_path, shard, tokenizer, shards[-1], str(tmp_path / f"rejects-{shard}.jsonl"),
-                       max_length=16, on_bad_record="error", output_schema=schema_file, score_field="score",
+        rejects = str(tmp_path / f"rejects-{shard}.jsonl")
+        tokenize_shard(plan_path, shard, tokenizer, shards[-1], rejects, max_length=16, on_bad_record="error",
                        **common, **shard_settings(corpus_plan, shard))
         (tmp_path / "scored").mkdir(exist_ok=True)
-        score_shard(plan_path, corpus_plan, shard, shards[-1], scorer, str(tmp_path / f"scores-{shard}.parquet"),
-                    max_tokens=64, max_windows_per_doc=1, device="cpu", part_out=parts[-1], output_format="parquet",
-                    output_schema=schema_file, **common)
+        scores = str(tmp_path / f"scores-{shard}.parquet")
+        score_shard(plan_path, corpus_plan, shard, shards[-1], scorer, scores, max_tokens=64, max_windows_per_doc=1,
+                    device="cpu", **common)
+        write_part(plan_path, corpus_plan, shard, scores, rejects, parts[-1], output_format="parquet",
+                   output_schema=schema_file, **common)
     # the float is in the second part alone: the schema is the whole corpus's all the same
     assert [pq.read_table(p)["id"].to_pylist().count(1.5) for p in parts] == [0, 1]
     schemas = [pq.read_schema(p) for p in parts]

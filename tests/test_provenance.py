@@ -29,6 +29,7 @@ from helpers import (
     tiny_scorer,
     tokenize_and_score_shard,
     write_jsonl,
+    write_part,
     write_plan,
 )
 
@@ -339,22 +340,29 @@ def scored(root: Path, corpus: Path, scorer: Path, digest: str = A, layout: str 
                            ("scores", "scores-{}.parquet"), ("stats", "stats-{}.json"),
                            ("parts", "scored/part-{}.parquet")):
             files[kind].append(str(root / name.format(shard)))
-        # layout per_shard: tokenize_shard checks the records against the output, as the rule has it do
-        checks = dict(output_schema=schema, score_field="score") if layout == "per_shard" else {}
         tokenize_shard(plan_path, shard, str(scorer), files["shards"][-1], files["rejects"][-1], max_length=16,
-                       on_bad_record="error", **checks, **common, **shard_settings(corpus_plan, shard))
-        per_shard = dict(part_out=files["parts"][-1], output_format="parquet", config_sha256=digest,
-                         corpus_versions={}, output_schema=schema, **common) if layout == "per_shard" else {}
-        (root / "scored").mkdir(exist_ok=True)
+                       on_bad_record="error", **common, **shard_settings(corpus_plan, shard))
         score_shard(plan_path, corpus_plan, shard, files["shards"][-1], str(scorer), files["scores"][-1],
-                    max_tokens=256, max_windows_per_doc=None, device="cpu", stats_out=files["stats"][-1],
-                    **per_shard)
+                    max_tokens=256, max_windows_per_doc=None, device="cpu", stats_out=files["stats"][-1], **common)
+        if layout == "per_shard":
+            (root / "scored").mkdir(exist_ok=True)
+            write_part(plan_path, corpus_plan, shard, files["scores"][-1], files["rejects"][-1], files["parts"][-1],
+                       scorer_dir=str(scorer), output_format="parquet", config_sha256=digest, corpus_versions={},
+                       output_schema=schema, on_bad_record="error", **common)
+    if layout == "per_shard":
+        parts = root / "parts"
+        keys = [s.key for s in corpus_plan.shards]
+        given = dict(score_paths=[], reject_paths=[str(parts / f"rejects-{k}.jsonl") for k in keys],
+                     part_paths=files["parts"], part_index_paths=[str(parts / f"index-{k}.parquet") for k in keys],
+                     part_stats_paths=[str(parts / f"stats-{k}.json") for k in keys])
+    else:
+        given = dict(score_paths=files["scores"], reject_paths=files["rejects"])
     out = str(root / ("scored" if layout == "per_shard" else "scored.parquet"))
-    return gather_scores(plan_path, files["scores"], files["rejects"], out, str(root / "rejects.jsonl"),
-                         str(root / "summary.json"), str(root / "index.parquet"), stats_paths=files["stats"],
-                         part_paths=files["parts"] if layout == "per_shard" else (), scorer_dir=str(scorer),
-                         output_schema=schema, output_format="parquet", layout=layout, config_sha256=digest,
-                         corpus_versions={}, on_bad_record="error", **common, **corpus_settings(corpus_plan))
+    return gather_scores(plan_path, out=out, rejects_out=str(root / "rejects.jsonl"),
+                         summary_out=str(root / "summary.json"), index_out=str(root / "index.parquet"),
+                         stats_paths=files["stats"], scorer_dir=str(scorer), output_schema=schema,
+                         output_format="parquet", layout=layout, config_sha256=digest, corpus_versions={},
+                         on_bad_record="error", **given, **common, **corpus_settings(corpus_plan))
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +427,7 @@ def test_the_config_the_scorer_and_the_corpus_change_the_block(first_run, corpus
 
 
 def test_per_shard_parts_carry_the_block_of_their_job(corpus_file, scorer_dir, tmp_path):
-    """Each Parquet part, written by its score_shard job, and gather's summary (which only sizes
+    """Each Parquet part, written by its write_part job, and gather's summary (which only sizes
     the corpus) hold the same block as a single file would."""
     summary = scored(tmp_path, corpus_file, scorer_dir, layout="per_shard")
     block = prov.block(A, scorer_dir, [corpus_file])
@@ -427,12 +435,13 @@ def test_per_shard_parts_carry_the_block_of_their_job(corpus_file, scorer_dir, t
     for shard in (0, 1):
         assert prov.read_parquet_block(tmp_path / "scored" / f"part-{shard}.parquet") == block
     versions = {"s3://bucket/c.jsonl": "5f3c9a1b2d4e6f70"}  # a remote file's version reaches its entry
-    part = tmp_path / "part-s3.parquet"
+    part = tmp_path / "s3" / "scored" / "part-0.parquet"
+    part.parent.mkdir(parents=True)
     plan_path, corpus_plan = write_plan(tmp_path, [corpus_file], 2)  # scored()'s
-    score_shard(plan_path, corpus_plan, "0", str(tmp_path / "shard-0.parquet"), str(scorer_dir),
-                str(tmp_path / "s.parquet"), max_tokens=256, max_windows_per_doc=None, device="cpu", part_out=str(part),
-                output_format="parquet", config_sha256=A, corpus_versions=versions,
-                output_schema=str(tmp_path / "output_schema.parquet"))
+    write_part(plan_path, corpus_plan, "0", str(tmp_path / "scores-0.parquet"), str(tmp_path / "rejects-0.jsonl"),
+               str(part), scorer_dir=str(scorer_dir), output_format="parquet", config_sha256=A,
+               corpus_versions=versions, output_schema=str(tmp_path / "output_schema.parquet"), text_field="text",
+               max_chars=10**6)
     assert prov.read_parquet_block(part)["corpus"] == block["corpus"]  # a local file has no version
 
 

@@ -27,10 +27,11 @@ from helpers import (
     tiny_corpus,
     train_tokenizer,
     write_jsonl,
+    write_part,
     write_plan,
 )
 
-from lqs import cli, corpus
+from lqs import cli, corpus, output
 from lqs.corpus import BadFileError, BadRecordError
 from lqs.splits import FILE_BITS
 from lqs.stages import gather_scores as gather_scores_stage
@@ -59,10 +60,11 @@ def _strict(line: str):
 
 
 def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip", num_shards=1,
-         output_format: str = "jsonl", **record_settings):
+         output_format: str = "jsonl", layout: str = "single", **record_settings):
     """tokenize_shard for every planned shard, made-up scores for the accepted documents,
-    gather_scores (output.layout single: `record_settings`, the output's fields, are its).
-    Returns (summary, the output file, rejects entries)."""
+    (output.layout per_shard: write_part for every shard) then gather_scores (`record_settings`,
+    the output's fields, are theirs). Returns (summary, the output file or the directory of the
+    parts, rejects entries)."""
     paths = [str(p) for p in paths]
     plan_path, plan = write_plan(tmp_path, paths, num_shards)
     score_paths, reject_paths = [], []
@@ -82,19 +84,35 @@ def _run(tmp_path: Path, paths: list, tok_dir: str, on_bad_record: str = "skip",
                                  "source": pa.array([None] * len(ids), pa.string())}), scores)
         score_paths.append(str(scores))
         reject_paths.append(str(rejects))
-    out = tmp_path / f"scored.{output_format}"
+    fields = dict(score_field=record_settings.get("score_field", "score"),
+                  extra_fields=record_settings.get("extra_fields", ()))
+    common = dict(on_bad_record=on_bad_record, text_field="text", max_chars=10**6, output_format=output_format,
+                  **fields)
     rejects_out, summary_out = tmp_path / "rejects.jsonl", tmp_path / "summary.json"
-    summary = gather_scores(plan_path, score_paths, reject_paths, str(out), str(rejects_out), str(summary_out),
-                            str(tmp_path / "index.parquet"), **corpus_settings(plan), on_bad_record=on_bad_record,
-                            text_field="text", max_chars=10**6, output_format=output_format,
-                            score_field=record_settings.get("score_field", "score"),
-                            extra_fields=record_settings.get("extra_fields", ()))
+    if layout == "per_shard":
+        out = tmp_path / "scored"
+        out.mkdir()
+        parts = [str(out / output.part_name(s.key, output_format)) for s in plan.shards]
+        for shard, scores, rejects, part in zip(plan.shards, score_paths, reject_paths, parts):
+            write_part(plan_path, plan, shard.key, scores, rejects, part, **common)
+        beside = tmp_path / "parts"
+        summary = gather_scores(plan_path, [], [str(beside / f"rejects-{s.key}.jsonl") for s in plan.shards],
+                                str(out), str(rejects_out), str(summary_out), str(tmp_path / "index.parquet"),
+                                part_paths=parts,
+                                part_index_paths=[str(beside / f"index-{s.key}.parquet") for s in plan.shards],
+                                part_stats_paths=[str(beside / f"stats-{s.key}.json") for s in plan.shards],
+                                layout="per_shard", **corpus_settings(plan), **common)
+    else:
+        out = tmp_path / f"scored.{output_format}"
+        summary = gather_scores(plan_path, score_paths, reject_paths, str(out), str(rejects_out), str(summary_out),
+                                str(tmp_path / "index.parquet"), **corpus_settings(plan), **common)
     rejects = [_strict(line) for line in rejects_out.read_text(encoding="utf-8").splitlines()]
     # the index: the output's documents in its order, with their scores; never a rejected one
     index = pq.read_table(tmp_path / "index.parquet")
     field = record_settings.get("score_field", "score")
-    written = pq.read_table(out)[field].to_pylist() if output_format == "parquet" else [
-        _strict(line)[field] for line in out.read_text(encoding="utf-8").splitlines()]
+    files = parts if layout == "per_shard" else [out]
+    written = pq.read_table(files)[field].to_pylist() if output_format == "parquet" else [
+        _strict(line)[field] for f in files for line in Path(f).read_text(encoding="utf-8").splitlines()]
     assert index["score"].to_pylist() == written and summary["documents_scored"] == index.num_rows
     ids = index["doc_id"].to_pylist()
     assert ids == sorted(set(ids)) and not set(ids) & {r["doc_id"] for r in rejects}
@@ -269,40 +287,35 @@ def test_nan_and_infinity_are_bad_records(tmp_path, tok_dir, literal):
 # ---------------------------------------------------------------- a record with an output field
 
 
+@pytest.mark.parametrize("layout", ["single", "per_shard"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("field, settings, key", [
     ("score", {}, "output.score_field"),
     ("quality", {"score_field": "quality"}, "output.score_field"),
     ("n_tokens", {"extra_fields": ["n_tokens"]}, "output.extra_fields"),
 ])
-def test_record_with_an_output_field_is_a_bad_record(tmp_path, tok_dir, mode, field, settings, key):
+def test_record_with_an_output_field_is_a_bad_record(tmp_path, tok_dir, mode, field, settings, key, layout):
     lines = [GOOD[0], GOOD[1], json.dumps({"text": "Scored before.", field: 0.5}), GOOD[2]]
     path = write_jsonl(tmp_path / "c.jsonl", lines)
     reason = f"the record already has the field {field!r} that {key} adds; choose another {key}"
     settings = {"score_field": "score", "extra_fields": [], **settings}
-    # output.layout per_shard: tokenize_shard rejects it, before anything is scored (the parts are score_shard's)
-    plan_path, plan = write_plan(tmp_path / "per_shard", [path])
-    rejects = tmp_path / "per_shard" / "rejects.jsonl"
-    tokenize = dict(text_field="text", max_length=16, on_bad_record=mode, max_chars=10**6, **settings,
-                    **shard_settings(plan))
+    # tokenization takes it (so that the output's settings rescore nothing)
+    plan_path, plan = write_plan(tmp_path / "tokenized", [path])
+    rejects = tmp_path / "tokenized" / "rejects.jsonl"
+    counts = tokenize_shard(plan_path, "0", tok_dir, str(tmp_path / "tokenized" / "tok.parquet"), str(rejects),
+                            text_field="text", max_length=16, on_bad_record=mode, max_chars=10**6,
+                            **shard_settings(plan))
+    assert counts["documents"] == 4 and rejects.read_text() == ""
+    # the writer of the output rejects it: gather_scores (layout single), write_part (per_shard)
     if mode == "error":
         with pytest.raises(BadRecordError, match=f"^{re.escape(f'{path}:3: {reason}')}"):
-            tokenize_shard(plan_path, "0", tok_dir, str(tmp_path / "per_shard" / "tok.parquet"), str(rejects),
-                           **tokenize)
-    else:
-        counts = tokenize_shard(plan_path, "0", tok_dir, str(tmp_path / "per_shard" / "tok.parquet"), str(rejects),
-                                **tokenize)
-        assert counts["documents"] == 3 and counts["rejected"] == 1
-        assert [json.loads(x)["line"] for x in rejects.read_text().splitlines()] == [3]
-    # output.layout single: gather_scores rejects it, where the output is written
-    if mode == "error":
-        with pytest.raises(BadRecordError, match=f"^{re.escape(f'{path}:3: {reason}')}"):
-            _run(tmp_path, [path], tok_dir, mode, num_shards=2, **settings)
+            _run(tmp_path, [path], tok_dir, mode, num_shards=2, layout=layout, **settings)
         return
-    summary, out, rejects = _run(tmp_path, [path], tok_dir, mode, num_shards=2, **settings)
+    summary, out, rejects = _run(tmp_path, [path], tok_dir, mode, num_shards=2, layout=layout, **settings)
     doc_id = sum(len(line) + 1 for line in lines[:2])  # the corpus's doc id: the line's byte offset
     assert rejects == [{"doc_id": doc_id, "file": str(path), "line": 3, "reason": reason, "record": lines[2]}]
-    scored = [_strict(line) for line in out.read_text().splitlines()]
+    files = sorted(out.iterdir()) if layout == "per_shard" else [out]
+    scored = [_strict(line) for f in files for line in f.read_text().splitlines()]
     assert [r["i"] for r in scored] == [0, 1, 2]
     assert summary["documents_rejected"] == 1
 

@@ -247,8 +247,8 @@ SCORING = {"score_shard": NUM_SHARDS, "gather_scores": 1, "select_order": 1, "al
     # the scorer's windows change: they are made again on the CPU, then scored
     (set_key("inference", "max_windows_per_doc", 2), {"tokenize_scorer_shard": NUM_SHARDS, **SCORING},
      "tokenize_scorer_shard"),
-    # layout single: gather_scores rejects a record that already has the field, so a new name
-    # rescores nothing (tokenize_shard checks the output's fields with layout per_shard only)
+    # the writer of the output (gather_scores; write_part with layout per_shard) rejects a record
+    # that already has the field, so a new name rescores nothing
     (set_key("output", "score_field", "lqs_score"), {"gather_scores": 1, "select_order": 1, "all": 1},
      "gather_scores"),
     (set_key("demo", "seed", 1), {}, None),  # demo_data is not in this DAG

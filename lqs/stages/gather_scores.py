@@ -1,43 +1,33 @@
 """Stage `gather_scores`: input records + shard scores -> the scored output, rejects, summary
 (docs/stages.md#gather_scores).
 
-Layout single: streams the input once, in order, pulling each document's score from its shard's
-(doc-id ordered) score file, so memory does not grow with the corpus, into one file in
-output.format (lqs.output: a JSONL line copied byte for byte with the new fields inserted before
-its final `}`; a Parquet row as JSON by corpus.PARQUET_TO_JSON, or as a Parquet row). Layout
-per_shard: the score jobs wrote the parts; this job only counts, and never reads the corpus.
+Layout single: streams the input once, in order, joining each document with its score
+(lqs.scored_records), into one file in output.format (lqs.output: a JSONL line copied byte for
+byte with the new fields inserted before its final `}`; a Parquet row as JSON by
+corpus.PARQUET_TO_JSON, or as a Parquet row). Layout per_shard: the write_part jobs wrote the
+parts; this job gathers their documents, rejects and counts, and never reads the corpus.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from lqs import corpus, output, provenance, sources
+from lqs import corpus, output, provenance, scored_records, sources
 from lqs.batch_scoring import INDEX_SCHEMA
-from lqs.io import atomic_open, benchmark_seconds, parquet_batches, parquet_file, read_json, write_json, write_table
-from lqs.splits import FILE_BITS, POSITION_MASK, Shard, corpus_doc_ids, corpus_file_indices, planned_shards
+from lqs.io import atomic_open, benchmark_seconds, parquet_file, read_json, write_json, write_table
+from lqs.splits import corpus_doc_ids, corpus_file_indices, planned_shards
 from lqs.stage import Arg, Stage
 
 log = logging.getLogger(__name__)
-
-SCORE_COLUMNS = ["doc_id", "score", "truncated", "n_tokens", "n_windows", "fingerprint", "source"]
-
-
-def _scores(path: str) -> Iterator[tuple]:
-    """(doc_id, score, truncated, n_tokens, n_windows, fingerprint, source) of each document of a score shard."""
-    corpus.require_fingerprints(path)
-    for batch in parquet_batches(path, columns=SCORE_COLUMNS):
-        yield from zip(*(batch.column(c).to_pylist() for c in SCORE_COLUMNS))
 
 
 def stage_seconds(benchmarks_dir: str | None) -> dict[str, float]:
@@ -61,78 +51,6 @@ def _with_doc_id(line: str, doc_id: int) -> str:
     if not line.startswith(prefix):
         raise ValueError(f"not a rejects line of lqs: {line[:80]!r}")
     return prefix + str(doc_id) + line[line.index(",", len(prefix)):]
-
-
-def _changed_since_rejected(record: corpus.Record, entry_line: str) -> bool:
-    """Whether `record` differs from the record its rejects entry (a JSON line) holds: a bad
-    record fixed since, its file's mtime kept, would otherwise stay out of the output silently
-    while the rejects show a line the corpus no longer has."""
-    entry, now = json.loads(entry_line), json.loads(corpus.json_line(record.reject_entry()))
-    return (entry.get("record"), entry.get("record_base64")) != (now.get("record"), now.get("record_base64"))
-
-
-def _write_single(shards: Sequence[Shard], score_paths, rejected, out, index, *, output_format, text_field,
-                  max_chars, score_field, extra_fields, on_bad_record, input_schema=None, metadata=None):
-    """Streams the corpus once, shard by shard in input order, joining each document's values from
-    its shard's (doc-id ordered) score file, into one output file. A scored record that the output
-    cannot take (it already has a field the output adds, or a Parquet output cannot hold it
-    exactly) is a bad record here: an error, or (skip) added to `rejected`, the shard's rejects by
-    local doc id. Each written document's corpus doc id, score and source are appended to the lists
-    of `index` (file_indices: the shards' corpus_file_indices, ids, scores, sources). (read,
-    scored, truncated, files with records)"""
-    file_indices, ids, index_scores, index_sources = index
-    read = scored = truncated = 0
-    with_records = set()
-    names = ["score", *extra_fields]  # the score files' columns, written as score_field and extra_fields
-    added = corpus.output_fields(score_field, extra_fields)
-    columns_type = None if input_schema is None else output.columns_of(input_schema)
-    with output.ScoredWriter(out, output_format, [score_field, *extra_fields], input_schema, metadata) as writer:
-        chunk, columns = [], {name: [] for name in names}
-        for shard, score_path, shard_rejected, indices in zip(shards, score_paths, rejected, file_indices):
-            shard_scores = _scores(score_path)
-            for record in corpus.iter_records(shard.splits, text_field, max_chars, require_records=False):
-                if record.doc_id is None:  # an unreadable file, no documents: tokenize_shard listed it in the rejects
-                    continue
-                read += 1
-                with_records.add(record.path)
-                if record.doc_id in shard_rejected:
-                    if _changed_since_rejected(record, shard_rejected[record.doc_id]):
-                        raise RuntimeError(f"{record.where}: the corpus changed since it was tokenized (this record "
-                                           f"differs from the one rejected then); {corpus.RETOKENIZE}")
-                    continue
-                doc_id, score, was_truncated, n_tokens, n_windows, fingerprint, source = next(shard_scores,
-                                                                                              (None,) * 7)
-                if doc_id != record.doc_id:
-                    raise RuntimeError(f"{record.where}: this document is neither scored nor rejected ({score_path} "
-                                       f"has doc id {doc_id} next, not {record.doc_id}); rerun its shard")
-                if record.error is not None or record.fingerprint != fingerprint:
-                    raise RuntimeError(f"{record.where}: the corpus changed since it was scored (this record differs "
-                                       f"from the one scored in {score_path}); {corpus.RETOKENIZE}")
-                error = corpus.output_field_error(record.fields, added)
-                if not error and columns_type is not None and record.raw is not None:
-                    if reason := output.misfit(record.fields, columns_type):
-                        error = f"{reason}; {corpus.setting('format')} jsonl keeps every record as it is"
-                if error:
-                    bad = dataclasses.replace(record, error=error)
-                    corpus.check(bad, on_bad_record)  # raises under on_bad_record: error
-                    shard_rejected[record.doc_id] = corpus.json_line(bad.reject_entry()) + "\n"
-                    continue
-                values = dict(score=score, truncated=bool(was_truncated), n_tokens=n_tokens, n_windows=n_windows)
-                ids.append(int(indices[doc_id >> FILE_BITS]) << FILE_BITS | doc_id & POSITION_MASK)
-                index_scores.append(score)
-                index_sources.append(source)
-                chunk.append(record)
-                for name in names:
-                    columns[name].append(values[name])
-                if len(chunk) == 4096:
-                    writer.write(chunk, dict(zip(writer.fields, columns.values())))
-                    chunk, columns = [], {name: [] for name in names}
-                scored += 1
-                truncated += bool(was_truncated)
-            if next(shard_scores, None) is not None:
-                raise RuntimeError(f"{score_path} holds documents the corpus does not have; rerun scoring")
-        writer.write(chunk, dict(zip(writer.fields, columns.values())))
-    return read, scored, truncated, with_records
 
 
 PARTS_MANIFEST = "output_parts.json"  # beside summary.json: the per_shard parts each run wrote
@@ -193,46 +111,40 @@ class Settings:
 
 def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[str],
                   out: str, rejects_out: str, summary_out: str, index_out: str, settings: Settings,
-                  stats_paths: Sequence[str] = (), part_paths: Sequence[str] = (), benchmarks_dir: str | None = None,
-                  scorer_metrics: str | None = None, annotation_info: str | None = None,
-                  proxy_model: str | None = None, output_schema: str | None = None,
-                  scorer_dir: str | None = None) -> dict:
+                  stats_paths: Sequence[str] = (), part_paths: Sequence[str] = (),
+                  part_index_paths: Sequence[str] = (), part_stats_paths: Sequence[str] = (),
+                  benchmarks_dir: str | None = None, scorer_metrics: str | None = None,
+                  annotation_info: str | None = None, proxy_model: str | None = None,
+                  output_schema: str | None = None, scorer_dir: str | None = None) -> dict:
     """layout single: the corpus of the plan `plan` and the scores (`score_paths`, one per shard, in
-    the plan's order) into one output file `out`. layout per_shard: the score jobs wrote
-    `part_paths` (in the directory `out`) themselves; only the counts are gathered here, from the
-    score shards and rejects, and the corpus is not read again. `output_schema`: the output_schema
-    stage's file, for a Parquet output (without it, as outside the workflow, the schema is settled
-    here, by the same function, from the corpus). The provenance block of the corpus files (given
-    with either layout: per_shard only sizes them), the scorer `scorer_dir` and the configuration
-    digest goes into the summary and a Parquet output's metadata. `index_out`: the scored output's
-    documents in storage order (doc_id, score, source: batch_scoring.INDEX_SCHEMA), which
-    select_order and the report read. Doc ids in the rejects and the index are the corpus's
-    (lqs.splits)."""
+    the plan's order) into one output file `out`, less the records tokenization rejected
+    (`reject_paths`, tokenize_shard's). layout per_shard: the write_part jobs wrote `part_paths`
+    (in the directory `out`), their documents (`part_index_paths`), rejects (`reject_paths`, theirs)
+    and counts (`part_stats_paths`); they are gathered here, and the corpus is not read. `stats_paths`:
+    the score jobs' counts (the mean score per source). `output_schema`: the output_schema stage's
+    file, for a Parquet output (without it, as outside the workflow, the schema is settled here, by
+    the same function, from the corpus). The provenance block of the corpus files, the scorer
+    `scorer_dir` and the configuration digest goes into the summary and a Parquet output's metadata.
+    `index_out`: the scored output's documents in storage order (doc_id, score, source:
+    batch_scoring.INDEX_SCHEMA), which select_order and the report read. Doc ids in the rejects and
+    the index are the corpus's (lqs.splits)."""
     s = settings
     shards = planned_shards(plan, s.splits_sha256)
-    if len(shards) != len(score_paths) or len(shards) != len(reject_paths):
-        raise ValueError(f"{len(shards)} shards planned, but {len(score_paths)} score and {len(reject_paths)} rejects "
+    per_shard = part_index_paths if s.layout == "per_shard" else score_paths
+    if len(shards) != len(per_shard) or len(shards) != len(reject_paths):
+        raise ValueError(f"{len(shards)} shards planned, but {len(per_shard)} score and {len(reject_paths)} rejects "
                          "files given")
     corpus_paths = list(dict.fromkeys(sources.source_name(x.path) for shard in shards for x in shard.splits))
     block = provenance.block(s.config_sha256, scorer_dir,
                              [sources.CorpusFile(p, s.corpus_versions.get(p)) for p in corpus_paths])
     # rejects lines: of records by shard and local doc id; of unreadable files (doc_id null) by file,
     # as every shard that opened one lists it
-    rejected: list[dict[int, str]] = [{} for _ in shards]
-    rejected_files = {}
-    for shard_rejected, path in zip(rejected, reject_paths):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                entry = json.loads(line)
-                if entry["doc_id"] is None:
-                    rejected_files[entry["file"]] = line
-                else:
-                    shard_rejected[entry["doc_id"]] = line
+    rejected_files: dict[str, str] = {}
+    rejected = [scored_records.read_rejects(path, rejected_files) for path in reject_paths]
     order = {p: i for i, p in enumerate(corpus_paths)}
     file_indices = corpus_file_indices([shard.files for shard in shards])
-    index: tuple[list, list, list, list] = (file_indices, [], [], [])
     summary: dict = {}
-    if not any(map(len, rejected)) and not any(parquet_file(p).metadata.num_rows for p in score_paths):
+    if not any(map(len, rejected)) and not any(parquet_file(p).metadata.num_rows for p in per_shard):
         # before anything is written: a finished output is kept, not replaced by an empty one
         raise ValueError(f"every corpus file is empty (no records){' or unreadable' if rejected_files else ''}: "
                          f"{', '.join(corpus_paths)}")
@@ -241,31 +153,29 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
         if s.output_format == "parquet":
             input_schema = output.read_schema(output_schema) if output_schema else output.corpus_schema(
                 corpus_paths, s.text_field, s.max_chars, corpus.output_fields(s.score_field, s.extra_fields))
-        read, scored, truncated, with_records = _write_single(
-            shards, score_paths, rejected, out, index, output_format=s.output_format, text_field=s.text_field,
-            max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
+        written = scored_records.write_scored(
+            [shard.splits for shard in shards], score_paths, rejected, out, output_format=s.output_format,
+            text_field=s.text_field, max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
             on_bad_record=s.on_bad_record, input_schema=input_schema, metadata=provenance.parquet_metadata(block))
-        if scored + sum(map(len, rejected)) != read:
-            raise RuntimeError(f"read {read} documents but scored {scored} and rejected {sum(map(len, rejected))}")
-        summary["empty_files"] = [p for p in order if p not in with_records and p not in rejected_files]
+        read, scored, truncated, with_records = (written.read, written.scored, written.truncated,
+                                                 written.files_with_records)
+        index = [written.index_table(i) for i in range(len(shards))]
     elif s.layout == "per_shard":
         missing = [p for p in part_paths if not Path(p).is_file()]
         if missing:
-            raise RuntimeError(f"the score jobs' part files are missing: {', '.join(missing)}; rerun their shards")
-        shard_stats = [read_json(p) for p in stats_paths]  # what each score job counted
-        scored, truncated = (sum(stats[k] for stats in shard_stats) for k in ("scored", "truncated"))
-        read = scored + sum(map(len, rejected))
+            raise RuntimeError(f"the write_part jobs' part files are missing: {', '.join(missing)}; rerun their shards")
+        part_stats = [read_json(p) for p in part_stats_paths]  # what each write_part job counted
+        read, scored, truncated = (sum(stats[k] for stats in part_stats) for k in ("read", "scored", "truncated"))
+        with_records = {path for stats in part_stats for path in stats["files_with_records"]}
+        index = [pq.read_table(path) for path in part_index_paths]
         summary["parts"] = [str(p) for p in part_paths]
-        for path, indices in zip(score_paths, file_indices):  # the parts hold every scored document
-            for batch in parquet_batches(path, columns=["doc_id", "score", "source"]):
-                index[1].extend(corpus_doc_ids(batch.column(0).to_numpy(), indices).tolist())
-                index[2].extend(batch.column(1).to_pylist())
-                index[3].extend(batch.column(2).to_pylist())
         summary["removed_stale_parts"] = remove_stale_parts(out, part_paths, Path(summary_out).parent / PARTS_MANIFEST)
     else:
         raise ValueError(f"output.layout must be single or per_shard, not {s.layout!r}")
-    write_table(index_out, pa.table([pa.array(index[1], pa.int64()), pa.array(index[2], pa.float64()),
-                                     pa.array(index[3], pa.string())], schema=INDEX_SCHEMA))
+    summary["empty_files"] = [p for p in order if p not in with_records and p not in rejected_files]
+    write_table(index_out, pa.concat_tables(
+        table.set_column(0, "doc_id", pa.array(corpus_doc_ids(table.column(0).to_numpy(), indices), pa.int64()))
+        for table, indices in zip(index, file_indices)).cast(INDEX_SCHEMA))
     records = sorted((int(corpus_doc_ids(np.asarray([local]), indices)[0]), line)
                      for shard_rejected, indices in zip(rejected, file_indices)
                      for local, line in shard_rejected.items())
@@ -293,11 +203,12 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
 
 
 STAGE = Stage(
-    help="join the scores with the input into the scored output (or count a per_shard output's parts)",
+    help="join the scores with the input into the scored output (or gather a per_shard output's parts)",
     run=gather_scores,
-    args=(Arg("--plan"), Arg("--score-paths", "+"), Arg("--reject-paths", "+"),
-          Arg("--stats-paths", "*", required=False), Arg("--part-paths", "*", required=False), Arg("--out"),
-          Arg("--rejects-out"), Arg("--summary-out"), Arg("--index-out"), Arg("--benchmarks-dir"),
+    args=(Arg("--plan"), Arg("--score-paths", "*", required=False), Arg("--reject-paths", "+"),
+          Arg("--stats-paths", "*", required=False), Arg("--part-paths", "*", required=False),
+          Arg("--part-index-paths", "*", required=False), Arg("--part-stats-paths", "*", required=False),
+          Arg("--out"), Arg("--rejects-out"), Arg("--summary-out"), Arg("--index-out"), Arg("--benchmarks-dir"),
           Arg("--output-schema", required=False), Arg("--scorer-metrics", required=False),
           Arg("--annotation-info", required=False), Arg("--proxy-model", required=False),
           Arg("--scorer-dir", required=False)),

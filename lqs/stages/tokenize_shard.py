@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 from tqdm import tqdm
 
-from lqs import corpus, output, sources
+from lqs import corpus, sources
 from lqs.io import TokenRate, atomic_open, parquet_writer
 from lqs.splits import files_metadata, planned_splits
 from lqs.stage import TOKENIZERS, Arg, Stage
@@ -24,11 +23,6 @@ class Settings:
     max_chars: int  # corpus.max_chars
     max_length: int  # corpus.max_length
     on_bad_record: str  # corpus.on_bad_record
-    # output.layout per_shard only (its parts are written by score_shard, from this shard's accepted
-    # records): output.score_field and output.extra_fields, a record that already has one rejected
-    # here. With layout single, gather_scores rejects it, so that renaming them rescores nothing.
-    score_field: str | None = None
-    extra_fields: Sequence[str] | None = None
 
 
 def tokenize_shard(
@@ -38,14 +32,12 @@ def tokenize_shard(
     out: str,
     rejects: str,
     settings: Settings,
-    output_schema: str | None = None,
     batch_docs: int = BATCH_DOCS,
 ) -> dict[str, int]:
     """Writes the windows of shard `shard` of the corpus plan `plan` to `out` (with the shard's
     files in its metadata, lqs.splits) and its rejected records (and unreadable files) to
-    `rejects` (JSONL). With output.layout per_shard, a record that already has a field the output
-    adds is rejected here, and so is, with `output_schema` (output.format parquet: the
-    output_schema stage's file), a record the output cannot hold exactly."""
+    `rejects` (JSONL). Nothing here depends on an output setting: the writers of the scored output
+    reject the records it cannot take (lqs.scored_records)."""
     s = settings
     splits = planned_splits(plan, shard, s.splits_sha256)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -68,9 +60,7 @@ def tokenize_shard(
         writer.write_table(pa.table([doc_ids, window_idx, ids, fingerprints], schema=SHARD_SCHEMA))
         batch.clear()
 
-    output_fields = corpus.output_fields(s.score_field, s.extra_fields or ()) if s.score_field else {}
-    records = corpus.iter_records(splits, s.text_field, s.max_chars, output_fields, require_records=False)
-    records = output.fitting(records, output.read_schema(output_schema) if output_schema else None)
+    records = corpus.iter_records(splits, s.text_field, s.max_chars, require_records=False)
     bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     files = list(dict.fromkeys(map(sources.source_name, (split.path for split in splits))))
@@ -93,8 +83,7 @@ def tokenize_shard(
 STAGE = Stage(
     help="tokenize one corpus shard into windows",
     run=tokenize_shard,
-    args=(Arg("--plan"), Arg("--shard"), Arg("--tokenizer-dir"), Arg("--out"), Arg("--rejects"),
-          Arg("--output-schema", required=False)),
+    args=(Arg("--plan"), Arg("--shard"), Arg("--tokenizer-dir"), Arg("--out"), Arg("--rejects")),
     settings=Settings,
     counters={"documents": "documents", "tokens": "tokens", "windows": "windows"},
     preload=TOKENIZERS,
