@@ -45,9 +45,10 @@ GPU_RULES = {"trajectory", "grad_stats", "train_scorer", "score_shard"}
 SHARDS = 2  # the SLURM run's corpus.num_shards: its per-shard CPU jobs go in the profile's job groups
 # The profile's job groups ("rule=group"). A group job asks for its jobs' CPUs summed: on the
 # test node's 2 CPUs, the test bundles two tokenize_shard jobs (1 CPU each) and leaves the
-# tokenize_scorer_shard jobs (capped at 2 CPUs each) one to a SLURM job.
+# tokenize_scorer_shard jobs (capped at 2 CPUs each) one to a SLURM job (write_part: layout per_shard,
+# not in this run).
 GROUPS = dict(entry.split("=") for entry in yaml.safe_load((PROFILE / "config.yaml").read_text())["groups"])
-GROUP_SIZE = {"tokenize": 2, "tokenize_scorer": 1}
+GROUP_SIZE = {"tokenize": 2, "tokenize_scorer": 1, "write_part": 2}
 SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "sinfo")
 TEST_MEM_MB = 1000  # every job's memory request in the test (the node has CPUs=nproc, ~90% of RAM)
 RUN_TIMEOUT_S = 600
