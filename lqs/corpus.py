@@ -417,19 +417,16 @@ def iter_records(
         split = Split(path, split.start, split.stop, split.parts).resolved()
         if path != previous:
             file_index, previous = file_index + 1, path
-        records = 0
-        lines_before = LinesBefore(path, split.start) if split.start and not is_parquet(path) else None
-        records_read = _file_records(split, text_field, max_chars, output_fields or {})
-        for position, line, raw, fields, text, error in records_read:
+        records, file_reader = 0, reader(path)
+        lines_before = file_reader.lines_before(split)
+        for position, line, raw, fields, text, error, eol in file_reader.records(split, text_field, max_chars,
+                                                                                 output_fields or {}):
             if line is None:  # the whole file: no records, no doc ids
                 log.warning("%s: %s; it contributes no documents", path, error)
                 unreadable.append(path)
                 yield Record(None, path, None, None, None, None, error)
                 continue
             records += 1
-            eol = ""
-            if isinstance(raw, bytes):
-                raw, eol, fields, text, error = _parse_line(raw, text_field, max_chars, output_fields or {})
             yield Record(shard_doc_id(file_index, position), path, line, fields, raw, text, error, eol, lines_before)
         if records == 0 and split.whole:
             if path not in unreadable:
@@ -486,30 +483,58 @@ def _decoded_row(batch: pa.RecordBatch) -> dict[str, Any] | str:
     return row
 
 
-def _file_records(split: Split, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
-    """(position, line, raw, fields, text, error) of each record of a split: unparsed JSONL lines
-    (parsed lazily by the caller) or parsed Parquet rows; line None: the file cannot be read at
-    all, and why. A missing file is a FileNotFoundError naming it as given (a URL stays a URL)."""
-    path = split.path
-    if not is_parquet(path):
+class JsonlReader:
+    """JSONL, plain or gzipped: a split is a byte range of a plain file (lqs.splits), a gzip
+    stream is read whole; each non-blank line is a record, parsed strictly (_parse_line)."""
+
+    def records(self, split: Split, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
+        """(position, line, raw, fields, text, error, eol) of each record of `split` (see
+        Record); line None: the file cannot be read at all, and why."""
         for position, line, raw, error in _jsonl_lines(split, max_chars):
-            yield position, line, raw, None, None, error
-    elif sources.is_url(path):
-        with sources.open_binary(path, seekable=True) as f:
-            yield from _parquet_rows(f, split, text_field, max_chars, output_fields)
-    elif not Path(path).exists():
-        raise FileNotFoundError(f"corpus file not found: {path}")
-    elif split.whole and os.path.getsize(path) <= EXACT_RANGE:  # read once: pyarrow would read the footer apart
-        with open(path, "rb") as f:
-            yield from _parquet_rows(pa.BufferReader(f.read()), split, text_field, max_chars, output_fields)
-    else:
-        yield from _parquet_rows(path, split, text_field, max_chars, output_fields)  # pyarrow reads a local path
+            if raw is None:
+                yield position, line, None, None, None, error, ""
+            else:
+                raw, eol, fields, text, error = _parse_line(raw, text_field, max_chars, output_fields)
+                yield position, line, raw, fields, text, error, eol
+
+    def lines_before(self, split: Split) -> LinesBefore | None:
+        """A split that starts inside its file counts its lines from there: the lines before it."""
+        return LinesBefore(split.path, split.start) if split.start else None
+
+
+class ParquetReader:
+    """Parquet: a split is a range of row groups; each row is a record."""
+
+    def records(self, split: Split, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
+        """As JsonlReader.records (raw None, eol ""). A missing file is a FileNotFoundError naming
+        it as given (a URL stays a URL)."""
+        path = split.path
+        if sources.is_url(path):
+            with sources.open_binary(path, seekable=True) as f:
+                yield from _parquet_rows(f, split, text_field, max_chars, output_fields)
+        elif not Path(path).exists():
+            raise FileNotFoundError(f"corpus file not found: {path}")
+        elif split.whole and os.path.getsize(path) <= EXACT_RANGE:  # read once: pyarrow would read the footer apart
+            with open(path, "rb") as f:
+                yield from _parquet_rows(pa.BufferReader(f.read()), split, text_field, max_chars, output_fields)
+        else:
+            yield from _parquet_rows(path, split, text_field, max_chars, output_fields)  # pyarrow reads a local path
+
+    def lines_before(self, split: Split) -> None:
+        return None  # a split of row groups counts the rows before it itself
+
+
+def reader(path: str) -> JsonlReader | ParquetReader:
+    """The reader of a corpus file, by its name (lqs.formats): the one place a corpus file's format
+    picks how it is read. A name without a known ending (standard input, a URL) is JSONL."""
+    return ParquetReader() if is_parquet(path) else JsonlReader()
 
 
 def _parquet_rows(source, split: Split, text_field: str, max_chars: int, output_fields: Mapping[str, str]):
+    """ParquetReader.records of the split's row groups of `source` (a path or an open file)."""
     parquet, error = _open_parquet(source)
     if error:
-        yield None, None, None, None, None, error
+        yield None, None, None, None, None, error, ""
         return
     metadata = parquet.metadata
     groups = range(split.start, metadata.num_row_groups if split.stop is None else split.stop)
@@ -524,13 +549,13 @@ def _parquet_rows(source, split: Split, text_field: str, max_chars: int, output_
             for fields in rows:
                 row += 1
                 if isinstance(fields, str):  # why the row could not be read
-                    yield row - 1, row, None, None, None, fields
+                    yield row - 1, row, None, None, None, fields, ""
                 else:
-                    yield row - 1, row, None, fields, *_check_record(fields, text_field, max_chars, output_fields)
+                    yield row - 1, row, None, fields, *_check_record(fields, text_field, max_chars, output_fields), ""
     except (pa.ArrowException, OSError) as e:  # a damaged page (pyarrow: OSError); the batches before it were read
         total = first + sum(metadata.row_group(i).num_rows for i in groups)
         yield row, row + 1, None, None, None, (f"corrupt Parquet file: its rows {row + 1} to {total} of "
-                                               f"{metadata.num_rows} cannot be read ({' '.join(str(e).split())})")
+                                               f"{metadata.num_rows} cannot be read ({' '.join(str(e).split())})"), ""
 
 
 PARQUET_TO_JSON = """\

@@ -1,8 +1,10 @@
 """The file formats lqs reads and writes, decided from a path's name in this one place.
 
 The corpus is JSONL (plain or gzipped) or Parquet; outputs are written as `jsonl`, `jsonl.gz` or
-`parquet` (`output.format`). A reader reads a split of a file (lqs.corpus.iter_records), a writer
-writes one output (lqs.output.ScoredWriter)."""
+`parquet` (`output.format`). One reader per corpus format reads a split of a file
+(lqs.corpus.reader, behind iter_records); one writer per output format writes an output
+(lqs.output.open_output: the scored output through ScoredWriter, the training set through
+lqs.select.write_selected)."""
 
 from __future__ import annotations
 

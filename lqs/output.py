@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -329,65 +329,144 @@ def read_schema(path: str) -> pa.Schema:
     return parquet_file(path).schema_arrow
 
 
-class ScoredWriter:
-    """Writes scored records, a chunk at a time, into one file that appears (atomically) when the
-    writer is closed without an error (or to standard output, path "-"). `fields` are the new
-    members in order: the score field, then the extra fields; `input_schema`, for Parquet, is the
-    corpus's (corpus_schema), which every row must fit exactly; `metadata`, the Parquet file's
-    key-value metadata (the provenance block: lqs.provenance.parquet_metadata)."""
+class OutputWriter:
+    """One output file in one format, written a chunk at a time, that appears (atomically) when the
+    writer is closed without an error (or standard output, path "-", JSONL only). Every output of
+    records goes through one (open_output): the scored output and its parts (ScoredWriter) and the
+    training set (lqs.select.write_selected), so that a record copied from one into the other is
+    written the same way. `write` takes a chunk in the format (JsonlWriter: lines, ParquetWriter: a
+    table); `encode` makes one of scored records."""
 
-    def __init__(self, path: str | Path, format: str, fields: Sequence[str],
-                 input_schema: pa.Schema | None = None, metadata: Mapping[bytes, bytes] | None = None,
-                 replace: bool = True):
-        self.path, self.format, self.fields = Path(path), check_format(format), list(fields)
-        self.input_schema = input_schema
-        self.rows = 0
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
         self._stack = contextlib.ExitStack()
-        self._file: IO[bytes] | None = None
-        self._parquet: pq.ParquetWriter | None = None
-        if self.format == "parquet":
-            if str(path) == "-":  # standard output (lqs score --out -): a stream, so JSONL only
-                raise ValueError("a Parquet output cannot be streamed to standard output: give a file, or "
-                                 "--format jsonl or jsonl.gz")
-            if input_schema is None:
-                raise ValueError("a Parquet output needs the corpus's schema (lqs.output.corpus_schema), settled "
-                                 "before any record is written")
-            self._schema = pa.schema(list(input_schema) + self._new_columns(input_schema), metadata=metadata)
-            self._columns = columns_of(input_schema)
-        if str(path) == "-":
+
+    def __enter__(self) -> OutputWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self._stack.__exit__(kind, value, traceback)  # renames the file into place only on success
+
+    def write(self, chunk: Any) -> None:
+        raise NotImplementedError
+
+    def encode(self, records: Sequence[corpus.Record], values: Mapping[str, Sequence[Any]]) -> Any:
+        """The chunk of `records` with `values` (the new members, one value per record) added."""
+        raise NotImplementedError
+
+
+class JsonlWriter(OutputWriter):
+    """JSON lines as bytes; `compress`: gzipped, level 6, with no time stamp or file name, so that
+    the same lines give the same bytes."""
+
+    def __init__(self, path: str | Path, compress: bool = False, replace: bool = True):
+        super().__init__(path)
+        self._stdout = str(path) == "-"
+        if self._stdout:
             # A buffered writer of its own: it writes all of each chunk or raises (a pipe's reader
             # gone: BrokenPipeError), even when sys.stdout is unbuffered (PYTHONUNBUFFERED=1), whose
             # raw writes may write part of what they are given and say so only in their return value.
             self._file = self._stack.enter_context(
                 io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "wb", closefd=False), STDOUT_BUFFER))
         else:
-            self._tmp = self._stack.enter_context(atomic_path(self.path, replace))
-            if self.format == "parquet":  # opened now: a corpus without records still gets the columns
-                self._parquet = self._stack.enter_context(pq.ParquetWriter(self._tmp, self._schema))
-            else:
-                self._file = self._stack.enter_context(open(self._tmp, "wb"))
-        if self.format == "jsonl.gz":  # mtime 0, no file name: the same documents give the same bytes
+            self._file = self._stack.enter_context(open(self._stack.enter_context(atomic_path(path, replace)), "wb"))
+        if compress:
             self._file = self._stack.enter_context(
                 gzip.GzipFile(filename="", mode="wb", fileobj=self._file, compresslevel=6, mtime=0))
+
+    def write(self, lines: bytes) -> None:
+        self._file.write(lines)
+        if self._stdout:
+            self._file.flush()  # the next program in the pipe gets each chunk as it is scored
+
+    def encode(self, records: Sequence[corpus.Record], values: Mapping[str, Sequence[Any]]) -> bytes:
+        names = list(values)
+        return "".join(output_line(r, dict(zip(names, v))) for r, v in zip(records, zip(*values.values()))
+                       ).encode("utf-8")
+
+
+class ParquetWriter(OutputWriter):
+    """Arrow tables of one `schema` (the output's columns and types, and its key-value metadata),
+    the file opened at once: an output without records still has the columns."""
+
+    def __init__(self, path: str | Path, schema: pa.Schema | None, replace: bool = True):
+        super().__init__(path)
+        if str(path) == "-":  # standard output (lqs score --out -): a stream, so JSONL only
+            raise ValueError("a Parquet output cannot be streamed to standard output: give a file, or "
+                             "--format jsonl or jsonl.gz")
+        if schema is None:
+            raise ValueError("a Parquet output needs the corpus's schema (lqs.output.corpus_schema), settled "
+                             "before any record is written")
+        self.schema = schema
+        self._parquet = self._stack.enter_context(pq.ParquetWriter(self._stack.enter_context(
+            atomic_path(path, replace)), schema))
+        self._input: tuple[pa.Schema, FieldType] | None = None  # the input's columns, once encode knows them
+
+    def write(self, table: pa.Table) -> None:
+        self._parquet.write_table(table)
+
+    def encode(self, records: Sequence[corpus.Record], values: Mapping[str, Sequence[Any]]) -> pa.Table:
+        if self._input is None:
+            input_schema = pa.schema([f for f in self.schema if f.name not in values])
+            self._input = input_schema, columns_of(input_schema)
+        input_schema, columns = self._input
+        # Arrow casts a float into an int64 column, and drops a key its struct type lacks: every
+        # JSONL record is checked first (a Parquet row comes with its file's types, which the schema unifies)
+        for r in records:
+            reason = misfit(r.fields, columns) if r.raw is not None else None
+            if reason:
+                raise ValueError(f"{r.where}: {reason}; {corpus.setting('format')} jsonl keeps every record as it is")
+        try:
+            table = pa.Table.from_pylist([r.fields for r in records], schema=input_schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+            where = records[0].where
+            raise ValueError(f"{where}…: the records do not fit the Parquet output's columns ({e})") from None
+        for name, column in values.items():
+            field = self.schema.field(name)
+            table = table.append_column(field, pa.array(column, field.type))
+        return table
+
+
+def open_output(path: str | Path, format: str, schema: pa.Schema | None = None,
+                metadata: Mapping[bytes, bytes] | None = None, replace: bool = True) -> OutputWriter:
+    """The writer of an output in `format` (output.format): the one place a format picks its writer.
+    `schema`: a Parquet output's; `metadata` is merged into its key-value metadata, replacing its
+    keys (the provenance block: lqs.provenance.parquet_metadata; JSONL has none). `replace=False`:
+    an output that appeared meanwhile is kept, and closing fails (lqs.io.atomic_path)."""
+    if check_format(format) == "parquet":
+        if schema is not None and metadata:
+            schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+        return ParquetWriter(path, schema, replace)
+    return JsonlWriter(path, compress=format == "jsonl.gz", replace=replace)
+
+
+class ScoredWriter:
+    """Writes scored records, a chunk at a time, into one output (open_output) that appears
+    (atomically) when the writer is closed without an error (or to standard output, path "-").
+    `fields` are the new members in order: the score field, then the extra fields; `input_schema`,
+    for Parquet, is the corpus's (corpus_schema), which every row must fit exactly; `metadata`, the
+    Parquet file's key-value metadata (the provenance block: lqs.provenance.parquet_metadata)."""
+
+    def __init__(self, path: str | Path, format: str, fields: Sequence[str],
+                 input_schema: pa.Schema | None = None, metadata: Mapping[bytes, bytes] | None = None,
+                 replace: bool = True):
+        self.path, self.format, self.fields = Path(path), check_format(format), list(fields)
+        self.rows = 0
+        schema = None if input_schema is None else pa.schema(list(input_schema) + self._new_columns(input_schema))
+        self.output = open_output(path, format, schema, metadata, replace)
 
     def __enter__(self) -> ScoredWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        self._stack.__exit__(kind, value, traceback)  # renames the file into place only on success
+        self.output.__exit__(kind, value, traceback)
 
     def write(self, records: Sequence[corpus.Record], columns: Mapping[str, Sequence[Any]]) -> None:
         """One chunk: `columns` maps each of `fields` to one value per record."""
         if list(columns) != self.fields:
             raise ValueError(f"columns {list(columns)} are not the writer's fields {self.fields}")
-        if self._file is not None:
-            values = list(zip(*columns.values()))
-            self._file.write("".join(output_line(r, dict(zip(self.fields, v)))
-                                     for r, v in zip(records, values)).encode("utf-8"))
-        elif records:
-            self._write_parquet(records, columns)
-        if self._file is not None and str(self.path) == "-":
-            self._file.flush()  # the next program in the pipe gets each chunk as it is scored
+        if records:
+            self.output.write(self.output.encode(records, columns))
         self.rows += len(records)
 
     def _new_columns(self, input_schema: pa.Schema) -> list[pa.Field]:
@@ -396,23 +475,6 @@ class ScoredWriter:
             raise ValueError(f"the corpus already has a column {clash[0]!r}; choose another "
                              f"{corpus.setting('score_field' if clash[0] == self.fields[0] else 'extra_fields')}")
         return [pa.field(self.fields[0], pa.float64())] + [pa.field(f, EXTRA_FIELDS[f]) for f in self.fields[1:]]
-
-    def _write_parquet(self, records: Sequence[corpus.Record], columns: Mapping[str, Sequence[Any]]) -> None:
-        # Arrow casts a float into an int64 column, and drops a key its struct type lacks: every
-        # JSONL record is checked first (a Parquet row comes with its file's types, which the schema unifies)
-        for r in records:
-            reason = misfit(r.fields, self._columns) if r.raw is not None else None
-            if reason:
-                raise ValueError(f"{r.where}: {reason}; {corpus.setting('format')} jsonl keeps every record as it is")
-        try:
-            table = pa.Table.from_pylist([r.fields for r in records], schema=self.input_schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-            where = records[0].where
-            raise ValueError(f"{where}…: the records do not fit the Parquet output's columns ({e})") from None
-        for name in self.fields:
-            field = self._schema.field(name)
-            table = table.append_column(field, pa.array(columns[name], field.type))
-        self._parquet.write_table(table)
 
 
 def read_lines(path: str | Path) -> Iterator[bytes]:

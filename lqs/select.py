@@ -10,13 +10,10 @@ Ties in score are broken by input order, earlier first, in every selection and o
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import itertools
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -24,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lqs import output
-from lqs.io import atomic_open, atomic_path, parquet_batches, parquet_file, parquet_writer
+from lqs.io import parquet_batches, parquet_file
 from lqs.splits import corpus_ids_of_shards, with_corpus_ids
 
 ORDER_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("tokens", pa.int64())])
@@ -135,45 +132,6 @@ def order(scores: np.ndarray, *, method: str = "folding", folds: int = 3, seed: 
 SELECT_MEMORY = 1 << 30  # bytes of records held at once when copying from .jsonl.gz or Parquet
 
 
-@dataclass
-class ScoredRecords:
-    """The scored output's records in storage order (files in order, lines or rows in order)."""
-    paths: list[str]
-    format: str
-    count: int  # documents
-    bytes_per_record: float
-    starts: np.ndarray | None = None  # jsonl: each line's byte offset in its file
-    lengths: np.ndarray | None = None
-    files: np.ndarray | None = None  # jsonl: each line's file index
-
-
-def scored_records(paths: Sequence[str], format: str, count: int) -> ScoredRecords:
-    """The scored output's files, `count` documents long (gather_scores' index says), ready for
-    copying records by position: a JSONL file's line offsets (a scan for newlines; no line is
-    parsed), the bytes per record of the others. A count that differs is an error."""
-    where = paths[0] if len(paths) == 1 else f"the {len(paths)} parts of {os.path.dirname(paths[0]) or '.'}"
-    stale = f"{where} does not hold the {count} documents gather_scores indexed; rerun gather_scores"
-    size = sum(os.path.getsize(p) for p in paths)
-    if format == "jsonl":
-        spans = [line_spans(p) for p in paths]
-        starts = np.concatenate([a for a, _ in spans] + [np.zeros(0, np.int64)])
-        if len(starts) != count:
-            raise RuntimeError(stale)
-        return ScoredRecords(list(paths), format, count, size / max(count, 1), starts,
-                             np.concatenate([n for _, n in spans] + [np.zeros(0, np.int64)]),
-                             np.concatenate([np.full(len(a), i) for i, (a, _) in enumerate(spans)]
-                                            + [np.zeros(0, int)]))
-    if format == "jsonl.gz":  # lines counted as they are copied; gzip's usual ratio for the memory estimate
-        return ScoredRecords(list(paths), format, count, 4 * size / max(count, 1))
-    if format == "parquet":
-        files = list(map(parquet_file, paths))
-        if sum(f.metadata.num_rows for f in files) != count:
-            raise RuntimeError(stale)
-        size = sum(f.metadata.row_group(i).total_byte_size for f in files for i in range(f.num_row_groups))
-        return ScoredRecords(list(paths), format, count, size / max(count, 1))
-    raise ValueError(f"output.format must be jsonl, jsonl.gz or parquet, not {format!r}")
-
-
 def _windows(positions: np.ndarray, bytes_per_record: float) -> Iterator[np.ndarray]:
     """Consecutive pieces of the training order, each about SELECT_MEMORY bytes of records."""
     step = max(1, int(SELECT_MEMORY // max(bytes_per_record, 1.0)))
@@ -181,58 +139,127 @@ def _windows(positions: np.ndarray, bytes_per_record: float) -> Iterator[np.ndar
         yield positions[start:start + step]
 
 
-def write_selected(records: ScoredRecords, positions: np.ndarray, out: str,
-                   metadata: Mapping[bytes, bytes] | None = None) -> None:
-    """The records at `positions` (storage order indices), in that order, into `out` in the
-    records' format. JSONL: each line copied by its offset. jsonl.gz and Parquet cannot be read at
-    an offset: each piece of the order (SELECT_MEMORY bytes) is gathered in one pass over the files.
-    `metadata`: merged into a Parquet output's key-value metadata (the scored output's), replacing
-    its keys (the provenance block: lqs.provenance.parquet_metadata)."""
-    if records.format == "jsonl":
-        fds = [os.open(p, os.O_RDONLY) for p in records.paths]
+def _slots(window: np.ndarray, count: int) -> np.ndarray:
+    """For each record in storage order, its place in `window`, or -1."""
+    slot = np.full(count, -1, np.int64)
+    slot[window] = np.arange(len(window))
+    return slot
+
+
+class ScoredRecords:
+    """The scored output's records in storage order (files in order, lines or rows in order), in
+    one format (output.format): `take` yields the records at some positions, in that order, as
+    chunks of that format (lqs.output.OutputWriter.write), unparsed. `schema`: a Parquet output's."""
+    format: str
+    schema: pa.Schema | None = None
+
+    def __init__(self, paths: Sequence[str], count: int):
+        self.paths, self.count = list(paths), count
+
+    def stale(self) -> RuntimeError:
+        where = (self.paths[0] if len(self.paths) == 1
+                 else f"the {len(self.paths)} parts of {os.path.dirname(self.paths[0]) or '.'}")
+        return RuntimeError(f"{where} does not hold the {self.count} documents gather_scores indexed; "
+                            "rerun gather_scores")
+
+    def take(self, positions: np.ndarray) -> Iterator:
+        raise NotImplementedError
+
+
+class JsonlRecords(ScoredRecords):
+    """JSONL: each line's byte offset and length (a scan for newlines; no line is parsed) and file,
+    so that a line is copied by its offset, one at a time."""
+    format = "jsonl"
+
+    def __init__(self, paths: Sequence[str], count: int):
+        super().__init__(paths, count)
+        spans = [line_spans(p) for p in paths]
+        self.starts = np.concatenate([a for a, _ in spans] + [np.zeros(0, np.int64)])
+        if len(self.starts) != count:
+            raise self.stale()
+        self.lengths = np.concatenate([n for _, n in spans] + [np.zeros(0, np.int64)])
+        self.files = np.concatenate([np.full(len(a), i) for i, (a, _) in enumerate(spans)] + [np.zeros(0, int)])
+
+    def take(self, positions: np.ndarray) -> Iterator[bytes]:
+        fds = [os.open(p, os.O_RDONLY) for p in self.paths]
         try:
-            with atomic_open(out, "wb") as dst:
-                for f, start, length in zip(records.files[positions].tolist(), records.starts[positions].tolist(),
-                                            records.lengths[positions].tolist()):
-                    line = os.pread(fds[f], length, start)
-                    dst.write(line if line.endswith(b"\n") else line + b"\n")  # a last line without newline
+            for f, start, length in zip(self.files[positions].tolist(), self.starts[positions].tolist(),
+                                        self.lengths[positions].tolist()):
+                line = os.pread(fds[f], length, start)
+                yield line if line.endswith(b"\n") else line + b"\n"  # a last line without newline
         finally:
             for fd in fds:
                 os.close(fd)
-        return
-    n = records.count
-    with contextlib.ExitStack() as stack:
-        if records.format == "jsonl.gz":
-            tmp = stack.enter_context(atomic_path(out))
-            dst = stack.enter_context(gzip.GzipFile(filename="", mode="wb", compresslevel=6, mtime=0,
-                                                    fileobj=stack.enter_context(open(tmp, "wb"))))
-        else:
-            schema = parquet_file(records.paths[0]).schema_arrow
-            if metadata:
-                schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
-            dst = stack.enter_context(parquet_writer(out, schema))
-        for window in _windows(positions, records.bytes_per_record):
-            slot = np.full(n, -1, np.int64)
-            slot[window] = np.arange(len(window))
-            if records.format == "jsonl.gz":
-                lines: list[bytes] = [b""] * len(window)
-                seen = 0
-                for line in itertools.chain.from_iterable(output.read_lines(p) for p in records.paths):
-                    if seen < n and slot[seen] >= 0:
-                        lines[slot[seen]] = line if line.endswith(b"\n") else line + b"\n"
-                    seen += 1
-                if seen != n:
-                    raise RuntimeError(f"{records.paths[0]}: {seen} lines, but gather_scores indexed {n} documents; "
-                                       "rerun gather_scores")
-                dst.write(b"".join(lines))
-            else:
-                pieces, slots, offset = [], [], 0
-                for path in records.paths:
-                    for batch in parquet_batches(path):
-                        taken = np.flatnonzero(slot[offset:offset + batch.num_rows] >= 0)
-                        if len(taken):
-                            pieces.append(pa.Table.from_batches([batch.take(pa.array(taken))]))
-                            slots.append(slot[offset + taken])
-                        offset += batch.num_rows
-                table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
-                dst.write_table(table.take(pa.array(np.argsort(np.concatenate(slots)))) if pieces else table)
+
+
+class GzipJsonlRecords(ScoredRecords):
+    """Gzipped JSONL, which cannot be read at an offset: each piece of the order (SELECT_MEMORY
+    bytes) is gathered in one pass over the files, lines counted as they are read."""
+    format = "jsonl.gz"
+
+    def __init__(self, paths: Sequence[str], count: int):
+        super().__init__(paths, count)
+        self.bytes_per_record = 4 * sum(map(os.path.getsize, paths)) / max(count, 1)  # gzip's usual ratio
+
+    def take(self, positions: np.ndarray) -> Iterator[bytes]:
+        n = self.count
+        for window in _windows(positions, self.bytes_per_record):
+            slot = _slots(window, n)
+            lines: list[bytes] = [b""] * len(window)
+            seen = 0
+            for line in itertools.chain.from_iterable(output.read_lines(p) for p in self.paths):
+                if seen < n and slot[seen] >= 0:
+                    lines[slot[seen]] = line if line.endswith(b"\n") else line + b"\n"
+                seen += 1
+            if seen != n:
+                raise RuntimeError(f"{self.paths[0]}: {seen} lines, but gather_scores indexed {n} documents; "
+                                   "rerun gather_scores")
+            yield b"".join(lines)
+
+
+class ParquetRecords(ScoredRecords):
+    """Parquet: each piece of the order (SELECT_MEMORY bytes) gathered in one pass over the files'
+    batches, as a table of the output's schema (the first file's: every part has the same)."""
+    format = "parquet"
+
+    def __init__(self, paths: Sequence[str], count: int):
+        super().__init__(paths, count)
+        files = list(map(parquet_file, paths))
+        if sum(f.metadata.num_rows for f in files) != count:
+            raise self.stale()
+        size = sum(f.metadata.row_group(i).total_byte_size for f in files for i in range(f.num_row_groups))
+        self.bytes_per_record = size / max(count, 1)
+        self.schema = files[0].schema_arrow
+
+    def take(self, positions: np.ndarray) -> Iterator[pa.Table]:
+        for window in _windows(positions, self.bytes_per_record):
+            slot = _slots(window, self.count)
+            pieces, slots, offset = [], [], 0
+            for path in self.paths:
+                for batch in parquet_batches(path):
+                    taken = np.flatnonzero(slot[offset:offset + batch.num_rows] >= 0)
+                    if len(taken):
+                        pieces.append(pa.Table.from_batches([batch.take(pa.array(taken))]))
+                        slots.append(slot[offset + taken])
+                    offset += batch.num_rows
+            table = pa.concat_tables(pieces).cast(self.schema) if pieces else self.schema.empty_table()
+            yield table.take(pa.array(np.argsort(np.concatenate(slots)))) if pieces else table
+
+
+def scored_records(paths: Sequence[str], format: str, count: int) -> ScoredRecords:
+    """The scored output's files in `format`, `count` documents long (gather_scores' index says),
+    ready for copying records by position: the one place the format picks the reader. A count
+    that differs is an error."""
+    readers = {r.format: r for r in (JsonlRecords, GzipJsonlRecords, ParquetRecords)}
+    return readers[output.check_format(format)](paths, count)
+
+
+def write_selected(records: ScoredRecords, positions: np.ndarray, out: str,
+                   metadata: Mapping[bytes, bytes] | None = None) -> None:
+    """The records at `positions` (storage order indices), in that order, into `out` in the
+    records' format, through the writer the scored output was written with (lqs.output.open_output):
+    a Parquet training set gets the scored output's schema, `metadata` merged into its key-value
+    metadata, replacing its keys (the provenance block: lqs.provenance.parquet_metadata)."""
+    with output.open_output(out, records.format, records.schema, metadata) as writer:
+        for chunk in records.take(positions):
+            writer.write(chunk)

@@ -55,8 +55,8 @@ def values_for(records):
             "truncated": [i % 2 == 0 for i in range(len(records))]}
 
 
-def write(path, records, format, columns, schema=None, chunk=3):
-    with output.ScoredWriter(path, format, list(columns), schema) as writer:
+def write(path, records, format, columns, schema=None, chunk=3, metadata=None):
+    with output.ScoredWriter(path, format, list(columns), schema, metadata) as writer:
         for start in range(0, len(records), chunk):
             writer.write(records[start:start + chunk], {k: v[start:start + chunk] for k, v in columns.items()})
     return path
@@ -155,6 +155,49 @@ def test_a_field_the_records_have_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # selection from every format, in bounded memory
+
+
+def scored_output(tmp_path, source: str, format: str, metadata) -> tuple[Path, int]:
+    """A scored output in `format` of a small corpus in `source` (jsonl: lines of every shape that
+    fit a Parquet column; parquet: rich_table's types), and its count of records."""
+    if source == "jsonl":
+        lines = [b'{"text": "a b", "id": 1, "o": {"x": 1}}\r\n', b'{ "text" : "c",  "id": 2, "o": {"x": 2.5} }  \n',
+                 '{"text": "caf\u00e9 \\ud83d\\ude00", "id": 3, "o": null}\n'.encode(), b'{"text": "d", "id": 4}\n']
+        (tmp_path / "in.jsonl").write_bytes(b"".join(lines * 5) + b'{"text": "last", "id": 5}')
+    else:
+        pq.write_table(rich_table(21), tmp_path / "in.parquet", row_group_size=4)
+    paths = [str(tmp_path / f"in.{source}")]
+    records = records_of(*paths)
+    schema = output.corpus_schema(paths) if format == "parquet" else None
+    # the Parquet output in one chunk: one row group, as the selection's one piece of the order
+    path = write(tmp_path / f"scored.{format}", records, format, values_for(records), schema,
+                 chunk=len(records) if format == "parquet" else 3, metadata=metadata)
+    return path, len(records)
+
+
+@pytest.mark.parametrize("source", ["jsonl", "parquet"])
+@pytest.mark.parametrize("format", ["jsonl", "jsonl.gz", "parquet"])
+def test_the_selection_writer_is_the_scored_writer(tmp_path, source, format):
+    """The training set goes through the writer the scored output was written with
+    (output.open_output): every record selected in storage order gives back its bytes exactly."""
+    block = {b"lqs.provenance": b'{"config_sha256": "abc"}'}
+    scored, n = scored_output(tmp_path, source, format, block)
+    records = sel.scored_records([str(scored)], format, n)
+    sel.write_selected(records, np.arange(n), str(tmp_path / f"selected.{format}"), block)
+    assert (tmp_path / f"selected.{format}").read_bytes() == scored.read_bytes()
+
+
+@pytest.mark.parametrize("source", ["jsonl", "parquet"])
+def test_a_parquet_selection_keeps_the_scored_output_schema(tmp_path, source):
+    scored, n = scored_output(tmp_path, source, "parquet", {b"lqs.provenance": b'"scores"', b"other": b"kept"})
+    positions = np.random.default_rng(0).permutation(n)[:n // 2]
+    out = tmp_path / "selected.parquet"
+    sel.write_selected(sel.scored_records([str(scored)], "parquet", n), positions, str(out),
+                       {b"lqs.provenance": b'"selection"'})
+    schema = pq.read_schema(scored)
+    assert pq.read_schema(out).equals(schema.with_metadata({b"lqs.provenance": b'"selection"', b"other": b"kept"}),
+                                      check_metadata=True)
+    assert pq.read_table(out).equals(pq.read_table(scored).take(positions))
 
 
 @pytest.mark.parametrize("format", ["jsonl.gz", "parquet"])
