@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shlex
@@ -15,6 +16,7 @@ from lqs import paths as lqs_paths
 from lqs import sources as lqs_sources
 from lqs import splits as lqs_splits
 from lqs import workflow_plan as lqs_workflow_plan
+from lqs.corpus import CorpusReading
 
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
@@ -79,8 +81,9 @@ if errors:
 
 def as_settings(**kwargs):
     """A stage's configuration as one JSON string: the rule's params, so that editing exactly
-    this configuration reruns the rule (Snakemake's params rerun trigger)."""
-    return json.dumps(kwargs, sort_keys=True)
+    this configuration reruns the rule (Snakemake's params rerun trigger). A settings group
+    (lqs.corpus.CorpusReading) is a nested object."""
+    return json.dumps(kwargs, sort_keys=True, default=dataclasses.asdict)
 
 
 # Jobs find `lqs` on PATH or else beside the Python that runs Snakemake, so a venv need not be
@@ -203,9 +206,7 @@ def scored_record_settings():
 def corpus_settings(wildcards):
     """What every corpus reader depends on: the splits it reads, and how records are read."""
     c = config["corpus"]
-    return dict(
-        splits_sha256=PLAN.splits_sha256(shard_of(wildcards)), text_field=c["text_field"], max_chars=c["max_chars"]
-    )
+    return dict(corpus=CorpusReading(PLAN.splits_sha256(shard_of(wildcards)), c["text_field"], c["max_chars"]))
 
 
 # Resources scale with the configured sizes (PLAN's estimates of a job's memory); the SLURM

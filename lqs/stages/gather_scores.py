@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from lqs import corpus, output, provenance, sources
 from lqs.batch_scoring import INDEX_SCHEMA
+from lqs.corpus import CorpusReading
 from lqs.io import atomic_open, benchmark_seconds, parquet_batches, parquet_file, read_json, write_json, write_table
 from lqs.splits import FILE_BITS, POSITION_MASK, Shard, corpus_doc_ids, corpus_file_indices, planned_shards
 from lqs.stage import Arg, Stage
@@ -71,8 +72,8 @@ def _changed_since_rejected(record: corpus.Record, entry_line: str) -> bool:
     return (entry.get("record"), entry.get("record_base64")) != (now.get("record"), now.get("record_base64"))
 
 
-def _write_single(shards: Sequence[Shard], score_paths, rejected, out, index, *, output_format, text_field,
-                  max_chars, score_field, extra_fields, on_bad_record, input_schema=None, metadata=None):
+def _write_single(shards: Sequence[Shard], score_paths, rejected, out, index, *, reading: CorpusReading,
+                  output_format, score_field, extra_fields, on_bad_record, input_schema=None, metadata=None):
     """Streams the corpus once, shard by shard in input order, joining each document's values from
     its shard's (doc-id ordered) score file, into one output file. A scored record that the output
     cannot take (it already has a field the output adds, or a Parquet output cannot hold it
@@ -90,7 +91,7 @@ def _write_single(shards: Sequence[Shard], score_paths, rejected, out, index, *,
         chunk, columns = [], {name: [] for name in names}
         for shard, score_path, shard_rejected, indices in zip(shards, score_paths, rejected, file_indices):
             shard_scores = _scores(score_path)
-            for record in corpus.iter_records(shard.splits, text_field, max_chars, require_records=False):
+            for record in reading.records(shard.splits, require_records=False):
                 if record.doc_id is None:  # an unreadable file, no documents: tokenize_shard listed it in the rejects
                     continue
                 read += 1
@@ -177,9 +178,7 @@ def remove_stale_parts(out_dir: str, part_paths: Sequence[str], manifest: str | 
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of every shard's splits (lqs.splits.planned_shards)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # every shard's splits (lqs.splits.planned_shards), corpus.text_field, max_chars
     on_bad_record: str  # corpus.on_bad_record: a record the output cannot take (layout single)
     output_format: str  # output.format
     score_field: str  # output.score_field
@@ -209,7 +208,7 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
     select_order and the report read. Doc ids in the rejects and the index are the corpus's
     (lqs.splits)."""
     s = settings
-    shards = planned_shards(plan, s.splits_sha256)
+    shards = planned_shards(plan, s.corpus.splits_sha256)
     if len(shards) != len(score_paths) or len(shards) != len(reject_paths):
         raise ValueError(f"{len(shards)} shards planned, but {len(score_paths)} score and {len(reject_paths)} rejects "
                          "files given")
@@ -240,10 +239,11 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
         input_schema = None
         if s.output_format == "parquet":
             input_schema = output.read_schema(output_schema) if output_schema else output.corpus_schema(
-                corpus_paths, s.text_field, s.max_chars, corpus.output_fields(s.score_field, s.extra_fields))
+                corpus_paths, s.corpus.text_field, s.corpus.max_chars,
+                corpus.output_fields(s.score_field, s.extra_fields))
         read, scored, truncated, with_records = _write_single(
-            shards, score_paths, rejected, out, index, output_format=s.output_format, text_field=s.text_field,
-            max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
+            shards, score_paths, rejected, out, index, reading=s.corpus, output_format=s.output_format,
+            score_field=s.score_field, extra_fields=s.extra_fields,
             on_bad_record=s.on_bad_record, input_schema=input_schema, metadata=provenance.parquet_metadata(block))
         if scored + sum(map(len, rejected)) != read:
             raise RuntimeError(f"read {read} documents but scored {scored} and rejected {sum(map(len, rejected))}")

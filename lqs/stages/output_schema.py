@@ -12,15 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lqs import corpus, output
+from lqs.corpus import CorpusReading
 from lqs.splits import planned_splits
 from lqs.stage import Arg, Stage
 
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of every shard's splits (lqs.splits.planned_splits)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # every shard's splits, corpus.text_field, max_chars
     score_field: str  # output.score_field: a record that already has it is a bad record
     extra_fields: Sequence[str]  # output.extra_fields, likewise
 
@@ -30,8 +29,8 @@ def output_schema(plan: str, out: str, settings: Settings) -> dict[str, int]:
     to `out`, from the corpus of the plan `plan`. A record holding an output field is a bad record
     (gather_scores rejects it), so it adds nothing to the schema."""
     s = settings
-    files = list(dict.fromkeys(split.path for split in planned_splits(plan, None, s.splits_sha256)))
-    schema = output.corpus_schema(files, s.text_field, s.max_chars,
+    files = list(dict.fromkeys(split.path for split in planned_splits(plan, None, s.corpus.splits_sha256)))
+    schema = output.corpus_schema(files, s.corpus.text_field, s.corpus.max_chars,
                                   corpus.output_fields(s.score_field, s.extra_fields))
     output.write_schema(schema, out)
     return {"columns": len(schema)}

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from lqs import corpus, output, provenance, scorer_windows, sources
 from lqs.batch_scoring import SCORES_SCHEMA, ChunkScores, Meter, accepted_records
+from lqs.corpus import CorpusReading
 from lqs.io import TokenRate, parquet_writer, write_json
 from lqs.output import ScoredWriter
 from lqs.scorer import load, prefetched
@@ -41,9 +42,7 @@ class Settings:
     # output.layout per_shard only, with --part-out: the rule passes them then alone (the part is the
     # only file they change, and the corpus is read only for it), so that editing them does not
     # rescore a single-layout run
-    splits_sha256: str | None = None  # the digest of the shard's splits (lqs.splits.planned_splits)
-    text_field: str | None = None  # corpus.text_field
-    max_chars: int | None = None  # corpus.max_chars
+    corpus: CorpusReading | None = None  # the shard's splits (lqs.splits.planned_splits), corpus.text_field, max_chars
     output_format: str | None = None  # output.format
     score_field: str | None = None  # output.score_field
     extra_fields: Sequence[str] | None = None  # output.extra_fields
@@ -74,9 +73,9 @@ def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, sha
         writer = stack.enter_context(parquet_writer(out, SCORES_SCHEMA))
         part, records = None, None
         if part_out:
-            splits = planned_splits(plan, shard, s.splits_sha256)  # with --part-out only: the plan is read then
+            splits = planned_splits(plan, shard, s.corpus.splits_sha256)  # with --part-out only: the plan is read then
             corpus_paths = list(dict.fromkeys(map(sources.source_name, (split.path for split in splits))))
-            records = accepted_records(corpus.iter_records(splits, s.text_field, s.max_chars, require_records=False),
+            records = accepted_records(s.corpus.records(splits, require_records=False),
                                        tokenized_shard)
             metadata = None
             if s.output_format == "parquet":  # the weights' digests as loading checked them

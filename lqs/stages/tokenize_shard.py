@@ -9,6 +9,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from lqs import corpus, output, sources
+from lqs.corpus import CorpusReading
 from lqs.io import TokenRate, atomic_open, parquet_writer
 from lqs.splits import files_metadata, planned_splits
 from lqs.stage import TOKENIZERS, Arg, Stage
@@ -19,9 +20,7 @@ BATCH_DOCS = 512  # documents tokenized per call of the tokenizer
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of the shard's splits (lqs.splits.planned_splits)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # the shard's splits, corpus.text_field, max_chars
     max_length: int  # corpus.max_length
     on_bad_record: str  # corpus.on_bad_record
     # output.layout per_shard only (its parts are written by score_shard, from this shard's accepted
@@ -47,7 +46,7 @@ def tokenize_shard(
     adds is rejected here, and so is, with `output_schema` (output.format parquet: the
     output_schema stage's file), a record the output cannot hold exactly."""
     s = settings
-    splits = planned_splits(plan, shard, s.splits_sha256)
+    splits = planned_splits(plan, shard, s.corpus.splits_sha256)
     tokenizer = load_tokenizer(tokenizer_dir)
     counts = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
     batch: list[corpus.Record] = []
@@ -69,7 +68,7 @@ def tokenize_shard(
         batch.clear()
 
     output_fields = corpus.output_fields(s.score_field, s.extra_fields or ()) if s.score_field else {}
-    records = corpus.iter_records(splits, s.text_field, s.max_chars, output_fields, require_records=False)
+    records = s.corpus.records(splits, output_fields, require_records=False)
     records = output.fitting(records, output.read_schema(output_schema) if output_schema else None)
     bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
