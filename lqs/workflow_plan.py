@@ -37,6 +37,7 @@ class WorkflowPlan:
     corpus_plan: splits.CorpusPlan
     plans_dir: str
     shards: tuple[str, ...]
+    shard_files: Mapping[str, tuple[CorpusFile, ...]]  # the corpus files each shard reads
     # the digest of each shard's splits (a job's params carry the splits it reads), and of all of them
     shard_splits_sha256: Mapping[str, str]
     corpus_splits_sha256: str
@@ -79,10 +80,7 @@ class WorkflowPlan:
 
     def job_files(self, shard: str | None) -> list[CorpusFile]:
         """The corpus files a job reads: shard `shard`'s, or (None: a job without a shard) all of them."""
-        if shard is None:
-            return list(self.corpus_files)
-        by_path = {f.path: f for f in self.corpus_files}
-        return [by_path[path] for path in self.corpus_plan.shard(shard).files]
+        return list(self.corpus_files if shard is None else self.shard_files[shard])
 
     def splits_sha256(self, shard: str | None) -> str:
         """The digest of the splits a job reads: its shard's, or (None) every shard's."""
@@ -105,6 +103,7 @@ def build_workflow_plan(config: Mapping[str, Any], corpus: Corpus, outputs: lqs_
         splits.file_sizes(paths, {f.path: f.size for f in corpus.files}),
         config["corpus"]["num_shards"], config["corpus"]["shard_size"])
     shards = tuple(shard.key for shard in corpus_plan.shards)
+    by_path = {f.path: f for f in corpus.files}
 
     output = {**config["output"], "format": outputs.format, "path": outputs.path}
     per_shard = output["layout"] == "per_shard"
@@ -138,6 +137,7 @@ def build_workflow_plan(config: Mapping[str, Any], corpus: Corpus, outputs: lqs_
         corpus_plan=corpus_plan,
         plans_dir=f"{results}/corpus/plans",
         shards=shards,
+        shard_files={shard.key: tuple(by_path[path] for path in shard.files) for shard in corpus_plan.shards},
         shard_splits_sha256={shard.key: splits.splits_sha256(shard.splits) for shard in corpus_plan.shards},
         corpus_splits_sha256=splits.splits_sha256(split for shard in corpus_plan.shards for split in shard.splits),
         corpus_state=splits.local_state([f.path for f in corpus.files if f.local and f.path not in demo]),
