@@ -49,14 +49,15 @@ def tiny_scorer(root: Path, corpus: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, XGLMConfig, XGLMModel
 
+    from lqs.corpus import CorpusReading
     from lqs.scorer import ScorerModel, save_scorer
     from lqs.splits import CorpusPlan, Shard, Split, splits_sha256
     from lqs.stages.train_tokenizer import Settings, train_tokenizer
 
     plan_path = CorpusPlan((str(corpus),), {}, (Shard("0", (Split(str(corpus)),), 0),)).write(str(root / "plans"))
     train_tokenizer(plan_path, str(root / "tokenizer"),
-                    Settings(splits_sha256=splits_sha256([Split(str(corpus))]), text_field="text",
-                             max_chars=10**7, vocab_size=512, on_bad_record="error"), max_docs=500)
+                    Settings(CorpusReading(splits_sha256([Split(str(corpus))]), "text", 10**7), vocab_size=512,
+                             on_bad_record="error"), max_docs=500)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     torch.manual_seed(0)
     backbone = XGLMModel(XGLMConfig(vocab_size=len(tokenizer), d_model=32, ffn_dim=64, num_layers=1,

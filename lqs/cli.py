@@ -22,6 +22,7 @@ import numbers
 import os
 import sys
 import time
+import typing
 from collections.abc import Mapping
 
 from lqs.defaults import default
@@ -115,19 +116,30 @@ def add_score_command(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
-def read_settings(stage: Stage, given: Mapping) -> object:
-    """The stage's Settings from the --settings object: every field, and nothing else (a field
-    with a default, None, is one the rule passes only in some configurations)."""
-    fields = {f.name for f in dataclasses.fields(stage.settings)}
-    required = {f.name for f in dataclasses.fields(stage.settings) if f.default is dataclasses.MISSING}
+def read_settings(cls: type, given: typing.Any, key: str = "") -> typing.Any:
+    """A stage's Settings (`cls`) from the --settings object: every field, and nothing else (a
+    field with a default, None, is one the rule passes only in some configurations). A field
+    whose type is a dataclass (lqs.corpus.CorpusReading) is read from a nested object alike, and
+    errors name its keys as "corpus.max_chars". `key`: where `given` is, "" for the whole object."""
     if not isinstance(given, Mapping):
-        raise ValueError(f"--settings must be a JSON object, not {type(given).__name__}")
-    unknown, missing = sorted(set(given) - fields), sorted(required - set(given))
+        where = f": {key!r}" if key else ""
+        raise ValueError(f"--settings{where} must be a JSON object, not {type(given).__name__}")
+    fields = dataclasses.fields(cls)
+    required = {f.name for f in fields if f.default is dataclasses.MISSING}
+    unknown, missing = sorted(set(given) - {f.name for f in fields}), sorted(required - set(given))
     if unknown or missing:
-        raise ValueError("--settings: " + "; ".join(
-            ([f"unknown key {', '.join(map(repr, unknown))}"] if unknown else [])
-            + ([f"missing key {', '.join(map(repr, missing))}"] if missing else [])))
-    return stage.settings(**given)
+        def named(keys):
+            return ", ".join(repr(f"{key}.{k}" if key else k) for k in keys)
+
+        raise ValueError("--settings: " + "; ".join(([f"unknown key {named(unknown)}"] if unknown else [])
+                                                    + ([f"missing key {named(missing)}"] if missing else [])))
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in given.items():
+        if dataclasses.is_dataclass(hints[name]):
+            value = read_settings(hints[name], value, f"{key}.{name}" if key else name)
+        values[name] = value
+    return cls(**values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         kwargs = {k: v for k, v in args.items() if k != "settings" and v is not None}
     try:
         if name != "score" and stage.settings is not None:
-            kwargs["settings"] = read_settings(stage, args["settings"])
+            kwargs["settings"] = read_settings(stage.settings, args["settings"])
         for library in preload:
             importlib.import_module(library)
         start = time.perf_counter()

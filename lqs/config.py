@@ -239,7 +239,7 @@ def names_a_source(model: Mapping) -> bool:
 
 def annotated_steps(steps: int, interval: int) -> list[int]:
     """The annotated steps S: every interval-th SGD step t < steps (annotation.steps and
-    annotation.interval). The one place they are computed: the workflow (rules/common.smk) and
+    annotation.interval). The one place they are computed: the workflow plan (lqs.workflow_plan) and
     the trajectory stage call this."""
     return [t for t in range(steps) if t % interval == 0]
 

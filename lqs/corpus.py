@@ -132,6 +132,22 @@ def require_fingerprints(path: str) -> None:
 
 MAX_CHARS = default("corpus.max_chars")
 
+
+@dataclass(frozen=True)
+class CorpusReading:
+    """How a workflow stage reads the corpus, the `corpus` object of its settings: the digest of
+    the splits it reads (lqs.splits.planned_splits checks it against the plan), corpus.text_field
+    and corpus.max_chars."""
+
+    splits_sha256: str
+    text_field: str
+    max_chars: int
+
+    def records(self, splits: Sequence[Split], output_fields: Mapping[str, str] | None = None,
+                require_records: bool = True) -> Iterator[Record]:
+        """iter_records of `splits` with this text field and length limit."""
+        return iter_records(splits, self.text_field, self.max_chars, output_fields, require_records)
+
 # How messages name a setting: the workflow's config keys, unless the caller names its own
 # (`lqs score` its flags: lqs.score.SCORE_FLAGS) with `settings_named`.
 CONFIG_KEYS = {"on_bad_record": "corpus.on_bad_record", "max_chars": "corpus.max_chars",

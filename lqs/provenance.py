@@ -14,7 +14,7 @@ but those given. A writer stores it in a JSON summary, or in a Parquet file's sc
 (`parquet_metadata`).
 
 In the workflow the configuration digest is not of the whole configuration: `config_digests`
-gives, once, at DAG build (rules/common.smk), the digest of the part each output depends on
+gives, once, at DAG build (lqs.workflow_plan), the digest of the part each output depends on
 (`scores`: the scored output and results/summary.json; `selection`: the training set and its
 summary; `efficacy`: the efficacy summary), and each rule passes its output's digest in its
 params, so that editing a key outside that part reruns nothing. The jobs that read the corpus and
@@ -260,7 +260,7 @@ def efficacy_config(config: Mapping[str, Any], output_format: str, demo_files: I
 
 def config_digests(config: Mapping[str, Any], *, output_format: str, demo_files: Iterable[str] = ()) -> dict[str, str]:
     """{"scores", "selection", "efficacy"}: the SHA-256 of each output's configuration (above), for
-    the workflow's params (rules/common.smk computes them once, at DAG build)."""
+    the workflow's params (lqs.workflow_plan computes them once, at DAG build)."""
     demo_files = list(demo_files)
     return {name: config_sha256(part(config, output_format, demo_files)) for name, part in
             (("scores", scores_config), ("selection", selection_config), ("efficacy", efficacy_config))}

@@ -76,11 +76,12 @@ class Written:
 
 
 def write_scored(shard_splits: Sequence[Sequence[Split]], score_paths: Sequence[str],
-                 rejected: Sequence[dict[int, str]], out: str, *, output_format: str, text_field: str,
-                 max_chars: int, score_field: str, extra_fields: Sequence[str], on_bad_record: str,
+                 rejected: Sequence[dict[int, str]], out: str, *, reading: corpus.CorpusReading,
+                 output_format: str, score_field: str, extra_fields: Sequence[str], on_bad_record: str,
                  input_schema=None, metadata=None) -> Written:
     """Streams the corpus shards (their splits: `shard_splits`) once, in input order, joining each
-    document's values from its shard's score file, into one output file `out`. A scored record that the output
+    document's values from its shard's score file, into one output file `out` (the records read
+    as `reading` says). A scored record that the output
     cannot take is an error, or (on_bad_record skip) added to its shard's `rejected` (rejects
     lines by shard doc id)."""
     written = Written()
@@ -95,7 +96,7 @@ def write_scored(shard_splits: Sequence[Sequence[Split]], score_paths: Sequence[
             written.scores.append(scores)
             written.sources.append(sources)
             shard_scores = _scores(score_path)
-            for record in corpus.iter_records(splits, text_field, max_chars, require_records=False):
+            for record in reading.records(splits, require_records=False):
                 if record.doc_id is None:  # an unreadable file, no documents: tokenize_shard listed it in the rejects
                     continue
                 written.read += 1

@@ -28,7 +28,7 @@ rule trajectory:
         f"{RESULTS}/benchmarks/trajectory/all.tsv"
     resources:
         gpu=1,
-        mem_mb=proxy_mem_mb,
+        mem_mb=memory_mb(PLAN.proxy_mem_mb),
         runtime=gpu_runtime(240),
     conda:
         "../envs/lqs.yaml"
@@ -62,7 +62,7 @@ rule grad_stats:
         f"{RESULTS}/benchmarks/grad_stats/step-{{t}}-part-{{p}}.tsv"
     resources:
         gpu=1,
-        mem_mb=proxy_mem_mb,
+        mem_mb=memory_mb(PLAN.proxy_mem_mb),
         runtime=gpu_runtime(120),
     conda:
         "../envs/lqs.yaml"

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shlex
@@ -12,15 +13,15 @@ from lqs import config as lqs_config
 from lqs import defaults as lqs_defaults
 from lqs import output as lqs_output
 from lqs import paths as lqs_paths
-from lqs import provenance as lqs_provenance
 from lqs import sources as lqs_sources
 from lqs import splits as lqs_splits
+from lqs import workflow_plan as lqs_workflow_plan
+from lqs.corpus import CorpusReading
 
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
-# the demo's corpus and target set, demo_data's outputs (rules/data.smk): inputs the workflow
-# writes itself, so no output conflicts with them
-DEMO_FILES = [f"{RESULTS}/demo/corpus.jsonl", f"{RESULTS}/demo/target.jsonl"]
+# the demo's corpus and target set, demo_data's outputs (rules/data.smk)
+DEMO_FILES = lqs_workflow_plan.demo_files(RESULTS)
 
 
 def config_errors():
@@ -80,60 +81,54 @@ if errors:
 
 def as_settings(**kwargs):
     """A stage's configuration as one JSON string: the rule's params, so that editing exactly
-    this configuration reruns the rule (Snakemake's params rerun trigger)."""
-    return json.dumps(kwargs, sort_keys=True)
+    this configuration reruns the rule (Snakemake's params rerun trigger). A settings group
+    (lqs.corpus.CorpusReading) is a nested object."""
+    return json.dumps(kwargs, sort_keys=True, default=dataclasses.asdict)
 
 
 # Jobs find `lqs` on PATH or else beside the Python that runs Snakemake, so a venv need not be
 # activated (SLURM jobs run that interpreter too); with --sdm conda, the rule's environment's own.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f'set -euo pipefail; export PATH="$PATH":{shlex.quote(os.path.dirname(sys.executable))}; ')
-# The corpus plan (lqs.splits, docs/stages.md#shards): the shards as input splits, from the listing,
-# file sizes and the footers of the Parquet files it cuts. Written once (onstart: not by a dry run)
-# to a file named by its digest, whose path the jobs inherit ($LQS_CORPUS_PLAN); each job's params
-# carry the digest of the splits it reads, so that only the shards whose splits change rerun.
-PLAN = lqs_splits.build_plan(
-    [f.path for f in CORPUS.files],
-    {f.path: f.version for f in CORPUS.files if f.version},
-    lqs_splits.file_sizes([f.path for f in CORPUS.files], {f.path: f.size for f in CORPUS.files}),
-    config["corpus"]["num_shards"],
-    config["corpus"]["shard_size"],
-)
-PLANS = f"{RESULTS}/corpus/plans"
-os.environ[lqs_splits.PLAN_ENV] = PLAN.path(PLANS)
+# Everything the rules derive from the configuration and the corpus listing, computed once
+# (lqs.workflow_plan). The corpus plan (lqs.splits, docs/stages.md#shards): the shards as input
+# splits, from the listing, file sizes and the footers of the Parquet files it cuts. Written once
+# (onstart: not by a dry run) to a file named by its digest, whose path the jobs inherit
+# ($LQS_CORPUS_PLAN); each job's params carry the digest of the splits it reads, so that only the
+# shards whose splits change rerun.
+PLAN = lqs_workflow_plan.build_workflow_plan(config, CORPUS, OUTPUTS, RESULTS)
+os.environ[lqs_splits.PLAN_ENV] = PLAN.corpus_plan.path(PLAN.plans_dir)
 
 
 onstart:
-    PLAN.write(PLANS)
+    PLAN.corpus_plan.write(PLAN.plans_dir)
 
 
-SHARDS = [shard.key for shard in PLAN.shards]
-SHARD = {shard.key: shard for shard in PLAN.shards}
-CORPUS_FILE = {f.path: f for f in CORPUS.files}
-ALL_SPLITS_SHA256 = lqs_splits.splits_sha256(split for shard in PLAN.shards for split in shard.splits)
+# The plan's values under the short names the rules use (lqs.workflow_plan.WorkflowPlan says what each is)
+SHARDS = PLAN.shards
+CORPUS_STATE = PLAN.corpus_state
+OUTPUT, SELECTION, SCORED_FILES = PLAN.output, PLAN.selection, PLAN.scored_files
+PER_SHARD_OUTPUT = PLAN.per_shard_output
+OUTPUT_SCHEMA = PLAN.output_schema
+SCORER_CHECKPOINT, CHECKPOINT_SOURCE = PLAN.scorer_checkpoint, PLAN.checkpoint_source
+PROXY, SCORER_BASE, SCORER_TOKENIZER = PLAN.proxy, PLAN.scorer_base, PLAN.scorer_tokenizer
+PRETRAIN_PROXY, TRAIN_TOKENIZER = PLAN.pretrain_proxy, PLAN.train_tokenizer
+TARGET_FROM_HUB, EVAL_FROM_HUB = PLAN.target_from_hub, PLAN.eval_from_hub
+EFFICACY_ARMS, ANNOTATED_STEPS, PROXY_PARTS = PLAN.efficacy_arms, PLAN.annotated_steps, PLAN.proxy_parts
+# The provenance blocks' configuration digests (lqs/provenance.py, docs/reliability.md#provenance),
+# each over the configuration its output depends on (scores: the scored output and
+# results/summary.json; selection; efficacy); a rule passes its output's in its params, so that an
+# edit outside it reruns nothing.
+CONFIG_DIGESTS = PLAN.config_digests
 
 
 wildcard_constraints:
     shard="[0-9a-f]+",
 
 
-# output.* with its format and path settled (lqs.config.resolve_outputs), and selection.* with its path
-OUTPUT = {**config["output"], "format": OUTPUTS.format, "path": OUTPUTS.path}
-SELECTION = {**config["selection"], "path": OUTPUTS.selection_path}
-PER_SHARD_OUTPUT = OUTPUT["layout"] == "per_shard"
-# The scored output's files: one, or (per_shard) one part per write_part job in output.path.
-SCORED_FILES = (
-    [f"{OUTPUT['path']}/{lqs_output.part_name(shard, OUTPUT['format'])}" for shard in SHARDS]
-    if PER_SHARD_OUTPUT
-    else [OUTPUT["path"]]
-)
-
-
-def job_files(wildcards):
-    """The corpus files a job reads: its shard's, or (a job without a shard) all of them."""
-    if "shard" in wildcards.keys():
-        return [CORPUS_FILE[path] for path in SHARD[wildcards.shard].files]
-    return CORPUS.files
+def shard_of(wildcards):
+    """The job's shard, or None for a job without one (it reads the whole corpus)."""
+    return wildcards.shard if "shard" in wildcards.keys() else None
 
 
 # A job's corpus files reach it through the plan file. The local ones the first stage to read
@@ -142,31 +137,21 @@ def job_files(wildcards):
 # that no commit pins: a changed hub commit or remote object reruns the job (the params trigger).
 def corpus_inputs(wildcards):
     """The job's local corpus files, as its input."""
-    return [f.path for f in job_files(wildcards) if f.local]
+    return [f.path for f in PLAN.job_files(shard_of(wildcards)) if f.local]
 
 
 # A job that reads the whole corpus (train_tokenizer, output_schema, efficacy_classifier) has in its
-# params a digest of the local files' names, sizes and modification times instead of every file as
-# an input: with 100,000 files, those inputs cost most of the planning time. It waits, as inputs,
-# only for the corpus files the workflow writes itself (the demo's).
-CORPUS_STATE = lqs_splits.local_state([f.path for f in CORPUS.files if f.local and f.path not in DEMO_FILES])
-
-
+# params a digest of the local files' names, sizes and modification times (CORPUS_STATE) instead of
+# every file as an input: with 100,000 files, those inputs cost most of the planning time. It
+# waits, as inputs, only for the corpus files the workflow writes itself (the demo's).
 def whole_corpus_inputs(wildcards):
     """The corpus files the workflow writes, which a job reading the whole corpus must wait for."""
-    return [f.path for f in CORPUS.files if f.path in DEMO_FILES]
+    return [f.path for f in PLAN.corpus_files if f.path in DEMO_FILES]
 
 
 def corpus_versions(wildcards):
     """URL -> version of the job's remote files that no commit pins ({} for local files)."""
-    return json.dumps({f.path: f.version for f in job_files(wildcards) if f.version}, sort_keys=True)
-
-
-def splits_sha256(wildcards):
-    """The digest of the splits a job reads (its shard's, or every shard's): its settings carry it."""
-    if "shard" in wildcards.keys():
-        return lqs_splits.splits_sha256(SHARD[wildcards.shard].splits)
-    return ALL_SPLITS_SHA256
+    return json.dumps(PLAN.corpus_versions(shard_of(wildcards)), sort_keys=True)
 
 
 def target_source_file(wildcards):
@@ -176,41 +161,12 @@ def target_source_file(wildcards):
 
 # The models. With a pretrained scorer (scorer.checkpoint) nothing reads models.proxy, models.scorer
 # or models.tokenizer (the schema requires them only without one): the demo's, which every run
-# inherits from config/config.yaml, are ignored.
+# inherits from config/config.yaml, are ignored. Which of two rules writes results/models/tokenizer,
+# results/models/proxy and results/scorer follows from PLAN (rules/models.smk).
 SCORER = config["scorer"]
-SCORER_CHECKPOINT = SCORER["checkpoint"]
 TRUST_REMOTE_CODE = config["models"]["trust_remote_code"]
-PROXY = None if SCORER_CHECKPOINT else config["models"]["proxy"]
-SCORER_BASE = None if SCORER_CHECKPOINT else config["models"]["scorer"]
-# The proxy tokenizer's own repo or path, or (by default: `tokenizer: {}`) the proxy's.
-TOKENIZER_SOURCE = (
-    None
-    if SCORER_CHECKPOINT
-    else config["models"]["tokenizer"] if lqs_config.names_a_source(config["models"]["tokenizer"]) else PROXY
-)
-# A pretrained scorer checkpoint: a local directory, or a hub repo (with an optional revision).
-CHECKPOINT_SOURCE = (
-    None
-    if not SCORER_CHECKPOINT
-    else (
-        {"path": SCORER_CHECKPOINT}
-        if lqs_config.is_local_source(SCORER_CHECKPOINT, RESULTS)
-        else {"repo": SCORER_CHECKPOINT, "revision": SCORER["checkpoint_revision"]}
-    )
-)
-# The tokenizer the scorer keeps, for tokenize_scorer_shard: the checkpoint's own, or the base's,
-# which train_scorer saves with the trained scorer (score_shard checks that they are the same).
-SCORER_TOKENIZER = f"{RESULTS}/scorer" if SCORER_CHECKPOINT else f"{MODELS}/scorer_base"
 INFERENCE = config["inference"]
-# Which of two rules writes results/models/tokenizer and results/models/proxy (rules/models.smk):
-# an architecture-config proxy is pretrained, with a tokenizer trained on the corpus unless
-# models.tokenizer names one; anything else is fetched. (results/scorer: train_scorer, or
-# fetch_scorer with scorer.checkpoint.)
-PRETRAIN_PROXY = PROXY is not None and "arch" in PROXY
-TRAIN_TOKENIZER = PRETRAIN_PROXY and not lqs_config.names_a_source(config["models"]["tokenizer"])
 TARGET_SOURCE = config["target"]["source"]
-# The target set comes from the hub unless it is a local file or directory (or built by the demo).
-TARGET_FROM_HUB = not lqs_config.is_local_source(TARGET_SOURCE, RESULTS)
 # Fetch rules need the network and the Hugging Face login, and fail fast (an access check first)
 # on a gated or missing repo: they run on the submitting host (localrule) and before anything
 # else that is ready (priority). A local model directory is the fetch's input, so editing it
@@ -219,10 +175,7 @@ FETCH_PRIORITY = 100
 
 # Target `efficacy` (docs/stages.md#the-efficacy-experiment), not part of `all`.
 EFFICACY = config["efficacy"]
-EFFICACY_ARMS = EFFICACY["arms"]  # efficacy.arms, as configured (lqs.efficacy.ARMS: every arm)
 EVAL_SOURCE = EFFICACY["eval_source"]
-# An explicit evaluation set: a local file or directory, or else a hub data set id.
-EVAL_FROM_HUB = EVAL_SOURCE is not None and not lqs_config.is_local_source(EVAL_SOURCE, RESULTS)
 EVAL_DIR = f"{RESULTS}/efficacy/eval"
 for warning in lqs_config.eval_source_warnings(config, [f.path for f in CORPUS.files]):
     logger.warning(warning)
@@ -237,21 +190,12 @@ EFFICACY_CAPTION_TEMPLATE = os.path.normpath(
 )
 
 ANNOTATION = config["annotation"]
-ANNOTATED_STEPS = lqs_config.annotated_steps(ANNOTATION["steps"], ANNOTATION["interval"])
-PROXY_PARTS = list(range(config["proxy"]["num_parts"]))
-
-
-# The provenance blocks' configuration digests (lqs/provenance.py, docs/reliability.md#provenance):
-# computed once, each over the configuration its output depends on (scores: the scored output and
-# results/summary.json; selection; efficacy); a rule passes its output's in its params, so that an
-# edit outside it reruns nothing.
-CONFIG_DIGESTS = lqs_provenance.config_digests(config, output_format=OUTPUT["format"], demo_files=DEMO_FILES)
 
 
 def provenance_settings(wildcards):
     """A scoring job's provenance settings: the scores' configuration digest, and the versions of
     its remote corpus files that no commit pins (the same as its params' corpus_versions)."""
-    return dict(config_sha256=CONFIG_DIGESTS["scores"], corpus_versions=json.loads(corpus_versions(wildcards)))
+    return dict(config_sha256=CONFIG_DIGESTS["scores"], corpus_versions=PLAN.corpus_versions(shard_of(wildcards)))
 
 
 def scored_record_settings():
@@ -262,14 +206,13 @@ def scored_record_settings():
 def corpus_settings(wildcards):
     """What every corpus reader depends on: the splits it reads, and how records are read."""
     c = config["corpus"]
-    return dict(splits_sha256=splits_sha256(wildcards), text_field=c["text_field"], max_chars=c["max_chars"])
+    return dict(corpus=CorpusReading(PLAN.splits_sha256(shard_of(wildcards)), c["text_field"], c["max_chars"]))
 
 
-# Resources scale with the configured sizes: a rough fp32 estimate of the proxy's and scorer's
-# training memory; the SLURM profile maps them to --mem and --time.
-def proxy_mem_mb(wildcards=None, attempt=1):
-    tokens = config["annotation"]["batch_size"] * config["corpus"]["max_length"]
-    return int(attempt * (8000 + 2 * tokens))
+# Resources scale with the configured sizes (PLAN's estimates of a job's memory); the SLURM
+# profile maps them to --mem and --time. A retry gets more.
+def memory_mb(first_attempt_mb):
+    return lambda wildcards, attempt: first_attempt_mb * attempt
 
 
 def gpu_runtime(minutes):
@@ -309,12 +252,6 @@ def efficacy_proxy(wildcards):
     return [f"{MODELS}/proxy"]
 
 
-# output.format parquet: the scored output's one schema, settled before any record is written
-# (lqs/stages/output_schema.py) and read by every writer of the output (gather_scores, or with
-# layout per_shard write_part), which rejects a JSONL record that it cannot hold exactly.
-OUTPUT_SCHEMA = [f"{RESULTS}/corpus/output_schema.parquet"] if OUTPUT["format"] == "parquet" else []
-
-
 def output_schema_flag(wildcards, input):
     """`--output-schema FILE` for a job with the output schema among its inputs (a list, quoted by :q)."""
     return ["--output-schema", input.output_schema[0]] if input.output_schema else []
@@ -334,12 +271,6 @@ def local_source_files(source):
     if not path or os.path.normpath(path[0]).split(os.sep)[0] == RESULTS or not os.path.isdir(path[0]):
         return "[]"
     return json.dumps(lqs_paths.directory_listing(path[0]))
-
-
-def tokenizer_fetch_source():
-    """fetch_tokenizer's source: the pretrained scorer's own tokenizer (scorer.checkpoint), else
-    models.tokenizer's repo or path, else the proxy's."""
-    return {"path": f"{RESULTS}/scorer"} if SCORER_CHECKPOINT else TOKENIZER_SOURCE
 
 
 def gather_model_inputs(name):
@@ -370,4 +301,4 @@ def gather_model_arguments(wildcards, input):
 def get_final_output():
     """The final targets, the input of the Snakefile's `all`: the scored output, the run's summary
     and the selection."""
-    return [*SCORED_FILES, f"{RESULTS}/summary.json", SELECTION["path"]]
+    return list(PLAN.targets)

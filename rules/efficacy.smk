@@ -134,7 +134,7 @@ rule efficacy_train:
         f"{RESULTS}/benchmarks/efficacy_train/{{arm}}-{{seed}}.tsv"
     resources:
         gpu=1,
-        mem_mb=lambda wildcards, attempt: int(attempt * (8000 + 2 * EFFICACY["batch_tokens"])),
+        mem_mb=memory_mb(PLAN.efficacy_mem_mb),
         runtime=gpu_runtime(240),
     conda:
         "../envs/lqs.yaml"

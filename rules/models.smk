@@ -1,5 +1,5 @@
 # Two rules can write each of results/models/tokenizer, results/models/proxy and results/scorer, and
-# the configuration decides which one does (rules/common.smk). Snakemake picks among the producers
+# the configuration decides which one does (lqs/workflow_plan.py). Snakemake picks among the producers
 # of a file by `ruleorder` only, which is static (no input function can choose a rule over
 # another), so the rule order is the one thing here set by a condition; every rule is defined.
 if TRAIN_TOKENIZER:
@@ -55,12 +55,12 @@ rule fetch_scorer:
 # the pretrained scorer's, which fetch_scorer writes.
 rule fetch_tokenizer:
     input:
-        lambda wildcards: local_source(tokenizer_fetch_source()),
+        lambda wildcards: local_source(PLAN.tokenizer_fetch_source),
     output:
         directory(f"{MODELS}/tokenizer"),
     params:
-        local_files=lambda wildcards: local_source_files(tokenizer_fetch_source()),
-        settings=as_settings(source=tokenizer_fetch_source(), trust_remote_code=TRUST_REMOTE_CODE),
+        local_files=lambda wildcards: local_source_files(PLAN.tokenizer_fetch_source),
+        settings=as_settings(source=PLAN.tokenizer_fetch_source, trust_remote_code=TRUST_REMOTE_CODE),
     log:
         f"{RESULTS}/logs/fetch_tokenizer.log",
     benchmark:
@@ -112,7 +112,7 @@ rule pretrain_proxy:
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_proxy/all.tsv"
     resources:
-        mem_mb=proxy_mem_mb,
+        mem_mb=memory_mb(PLAN.proxy_mem_mb),
     conda:
         "../envs/lqs.yaml"
     shell:

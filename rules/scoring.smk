@@ -26,7 +26,7 @@ rule train_scorer:
         f"{RESULTS}/benchmarks/train_scorer/all.tsv"
     resources:
         gpu=1,
-        mem_mb=lambda wildcards, attempt: int(attempt * (8000 + 2 * SCORER["batch_size"] * SCORER["max_length"])),
+        mem_mb=memory_mb(PLAN.scorer_mem_mb),
         runtime=gpu_runtime(240),
     conda:
         "../envs/lqs.yaml"

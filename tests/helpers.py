@@ -302,22 +302,59 @@ TEST_SETTINGS = {
 }
 
 
-def stage_function(module):
-    """A stage's entry function as the tests call it: its settings as keyword arguments (those
-    left out from TEST_SETTINGS), built into the stage's Settings."""
+def _groups(settings: type) -> dict[str, type]:
+    """A Settings' groups of settings: field name -> the dataclass it holds (lqs.corpus.CorpusReading)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(settings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(settings) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def setting_names(settings: type) -> dict[str, bool]:
+    """A stage's settings as the tests give them, flat (a group's fields in its place) -> whether
+    the stage needs it (a field without a default, in a group without one)."""
     import dataclasses
 
+    groups, names = _groups(settings), {}
+    for f in dataclasses.fields(settings):
+        required = f.default is dataclasses.MISSING
+        for g in dataclasses.fields(groups[f.name]) if f.name in groups else [f]:
+            names[g.name] = required and g.default is dataclasses.MISSING
+    return names
+
+
+def grouped(settings: type, given: dict) -> dict:
+    """Flat settings as `settings` takes them: each group (lqs.corpus.CorpusReading) built from its fields."""
+    import dataclasses
+
+    out = dict(given)
+    for name, group in _groups(settings).items():
+        out[name] = group(**{f.name: out.pop(f.name) for f in dataclasses.fields(group)})
+    return out
+
+
+def settings_json(settings: type, given: dict) -> str:
+    """Flat settings as the --settings JSON of a stage whose Settings is `settings`."""
+    import dataclasses
+
+    return json.dumps(grouped(settings, given), default=dataclasses.asdict)
+
+
+def stage_function(module):
+    """A stage's entry function as the tests call it: its settings as keyword arguments, flat
+    (those left out from TEST_SETTINGS), built into the stage's Settings."""
     stage = module.STAGE
-    fields = dataclasses.fields(stage.settings)
-    names = {f.name for f in fields}
+    names = setting_names(stage.settings)
 
     def call(*args, **kwargs):
         given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-        missing = {name for name in names - set(given) if name not in TEST_SETTINGS
-                   and next(f for f in fields if f.name == name).default is dataclasses.MISSING}
+        missing = {name for name in names.keys() - given.keys()
+                   if name not in TEST_SETTINGS and names[name]}
         assert not missing, f"{stage.run.__name__}: give the settings {sorted(missing)} (shard_settings(plan, key))"
-        given |= {name: TEST_SETTINGS[name] for name in names - set(given) if name in TEST_SETTINGS}
-        return stage.run(*args, settings=stage.settings(**given), **kwargs)
+        given |= {name: TEST_SETTINGS[name] for name in names.keys() - given.keys()
+                  if name in TEST_SETTINGS}
+        return stage.run(*args, settings=stage.settings(**grouped(stage.settings, given)), **kwargs)
 
     call.__name__ = stage.run.__name__
     return call
@@ -361,15 +398,12 @@ def tokenize_and_score_shard(plan_path, plan, shard, tokenized_shard, scorer_dir
     """Stages tokenize_scorer_shard then score_shard on shard `shard` of the corpus plan `plan`
     (written at `plan_path`), as the workflow runs them (the windows in scorer_windows/ beside
     `out`): `settings` are either stage's; returns score_shard's counts."""
-    import dataclasses
-
     from lqs.stages import score_shard, tokenize_scorer_shard
 
     windows = Path(out).parent / "scorer_windows" / Path(out).name
     windows.parent.mkdir(exist_ok=True)
-    tokenize_names = {f.name for f in dataclasses.fields(tokenize_scorer_shard.Settings)}
-    score_names = {f.name for f in dataclasses.fields(score_shard.Settings)}
-    unknown = set(settings) - tokenize_names - score_names
+    tokenize_names, score_names = setting_names(tokenize_scorer_shard.Settings), setting_names(score_shard.Settings)
+    unknown = set(settings) - tokenize_names.keys() - score_names.keys()
     assert not unknown, f"settings of neither stage: {unknown}"
     shard = str(shard)
     settings = shard_settings(plan, shard) | settings

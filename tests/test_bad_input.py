@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import corpus_settings, shard_settings, stage_function, write_jsonl, write_plan
+from helpers import corpus_settings, settings_json, shard_settings, stage_function, write_jsonl, write_plan
 
 from lqs import cli, corpus, io, labels, sample, splits
 from lqs.batch_scoring import SCORES_SCHEMA
@@ -440,9 +440,10 @@ def _gather_argv(tmp_path: Path, out: Path, corpus_path: Path | None = None) -> 
             str(tmp_path / "r.jsonl"), "--out", str(out), "--rejects-out", str(tmp_path / "rejects.jsonl"),
             "--summary-out", str(tmp_path / "summary.json"), "--index-out", str(tmp_path / "index.parquet"),
             "--benchmarks-dir", str(tmp_path), "--settings",
-            json.dumps({**corpus_settings(plan), "text_field": "text", "max_chars": 100, "score_field": "score",
-                        "on_bad_record": "error", "output_format": "jsonl", "extra_fields": [], "layout": "single",
-                        "config_sha256": None, "corpus_versions": {}})]
+            settings_json(gather_scores_stage.Settings, {
+                **corpus_settings(plan), "text_field": "text", "max_chars": 100, "score_field": "score",
+                "on_bad_record": "error", "output_format": "jsonl", "extra_fields": [], "layout": "single",
+                "config_sha256": None, "corpus_versions": {}})]
 
 
 def _one_error(caplog, argv: list[str]) -> str:

@@ -20,6 +20,7 @@ from helpers import GOOD as SENTENCES
 from helpers import (
     corpus_settings,
     make_workflow,
+    settings_json,
     shard_settings,
     snakemake,
     stage_function,
@@ -36,6 +37,7 @@ from lqs.corpus import BadFileError, BadRecordError
 from lqs.splits import FILE_BITS
 from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
+from lqs.stages import train_tokenizer as train_tokenizer_stage
 
 gather_scores = stage_function(gather_scores_stage)
 tokenize_shard = stage_function(tokenize_shard_stage)
@@ -170,7 +172,7 @@ def test_unreadable_parquet_file_stops_the_first_stage_under_error(tmp_path, tok
     plan_path, plan = write_plan(tmp_path, [good, bad])
     with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.ERROR):
         cli.main(["train-tokenizer", "--plan", plan_path, "--out-dir", str(tmp_path / "tokenizer"),
-                  "--settings", json.dumps(settings | corpus_settings(plan))])
+                  "--settings", settings_json(train_tokenizer_stage.Settings, settings | corpus_settings(plan))])
     assert exit_info.value.code == 1
     [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"{bad}: corrupt or truncated Parquet file" in error.getMessage() and error.exc_info is None

@@ -24,6 +24,7 @@ from helpers import (
     corpus_settings,
     edit_config,
     set_key,
+    settings_json,
     snakemake,
     stage_function,
     tiny_corpus,
@@ -34,6 +35,7 @@ from transformers import MistralConfig, MistralForCausalLM
 from lqs import corpus
 from lqs.proxy import load_proxy
 from lqs.runtime import NonFiniteError
+from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import grad_stats as grad_stats_stage
 from lqs.stages import train_scorer as train_scorer_stage
 
@@ -128,9 +130,10 @@ def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
                       "n_windows": 1, "fingerprint": np.array([r.fingerprint for r in records], np.int64),
                       "source": None}).to_parquet(tmp_path / f"s{k}.parquet")
         (tmp_path / f"r{k}.jsonl").write_text("")
-    settings = json.dumps({"text_field": "text", "max_chars": 1000, "score_field": "score", "on_bad_record": "error",
-                           "output_format": "jsonl", "extra_fields": [], "layout": "single",
-                           "config_sha256": None, "corpus_versions": {}} | corpus_settings(plan))
+    settings = settings_json(gather_scores_stage.Settings, {
+        "text_field": "text", "max_chars": 1000, "score_field": "score", "on_bad_record": "error",
+        "output_format": "jsonl", "extra_fields": [], "layout": "single", "config_sha256": None,
+        "corpus_versions": {}} | corpus_settings(plan))
 
     def gather(out: str) -> subprocess.Popen:
         return subprocess.Popen(

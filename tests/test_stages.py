@@ -4,6 +4,7 @@ is the rule's name with dashes and whose declaration the CLI is built from."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import sys
 import pytest
 from helpers import ROOT, lqs_main
 
+from lqs.cli import read_settings
+from lqs.corpus import CorpusReading
 from lqs.stage import PIPELINE, Stage, command, load
 
 RULE = re.compile(r"^(?:rule|checkpoint) (\w+):", re.MULTILINE)
@@ -69,3 +72,32 @@ def test_settings_must_be_exactly_the_stages_fields(caplog):
                          "--settings", '{"size": 4, "seeds": 1}')
     assert code == 1
     assert "sample-proxy failed: --settings: unknown key 'seeds'; missing key 'seed'" in log
+
+
+def test_a_corpus_reader_takes_the_corpus_reading_as_one_nested_object():
+    """The splits' digest, text field and length limit are one group (lqs.corpus.CorpusReading) in
+    every stage that reads the corpus, read from the nested `corpus` object of --settings."""
+    readers = {rule for rule in PIPELINE if load(rule).settings is not None
+               and "corpus" in {f.name for f in dataclasses.fields(load(rule).settings)}}
+    assert readers == {"train_tokenizer", "output_schema", "tokenize_shard", "tokenize_scorer_shard", "write_part",
+                       "gather_scores", "efficacy_classifier"}
+    assert not any({"splits_sha256", "max_chars"} & {f.name for f in dataclasses.fields(load(rule).settings)}
+                   for rule in PIPELINE if load(rule).settings is not None)
+    settings = load("train_tokenizer").settings
+    given = {"corpus": {"splits_sha256": "ab", "text_field": "content", "max_chars": 9}, "vocab_size": 300,
+             "on_bad_record": "skip"}
+    read = read_settings(settings, given)
+    assert read.corpus == CorpusReading("ab", "content", 9) and read.vocab_size == 300
+
+
+@pytest.mark.parametrize(("corpus", "error"), [
+    ({"splits_sha256": "ab", "text_field": "text"}, "--settings: missing key 'corpus.max_chars'"),
+    ({"splits_sha256": "ab", "text_field": "text", "max_chars": 9, "path": "x"},
+     "--settings: unknown key 'corpus.path'"),
+    ("text", "--settings: 'corpus' must be a JSON object, not str"),
+    (None, "--settings: 'corpus' must be a JSON object, not NoneType"),
+])
+def test_a_bad_nested_settings_object_is_one_line_naming_its_key(caplog, corpus, error):
+    settings = json.dumps({"corpus": corpus, "vocab_size": 300, "on_bad_record": "error"})
+    code, log = lqs_main(caplog, "train-tokenizer", "--plan", "p.json", "--out-dir", "t", "--settings", settings)
+    assert code == 1 and f"train-tokenizer failed: {error}" in log

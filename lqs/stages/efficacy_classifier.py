@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from lqs import classifier, corpus
 from lqs.batch_scoring import accepted_records, chunked, corpus_accepted_documents
+from lqs.corpus import CorpusReading
 from lqs.io import read_parquet, write_table
 from lqs.select import order as training_order
 from lqs.splits import planned_splits
@@ -41,9 +42,7 @@ SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64())])
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of every shard's splits (lqs.splits.planned_splits)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # every shard's splits, corpus.text_field, max_chars
     target_text_field: str  # target.text_field
     target_split: str  # target.split
     target_revision: str | None  # target.revision
@@ -94,8 +93,7 @@ def efficacy_classifier(plan: str, tokenized_shards: Sequence[str], target: str,
     negative_ids = classifier.negative_sample(accepted, held_out, wanted, SEED)
 
     def records() -> Iterator[corpus.Record]:
-        return accepted_records(corpus.iter_records(planned_splits(plan, None, s.splits_sha256), s.text_field,
-                                                    s.max_chars), tokenized_shards)
+        return accepted_records(s.corpus.records(planned_splits(plan, None, s.corpus.splits_sha256)), tokenized_shards)
 
     cpu = {}
     clock = time.process_time()

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from lqs import corpus, output, provenance, scored_records, sources
 from lqs.batch_scoring import INDEX_SCHEMA
+from lqs.corpus import CorpusReading
 from lqs.io import atomic_open, benchmark_seconds, parquet_file, read_json, write_json, write_table
 from lqs.splits import corpus_doc_ids, corpus_file_indices, planned_shards
 from lqs.stage import Arg, Stage
@@ -95,9 +96,7 @@ def remove_stale_parts(out_dir: str, part_paths: Sequence[str], manifest: str | 
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of every shard's splits (lqs.splits.planned_shards)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # every shard's splits (lqs.splits.planned_shards), corpus.text_field, max_chars
     on_bad_record: str  # corpus.on_bad_record: a record the output cannot take (layout single)
     output_format: str  # output.format
     score_field: str  # output.score_field
@@ -129,7 +128,7 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
     batch_scoring.INDEX_SCHEMA), which select_order and the report read. Doc ids in the rejects and
     the index are the corpus's (lqs.splits)."""
     s = settings
-    shards = planned_shards(plan, s.splits_sha256)
+    shards = planned_shards(plan, s.corpus.splits_sha256)
     per_shard = part_index_paths if s.layout == "per_shard" else score_paths
     if len(shards) != len(per_shard) or len(shards) != len(reject_paths):
         raise ValueError(f"{len(shards)} shards planned, but {len(per_shard)} score and {len(reject_paths)} rejects "
@@ -152,10 +151,11 @@ def gather_scores(plan: str, score_paths: Sequence[str], reject_paths: Sequence[
         input_schema = None
         if s.output_format == "parquet":
             input_schema = output.read_schema(output_schema) if output_schema else output.corpus_schema(
-                corpus_paths, s.text_field, s.max_chars, corpus.output_fields(s.score_field, s.extra_fields))
+                corpus_paths, s.corpus.text_field, s.corpus.max_chars,
+                corpus.output_fields(s.score_field, s.extra_fields))
         written = scored_records.write_scored(
-            [shard.splits for shard in shards], score_paths, rejected, out, output_format=s.output_format,
-            text_field=s.text_field, max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
+            [shard.splits for shard in shards], score_paths, rejected, out, reading=s.corpus,
+            output_format=s.output_format, score_field=s.score_field, extra_fields=s.extra_fields,
             on_bad_record=s.on_bad_record, input_schema=input_schema, metadata=provenance.parquet_metadata(block))
         read, scored, truncated, with_records = (written.read, written.scored, written.truncated,
                                                  written.files_with_records)

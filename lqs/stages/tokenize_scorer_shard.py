@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lqs import corpus, scorer_windows
+from lqs import scorer_windows
 from lqs.batch_scoring import accepted_documents, accepted_records, chunked
+from lqs.corpus import CorpusReading
 from lqs.io import TokenRate, atomic_path
 from lqs.scorer import SCORER_CONFIG, scoring_windows
 from lqs.splits import planned_splits
@@ -25,9 +26,7 @@ from lqs.tokenize import load_tokenizer
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of the shard's splits (lqs.splits.planned_splits)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # the shard's splits, corpus.text_field, max_chars
     # scorer.max_length for a scorer the workflow trains; None: the checkpoint's (its scorer.json)
     max_length: int | None
     max_windows_per_doc: int | None  # inference.max_windows_per_doc
@@ -42,13 +41,13 @@ def tokenize_scorer_shard(plan: str, shard: str, tokenized_shard: str, tokenizer
     import pyarrow.parquet as pq
 
     s = settings
-    splits = planned_splits(plan, shard, s.splits_sha256)
+    splits = planned_splits(plan, shard, s.corpus.splits_sha256)
     tokenizer = load_tokenizer(tokenizer_dir, s.trust_remote_code)
     max_length = s.max_length
     if max_length is None:
         max_length = int(json.loads((Path(tokenizer_dir) / SCORER_CONFIG).read_text())["max_length"])
     num_accepted = sum(len(ids) for ids, _ in accepted_documents(tokenized_shard))
-    records = accepted_records(corpus.iter_records(splits, s.text_field, s.max_chars, require_records=False),
+    records = accepted_records(s.corpus.records(splits, require_records=False),
                                tokenized_shard)
     counts = {"documents": 0, "windows": 0, "tokens": 0}
     bar = tqdm(desc=f"tokenize shard {shard} for the scorer", unit="doc", mininterval=5)

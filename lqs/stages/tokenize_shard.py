@@ -8,6 +8,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from lqs import corpus, sources
+from lqs.corpus import CorpusReading
 from lqs.io import TokenRate, atomic_open, parquet_writer
 from lqs.splits import files_metadata, planned_splits
 from lqs.stage import TOKENIZERS, Arg, Stage
@@ -18,9 +19,7 @@ BATCH_DOCS = 512  # documents tokenized per call of the tokenizer
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of the shard's splits (lqs.splits.planned_splits)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # the shard's splits, corpus.text_field, max_chars
     max_length: int  # corpus.max_length
     on_bad_record: str  # corpus.on_bad_record
 
@@ -39,7 +38,7 @@ def tokenize_shard(
     `rejects` (JSONL). Nothing here depends on an output setting: the writers of the scored output
     reject the records it cannot take (lqs.scored_records)."""
     s = settings
-    splits = planned_splits(plan, shard, s.splits_sha256)
+    splits = planned_splits(plan, shard, s.corpus.splits_sha256)
     tokenizer = load_tokenizer(tokenizer_dir)
     counts = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
     batch: list[corpus.Record] = []
@@ -60,7 +59,7 @@ def tokenize_shard(
         writer.write_table(pa.table([doc_ids, window_idx, ids, fingerprints], schema=SHARD_SCHEMA))
         batch.clear()
 
-    records = corpus.iter_records(splits, s.text_field, s.max_chars, require_records=False)
+    records = s.corpus.records(splits, require_records=False)
     bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     files = list(dict.fromkeys(map(sources.source_name, (split.path for split in splits))))

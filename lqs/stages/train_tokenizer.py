@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lqs import corpus
+from lqs.corpus import CorpusReading
 from lqs.io import atomic_dir
 from lqs.splits import planned_splits
 from lqs.stage import TOKENIZERS, Arg, Stage
@@ -15,9 +16,7 @@ MAX_DOCS = 100_000  # the corpus's first records the tokenizer is trained on
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of every shard's splits (lqs.splits.planned_splits)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # every shard's splits, corpus.text_field, max_chars
     vocab_size: int  # models.tokenizer.vocab_size
     on_bad_record: str  # corpus.on_bad_record: for a corpus file it cannot read
 
@@ -34,7 +33,7 @@ def train_tokenizer(plan: str, out_dir: str, settings: Settings, *,
 
     def texts():
         read = 0
-        for record in corpus.iter_records(planned_splits(plan, None, s.splits_sha256), s.text_field, s.max_chars):
+        for record in s.corpus.records(planned_splits(plan, None, s.corpus.splits_sha256)):
             if record.doc_id is None:  # an unreadable file
                 corpus.check(record, s.on_bad_record)
                 continue

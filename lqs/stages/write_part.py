@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lqs import output, provenance, scored_records, sources
+from lqs.corpus import CorpusReading
 from lqs.io import atomic_open, write_json, write_table
 from lqs.splits import planned_splits
 from lqs.stage import Arg, Stage
@@ -22,9 +23,7 @@ from lqs.stage import Arg, Stage
 
 @dataclass(frozen=True)
 class Settings:
-    splits_sha256: str  # the digest of the shard's splits (lqs.splits.planned_splits)
-    text_field: str  # corpus.text_field
-    max_chars: int  # corpus.max_chars
+    corpus: CorpusReading  # the shard's splits, corpus.text_field, max_chars
     on_bad_record: str  # corpus.on_bad_record: a record the output cannot take
     output_format: str  # output.format
     score_field: str  # output.score_field
@@ -45,7 +44,7 @@ def write_part(plan: str, shard: str, scores: str, rejects: str, out: str, index
     files in its metadata. Its documents (shard doc ids, INDEX_SCHEMA) go to `index_out`, its
     rejects, tokenization's and the output's, to `rejects_out` (by doc id), its counts to `stats_out`."""
     s = settings
-    splits = planned_splits(plan, shard, s.splits_sha256)
+    splits = planned_splits(plan, shard, s.corpus.splits_sha256)
     files: dict[str, str] = {}
     rejected = scored_records.read_rejects(rejects, files)
     metadata = None
@@ -55,8 +54,8 @@ def write_part(plan: str, shard: str, scores: str, rejects: str, out: str, index
             s.config_sha256, scorer_dir, [sources.CorpusFile(p, s.corpus_versions.get(p)) for p in corpus_paths]))
     schema = output.read_schema(output_schema) if output_schema else None
     written = scored_records.write_scored(
-        [splits], [scores], [rejected], out, output_format=s.output_format,
-        text_field=s.text_field, max_chars=s.max_chars, score_field=s.score_field, extra_fields=s.extra_fields,
+        [splits], [scores], [rejected], out, reading=s.corpus, output_format=s.output_format,
+        score_field=s.score_field, extra_fields=s.extra_fields,
         on_bad_record=s.on_bad_record, input_schema=schema, metadata=metadata)
     write_table(index_out, written.index_table())
     with atomic_open(rejects_out) as f:  # the unreadable files first, then the records in input order
