@@ -384,11 +384,11 @@ def test_workflow_parquet_output_of_jsonl_records(tokenizer_and_scorer, tmp_path
     [reject] = [json.loads(line) for line in (tmp_path / summary["rejects"]).read_text().splitlines()]
     assert (reject["line"], reject["reason"].split(",")[0]) == (8, "field 'id' is \"seven\"")
 
-    # the schema stands; per_shard's tokenize_shard rejected the misfit, single's gather_scores does
+    # the schema stands; per_shard's write_part rejected the misfit, single's gather_scores does:
+    # nothing is tokenized or scored again
     edit_config(tmp_path, set_key("output", "layout", "single"))
     jobs = rule_counts(parse_plan(snakemake(tmp_path, "-n").stdout)[0])
-    assert jobs == {"tokenize_shard": 2, "tokenize_scorer_shard": 2, "score_shard": 2, "gather_scores": 1,
-                    "select_order": 1, "all": 1}
+    assert jobs == {"gather_scores": 1, "select_order": 1, "all": 1}
     snakemake(tmp_path)
     single = pq.read_table(tmp_path / "scored.parquet")
     assert single.schema == parts.schema
