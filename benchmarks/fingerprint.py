@@ -12,6 +12,7 @@ their ratio.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import tempfile
@@ -76,6 +77,8 @@ def main() -> None:
             plan, sha256 = plans["jsonl"]  # one shard: the whole corpus
             train_tokenizer_stage.train_tokenizer(plan, tokenizer, train_tokenizer_stage.Settings(
                 CorpusReading(sha256, "text", 10**6), vocab_size=args.vocab_size, on_bad_record="error"))
+        for library in tokenize_shard_stage.STAGE.preload:  # as `lqs tokenize-shard` does, before its clock
+            importlib.import_module(library)
         for name, (plan, sha256) in plans.items():
             reading = CorpusReading(sha256, "text", 10**6)
             start = time.perf_counter()
