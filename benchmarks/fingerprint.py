@@ -12,6 +12,7 @@ their ratio.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import tempfile
@@ -21,7 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lqs import corpus
+from lqs import corpus, splits
+from lqs.corpus import CorpusReading
 from lqs.stages import tokenize_shard as tokenize_shard_stage
 from lqs.stages import train_tokenizer as train_tokenizer_stage
 
@@ -49,6 +51,13 @@ def documents(n: int, seed: int = 0) -> list[dict]:
     return docs
 
 
+def plan_file(directory: Path, path: Path) -> tuple[str, str]:
+    """The corpus plan of the one file `path` in one shard, as the workflow writes it: (the plan
+    file's path, the digest of the shard's splits, which the stages check)."""
+    plan = splits.build_plan([str(path)], {}, [path.stat().st_size], 1, None)
+    return plan.write(str(directory / "plans")), splits.splits_sha256(plan.shard("0").splits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=50_000)
@@ -63,18 +72,21 @@ def main() -> None:
         paths["jsonl"].write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
         pq.write_table(pa.Table.from_pylist(docs), paths["parquet"])
         tokenizer = args.tokenizer or str(tmp / "tokenizer")
+        plans = {name: plan_file(tmp, path) for name, path in paths.items()}
         if not args.tokenizer:
-            train_tokenizer_stage.train_tokenizer([str(paths["jsonl"])], tokenizer, train_tokenizer_stage.Settings(
-                text_field="text", max_chars=10**6, vocab_size=args.vocab_size, on_bad_record="error"))
-        for name, path in paths.items():
+            plan, sha256 = plans["jsonl"]  # one shard: the whole corpus
+            train_tokenizer_stage.train_tokenizer(plan, tokenizer, train_tokenizer_stage.Settings(
+                CorpusReading(sha256, "text", 10**6), vocab_size=args.vocab_size, on_bad_record="error"))
+        for library in tokenize_shard_stage.STAGE.preload:  # as `lqs tokenize-shard` does, before its clock
+            importlib.import_module(library)
+        for name, (plan, sha256) in plans.items():
+            reading = CorpusReading(sha256, "text", 10**6)
             start = time.perf_counter()
             counts = tokenize_shard_stage.tokenize_shard(
-                [str(path)], tokenizer, 0, str(tmp / f"{name}.shard.parquet"), str(tmp / f"{name}.rejects.jsonl"),
-                tokenize_shard_stage.Settings(num_shards=1, text_field="text", max_chars=10**6,
-                                              max_length=args.max_length, on_bad_record="error",
-                                              score_field="score", extra_fields=()))
+                plan, "0", tokenizer, str(tmp / f"{name}.shard.parquet"), str(tmp / f"{name}.rejects.jsonl"),
+                tokenize_shard_stage.Settings(reading, max_length=args.max_length, on_bad_record="error"))
             stage = time.perf_counter() - start
-            records = list(corpus.iter_records([str(path)], "text", 10**6))
+            records = list(reading.records(splits.planned_splits(plan, "0", sha256)))
             start = time.perf_counter()
             for record in records:
                 corpus.Record.fingerprint.func(record)  # uncached: each record hashed once, here

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lqs import splits
+from lqs.corpus import CorpusReading
 from lqs.scorer import Scorer, ScorerModel, compute_dtype, load, save_scorer, spearman
 from lqs.stages import train_tokenizer as train_tokenizer_stage
 from lqs.tokenize import tokenize_windows
@@ -53,13 +55,22 @@ def documents(n: int, web: Path = WEB) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(int(rng.lognormvariate(5.5, 1.0)) + 5)) for _ in range(n)]
 
 
+def plan_corpus(workdir: Path, paths: list[Path]) -> tuple[str, str]:
+    """The corpus plan of `paths` in one shard ("0"), as the workflow writes it (under
+    workdir/plans): the plan file's path and the digest of the shard's splits, which the stages
+    reading it check."""
+    plan = splits.build_plan([str(p) for p in paths], {}, [p.stat().st_size for p in paths], 1, None)
+    return plan.write(str(workdir / "plans")), splits.splits_sha256(plan.shard("0").splits)
+
+
 def build_scorer(workdir: Path, texts: list[str], preset: dict, max_length: int) -> Path:
     from transformers import AutoTokenizer, XGLMConfig, XGLMModel
 
     corpus = workdir / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    train_tokenizer_stage.train_tokenizer([str(corpus)], str(workdir / "tokenizer"), train_tokenizer_stage.Settings(
-        text_field="text", max_chars=10**9, vocab_size=8192, on_bad_record="error"))
+    plan, sha256 = plan_corpus(workdir, [corpus])
+    train_tokenizer_stage.train_tokenizer(plan, str(workdir / "tokenizer"), train_tokenizer_stage.Settings(
+        CorpusReading(sha256, "text", 10**9), vocab_size=8192, on_bad_record="error"))
     tokenizer = AutoTokenizer.from_pretrained(workdir / "tokenizer")
     torch.manual_seed(0)
     config = XGLMConfig(vocab_size=len(tokenizer), max_position_embeddings=max_length + 2,

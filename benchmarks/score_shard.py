@@ -62,14 +62,16 @@ def last_log_line(logger_name: str, fn):
         logger.removeHandler(handler)
 
 
-def in_process_scores(corpus: Path, tokenized: Path, scorer, max_tokens, chunk_docs: int = 4096):
-    """score_shard before the tokenize stage: records read, tokenized and scored in one process
+def in_process_scores(plan: str, reading, tokenized: Path, scorer, max_tokens, chunk_docs: int = 4096):
+    """score_shard before the tokenize stage: the records of shard 0 of the corpus plan `plan`
+    read (by `reading`, an lqs.corpus.CorpusReading), tokenized and scored in one process
     (lqs.batch_scoring.scored_chunks, as `lqs score` runs it on this device)."""
-    from lqs import corpus as corpus_lib
     from lqs.batch_scoring import Meter, accepted_records, scored_chunks
+    from lqs.splits import planned_splits
 
     meter = Meter()
-    records = accepted_records(corpus_lib.iter_records([str(corpus)], "text", 10**7, 0, 1), str(tokenized))
+    records = accepted_records(reading.records(planned_splits(plan, "0", reading.splits_sha256),
+                                               require_records=False), str(tokenized))
     scores = []
     for _, result in scored_chunks(scorer, None, 0, records, meter, chunk_docs=chunk_docs, max_tokens=max_tokens,
                                    max_windows_per_doc=None):
@@ -81,9 +83,10 @@ def run(args, workdir: Path) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
     import torch
-    from inference import PRESETS, build_scorer, documents, synthetic_corpus
+    from inference import PRESETS, build_scorer, documents, plan_corpus, synthetic_corpus
 
     import lqs.scorer
+    from lqs.corpus import CorpusReading
     from lqs.stages import score_shard as score_shard_stage
     from lqs.stages import tokenize_scorer_shard as tokenize_scorer_shard_stage
     from lqs.stages import tokenize_shard as tokenize_shard_stage
@@ -94,13 +97,14 @@ def run(args, workdir: Path) -> dict:
     scorer_dir = args.scorer or build_scorer(workdir, texts[:3000], preset, args.max_length)
     corpus, tokenized, windows = workdir / "shard.jsonl", workdir / "tokenized.parquet", workdir / "windows.parquet"
     synthetic_corpus(corpus, texts, args.docs)
-    common = dict(num_shards=1, text_field="text", max_chars=10**7)
-    tokenize_shard_stage.tokenize_shard([str(corpus)], str(scorer_dir), 0, str(tokenized), str(workdir / "rej.jsonl"),
-                                        tokenize_shard_stage.Settings(max_length=args.max_length, on_bad_record="skip",
-                                                                      score_field="score", extra_fields=(), **common))
+    plan, sha256 = plan_corpus(workdir, [corpus])  # one shard, "0"
+    reading = CorpusReading(sha256, text_field="text", max_chars=10**7)
+    tokenize_shard_stage.tokenize_shard(plan, "0", str(scorer_dir), str(tokenized), str(workdir / "rej.jsonl"),
+                                        tokenize_shard_stage.Settings(reading, max_length=args.max_length,
+                                                                      on_bad_record="skip"))
     counts, tokenize_s = timed(lambda: tokenize_scorer_shard_stage.tokenize_scorer_shard(
-        [str(corpus)], str(tokenized), str(scorer_dir), str(windows), tokenize_scorer_shard_stage.Settings(
-            shard=0, max_length=None, max_windows_per_doc=None, chunk_docs=4096, trust_remote_code=False, **common)))
+        plan, "0", str(tokenized), str(scorer_dir), str(windows), tokenize_scorer_shard_stage.Settings(
+            reading, max_length=None, max_windows_per_doc=None, chunk_docs=4096, trust_remote_code=False)))
     result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "documents": counts["documents"],
               "tokens": counts["tokens"], "tokenize_stage": {
                   "seconds": tokenize_s, "threads": args.tokenizer_threads,
@@ -109,16 +113,16 @@ def run(args, workdir: Path) -> dict:
 
     def score(compile_: bool):
         out = workdir / f"scores-{compile_}.parquet"
-        settings = score_shard_stage.Settings(shard=0, max_tokens=args.max_tokens, dtype="auto", compile=compile_,
+        settings = score_shard_stage.Settings(max_tokens=args.max_tokens, dtype="auto", compile=compile_,
                                               device="auto", trust_remote_code=False)
         (_, line), wall = timed(lambda: last_log_line(score_shard_stage.__name__, lambda: score_shard_stage.score_shard(
-            str(windows), str(scorer_dir), str(out), settings)))
+            str(windows), str(scorer_dir), str(out), settings, shard="0")))
         return pq.read_table(out)["score"].to_numpy(), wall, line
 
     def in_process():
         start = time.perf_counter()
         scorer = lqs.scorer.load(scorer_dir)  # loading counts in both paths
-        scores, meter = in_process_scores(corpus, tokenized, scorer, args.max_tokens)
+        scores, meter = in_process_scores(plan, reading, tokenized, scorer, args.max_tokens)
         wall = time.perf_counter() - start
         return np.asarray(scores), wall, meter.report("in-process", wall, None)
 
