@@ -106,7 +106,8 @@ def _lqs(*args: str) -> list[str]:
 @pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED=1"])
 def test_score_to_a_pipe_closed_early_fails(scorer_dir, tmp_path, unbuffered):
     """`lqs score big.jsonl --out - | head -1`: the output is cut short, so lqs exits non-zero."""
-    src = write_jsonl(tmp_path / "big.jsonl", tiny_corpus(4000))
+    # far more output than a pipe holds (64 KB), from few documents to score: records with a long field
+    src = write_jsonl(tmp_path / "big.jsonl", [d | {"pad": "x" * 2000} for d in tiny_corpus(400)])
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"OMP_NUM_THREADS": "1"}
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"

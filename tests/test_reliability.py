@@ -117,8 +117,8 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
 
 
 def test_killed_gather_leaves_no_output_and_reruns_identically(tmp_path):
-    """gather over 200k documents, SIGKILLed at a random point while writing scored.jsonl."""
-    n = 200_000
+    """gather over 60k documents, SIGKILLed at a random point while writing scored.jsonl."""
+    n = 60_000
     corpus_path = tmp_path / "corpus.jsonl"
     corpus_path.write_text("".join(f'{{"id": {i}, "text": "document {i}", "n": 1.50}}\n' for i in range(n)))
     plan_path, plan = write_plan(tmp_path, [corpus_path], 2)
