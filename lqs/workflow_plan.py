@@ -29,8 +29,6 @@ def demo_files(results: str) -> tuple[str, str]:
 class WorkflowPlan:
     """What the rules read beyond the configuration itself (build_workflow_plan)."""
 
-    results: str
-    demo_files: tuple[str, ...]
     # the corpus: its files as listed, and its plan (lqs.splits: the shards as input splits), written
     # to a file in `plans_dir` named by its digest
     corpus_files: tuple[CorpusFile, ...]
@@ -127,8 +125,6 @@ def build_workflow_plan(config: Mapping[str, Any], corpus: Corpus, outputs: lqs_
     annotation = config["annotation"]
 
     return WorkflowPlan(
-        results=results,
-        demo_files=demo,
         corpus_files=tuple(corpus.files),
         corpus_plan=corpus_plan,
         plans_dir=f"{results}/corpus/plans",
