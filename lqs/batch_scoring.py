@@ -23,7 +23,6 @@ import pyarrow as pa
 from lqs import corpus
 from lqs.io import parquet_batches
 from lqs.runtime import resolve_device
-from lqs.scorer import load, tokenizer_processes, windows_in_worker
 from lqs.splits import corpus_doc_ids, corpus_ids_of_shards
 
 T = TypeVar("T")
@@ -199,6 +198,7 @@ def scored_chunks(scorer, pool, workers: int, records: Iterator[corpus.Record], 
                   ) -> Iterator[tuple[list[corpus.Record], ChunkScores]]:
     """Each chunk of `records` with its scores, in input order; with a pool of tokenizer processes,
     the next chunks are tokenized while one is scored."""
+    from lqs.scorer import windows_in_worker  # here: the stages that only read the schemas skip torch
 
     def tokenize(chunk: list[corpus.Record]) -> Future:
         texts = [r.text for r in chunk]
@@ -233,6 +233,8 @@ def loaded_scorer(scorer_dir: str, device: str, dtype: str, trust_remote_code: b
     tokenizer_workers processes (default: a quarter of the cores, 1 to 4) tokenize the next chunks
     while the current one is scored. On a CPU they would share the cores with the model: measured
     no faster there."""
+    from lqs.scorer import load, tokenizer_processes
+
     if prefetch is None:
         prefetch = resolve_device(device).type == "cuda"
     workers = tokenizer_workers or min(4, max(1, (os.cpu_count() or 1) // 4))
