@@ -61,10 +61,31 @@ def test_the_declaration_names_its_entry_function_and_settings(rule):
     assert first is None or isinstance(first, str)
 
 
-def test_lqs_help_lists_every_rule_and_lqs_score():
-    out = subprocess.run([sys.executable, "-m", "lqs", "--help"], capture_output=True, text=True, check=True).stdout
-    listed = re.search(r"\{([\w,-]+)\}", out).group(1).split(",")
-    assert listed == [command(rule) for rule in PIPELINE] + ["score"]
+def test_lqs_help_lists_every_rule_and_lqs_score(caplog, capsys):
+    code, _ = lqs_main(caplog, "--help")
+    listed = re.search(r"\{([\w,-]+)\}", capsys.readouterr().out).group(1).split(",")
+    assert code == 0 and listed == [command(rule) for rule in PIPELINE] + ["score"]
+
+
+PROBE = """import json, sys
+from lqs import cli
+for argv in json.loads(sys.argv[1]):
+    try:
+        cli.main(argv)
+    except SystemExit:
+        pass
+print(json.dumps([sorted(m for m in sys.modules if m.startswith("lqs.stages.")), "torch" in sys.modules]))"""
+
+
+def test_a_command_imports_only_what_it_runs():
+    """`lqs <rule>` imports that stage's module only, and `lqs score` none; the stages that join
+    records and scores on a CPU (a grouped SLURM job runs several in turn) start without torch."""
+    cpu_stages = ["gather_scores", "output_schema", "select_order", "write_part"]
+    for argvs, imported in (([[command(rule), "--help"] for rule in cpu_stages], cpu_stages),
+                            ([["score", "--help"]], [])):
+        out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argvs)], capture_output=True, text=True,
+                             check=True).stdout
+        assert json.loads(out.splitlines()[-1]) == [[f"lqs.stages.{rule}" for rule in imported], False]
 
 
 def test_settings_must_be_exactly_the_stages_fields(caplog):
