@@ -496,15 +496,18 @@ def test_lqs_score_names_a_missing_scorer(tmp_path, caplog):
     shutil.rmtree(tmp_path / "nope", ignore_errors=True)
 
 
-def test_lqs_score_streams_stdin_to_stdout(scorer_dir, tmp_path, caplog):
+def test_lqs_score_streams_stdin_to_stdout(scorer_dir, tmp_path, caplog, capfdbinary):
     scorer = scorer_dir
     src = write_jsonl(tmp_path / "in.jsonl", tiny_corpus(20))
     assert lqs_score(caplog, src, "--scorer", scorer, "--out", tmp_path / "file.jsonl")[0] == 0
-    for format, decode in (("jsonl", lambda b: b), ("jsonl.gz", gzip.decompress)):  # a real pipe: a process
-        piped = subprocess.run([sys.executable, "-m", "lqs", "score", "-", "--scorer", str(scorer), "--out", "-",
-                                "--format", format, "--no-progress"], input=src.read_bytes(), capture_output=True)
-        assert piped.returncode == 0, piped.stderr
-        assert decode(piped.stdout) == (tmp_path / "file.jsonl").read_bytes()  # logs went to stderr
+    # a real pipe on both ends: a process
+    piped = subprocess.run([sys.executable, "-m", "lqs", "score", "-", "--scorer", str(scorer), "--out", "-",
+                            "--no-progress"], input=src.read_bytes(), capture_output=True)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == (tmp_path / "file.jsonl").read_bytes()  # logs went to stderr
+    capfdbinary.readouterr()
+    assert lqs_score(caplog, src, "--scorer", scorer, "--out", "-", "--format", "jsonl.gz")[0] == 0
+    assert gzip.decompress(capfdbinary.readouterr().out) == (tmp_path / "file.jsonl").read_bytes()
     code, log = lqs_score(caplog, "-", src, "--scorer", scorer, "--out", tmp_path / "o.jsonl")
     assert code == 1 and "standard input (-) is read alone" in log
     code, log = lqs_score(caplog, src, "--scorer", scorer, "--out", "-", "--format", "parquet")

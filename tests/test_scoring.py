@@ -591,7 +591,7 @@ def test_score_shard_logs_the_time_split_and_tokens(tok_dir, scorer_dirs, scorer
 
 def test_tokenizer_processes_give_the_windows_of_this_process(scorer_dirs, scorers):
     scorer, texts = scorers["xglm"], _texts(12, seed=7)
-    with lqs.scorer.tokenizer_processes(scorer_dirs["xglm"], 2) as pool:
+    with lqs.scorer.tokenizer_processes(scorer_dirs["xglm"], 1) as pool:  # spawned: its own tokenizer
         windows, truncated, seconds = pool.submit(lqs.scorer.windows_in_worker, scorer.max_length, texts, 2).result()
         assert (windows, truncated) == scorer.windows(texts, 2) and seconds > 0
         with pytest.raises(ValueError, match="text 8 has no tokens"):  # numbered from `first`
