@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import job_server
@@ -136,12 +137,12 @@ def _snakemake_main(workdir: str, argv: list[str], env: dict, fresh: bool, nice:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, cores: int | None = 2, env: dict | None = None,
-              timeout: float = 600, real_lqs: bool = False) -> subprocess.CompletedProcess:
+              timeout: float = 600, real_lqs: bool | Sequence[str] = False) -> subprocess.CompletedProcess:
     """`snakemake --cores 2 *args` in `workdir` (cores=None: no --cores, the profiles decide), in
     this environment or in `env`. Fails the test if Snakemake fails (unless check=False) or runs
     over `timeout` seconds (then it is terminated: SIGTERM, as Ctrl-C, cancels its SLURM jobs).
     The jobs' `lqs` is the job server's stand-in (tests/job_server.py); real_lqs: the console
-    script itself."""
+    script itself, for every job (True) or for the jobs of these commands ("score-shard")."""
     if not marked_workflow:
         raise AssertionError("this test starts Snakemake: mark it @pytest.mark.workflow")
     argv = [*(["--cores", str(cores)] if cores else []), *map(str, args)]
@@ -150,8 +151,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True, cores: int | None =
         for path in (out, err):  # there to read even if the process fails before it writes them
             Path(path).touch()
         run_env = dict(os.environ if env is None else env)
-        if not real_lqs:
-            run_env = job_server.environment(run_env)
+        if real_lqs is not True:
+            run_env = job_server.environment(run_env) | ({job_server.REAL_VARIABLE: ",".join(real_lqs)}
+                                                         if real_lqs else {})
         process = _FORKSERVER.Process(target=_snakemake_main, args=(
             str(workdir), argv, run_env, env is not None,
             os.getpriority(os.PRIO_PROCESS, 0), out, err))

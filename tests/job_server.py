@@ -40,7 +40,8 @@ from pathlib import Path
 
 # What a job may differ in from its server's environment: Snakemake's shell prefix appends the
 # interpreter's directory to PATH, and the shell and pytest set the others per job and per test.
-IGNORED = frozenset({"PATH", "PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST", "LQS_JOB_SERVER", "LQS_CORPUS_PLAN"})
+IGNORED = frozenset({"PATH", "PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST", "LQS_JOB_SERVER", "LQS_CORPUS_PLAN",
+                     "LQS_JOB_SERVER_REAL"})
 # Imported by the server before it serves: the libraries the stages import, as they import them.
 PRELOAD = (
     "numpy", "pandas", "pyarrow", "pyarrow.parquet", "pyarrow.dataset", "pyarrow.compute", "pyarrow.json",
@@ -53,6 +54,10 @@ PRELOAD = (
 _HEADER = struct.Struct("!I")
 # What a job runs, "module:function" (tests/test_job_server.py runs a probe); lqs.cli:main if unset.
 ENTRY_VARIABLE = "LQS_JOB_SERVER_ENTRY"
+# The commands (comma-separated, e.g. "trajectory,score-shard") whose jobs run the real `lqs`, a
+# process of its own with its seconds of imports: a test that kills a job midway needs it alive long
+# enough; the other jobs of its runs are still served.
+REAL_VARIABLE = "LQS_JOB_SERVER_REAL"
 # A server with no job for this many seconds ends (default 60).
 IDLE_VARIABLE = "LQS_JOB_SERVER_IDLE_SECONDS"
 # The modules a server imports before serving, comma-separated, instead of PRELOAD.
@@ -104,6 +109,8 @@ def _stop(directory: str) -> None:
 
 def stand_in(real: str) -> None:
     """A job's `lqs`: run by its environment's server, else the real one (and a server started)."""
+    if sys.argv[1:2] and sys.argv[1] in os.environ.get(REAL_VARIABLE, "").split(","):
+        _run_alone(real)
     directory = os.environ.get("LQS_JOB_SERVER", "")
     base = os.path.join(directory, env_key(os.environ))
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -111,11 +118,7 @@ def stand_in(real: str) -> None:
         conn.connect(base + ".sock")
     except OSError:
         _start_server(directory, base)
-        if ENTRY_VARIABLE in os.environ:  # a process of its own running the entry
-            module, function = os.environ[ENTRY_VARIABLE].split(":")
-            os.execv(sys.executable, [sys.executable, "-c", f"import sys, {module}; sys.exit({module}.{function}())",
-                                      *sys.argv[1:]])
-        os.execv(real, [real, *sys.argv[1:]])
+        _run_alone(real)
     umask = os.umask(0)
     os.umask(umask)
     body = json.dumps({"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask,
@@ -135,6 +138,15 @@ def stand_in(real: str) -> None:
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     sys.exit(code)
+
+
+def _run_alone(real: str) -> None:
+    """This job as a process of its own: the real `lqs` (or the entry) in place of the stand-in."""
+    if ENTRY_VARIABLE in os.environ:
+        module, function = os.environ[ENTRY_VARIABLE].split(":")
+        os.execv(sys.executable, [sys.executable, "-c", f"import sys, {module}; sys.exit({module}.{function}())",
+                                  *sys.argv[1:]])
+    os.execv(real, [real, *sys.argv[1:]])
 
 
 def _start_server(directory: str, base: str) -> None:

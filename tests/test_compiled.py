@@ -37,10 +37,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op 
 @pytest.fixture(scope="module")
 def fp32_case():
     """A tiny fp32 Mistral, samples of mixed lengths and λ; one micro-batch of all 7 samples, so
-    that the compiled reductions see a single batch size (one compilation per parameter shape)."""
+    that the compiled reductions see a single batch size (one compilation per parameter shape).
+    At 7 tokens, the norms' and the key/value projections' per-sample gradients are materialised
+    (two shapes, each compiled: a C++ build of a few seconds), and the wider layers take the Gram form."""
     model = tiny_mistral(dtype=torch.float32)
-    torch.manual_seed(21)
-    samples = random_samples(7, lo=4)
+    torch.manual_seed(26)  # dots spread over 25x (the test's last check)
+    samples = random_samples(6, lo=4, hi=7) + random_samples(1, lo=7, hi=7)
     lam = {k: torch.randn_like(v) for k, v in get_params(model).items()}
     eager = per_sample_stats(model, samples, lam, "fp32", micro_batch=7)
     return model, samples, lam, eager
@@ -57,10 +59,12 @@ def fresh_compiled():
 
 def test_compiled_stats_equal_eager_and_brute_force(fp32_case, caplog):
     model, samples, lam, (eager_norms, eager_dots) = fp32_case
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     with caplog.at_level(logging.WARNING):
         norms, dots = per_sample_stats(model, samples, lam, "fp32", micro_batch=7, compile=True)
     reductions = per_sample._compiled_row_stats()
     assert reductions.call is not reductions.fn, "fell back to eager: nothing was compiled"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2  # one per shape (fixture)
     assert WHAT not in caplog.text
     scale = np.abs(eager_dots).max()
     np.testing.assert_allclose(norms, eager_norms, rtol=STATS_TOL)

@@ -72,6 +72,19 @@ def test_a_served_job_sees_and_ends_as_a_process_of_its_own(probe, tmp_path):
             "to stderr", "ValueError: a failure" if code == 1 else "to stderr")
 
 
+def test_a_command_named_real_runs_as_a_process_of_its_own(probe):
+    env, alone, server = probe
+    for real, served in (("block", False), ("exit,block", False), ("exit", True)):
+        before = _children(server)
+        job = subprocess.Popen(["lqs", "block", "0"], env={**env, job_server.REAL_VARIABLE: real},
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        pid = int(job.stdout.readline().split()[1])
+        assert (pid in _children(server) - before) == served
+        assert (pid == job.pid) == (not served)  # the stand-in became the job
+        job.kill()
+        job.wait()
+
+
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_to_the_stand_in_ends_the_job_as_it_ends_a_process(probe, tmp_path, number):
     env, alone, server = probe

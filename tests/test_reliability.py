@@ -96,8 +96,9 @@ def test_killed_stages_rerun_to_the_uninterrupted_result(completed_workflow, tmp
         stop = threading.Event()
         killer = threading.Thread(target=_kill_when_started, args=(stage, workdir, rng.uniform(0.3, 1.5), killed, stop))
         killer.start()
-        # The real `lqs`: without its seconds of imports, a tiny job ends before the kill lands.
-        run = snakemake(workdir, "--rerun-incomplete", check=False, real_lqs=True)
+        # The real `lqs` for the stage killed: without its seconds of imports, a tiny job ends
+        # before the kill lands. The jobs before it are served.
+        run = snakemake(workdir, "--rerun-incomplete", check=False, real_lqs=[stage])
         stop.set()
         killer.join()
         if run.returncode != 0:  # a kill that lands after the job ended interrupts nothing
