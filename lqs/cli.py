@@ -145,9 +145,9 @@ def read_settings(cls: type, given: typing.Any, key: str = "") -> typing.Any:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     argv = sys.argv[1:] if argv is None else argv
-    # `lqs <rule>` and `lqs score` import only what they run; `lqs --help` (or a typo) every stage
-    called = argv[0] if argv and (argv[0] in RULES or argv[0] == "score") else None
-    rules = PIPELINE if called is None else (RULES[called],) if called in RULES else ()
+    # `lqs <rule>` imports that stage's module only, `lqs score` none, `lqs --help` (or a typo) all
+    first = argv[0] if argv else None
+    rules = (RULES[first],) if first in RULES else () if first == "score" else PIPELINE
     args = vars(build_parser(rules).parse_args(argv))
     name = args.pop("stage")
     if relaunch_under_torchrun(args.pop("nproc", 1), argv):
