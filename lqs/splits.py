@@ -9,7 +9,8 @@ How files become shards (`corpus.num_shards`, `corpus.shard_size`):
 
 - `num_shards: N`: N shards of equal bytes. The corpus is laid end to end and cut at every
   N-th of its size; a file across a cut is split there (a gzip file, a Parquet row group or a
-  JSONL line goes to the shard it starts in). A shard left with nothing is not planned. The
+  JSONL line goes to the shard it starts in; a piece of a Parquet file holds at least
+  FOOTER_SHARE times its footer). A shard left with nothing is not planned. The
   shards are named 0 … N-1; adding or removing a file moves the cuts after it.
 - `shard_size: S`: shards of S bytes on average whose boundaries depend on the files themselves
   (content-defined, as rsync's or restic's chunks do): a split starts a new shard when a hash of
@@ -141,13 +142,21 @@ def dumps_splits(splits: Iterable[Split]) -> str:
 # planning
 
 
+# A piece of a cut Parquet file holds at least this many times the file's footer: each job reads
+# the whole footer of a file it reads part of, which holds every row group's statistics (up to
+# kilobytes of text each), so that footers add at most 1/20 to the bytes read.
+FOOTER_SHARE = 20
+
+
 @dataclass(frozen=True)
 class RowGroups:
-    """A Parquet file's row groups: each one's first byte and bytes (for cutting) and rows."""
+    """A Parquet file's row groups: each one's first byte and bytes (for cutting) and rows; and
+    the bytes of its footer."""
 
     starts: tuple[int, ...]
     sizes: tuple[int, ...]
     rows: tuple[int, ...]
+    footer: int = 0
 
 
 def row_groups(path: str) -> RowGroups:
@@ -167,7 +176,7 @@ def row_groups(path: str) -> RowGroups:
         starts.append(first)
         sizes.append(sum(c.total_compressed_size for c in columns))
         rows.append(group.num_rows)
-    return RowGroups(tuple(starts), tuple(sizes), tuple(rows))
+    return RowGroups(tuple(starts), tuple(sizes), tuple(rows), metadata.serialized_size + 8)  # + length, magic
 
 
 def _key(*parts: object) -> str:
@@ -184,7 +193,8 @@ def _pieces(path: str, size: float, cut_at: Sequence[float], groups: Callable[[s
             unknown: bool = False) -> list[tuple[Split, float]]:
     """`path` cut at the file offsets `cut_at` (ascending, inside the file): (split, bytes) pieces.
     JSONL at the offsets themselves; Parquet between row groups, each group to the piece its
-    first byte falls in (pieces left without a group are dropped)."""
+    first byte falls in (pieces left without a group are dropped), a piece of fewer than
+    FOOTER_SHARE times the footer's bytes joined to the next one (the last, to the one before)."""
     if not cut_at:
         return [(Split(path), size)]
     bounds = [0, *cut_at, size]
@@ -205,8 +215,23 @@ def _pieces(path: str, size: float, cut_at: Sequence[float], groups: Callable[[s
         first, last = int(members[0]), int(members[-1]) + 1
         stop = None if last == len(info.starts) else last
         out.append((Split(path, first, stop), int(sum(info.sizes[first:last]))))
+    out = _joined(out, FOOTER_SHARE * info.footer)
     if len(out) == 1:
         return [(Split(path), size)]
+    return out
+
+
+def _joined(pieces: list[tuple[Split, int]], least: int) -> list[tuple[Split, int]]:
+    """Consecutive row-group pieces of one file joined until each holds at least `least` bytes."""
+    out: list[tuple[Split, int]] = []
+    for split, size in pieces:
+        if out and out[-1][1] < least:
+            before, before_size = out.pop()
+            split, size = Split(split.path, before.start, split.stop), before_size + size
+        out.append((split, size))
+    if len(out) > 1 and out[-1][1] < least:
+        (before, before_size), (last, size) = out[-2:]
+        out[-2:] = [(Split(last.path, before.start, last.stop), before_size + size)]
     return out
 
 
@@ -261,8 +286,9 @@ def _equal(files: Sequence[str], sizes: Sequence[float], n: int, groups, unknown
     shards = [Shard(str(k), tuple(s for s, _ in m), round(sum(b for _, b in m))) for k, m in enumerate(members) if m]
     if len(shards) < requested:
         log.warning("corpus.num_shards: %d, but the corpus's %d files can be cut into only %d non-empty shards (a gzip "
-                    "file, a Parquet row group and a JSONL line each go to one shard); planning %d",
-                    requested, len(files), len(shards), len(shards))
+                    "file, a Parquet row group and a JSONL line each go to one shard, and a piece of a Parquet file "
+                    "holds at least %d times its footer); planning %d",
+                    requested, len(files), len(shards), FOOTER_SHARE, len(shards))
     return shards
 
 

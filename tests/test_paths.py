@@ -275,8 +275,11 @@ def test_more_shards_than_the_corpus_can_fill_plan_fewer_with_a_warning(tiny_wor
     """corpus.num_shards far above what the files can be cut into (a Parquet file of three row
     groups, a gzip file): the DAG build plans a shard per row group and one for the gzip file,
     each non-empty, and says so; no error, and quickly (from metadata alone)."""
-    docs = tiny_corpus(200)
-    pq.write_table(pa.Table.from_pylist(docs[:150]), tiny_workflow / "data" / "corpus.parquet", row_group_size=50)
+    # row groups of 50 documents of ~2 KB, uncompressed and without statistics: each over 20 times
+    # the footer (splits.FOOTER_SHARE), so that each can be a shard
+    docs = [d | {"text": d["text"] + " padding" * 250} for d in tiny_corpus(200)]
+    pq.write_table(pa.Table.from_pylist(docs[:150]), tiny_workflow / "data" / "corpus.parquet", row_group_size=50,
+                   write_statistics=False, compression="none")
     (tiny_workflow / "data" / "rest.jsonl.gz").write_bytes(
         gzip.compress("".join(json.dumps(d) + "\n" for d in docs[150:]).encode()))
     edit_config(tiny_workflow, set_key("corpus", "path", ["data/corpus.parquet", "data/rest.jsonl.gz"]))
@@ -295,10 +298,11 @@ def test_more_shards_than_the_corpus_can_fill_plan_fewer_with_a_warning(tiny_wor
     assert "more than the corpus can have documents" not in text
 
 
-def test_more_shards_than_the_files_can_be_cut_into_plan_fewer_non_empty_ones(tmp_path, caplog):
+def test_more_shards_than_the_files_can_be_cut_into_plan_fewer_non_empty_ones(tmp_path, caplog, monkeypatch):
     """The plan behind it: a Parquet file is cut between row groups only, a gzip file never, a JSONL
     file at any byte; the shards left with nothing are not planned (a warning naming the numbers),
     and the shards read every record once."""
+    monkeypatch.setattr(splits, "FOOTER_SHARE", 0)  # tiny row groups: cut at any (the footer's rule: test_splits)
     docs = tiny_corpus(30)
     pq.write_table(pa.Table.from_pylist(docs), tmp_path / "a.parquet", row_group_size=10)
     short = write_jsonl(tmp_path / "b.jsonl", [{"text": ""}] * 5)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lqs import splits
 from lqs.corpus import iter_records
 from lqs.splits import (
     FILE_BITS,
@@ -226,6 +227,26 @@ def test_parquet_row_group_ranges(tmp_path):
         assert read(pieces) == whole, f"cuts at row groups {cuts}"
 
 
+def test_a_parquet_piece_holds_twenty_footers(tmp_path, monkeypatch):
+    """Every job reads the whole footer of a Parquet file it reads part of, and row groups' text
+    statistics make footers large: a cut piece holds at least FOOTER_SHARE times the footer's
+    bytes, so the footers add at most 1/FOOTER_SHARE to what the shards read, at any shard count."""
+    path = write_parquet(tmp_path / "wide.parquet", [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3] * 4, text_len=400)
+    info, whole, size = row_groups(path), read([path]), os.path.getsize(path)
+    assert info.footer == pq.ParquetFile(path).metadata.serialized_size + 8 and info.footer > 10 * min(info.sizes)
+    cut_more = False
+    for plan in ([{"num_shards": n} for n in (2, 5, 16, 64, 1000)]
+                 + [{"shard_size": s} for s in (1, size // 40, size // 7, size // 2)]):
+        pieces = [x for shard in plan_shards([path], [size], **plan) for x in shard.splits]
+        assert read(pieces) == whole, plan
+        if len(pieces) > 1:
+            assert all(sum(info.sizes[x.start:x.stop]) >= splits.FOOTER_SHARE * info.footer for x in pieces), plan
+        monkeypatch.setattr(splits, "FOOTER_SHARE", 0)
+        cut_more |= len([x for shard in plan_shards([path], [size], **plan) for x in shard.splits]) > len(pieces)
+        monkeypatch.undo()
+    assert cut_more  # the rule joined pieces that the row groups alone would have cut
+
+
 # ----------------------------------------------------------------------------------------------
 # gzip
 
@@ -254,8 +275,9 @@ def test_gzip_positions_and_never_cut(tmp_path):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 9, 12, 16, 24, 40])
-def test_num_shards_reads_every_record_once(corpus, n):
+def test_num_shards_reads_every_record_once(corpus, n, monkeypatch):
     """N shards of a mixed corpus: at most N, non-empty, named 0..N-1 in order, and together one pass's records."""
+    monkeypatch.setattr(splits, "FOOTER_SHARE", 0)  # cut at any row group (the footer's rule: its own test)
     sizes = [os.path.getsize(f) for f in corpus]
     shards = plan_shards(corpus, sizes, num_shards=n)
     assert 1 <= len(shards) <= n
