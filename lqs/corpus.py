@@ -143,10 +143,9 @@ class CorpusReading:
     text_field: str
     max_chars: int
 
-    def records(self, splits: Sequence[Split], output_fields: Mapping[str, str] | None = None,
-                require_records: bool = True) -> Iterator[Record]:
+    def records(self, splits: Sequence[Split], require_records: bool = True) -> Iterator[Record]:
         """iter_records of `splits` with this text field and length limit."""
-        return iter_records(splits, self.text_field, self.max_chars, output_fields, require_records)
+        return iter_records(splits, self.text_field, self.max_chars, require_records=require_records)
 
 # How messages name a setting: the workflow's config keys, unless the caller names its own
 # (`lqs score` its flags: lqs.score.SCORE_FLAGS) with `settings_named`.
