@@ -32,6 +32,10 @@ T = TypeVar("T")
 SCORES_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("truncated", pa.bool_()),
                            ("n_tokens", pa.int64()), ("n_windows", pa.int64()), ("fingerprint", pa.int64()),
                            ("source", pa.string())])
+# A score shard's key-value metadata: the digests of the weights that computed its scores, as
+# lqs.scorer.load checked them (JSON), which a part's provenance block takes (write_part) instead
+# of hashing the whole model again in every shard's job.
+SCORER_DIGESTS_KEY = b"lqs.scorer_weights_sha256"
 # The scored output's documents in storage order, with their scores and sources (gather_scores
 # writes it): what select_order and the report read instead of parsing the scored output.
 INDEX_SCHEMA = pa.schema([("doc_id", pa.int64()), ("score", pa.float64()), ("source", pa.string())])

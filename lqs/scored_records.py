@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from lqs import corpus, output
-from lqs.batch_scoring import INDEX_SCHEMA
-from lqs.io import parquet_batches
+from lqs.batch_scoring import INDEX_SCHEMA, SCORER_DIGESTS_KEY
+from lqs.io import parquet_batches, parquet_file
 from lqs.splits import Split
 
 SCORE_COLUMNS = ["doc_id", "score", "truncated", "n_tokens", "n_windows", "fingerprint", "source"]
@@ -32,6 +32,13 @@ def _scores(path: str) -> Iterator[tuple]:
     corpus.require_fingerprints(path)
     for batch in parquet_batches(path, columns=SCORE_COLUMNS):
         yield from zip(*(batch.column(c).to_pylist() for c in SCORE_COLUMNS))
+
+
+def scorer_digests(score_path: str) -> dict[str, str] | None:
+    """The digests of the scorer weights that computed a score shard's scores (score_shard records
+    them as loading checked them); None for a checkpoint saved without digests."""
+    recorded = (parquet_file(score_path).schema_arrow.metadata or {}).get(SCORER_DIGESTS_KEY)
+    return None if recorded is None else json.loads(recorded)
 
 
 def read_rejects(path: str, files: dict[str, str] | None = None) -> dict[int, str]:

@@ -445,6 +445,27 @@ def test_per_shard_parts_carry_the_block_of_their_job(corpus_file, scorer_dir, t
     assert prov.read_parquet_block(part)["corpus"] == block["corpus"]  # a local file has no version
 
 
+
+def test_a_part_takes_the_digests_its_scores_were_computed_with(corpus_file, scorer_dir, tmp_path, monkeypatch):
+    """write_part hashes no weights (a model's worth of reading in every shard's job): its block's
+    digests are those score_shard recorded in the score shard, as loading checked them."""
+    import lqs.scorer
+
+    scored(tmp_path, corpus_file, scorer_dir, layout="per_shard")
+
+    def hashed(path):
+        raise AssertionError(f"{path}: the weights hashed again")
+
+    monkeypatch.setattr(lqs.scorer, "weights_digests", hashed)
+    part = tmp_path / "again" / "part-0.parquet"
+    part.parent.mkdir()
+    plan_path, corpus_plan = write_plan(tmp_path, [corpus_file], 2)  # scored()'s
+    write_part(plan_path, corpus_plan, "0", str(tmp_path / "scores-0.parquet"), str(tmp_path / "rejects-0.jsonl"),
+               str(part), scorer_dir=str(scorer_dir), output_format="parquet", config_sha256=A, corpus_versions={},
+               output_schema=str(tmp_path / "output_schema.parquet"), text_field="text", max_chars=10**6)
+    assert prov.read_parquet_block(part) == prov.read_parquet_block(tmp_path / "scored" / "part-0.parquet")
+
+
 SELECT = dict(selection=dict(method="top", ratio=0.5, threshold=None, temperature=1.0, seed=0),
               ordering=dict(method="folding", folds=3, seed=0), output_format="parquet")
 

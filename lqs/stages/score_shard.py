@@ -10,6 +10,7 @@ with the time split (read / model / write) and the tokens/s.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from lqs import scorer_windows
-from lqs.batch_scoring import SCORES_SCHEMA, ChunkScores, Meter
+from lqs.batch_scoring import SCORER_DIGESTS_KEY, SCORES_SCHEMA, ChunkScores, Meter
 from lqs.io import TokenRate, parquet_writer, write_json
 from lqs.scorer import load, prefetched
 from lqs.stage import MODELS, Arg, Stage
@@ -38,7 +39,8 @@ class Settings:
 def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, shard: str = "",
                 stats_out: str | None = None) -> dict[str, int]:
     """Writes the scores of the documents of `windows` (tokenize_scorer_shard's file) to `out`
-    (SCORES_SCHEMA, in doc-id order) and its counts and per-source score sums to `stats_out` (JSON)."""
+    (SCORES_SCHEMA, in doc-id order, with the digests of the weights that scored them) and its
+    counts and per-source score sums to `stats_out` (JSON)."""
     s = settings
     start = time.perf_counter()
     meter = Meter()
@@ -47,7 +49,9 @@ def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, sha
     with contextlib.ExitStack() as stack:
         scorer = load(scorer_dir, s.device, s.trust_remote_code, s.dtype, s.compile)
         scorer_windows.check_made_for(windows, scorer.tokenizer, scorer.max_length)
-        writer = stack.enter_context(parquet_writer(out, SCORES_SCHEMA))
+        schema = SCORES_SCHEMA if scorer.weights_sha256 is None else SCORES_SCHEMA.with_metadata(
+            {SCORER_DIGESTS_KEY: json.dumps(scorer.weights_sha256, sort_keys=True)})
+        writer = stack.enter_context(parquet_writer(out, schema))
         for chunk in meter.split.iterate("read", prefetched(scorer_windows.read_chunks(windows), lambda c: c)):
             with meter.split("model"):  # ends with the chunk's one host sync: the GPU time is in it
                 scores = scorer.score_chunk(chunk, s.max_tokens)
@@ -59,7 +63,7 @@ def score_shard(windows: str, scorer_dir: str, out: str, settings: Settings, sha
                 writer.write_table(pa.table({"doc_id": chunk.doc_ids, "score": scores, "truncated": chunk.truncated,
                                              "n_tokens": result.n_tokens, "n_windows": result.n_windows,
                                              "fingerprint": chunk.fingerprints, "source": chunk.sources},
-                                            schema=SCORES_SCHEMA))
+                                            schema=schema))
             bar.update(len(chunk.doc_ids))
             rate.add(chunk.tokens)
         if stats_out:

@@ -50,8 +50,9 @@ def write_part(plan: str, shard: str, scores: str, rejects: str, out: str, index
     metadata = None
     if s.output_format == "parquet":
         corpus_paths = list(dict.fromkeys(map(sources.source_name, (split.path for split in splits))))
-        metadata = provenance.parquet_metadata(provenance.block(
-            s.config_sha256, scorer_dir, [sources.CorpusFile(p, s.corpus_versions.get(p)) for p in corpus_paths]))
+        metadata = provenance.parquet_metadata(provenance.block(  # the weights as they scored the shard
+            s.config_sha256, scorer_dir, [sources.CorpusFile(p, s.corpus_versions.get(p)) for p in corpus_paths],
+            scorer_digests=scored_records.scorer_digests(scores)))
     schema = output.read_schema(output_schema) if output_schema else None
     written = scored_records.write_scored(
         [splits], [scores], [rejected], out, reading=s.corpus, output_format=s.output_format,
