@@ -37,7 +37,7 @@ from lqs.corpus import MAX_CHARS, text_error
 from lqs.proxy import collate
 from lqs.runtime import compiled, resolve_device
 from lqs.scorer_windows import budget_slices
-from lqs.tokenize import load_tokenizer, tokenize_windows
+from lqs.tokenize import cut_windows, load_tokenizer, tokenize_windows
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +339,18 @@ def scoring_windows(tokenizer, texts: Sequence[str], max_length: int, max_window
             truncated[doc] = True
         windows.extend(Window(doc, ids) for ids in doc_windows)
     return windows, truncated
+
+
+def scoring_windows_of_ids(ids: np.ndarray, ends: np.ndarray, frame: tuple[list[int], list[int], int],
+                           max_windows_per_doc: int | None = None) -> tuple[list[list[int]], bool]:
+    """scoring_windows of a text from its ids and window_ends (lqs.tokenize.tokenize_texts), with
+    the tokenizer's window_frame: the same windows, without the text."""
+    prefix, suffix, budget = frame
+    bounds = cut_windows(len(ids), ends, budget)
+    if not bounds:
+        raise ValueError("a text with no tokens to score")
+    truncated = max_windows_per_doc is not None and len(bounds) > max_windows_per_doc
+    return [prefix + ids[a:b].tolist() + suffix for a, b in bounds[:max_windows_per_doc]], truncated
 
 
 _WORKER: dict = {}  # in a tokenizer process: its tokenizer

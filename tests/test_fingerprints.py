@@ -1,8 +1,9 @@
 """Every score is bound to the exact record it was computed on (issue 20, part D): a record's
 fingerprint (corpus.Record.fingerprint) goes from tokenize_shard into the tokenized shard, is
-checked by score_shard and written into the score shard, and is checked again by gather_scores
-before it writes a score beside the record. An edit that keeps the file's mtime (`cp -p`) is then
-caught with one line, instead of pairing the new text with the old text's score."""
+checked by tokenize_scorer_shard where it reads the records again, written into the score shard,
+and checked again by gather_scores before it writes a score beside the record. An edit that keeps
+the file's mtime (`cp -p`) is then caught with one line, instead of pairing the new text with the
+old text's score."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from lqs import corpus
 from lqs.batch_scoring import SCORES_SCHEMA
 from lqs.stages import gather_scores as gather_scores_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
-from lqs.tokenize import SHARD_SCHEMA
+from lqs.tokenize import SHARD_SCHEMA, TOKENIZER_METADATA
 
 gather_scores = stage_function(gather_scores_stage)
 score_shard = tokenize_and_score_shard
@@ -141,7 +142,17 @@ def _gather(path: Path, scores: Path, tmp_path: Path, output_format: str = "json
     return out
 
 
-def test_score_shard_checks_each_record_against_the_tokenized_shard(scorer_dir, tmp_path):
+def _anonymous(tokenized: Path) -> Path:
+    """A copy of a tokenized shard that does not name its tokenizer: tokenize_scorer_shard then
+    reads and tokenizes the records again, as for a scorer with a tokenizer of its own."""
+    table = pq.read_table(tokenized)
+    out = tokenized.with_name("anonymous.parquet")
+    pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
+                                                  if k != TOKENIZER_METADATA}), out)
+    return out
+
+
+def test_scoring_checks_each_record_it_reads_against_the_tokenized_shard(scorer_dir, tmp_path):
     docs = tiny_corpus(12)
     path = write_jsonl(tmp_path / "corpus.jsonl", docs)
     tokenized = _tokenize(path, scorer_dir, tmp_path)
@@ -152,15 +163,24 @@ def test_score_shard_checks_each_record_against_the_tokenized_shard(scorer_dir, 
     assert scores["fingerprint"].to_pylist() == _fingerprints(path)  # each score with its record's
 
     # record 8 edited after tokenization, one character, its line count kept
+    before = _fingerprints(path)
     docs[7]["text"] = docs[7]["text"][:-1] + "X"
     write_jsonl(path, docs)
     out = tmp_path / "again.parquet"
+    # a scorer with a tokenizer of its own reads the records again: the edited one stops it
     with pytest.raises(RuntimeError) as error:
-        _score(path, tokenized, scorer_dir, out)
+        _score(path, _anonymous(tokenized), scorer_dir, out)
     message = str(error.value)
     assert message.startswith(f"{path}:8: the corpus changed since it was tokenized") and RERUN in message
     assert "\n" not in message
     assert not out.exists()
+    # the scorer's windows cut from the tokenized shard: no record is read, each score keeps the
+    # fingerprint of the record it was computed on, and the output's writer stops at the edited one
+    _score(path, tokenized, scorer_dir, out)
+    assert pq.read_table(out)["fingerprint"].to_pylist() == before != _fingerprints(path)
+    with pytest.raises(RuntimeError, match=re.escape(f"{path}:8: the corpus changed since it was scored")):
+        _gather(path, out, tmp_path)
+    assert not (tmp_path / "scored.jsonl").exists()
 
 
 def test_gather_checks_each_record_against_its_score(scorer_dir, tmp_path):

@@ -75,7 +75,64 @@ def test_the_windows_are_the_scorers_longest_first_in_chunks_of_documents(scorer
         assert chunk.fingerprints.tolist() == list(dict.fromkeys(
             f for f in pq.read_table(shard[1]).to_pydict()["fingerprint"]))[group * 8:(group + 1) * 8]
         rows += len(lengths)
-    assert counts == {"documents": len(accepted), "windows": rows, "tokens": counts["tokens"]}
+    # cut from the tokenized shard, which the scorer's tokenizer made: no text tokenized
+    assert counts == {"documents": len(accepted), "windows": rows, "tokens": counts["tokens"], "texts_tokenized": 0}
+
+
+@pytest.fixture(scope="module")
+def long_shard(scorer_dir, tmp_path_factory):
+    """A corpus of short and long documents (sentence ends, newlines between and inside words,
+    non-ASCII, texts longer than kept_text keeps), tokenized by the scorer's tokenizer into
+    windows of another length than the scorer's; and a copy of the tokenized shard that does not
+    say which tokenizer made it (as an older lqs wrote it)."""
+    root = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(7)
+    words = ["alpha", "beta.", "gamma!", "delta\n", "the", "file?", "ünï", "日本", "line \n ", "x" * 30]
+    records = [{"text": " ".join(rng.choice(words, size=int(rng.integers(1, 600)))), "source": f"s{i % 3}"}
+               for i in range(40)]
+    records[5] = {"text": "  "}  # rejected by tokenization
+    records[6]["source"] = 3  # not a string: no source
+    corpus = write_jsonl(root / "corpus.jsonl", records)
+    plan_path, plan = write_plan(root, [corpus])
+    tokenized = root / "tok.parquet"
+    tokenize_shard(plan_path, "0", str(scorer_dir), str(tokenized), str(root / "rejects.jsonl"),
+                   max_length=24, on_bad_record="skip", batch_docs=7, **shard_settings(plan))
+    table = pq.read_table(tokenized)
+    anonymous = root / "anonymous" / "tok.parquet"
+    anonymous.parent.mkdir()
+    pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
+                                                  if k != lqs.tokenize.TOKENIZER_METADATA}), anonymous)
+    return corpus, tokenized, anonymous
+
+
+@pytest.mark.parametrize("max_windows_per_doc", [None, 1, 3])
+def test_windows_cut_from_the_tokenized_shard_are_the_texts(scorer_dir, long_shard, tmp_path, max_windows_per_doc):
+    """The scorer's windows cut from the tokenized shard's ids and window ends (its tokenizer the
+    scorer's) are those of the texts tokenized again: the same file, byte for byte in its values;
+    cutting them reads no corpus file."""
+    corpus, tokenized, anonymous = long_shard
+    plan_path, plan = write_plan(tmp_path, [corpus])
+    settings = {"max_length": None, "chunk_docs": 6, "max_windows_per_doc": max_windows_per_doc} | shard_settings(plan)
+    from_text = tokenize_scorer_shard(plan_path, "0", str(anonymous), str(scorer_dir), str(tmp_path / "text.parquet"),
+                                      **settings)
+    hidden = corpus.with_name("moved.jsonl")
+    corpus.rename(hidden)  # cutting from ids must not open it
+    try:
+        from_ids = tokenize_scorer_shard(plan_path, "0", str(tokenized), str(scorer_dir),
+                                         str(tmp_path / "ids.parquet"), **settings)
+    finally:
+        hidden.rename(corpus)
+    assert from_text["texts_tokenized"] == from_text["documents"] == 39 and from_ids["texts_tokenized"] == 0
+    assert {k: v for k, v in from_ids.items() if k != "texts_tokenized"} == \
+        {k: v for k, v in from_text.items() if k != "texts_tokenized"}
+    text_file, ids_file = pq.ParquetFile(tmp_path / "text.parquet"), pq.ParquetFile(tmp_path / "ids.parquet")
+    assert ids_file.schema_arrow.metadata == text_file.schema_arrow.metadata
+    assert ids_file.num_row_groups == text_file.num_row_groups
+    for group in range(text_file.num_row_groups):
+        assert ids_file.read_row_group(group).equals(text_file.read_row_group(group))
+    table = pq.read_table(tmp_path / "ids.parquet")
+    assert any(table.column("truncated").to_pylist()) == (max_windows_per_doc is not None)
+    assert None in table.column("source").to_pylist()  # the record whose source is not a string
 
 
 def test_budget_slices_are_the_token_budget_batches_of_sorted_rows():
@@ -139,3 +196,11 @@ def test_the_tokenizer_digest_is_that_of_a_saved_copy(scorer_dir, tmp_path):
     tokenizer.save_pretrained(tmp_path / "copy")
     copy = lqs.tokenize.load_tokenizer(tmp_path / "copy")
     assert scorer_windows.tokenizer_digest(copy) == scorer_windows.tokenizer_digest(tokenizer)
+    # the stricter digest that lets tokenize_scorer_shard cut windows from a tokenized shard's ids
+    assert lqs.tokenize.tokenizer_sha256(copy) == lqs.tokenize.tokenizer_sha256(tokenizer)
+    copy.backend_tokenizer.enable_truncation(5)  # never used by the windows
+    assert lqs.tokenize.tokenizer_sha256(copy) == lqs.tokenize.tokenizer_sha256(tokenizer)
+    from tokenizers import normalizers
+
+    copy.backend_tokenizer.normalizer = normalizers.Lowercase()  # the same vocabulary, other ids
+    assert lqs.tokenize.tokenizer_sha256(copy) != lqs.tokenize.tokenizer_sha256(tokenizer)

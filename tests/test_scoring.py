@@ -34,6 +34,7 @@ from transformers import AutoTokenizer, MistralConfig, MistralModel, XGLMConfig,
 
 import lqs.batch_scoring
 import lqs.scorer
+import lqs.tokenize
 from lqs.batch_scoring import SCORES_SCHEMA
 from lqs.corpus import iter_records
 from lqs.scorer import ScorerModel, Window, save_scorer, token_budget_batches
@@ -684,21 +685,37 @@ def test_prefetched_raises_the_workers_error_in_order():
 
 
 @pytest.mark.parametrize("change, found", [("drop", 12), ("empty", 3)])
-def test_score_shard_detects_a_corpus_changed_since_tokenization(tok_dir, scorer_dirs, tmp_path, change, found):
+def test_scoring_detects_a_corpus_changed_since_tokenization(tok_dir, scorer_dirs, tmp_path, change, found):
+    """Scoring that reads the corpus again (a scorer with a tokenizer of its own: here a copy of
+    the tokenized shard that names none) stops at the change; scoring that cuts its windows from
+    the tokenized shard reads no record, and the output's writer stops at it."""
     lines = _corpus_lines()
     path = write_jsonl(tmp_path / "corpus.jsonl", lines)
     tokenized = tmp_path / "tok.parquet"
     plan_path, corpus_plan = _tokenize_one(path, tok_dir, str(tokenized), str(tmp_path / "rejects.jsonl"),
                                            text_field="text", max_length=24, on_bad_record="skip",
                                            max_chars=MAX_CHARS, batch_docs=4)
+    table = pq.read_table(tokenized)
+    anonymous = tmp_path / "anonymous.parquet"
+    pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
+                                                  if k != lqs.tokenize.TOKENIZER_METADATA}), anonymous)
     # the last document removed (12 found), or the fourth made a bad record (scoring stops there)
     write_jsonl(path, lines[:-1] if change == "drop" else lines[:3] + ['{"text": " "}'] + lines[4:])
     out = tmp_path / "scores.parquet"
+    settings = dict(text_field="text", max_chars=MAX_CHARS, max_tokens=40, max_windows_per_doc=None, chunk_docs=3,
+                    device="cpu")
     with pytest.raises(RuntimeError, match=f"shard 0: tokenization accepted 13 documents but {found} were found"):
-        score_shard(plan_path, corpus_plan, "0", str(tokenized), scorer_dirs["xglm"], str(out),
-                    text_field="text", max_chars=MAX_CHARS, max_tokens=40, max_windows_per_doc=None,
-                    chunk_docs=3, device="cpu")
+        score_shard(plan_path, corpus_plan, "0", str(anonymous), scorer_dirs["xglm"], str(out), **settings)
     assert not out.exists() and not list(tmp_path.glob(".scores*"))
+    score_shard(plan_path, corpus_plan, "0", str(tokenized), scorer_dirs["xglm"], str(out), **settings)
+    assert pq.read_table(out).num_rows == 13
+    error = "holds documents the corpus does not have" if change == "drop" else "the corpus changed since it was scored"
+    with pytest.raises(RuntimeError, match=error):
+        gather_scores(plan_path, [str(out)], [str(tmp_path / "rejects.jsonl")], str(tmp_path / "scored.jsonl"),
+                      str(tmp_path / "r.jsonl"), str(tmp_path / "s.json"), str(tmp_path / "i.parquet"),
+                      **corpus_settings(corpus_plan), text_field="text", max_chars=MAX_CHARS, score_field="score",
+                      output_format="jsonl", on_bad_record="error")
+    assert not (tmp_path / "scored.jsonl").exists()
 
 
 # ---------------------------------------------------------------- train_scorer

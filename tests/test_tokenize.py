@@ -19,7 +19,17 @@ from lqs import corpus, sample, splits, target
 from lqs.stages import prepare_target as prepare_target_stage
 from lqs.stages import sample_proxy as sample_proxy_stage
 from lqs.stages import tokenize_shard as tokenize_shard_stage
-from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, special_tokens, tokenize_windows, window_bounds
+from lqs.tokenize import (
+    SHARD_SCHEMA,
+    TOKENIZER_METADATA,
+    cut_windows,
+    load_tokenizer,
+    special_tokens,
+    tokenize_windows,
+    tokenizer_sha256,
+    window_bounds,
+    window_ends,
+)
 
 prepare_target = stage_function(prepare_target_stage)
 sample_proxy = stage_function(sample_proxy_stage)
@@ -123,6 +133,21 @@ def test_window_bounds_brute_force(mode):
         bounds = window_bounds(offsets, text, budget)
         _check_cover(bounds, len(offsets), budget)
         assert bounds == _expected_bounds(offsets, text, budget), (text, budget)
+
+
+@pytest.mark.parametrize("mode", ["chars", "words"])
+def test_window_ends_brute_force(mode):
+    """window_ends (numpy, every token at once) against _boundary_after, token by token; and cut
+    from them at any budget, the windows of the brute-force spec."""
+    rng = random.Random(3)
+    for _ in range(300):
+        text = _random_text(rng, rng.randint(0, 40)) + rng.choice(["", "ünï\n", "日本. "])
+        offsets = ([(i, i + 1) for i in range(len(text))] if mode == "chars"
+                   else [m.span() for m in re.finditer(r"\S+", text)])
+        ends = window_ends(offsets, text)
+        assert ends.tolist() == [k for k in range(len(offsets)) if _boundary_after(offsets, text, k)], text
+        for budget in (1, 3, 8, 13):
+            assert cut_windows(len(offsets), ends, budget) == _expected_bounds(offsets, text, budget)
 
 
 def test_window_bounds_examples():
@@ -272,7 +297,8 @@ def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
         assert schema.equals(SHARD_SCHEMA) and splits.shard_files(str(out)) == [str(path)]
         assert [(f.name, f.type) for f in schema] == [
             ("doc_id", pa.int64()), ("window", pa.int32()), ("input_ids", pa.list_(pa.int32())),
-            ("fingerprint", pa.int64())]
+            ("fingerprint", pa.int64()), ("ends", pa.list_(pa.int32())), ("source", pa.string())]
+        assert schema.metadata[TOKENIZER_METADATA].decode() == tokenizer_sha256(tok)
         rows = _read_table(out)
         # brute force: every good line of this shard (the lines starting in its byte range), alone, windowed;
         # a doc id: the line's byte offset (the shard's first file)
@@ -289,9 +315,15 @@ def test_tokenize_shard_skip(tok, tok_dir, tmp_path, num_shards):
                 # the record's fingerprint: its line's bytes (without the line end), hashed
                 fingerprint = int.from_bytes(hashlib.blake2b(line.encode("utf-8"), digest_size=8).digest(),
                                              "little", signed=True)
+                enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+                start = 0  # the window's first token in the text's
                 for w, ids in enumerate(tokenize_windows(tok, [text], max_length)[0]):
+                    inner = len(ids) - 1  # without <s>
+                    ends = [k - start for k in range(start, start + inner)
+                            if _boundary_after(enc["offset_mapping"], text, k)]
                     expected_rows.append({"doc_id": offsets[i], "window": w, "input_ids": ids,
-                                          "fingerprint": fingerprint})
+                                          "fingerprint": fingerprint, "ends": ends, "source": fields["source"]})
+                    start += inner
             else:
                 expected_rejects.append(i)
         assert rows == expected_rows

@@ -143,10 +143,14 @@ def test_intermediate_files(completed_workflow):
     fingerprints = {r.doc_id: r.fingerprint for r in iter_records([str(completed_workflow / "data/corpus.jsonl")])}
     for shard in range(NUM_SHARDS):
         table = pq.read_table(results / "corpus" / f"shard-{shard}.parquet")
-        assert table.column_names == ["doc_id", "window", "input_ids", "fingerprint"]
-        for d, w, ids, f in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+        assert table.column_names == ["doc_id", "window", "input_ids", "fingerprint", "ends", "source"]
+        for d, w, ids, f in zip(*(table.column(c).to_pylist() for c in table.column_names[:4])):
             corpus_windows[(d, w)] = ids
             assert f == fingerprints[d]
+        # the scorer (arch) takes the proxy tokenizer: its windows were cut from these ids, no text tokenized
+        log = (results / "logs" / "tokenize_scorer_shard" / f"{shard}.log").read_text()
+        stats = json.loads(log.split("stage stats: ")[-1])
+        assert stats["counts"]["texts tokenized"] == 0 < stats["counts"]["documents"]
         scores = pq.read_table(results / "scores" / f"shard-{shard}.parquet")
         assert scores.column_names == ["doc_id", "score", "truncated", "n_tokens", "n_windows", "fingerprint",
                                        "source"]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from lqs import corpus, sources
+from lqs.batch_scoring import record_source
 from lqs.corpus import CorpusReading
 from lqs.io import TokenRate, atomic_open, parquet_writer
 from lqs.splits import files_metadata, planned_splits
 from lqs.stage import TOKENIZERS, Arg, Stage
-from lqs.tokenize import SHARD_SCHEMA, load_tokenizer, tokenize_windows
+from lqs.tokenize import SHARD_SCHEMA, cut_windows, load_tokenizer, tokenize_texts, tokenizer_metadata, window_frame
 
 BATCH_DOCS = 512  # documents tokenized per call of the tokenizer
 
@@ -42,28 +44,32 @@ def tokenize_shard(
     tokenizer = load_tokenizer(tokenizer_dir)
     counts = {"documents": 0, "rejected": 0, "windows": 0, "tokens": 0}
     batch: list[corpus.Record] = []
+    prefix, suffix, budget = window_frame(tokenizer, s.max_length)
 
     def flush(writer) -> None:
-        windows = tokenize_windows(tokenizer, [r.text for r in batch], settings.max_length)
-        doc_ids, window_idx, ids, fingerprints = [], [], [], []
-        for record, doc_windows in zip(batch, windows):
-            fingerprint = record.fingerprint
-            for w, window in enumerate(doc_windows):
-                doc_ids.append(record.doc_id)
-                window_idx.append(w)
-                ids.append(window)
-                fingerprints.append(fingerprint)
-                counts["tokens"] += len(window)
-        counts["windows"] += len(ids)
-        rate.add(sum(map(len, ids)))
-        writer.write_table(pa.table([doc_ids, window_idx, ids, fingerprints], schema=SHARD_SCHEMA))
+        columns: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
+        for record, (ids, ends) in zip(batch, tokenize_texts(tokenizer, [r.text for r in batch])):
+            source = record_source(record)
+            for w, (a, b) in enumerate(cut_windows(len(ids), ends, budget)):
+                columns["doc_id"].append(record.doc_id)
+                columns["window"].append(w)
+                columns["input_ids"].append(prefix + ids[a:b] + suffix)
+                columns["fingerprint"].append(record.fingerprint)
+                columns["ends"].append(ends[np.searchsorted(ends, a):np.searchsorted(ends, b)] - a)
+                columns["source"].append(source)
+        tokens = sum(map(len, columns["input_ids"]))
+        counts["windows"] += len(columns["doc_id"])
+        counts["tokens"] += tokens
+        rate.add(tokens)
+        writer.write_table(pa.table(columns, schema=SHARD_SCHEMA))
         batch.clear()
 
     records = s.corpus.records(splits, require_records=False)
     bar = tqdm(records, desc=f"tokenize shard {shard}", unit="doc", mininterval=5)
     rate = TokenRate(bar)
     files = list(dict.fromkeys(map(sources.source_name, (split.path for split in splits))))
-    schema = SHARD_SCHEMA.with_metadata(files_metadata(files))
+    # where its tokenizer is the scorer's, tokenize_scorer_shard cuts the scorer's windows from these ids
+    schema = SHARD_SCHEMA.with_metadata(files_metadata(files) | tokenizer_metadata(tokenizer))
     with parquet_writer(out, schema) as writer, atomic_open(rejects) as rejects_file:
         for record in bar:
             if corpus.check(record, s.on_bad_record):
