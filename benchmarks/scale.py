@@ -17,8 +17,8 @@ goes to stdout, then one per goal; progress to stderr.
   Goals: 100,000 files planned in <= 60 s and <= 2 GB; 20,000 files at 200 shards in <= 60 s.
 - read: the small files (1,000, --quick too; 10,000) and the large file, planned by
   lqs.splits.plan_shards at 1, 16 and 256 shards, read as the stages read them: each shard's
-  splits by one call of lqs.corpus.iter_records (tokenize_shard, tokenize_scorer_shard and
-  score_shard), and every shard's splits in order by one call (gather_scores). Bytes read: the
+  splits by one call of lqs.corpus.iter_records (tokenize_shard; tokenize_scorer_shard for a scorer
+  with a tokenizer of its own), and every shard's splits in order by one call (gather_scores). Bytes read: the
   delta of rchar (/proc/self/io: every read and pread, pyarrow's threads' too) around each call,
   summed, over the corpus's bytes on disk; checked once (Parquet small files, 16 shards) against
   strace's count of the bytes read from the corpus files alone. CPU: process_time around each
@@ -231,7 +231,9 @@ overhead = read([])[0]  # reading /proc/self/io
 runs = [[jobs(shards) for shards in spec["plans"]] for _ in range(spec["repeat"])]
 print(json.dumps({"ready": ready, "overhead": overhead, "runs": runs}))
 """
-SHARD_STAGES = "tokenize_shard+tokenize_scorer_shard+score_shard"
+# The stages that read one shard's splits: tokenize_shard, and tokenize_scorer_shard for a scorer
+# with a tokenizer of its own (with the corpus tokenizer it cuts the tokenized shard's ids).
+SHARD_STAGES = "tokenize_shard+tokenize_scorer_shard"
 SHARD_COUNTS = (1, 16, 256)
 
 
