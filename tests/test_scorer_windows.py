@@ -79,13 +79,30 @@ def test_the_windows_are_the_scorers_longest_first_in_chunks_of_documents(scorer
     assert counts == {"documents": len(accepted), "windows": rows, "tokens": counts["tokens"], "texts_tokenized": 0}
 
 
-@pytest.fixture(scope="module")
-def long_shard(scorer_dir, tmp_path_factory):
+def _with_eos(scorer_dir, out):
+    """The scorer's tokenizer adding </s> after each window too, with the scorer's scorer.json."""
+    from tokenizers import processors
+
+    tokenizer = lqs.tokenize.load_tokenizer(scorer_dir)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tokenizer.bos_token_id), ("</s>", tokenizer.eos_token_id)])
+    tokenizer.save_pretrained(out)
+    (out / "scorer.json").write_text((scorer_dir / "scorer.json").read_text())
+    assert lqs.tokenize.special_tokens(lqs.tokenize.load_tokenizer(out)) == (
+        [tokenizer.bos_token_id], [tokenizer.eos_token_id])
+    return out
+
+
+@pytest.fixture(scope="module", params=["<s>", "<s> and </s>"])
+def long_shard(scorer_dir, tmp_path_factory, request):
     """A corpus of short and long documents (sentence ends, newlines between and inside words,
-    non-ASCII, texts longer than kept_text keeps), tokenized by the scorer's tokenizer into
-    windows of another length than the scorer's; and a copy of the tokenized shard that does not
-    say which tokenizer made it (as an older lqs wrote it)."""
+    non-ASCII, texts longer than kept_text keeps), tokenized by a scorer's tokenizer (the tiny
+    scorer's, adding <s>; or one adding </s> too) into windows of another length than the
+    scorer's; and a copy of the tokenized shard that does not say which tokenizer made it (as an
+    older lqs wrote it)."""
     root = tmp_path_factory.mktemp("long")
+    if request.param != "<s>":
+        scorer_dir = _with_eos(scorer_dir, root / "with_eos")
     rng = np.random.default_rng(7)
     words = ["alpha", "beta.", "gamma!", "delta\n", "the", "file?", "ünï", "日本", "line \n ", "x" * 30]
     records = [{"text": " ".join(rng.choice(words, size=int(rng.integers(1, 600)))), "source": f"s{i % 3}"}
@@ -102,15 +119,15 @@ def long_shard(scorer_dir, tmp_path_factory):
     anonymous.parent.mkdir()
     pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
                                                   if k != lqs.tokenize.TOKENIZER_METADATA}), anonymous)
-    return corpus, tokenized, anonymous
+    return corpus, tokenized, anonymous, scorer_dir
 
 
 @pytest.mark.parametrize("max_windows_per_doc", [None, 1, 3])
-def test_windows_cut_from_the_tokenized_shard_are_the_texts(scorer_dir, long_shard, tmp_path, max_windows_per_doc):
+def test_windows_cut_from_the_tokenized_shard_are_the_texts(long_shard, tmp_path, max_windows_per_doc):
     """The scorer's windows cut from the tokenized shard's ids and window ends (its tokenizer the
     scorer's) are those of the texts tokenized again: the same file, byte for byte in its values;
     cutting them reads no corpus file."""
-    corpus, tokenized, anonymous = long_shard
+    corpus, tokenized, anonymous, scorer_dir = long_shard
     plan_path, plan = write_plan(tmp_path, [corpus])
     settings = {"max_length": None, "chunk_docs": 6, "max_windows_per_doc": max_windows_per_doc} | shard_settings(plan)
     from_text = tokenize_scorer_shard(plan_path, "0", str(anonymous), str(scorer_dir), str(tmp_path / "text.parquet"),
