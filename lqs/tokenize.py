@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 # The tokenized shards (stage tokenize_shard): one row per window; fingerprint is its document's
-# (corpus.Record.fingerprint, on each of its rows): score_shard checks each record it scores
-# against it. `ends`: the window's window_ends (positions in its ids, special tokens left out) and
-# `source` its document's "source" field (when a string), so that windows of another length can be
-# cut from the shard without the text (shard_documents; stage tokenize_scorer_shard).
+# (corpus.Record.fingerprint, on each of its rows), which goes with the record's windows into its
+# score: whatever reads the record again checks it against it. `ends`: the window's window_ends
+# (positions in its ids, special tokens left out) and `source` its document's "source" field (when
+# a string), so that windows of another length can be cut from the shard without the text
+# (shard_documents; stage tokenize_scorer_shard).
 SHARD_SCHEMA = pa.schema([
     ("doc_id", pa.int64()),
     ("window", pa.int32()),
