@@ -9,8 +9,9 @@ scorer takes) has its windows cut from the shard (stage tokenize_scorer_shard, `
 another (`from text`, forced here by a copy of the shard that does not name its tokenizer) reads
 and tokenizes the corpus again. tokenize_shard now reads every text's token offsets to record the
 window ends (`tokenize_texts` + `cut_windows`), where it read them only for texts longer than a
-window (`tokenize_windows`): the two are timed on the same texts. Checks that both ways give the
-same windows file, then prints one JSON line per measure (medians over --repeats, alternating).
+window (`tokenize_windows`): the two are timed on the same texts; and reading and parsing the
+corpus alone, what a scorer with its own tokenizer pays beyond tokenizing. Checks that both ways
+give the same windows file, then prints one JSON line per measure (medians over --repeats).
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ def main() -> None:
                      | {way: [round(x, 3) for x in v] for way, v in seconds.items()}
                      | {"text / ids": round(statistics.median(seconds["from text"])
                                             / statistics.median(seconds["from ids"]), 2)}))
+
+    # what reading the text again costs, next to tokenizing it again (the two ways' difference)
+    reads = [timed(lambda: sum(len(r.text) for r in reading.records(plan.shard("0").splits)))[0]
+             for _ in range(args.repeats)]
+    print(json.dumps({"measure": "reading and parsing the corpus CPU s", "seconds": [round(x, 3) for x in reads],
+                      "over from text": round(statistics.median(reads) / statistics.median(seconds["from text"]), 4)}))
 
     tokenizer = load_tokenizer(tokenizer_dir)
     with open(corpus, encoding="utf-8") as f:
