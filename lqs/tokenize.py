@@ -166,12 +166,10 @@ def made_with(path: str, tokenizer) -> bool:
 
 
 def shard_documents(path: str, tokenizer, batch_rows: int = 65536) -> Iterator[ShardDocument]:
-    """The documents of the tokenized shard `path`, in order, if `tokenizer` made it (made_with);
-    else ValueError."""
+    """The documents of the tokenized shard `path`, which `tokenizer` made (the caller checks it:
+    made_with), in order."""
     from lqs.io import parquet_batches
 
-    if not made_with(path, tokenizer):
-        raise ValueError(f"{path} was not tokenized with this tokenizer")
     prefix, suffix = special_tokens(tokenizer)
     held: list = []  # the document under way: doc_id, fingerprint, source, its windows' ids and ends
     length = 0  # its ids so far
