@@ -7,8 +7,12 @@ the single-process path, so the same code runs both ways.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
+
+# Every DistributedDataParallel wrapper made by `data_parallel`, checked at `teardown`.
+_wrappers: list[weakref.ref] = []
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,18 @@ def setup(device: str = "auto") -> Context:
     return Context(dist.get_rank(), world, resolved)
 
 
+def data_parallel(ctx: Context, model: Any) -> Any:
+    """`model` wrapped in DistributedDataParallel under torchrun, `model` itself in one process.
+    Drop every reference to the wrapper before `teardown`."""
+    if ctx.world == 1:
+        return model
+    import torch
+
+    wrapper = torch.nn.parallel.DistributedDataParallel(model)
+    _wrappers.append(weakref.ref(wrapper))
+    return wrapper
+
+
 def all_gather(ctx: Context, obj: Any) -> list[Any]:
     if ctx.world == 1:
         return [obj]
@@ -74,8 +90,18 @@ def barrier(ctx: Context) -> None:
 
 
 def teardown(ctx: Context) -> None:
+    """Waits for every rank, then destroys the process group.
+
+    A DDP wrapper still alive here would hold the group's last reference after it is destroyed,
+    and freeing it later deadlocks about one run in twenty: its C++ reducer frees the gloo group
+    while holding the GIL, and joins gloo's worker threads, one of which may still be freeing a
+    finished collective's tensors and waits for the GIL (torch binds the process group itself
+    with a destructor that releases the GIL; the reducer has none)."""
     if ctx.world > 1:
         import torch.distributed as dist
 
+        if any(ref() is not None for ref in _wrappers):
+            raise RuntimeError("lqs.distributed.teardown: a DistributedDataParallel wrapper is still "
+                               "referenced; delete it first, or freeing it can deadlock")
         dist.barrier()
         dist.destroy_process_group()

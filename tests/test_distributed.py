@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.workflow]  # torchrun, on com
 
 
 def _lqs(*args: str, cwd) -> str:
-    # a few seconds each; a rendezvous that never completes fails here, not at pytest's 600 s
+    # a few seconds each; a rank that never exits fails here, not at pytest's 600 s
     run = subprocess.run([sys.executable, "-m", "lqs", *args], cwd=cwd, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-4000:]
     return run.stderr

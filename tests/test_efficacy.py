@@ -374,7 +374,7 @@ def test_two_processes_match_one(data, tok_dir, tmp_path):
                               "--tokenizer-dir", tok_dir, "--arm", "lqs_shuffled", "--seed", "2",
                               "--out", str(tmp_path / f"{nproc}.parquet"), "--nproc", str(nproc),
                               "--settings", settings], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=240)  # ~20 s; a rendezvous that never completes fails here, not at 600 s
+                             timeout=240)  # ~20 s; a rank that never exits fails here, not at 600 s
         assert run.returncode == 0, run.stderr[-4000:]
     one, two = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in (1, 2))
     assert json.loads(pq.read_schema(tmp_path / "2.parquet").metadata[b"efficacy"])["processes"] == 2

@@ -107,7 +107,7 @@ def efficacy_train(shard_paths: Sequence[str], order: str, target_eval: str, cor
     if largest >= vocab:
         raise ValueError(f"token id {largest} is outside the efficacy model's vocabulary of {vocab}: "
                          "efficacy.model must fit the proxy tokenizer")
-    trained = lm if ctx.world == 1 else torch.nn.parallel.DistributedDataParallel(lm)
+    trained = distributed.data_parallel(ctx, lm)
     decay = [p for p in lm.parameters() if p.ndim >= 2]
     no_decay = [p for p in lm.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
@@ -156,6 +156,7 @@ def efficacy_train(shard_paths: Sequence[str], order: str, target_eval: str, cor
     if ctx.main:
         table = pa.Table.from_pylist(rows, schema=CURVE_SCHEMA)
         write_table(out, table.replace_schema_metadata({"efficacy": json.dumps(info)}))
+    del trained  # before the process group goes (lqs.distributed.teardown)
     distributed.teardown(ctx)
     return info
 

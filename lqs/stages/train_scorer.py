@@ -91,7 +91,7 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
     valid_labels = data["score"].to_numpy(np.float64)[splits["valid"]]
 
     model = ScorerModel(load_backbone(base_dir, s.trust_remote_code)).to(device)
-    trained = model if ctx.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
+    trained = distributed.data_parallel(ctx, model)
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
@@ -149,6 +149,7 @@ def train_scorer(samples_path: str, labels_path: str, base_dir: str, out_dir: st
                                                       "label": "lqs normalised score"})
             write_json(tmp / "metrics.json", summary)
             write_table(tmp / VALID_PREDICTIONS, valid_predictions.sort_by("sample_id"))
+    del trained  # before the process group goes (lqs.distributed.teardown)
     distributed.teardown(ctx)
     return summary
 
