@@ -26,10 +26,12 @@ from helpers import GOOD, make_workflow, snakemake, tiny_config, tiny_corpus, tr
 
 def pytest_configure(config):
     """A run started in the background of a non-interactive shell (`pytest &`) inherits SIGINT
-    ignored, as would every process a test starts; the tests that press Ctrl-C on one (SIGINT)
-    need its default."""
+    ignored, and one under nohup SIGHUP, as would every process a test starts; the tests that
+    send those signals to one (Ctrl-C, a closed terminal) need their defaults."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.hookimpl(tryfirst=True)
