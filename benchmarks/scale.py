@@ -345,7 +345,8 @@ def select(rows: list, cache: Path, n: int):
         tokens = np.maximum(chars // 4, 1)  # one window per document (< 128 tokens)
         offsets = np.concatenate(([0], np.cumsum(tokens))).astype(np.int32)
         columns = {"doc_id": doc_ids, "window": np.zeros(n, np.int32), "fingerprint": np.zeros(n, np.int64),
-                   "input_ids": pa.ListArray.from_arrays(offsets, rng.integers(0, 32000, int(offsets[-1]), np.int32))}
+                   "input_ids": pa.ListArray.from_arrays(offsets, rng.integers(0, 32000, int(offsets[-1]), np.int32)),
+                   "ends": pa.array([[]] * n, pa.list_(pa.int32())), "source": pa.nulls(n, pa.string())}
         schema = SHARD_SCHEMA.with_metadata(files_metadata([str(root / "corpus.jsonl")]))
         with pq.ParquetWriter(shard, schema) as writer:  # tokenize_shard: small row groups
             writer.write_table(pa.table([columns[c] for c in schema.names], schema=schema), row_group_size=1024)

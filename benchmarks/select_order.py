@@ -62,7 +62,8 @@ def write_corpus(root: Path, n: int, text_scale: int, seed: int = 0) -> tuple[Pa
     shard = root / "corpus" / "shard-0.parquet"
     shard.parent.mkdir(parents=True, exist_ok=True)
     schema = SHARD_SCHEMA.with_metadata(files_metadata([str(root / "corpus.jsonl")]))  # the shard's corpus files
-    table = pa.table([doc_ids, window.astype(np.int32), pa.ListArray.from_arrays(offsets, values), fingerprints],
+    table = pa.table([doc_ids, window.astype(np.int32), pa.ListArray.from_arrays(offsets, values), fingerprints,
+                      pa.array([[]] * len(doc_ids), pa.list_(pa.int32())), pa.nulls(len(doc_ids), pa.string())],
                      schema=schema)
     pq.write_table(table, shard, row_group_size=1024)  # tokenize_shard: 512 docs a group
     return scored, index, shard

@@ -4,6 +4,7 @@ runner, and the parsing of `snakemake -n` plans. Fixtures live in conftest.py.""
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -30,6 +31,13 @@ GOOD = [
     "Iterators produce values lazily, one at a time, until exhausted.",
 ]
 
+
+def benchmark(name: str):
+    """The module benchmarks/<name>.py (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 def tiny_corpus(n: int = 120, seed: int = 0) -> list[dict]:
     """Documents from three sources, some long enough to need several windows."""

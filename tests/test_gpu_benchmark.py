@@ -5,23 +5,15 @@ model shapes. The slice itself runs end to end in `bash benchmarks/gpu.sh --cpu-
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import yaml
-from helpers import ROOT
+from helpers import ROOT, benchmark
 
 from lqs import config as lqs_config
 
 PAPER, SLICE, SMOKE = (str(p) for p in (ROOT / "config" / "paper.yaml", ROOT / "benchmarks" / "paper_slice.yaml",
                                         ROOT / "benchmarks" / "paper_slice_smoke.yaml"))
-
-
-def benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def merged_config(*paths: str) -> dict:
