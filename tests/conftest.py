@@ -18,6 +18,10 @@ sys.dont_write_bytecode = False
 # probing each with a C++ build of its own: 8 s of a fresh clone's fast tier, where no inductor
 # cache exists yet (where every listed set builds, as here, it picks the same one).
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
+# One intra-op thread in every test process and every process it starts (set before torch is
+# imported): the tests' models are tiny, and two xdist workers each running two OpenMP threads,
+# which spin between parallel regions, fight over two cores (the fast tier: 47-51 s -> 40-42 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import helpers  # noqa: E402 (imported with the caches written)
 import pytest  # noqa: E402
@@ -99,15 +103,3 @@ def tok_dir(tmp_path_factory) -> str:
     path = write_jsonl(d / "train.jsonl", tiny_corpus(40))
     train_tokenizer([path], d / "tokenizer", text_field="text", vocab_size=300, max_chars=10**6)
     return str(d / "tokenizer")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op torch thread for a module's tests (pytestmark usefixtures): tiny models run
-    fastest so, and a busy machine is not oversubscribed."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

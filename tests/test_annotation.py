@@ -79,7 +79,6 @@ TOL64 = {"mistral": 1e-6, "xglm": 1e-10}
 STATS_TOL = 1e-5
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ STATS_TOL = 1e-5
 WHAT = "the per-sample statistics' reductions"  # as the fallback's warning names them
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 @pytest.fixture(scope="module")

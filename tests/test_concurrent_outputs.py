@@ -23,8 +23,6 @@ from helpers import tiny_corpus, tiny_scorer, write_jsonl
 import lqs.score
 from lqs import io
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def scorer_dir(tmp_path_factory) -> Path:
@@ -108,7 +106,7 @@ def test_score_to_a_pipe_closed_early_fails(scorer_dir, tmp_path, unbuffered):
     """`lqs score big.jsonl --out - | head -1`: the output is cut short, so lqs exits non-zero."""
     # far more output than a pipe holds (64 KB), from few documents to score: records with a long field
     src = write_jsonl(tmp_path / "big.jsonl", [d | {"pad": "x" * 2000} for d in tiny_corpus(400)])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     command = shlex.join(_lqs("score", str(src), "--scorer", str(scorer_dir), "--out", "-", "--no-progress"))
@@ -126,7 +124,7 @@ def test_score_to_a_pipe_closed_early_fails(scorer_dir, tmp_path, unbuffered):
 def test_ctrl_c_on_score_is_one_line_and_status_130(scorer_dir, tmp_path):
     src, out = write_jsonl(tmp_path / "big.jsonl", tiny_corpus(20000)), tmp_path / "s.jsonl"
     process = subprocess.Popen(_lqs("score", str(src), "--scorer", str(scorer_dir), "--out", str(out)),
-                               stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".s.jsonl.*.tmp")):  # scoring has begun
         assert process.poll() is None and time.monotonic() < deadline

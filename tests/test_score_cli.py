@@ -29,7 +29,6 @@ from lqs.tokenize import load_tokenizer
 fetch_scorer = stage_function(fetch_scorer_stage)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 def _ids(tokenizer) -> dict:

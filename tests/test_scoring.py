@@ -74,7 +74,6 @@ def _texts(n: int, seed: int, max_sentences: int = 5) -> list[str]:
     return out
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 @pytest.fixture(scope="module")

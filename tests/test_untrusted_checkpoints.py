@@ -20,8 +20,6 @@ from transformers import MistralConfig, MistralForCausalLM
 
 from lqs import models, scorer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
