@@ -37,9 +37,24 @@ def line_spans(path: str) -> tuple[np.ndarray, np.ndarray]:
             size, last = size + len(chunk), chunk[-1:]
     if last != b"\n":
         ends.append(np.array([size]))  # a last line without a newline
-    ends = np.concatenate(ends).astype(np.int64)
-    starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
-    return starts, ends - starts
+    lengths = np.concatenate(ends).astype(np.int64, copy=False)
+    starts = np.zeros_like(lengths)
+    starts[1:] = lengths[:-1]
+    lengths -= starts  # in place: two arrays of a line's size, not three
+    return starts, lengths
+
+
+def _summed_runs(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct id once, ascending, with the sum of its counts (integers, exact). Windows come
+    in document order (a shard's, and shards' in corpus order), so equal ids are adjacent and one
+    linear pass sums them; ids out of order are sorted first."""
+    if len(ids) == 0:
+        return ids, counts
+    if (ids[1:] < ids[:-1]).any():
+        by_id = np.argsort(ids, kind="stable")
+        ids, counts = ids[by_id], counts[by_id]
+    runs = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
+    return ids[runs], np.add.reduceat(counts, runs)
 
 
 def _shard_document_tokens(path: str, file_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,14 +62,12 @@ def _shard_document_tokens(path: str, file_indices: np.ndarray) -> tuple[np.ndar
     shard = parquet_file(path)
     for i in range(shard.num_row_groups):  # one at a time: iter_batches reads far ahead
         group = with_corpus_ids(shard.read_row_group(i, columns=["doc_id", "input_ids"]), file_indices)
-        doc, length = group.column(0).to_numpy(), pc.list_value_length(group.column(1)).to_numpy()
-        if len(doc):  # sum each run of a document's windows: memory holds documents, not windows
-            runs = np.flatnonzero(np.concatenate(([True], doc[1:] != doc[:-1])))
-            ids.append(doc[runs])
-            lengths.append(np.add.reduceat(length.astype(np.int64), runs))
-    doc_ids, inverse = np.unique(np.concatenate(ids), return_inverse=True)
-    tokens = np.bincount(inverse, weights=np.concatenate(lengths), minlength=len(doc_ids))
-    return doc_ids, tokens.astype(np.int64)
+        # memory holds documents, not windows
+        doc_ids, tokens = _summed_runs(group.column(0).to_numpy(),
+                                       pc.list_value_length(group.column(1)).to_numpy().astype(np.int64))
+        ids.append(doc_ids)
+        lengths.append(tokens)
+    return _summed_runs(np.concatenate(ids), np.concatenate(lengths))  # a document across row groups
 
 
 def document_tokens(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +76,8 @@ def document_tokens(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]
     per_shard = [_shard_document_tokens(p, i) for p, i in zip(shard_paths, corpus_ids_of_shards(shard_paths))]
     doc_ids = np.concatenate([ids for ids, _ in per_shard] + [np.zeros(0, np.int64)])
     tokens = np.concatenate([t for _, t in per_shard] + [np.zeros(0, np.int64)])
-    doc_ids, inverse = np.unique(doc_ids, return_inverse=True)  # a document cut across shards counts once
-    return doc_ids, np.bincount(inverse, weights=tokens, minlength=len(doc_ids)).astype(np.int64)
+    del per_shard
+    return _summed_runs(doc_ids, tokens)  # a document cut across shards counts once
 
 
 def keep_count(ratio: float, n: int) -> int:
@@ -178,12 +191,16 @@ class JsonlRecords(ScoredRecords):
         if len(self.starts) != count:
             raise self.stale()
         self.lengths = np.concatenate([n for _, n in spans] + [np.zeros(0, np.int64)])
-        self.files = np.concatenate([np.full(len(a), i) for i, (a, _) in enumerate(spans)] + [np.zeros(0, int)])
+        self.file_ends = np.cumsum([len(a) for a, _ in spans])  # each file's lines end before this position
+
+    def files(self, positions: np.ndarray) -> np.ndarray:
+        """The index of the file each position's line is in."""
+        return np.searchsorted(self.file_ends, positions, side="right")
 
     def take(self, positions: np.ndarray) -> Iterator[bytes]:
         fds = [os.open(p, os.O_RDONLY) for p in self.paths]
         try:
-            for f, start, length in zip(self.files[positions].tolist(), self.starts[positions].tolist(),
+            for f, start, length in zip(self.files(positions).tolist(), self.starts[positions].tolist(),
                                         self.lengths[positions].tolist()):
                 line = os.pread(fds[f], length, start)
                 yield line if line.endswith(b"\n") else line + b"\n"  # a last line without newline

@@ -256,6 +256,25 @@ def run_stage(root: Path, inputs: dict, selection=None, ordering=None, **paths):
                         score_field="score")
 
 
+@pytest.mark.parametrize("ordered", [True, False], ids=["in document order", "shuffled"])
+def test_summed_runs_against_a_dictionary(ordered):
+    """Each id once, ascending, with its counts summed: the linear pass over ids in order and the
+    sort for ids out of order, against a sum per id."""
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 2, 50, 1000):
+        ids = np.sort(rng.integers(0, max(n // 3, 1), n)).astype(np.int64)
+        if not ordered:
+            ids = rng.permutation(ids)
+        counts = rng.integers(0, 2**60, n).astype(np.int64) // max(n, 1)  # sums beyond float64's 2**53
+        expected = {}
+        for i, c in zip(ids.tolist(), counts.tolist()):
+            expected[i] = expected.get(i, 0) + c
+        got_ids, got_counts = sel._summed_runs(ids, counts)
+        assert got_ids.tolist() == sorted(expected)
+        assert got_counts.tolist() == [expected[i] for i in sorted(expected)]
+        assert got_counts.dtype == np.int64
+
+
 @pytest.mark.parametrize("row_group_size", [1, 2, 1000])
 def test_document_tokens_sum_every_window(tmp_path, row_group_size):
     """Tokens per document, by corpus doc id: a shard's local ids made the corpus's (x.jsonl, cut
@@ -388,7 +407,7 @@ def test_scored_records_spans_every_line_and_checks_the_count(tmp_path):
     inputs = make_inputs(tmp_path)
     path = str(tmp_path / "scored.jsonl")
     records = sel.scored_records([path], "jsonl", 27)
-    assert records.count == 27 and records.files.tolist() == [0] * 27
+    assert records.count == 27 and records.files(np.arange(27)).tolist() == [0] * 27
     data = Path(path).read_bytes()
     assert [data[a:a + n] for a, n in zip(records.starts, records.lengths)] == inputs["lines"]
     for count in (26, 28):

@@ -48,13 +48,14 @@ def select_order(scored: str | Sequence[str], scores_index: str, shard_paths: Se
     indexed, scores = index["doc_id"].to_numpy(), index["score"].to_numpy()
     if len(scores) == 0:
         raise ValueError(f"{scores_index} indexes no document (every one was rejected?): nothing to select")
-    if (np.diff(indexed) <= 0).any():
+    if (indexed[1:] <= indexed[:-1]).any():
         raise RuntimeError(f"{scores_index}: documents not in input order; rerun gather_scores")
     tokenized, tokenized_counts = document_tokens(shard_paths)
     at = np.minimum(np.searchsorted(tokenized, indexed), len(tokenized) - 1)
     if len(tokenized) == 0 or (tokenized[at] != indexed).any():
         raise RuntimeError(f"{scores_index} indexes documents the tokenized corpus does not have; rerun gather_scores")
     doc_ids, tokens = indexed, tokenized_counts[at]
+    del tokenized, tokenized_counts, at  # memory per document is what bounds this stage
     records = scored_records(paths, s.output_format, len(scores))
     chosen, cutoff = select(scores, **s.selection)
     chosen = chosen[order(scores[chosen], **s.ordering)]  # positions, in training order
