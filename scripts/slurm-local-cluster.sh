@@ -72,7 +72,8 @@ write_config() {
     ours "$CONF" || die "$CONF exists and was not written by this script: not replacing it"
     ours "$GRES_CONF" || die "$GRES_CONF exists and was not written by this script: not replacing it"
     local cpus mem host
-    cpus=${LQS_SLURM_CPUS:-$(nproc)}
+    # nproc honours OMP_NUM_THREADS, which the test processes set to 1: the node's CPUs are the machine's
+    cpus=${LQS_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
     mem=${LQS_SLURM_MEM_MB:-$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)}
     host=$(hostname -s)
     mkdir -p "$CONF_DIR" "$DIR/ctld" "$DIR/spool"
