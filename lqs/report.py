@@ -256,7 +256,9 @@ def plot_stages(logs_dir: str | None, benchmarks_dir: str | None, out: Path) -> 
         rate_ax.set_xscale("log")
         rate_ax.set_xlim(min(values) / 3, max(values) * 3e3)  # room for the text
         for n, value in zip(rated, values):
-            unit_first = sorted(rates[n].items(), key=lambda kv: kv[0] != stats[n].unit)
+            # a counter that stayed at 0 (texts tokenized where windows came from ids) says nothing
+            unit_first = sorted(((k, v) for k, v in rates[n].items() if v or k == stats[n].unit),
+                                key=lambda kv: kv[0] != stats[n].unit)
             rate_ax.annotate(", ".join(f"{_rate(v)} {k}/s" for k, v in unit_first), (value, names.index(n)),
                              xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     else:

@@ -109,7 +109,8 @@ def test_stages_figure_plots_stats_in_order_and_an_older_run_without_them(tmp_pa
         (benchmarks / f"{rule}.tsv").write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:09\t100\n")
     logs = _write_logs(tmp_path / "logs", {
         "score_shard/0.log": _stats_line("score-shard", 2.0, {"documents": 60, "tokens": 900}),
-        "tokenize_shard/0.log": _stats_line("tokenize-shard", 0.5, {"documents": 60, "tokens": 8000}),
+        "tokenize_shard/0.log": _stats_line("tokenize-shard", 0.5, {"documents": 60, "tokens": 8000,
+                                                                     "texts tokenized": 0}),
     })
     figures = _captured(monkeypatch)
     report.plot_stages(str(logs), str(benchmarks), tmp_path / "stages.png")
@@ -122,6 +123,7 @@ def test_stages_figure_plots_stats_in_order_and_an_older_run_without_them(tmp_pa
         "tokenize_shard (documents/s)", "score_shard (documents/s)", "gather_scores"]
     assert sorted(p.get_width() for p in rate_ax.patches) == [30.0, 120.0]
     assert any("450 tokens/s" in t.get_text() for t in rate_ax.texts)
+    assert not any("texts tokenized" in t.get_text() for t in rate_ax.texts)  # a counter at 0 is left out
 
     # A run from before the stats lines: wall time only, and the figure is still drawn.
     older = _write_logs(tmp_path / "older", {"score_shard/0.log": "INFO lqs: score-shard done in 2.0 s\n"})
