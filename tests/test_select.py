@@ -415,6 +415,22 @@ def test_scored_records_spans_every_line_and_checks_the_count(tmp_path):
             sel.scored_records([path], "jsonl", count)
 
 
+def test_jsonl_parts_give_the_lines_at_any_positions(tmp_path):
+    """Parts of a per_shard output (one empty, one whose last line has no newline): each position's
+    line, in the order asked, against the parts' lines laid end to end."""
+    parts = [b'{"a": 1}\n{"a": 2}\n', b"", b'{"a": 3}\r\n{"a": 4}\n{"a": 5}', b'{"a": 6}\n']
+    paths = []
+    for i, data in enumerate(parts):
+        paths.append(str(tmp_path / f"part-{i}.jsonl"))
+        Path(paths[-1]).write_bytes(data)
+    lines = [line if line.endswith(b"\n") else line + b"\n"
+             for data in parts for line in data.splitlines(keepends=True)]
+    records = sel.scored_records(paths, "jsonl", len(lines))
+    assert records.files(np.arange(len(lines))).tolist() == [0, 0, 2, 2, 2, 3]
+    positions = np.random.default_rng(4).permutation(len(lines))[:5]
+    assert list(records.take(positions)) == [lines[p] for p in positions]
+
+
 def test_failure_keeps_the_previous_output_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     inputs = make_inputs(tmp_path)
     run_stage(tmp_path, inputs)
