@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on localhost, for testing profiles/slurm (tests/test_slurm.py).
 #
-#   scripts/slurm-local-cluster.sh start    # start munged, slurmctld and slurmd (reuses a running one)
+#   scripts/slurm-local-cluster.sh start    # start munged, slurmctld and slurmd (reuses a running one
+#                                           # configured as it would configure it, else restarts it)
 #   scripts/slurm-local-cluster.sh stop     # stop what `start` started
 #   scripts/slurm-local-cluster.sh status   # exit 0 when the cluster answers and its node is up
 #
@@ -68,16 +69,14 @@ pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # A daemon that wrote its pid file and is gone (one that has not written it yet is not).
 died() { [[ -s $1 ]] && ! kill -0 "$(cat "$1")" 2>/dev/null; }
 
-write_config() {
-    ours "$CONF" || die "$CONF exists and was not written by this script: not replacing it"
-    ours "$GRES_CONF" || die "$GRES_CONF exists and was not written by this script: not replacing it"
+# slurm.conf as `start` writes it, on standard output.
+slurm_conf() {
     local cpus mem host
     # nproc honours OMP_NUM_THREADS, which the test processes set to 1: the node's CPUs are the machine's
     cpus=${LQS_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
     mem=${LQS_SLURM_MEM_MB:-$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)}
     host=$(hostname -s)
-    mkdir -p "$CONF_DIR" "$DIR/ctld" "$DIR/spool"
-    cat >"$CONF" <<EOF
+    cat <<EOF
 $MARKER: a one-node test cluster; 'stop' removes it.
 ClusterName=lqs-local
 SlurmctldHost=$host(127.0.0.1)
@@ -117,12 +116,24 @@ NodeName=$NODE NodeHostname=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem 
 PartitionName=cpu Nodes=$NODE MaxTime=INFINITE State=UP
 PartitionName=a100 Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
-    cat >"$GRES_CONF" <<EOF
+}
+
+# gres.conf as `start` writes it, on standard output.
+gres_conf() {
+    cat <<EOF
 $MARKER: two stand-in A100s.
 AutoDetect=off
 NodeName=$NODE Name=gpu Type=a100 File=/dev/null
 NodeName=$NODE Name=gpu Type=a100 File=/dev/zero
 EOF
+}
+
+write_config() {
+    ours "$CONF" || die "$CONF exists and was not written by this script: not replacing it"
+    ours "$GRES_CONF" || die "$GRES_CONF exists and was not written by this script: not replacing it"
+    mkdir -p "$CONF_DIR" "$DIR/ctld" "$DIR/spool"
+    slurm_conf >"$CONF"
+    gres_conf >"$GRES_CONF"
 }
 
 start_munge() {
@@ -154,8 +165,13 @@ start() {
     need_tools
     need_root
     if [[ -e $CONF ]] && ours "$CONF" && is_up; then
-        say "already running (node $NODE: $(node_state))"
-        return 0
+        if cmp -s <(slurm_conf) "$CONF" && cmp -s <(gres_conf) "$GRES_CONF"; then
+            say "already running (node $NODE: $(node_state))"
+            return 0
+        fi
+        # e.g. left by a run whose node had other CPUs: its jobs would pend with no error
+        say "running with another configuration than this machine's: restarting it"
+        stop
     fi
     mkdir -p "$DIR"
     write_config
