@@ -67,7 +67,7 @@ def _shard_document_tokens(path: str, file_indices: np.ndarray) -> tuple[np.ndar
                                        pc.list_value_length(group.column(1)).to_numpy().astype(np.int64))
         ids.append(doc_ids)
         lengths.append(tokens)
-    return _summed_runs(np.concatenate(ids), np.concatenate(lengths))  # a document across row groups
+    return np.concatenate(ids), np.concatenate(lengths)  # a document across row groups: merged by the caller
 
 
 def document_tokens(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +77,7 @@ def document_tokens(shard_paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]
     doc_ids = np.concatenate([ids for ids, _ in per_shard] + [np.zeros(0, np.int64)])
     tokens = np.concatenate([t for _, t in per_shard] + [np.zeros(0, np.int64)])
     del per_shard
-    return _summed_runs(doc_ids, tokens)  # a document cut across shards counts once
+    return _summed_runs(doc_ids, tokens)  # a document across row groups or shards counts once
 
 
 def keep_count(ratio: float, n: int) -> int:
